@@ -1,0 +1,1 @@
+"""%hotswap magics for IPython and Jupyter."""

@@ -1,0 +1,7 @@
+"""``python -m livepatch``: the same as the ``livepatch`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,300 @@
+"""A synchronous client for a running engine, used by the CLI, shell and magics.
+
+>>> client = Client.connect()              # the only engine running  # doctest: +SKIP
+>>> v = client.load("spam", open("spam_v2.py").read(), "spam_v2.py")  # doctest: +SKIP
+>>> client.check(v).ok and client.swap(v)                          # doctest: +SKIP
+
+Engines are found through their connection files (:mod:`livepatch.runtime`).
+Results come back typed (``ResolveReport``, ``SymbolTable``, ...), errors as
+the :class:`~livepatch.errors.LivepatchError` subclass of their ``kind``. The
+client is thread-safe: one request at a time on the wire, under a lock, so a
+shell's completer and toolbar threads can share it. Event notifications that
+arrive between replies are queued for :meth:`Client.events`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import LivepatchError
+from .protocol import (
+    NEED_DATA,
+    ClientConnection,
+    ConnectionClosed,
+    ErrorResponse,
+    Notification,
+    RemoteProtocolError,
+    Response,
+    error_from_response,
+)
+from .resolve import ResolveReport
+from .runtime import ConnectionInfo, find_engine
+from .symbols import SymbolDiff, SymbolTable
+
+__all__ = ["Client", "ConnectionLost"]
+
+
+class ConnectionLost(LivepatchError, ConnectionError):
+    """The engine went away (or never answered); :meth:`Client.reconnect` retries."""
+
+    kind = "connection-lost"
+
+
+class Client:
+    """A connection to one engine."""
+
+    def __init__(
+        self, info: ConnectionInfo, *, client_name: str = "livepatch", timeout: float = 60.0
+    ) -> None:
+        self.info = info
+        self.client_name = client_name
+        self.timeout = timeout
+        self.hello: dict[str, Any] = {}
+        self._sock: socket.socket | None = None
+        self._conn = ClientConnection()
+        self._lock = threading.RLock()
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
+        self._subscribed = False
+        self._open()
+
+    @classmethod
+    def connect(
+        cls,
+        name: str | None = None,
+        *,
+        directory: Path | None = None,
+        client_name: str = "livepatch",
+        timeout: float = 60.0,
+    ) -> Client:
+        """Connect to the engine ``name`` (or the only one running)."""
+        return cls(find_engine(name, directory), client_name=client_name, timeout=timeout)
+
+    # -- connection -------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self.info.transport == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: Any = self.info.address
+        else:
+            host, _, port = self.info.address.rpartition(":")
+            sock = socket.socket(
+                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+            )
+            target = (host.strip("[]"), int(port))
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(target)
+        except OSError as exc:
+            sock.close()
+            raise ConnectionLost(
+                f"cannot reach engine {self.info.name!r} at {self.info.address}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        self._sock = sock
+        self._conn = ClientConnection()
+        params: dict[str, Any] = {"client": self.client_name, "token": self.info.token}
+        self.hello = self.request("hello", params)
+        if self._subscribed:
+            self.request("subscribe", {})
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the socket is open (it may still turn out dead on use)."""
+        return self._sock is not None
+
+    def reconnect(self, wait_s: float = 0.0) -> None:
+        """Open a new connection, re-reading the connection file; retries for ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.close()
+            try:
+                self.info = find_engine(self.info.name, _directory_of(self.info))
+                self._open()
+                return
+            except LivepatchError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)  # the engine is restarting: poll with a deadline
+
+    # -- requests ---------------------------------------------------------------
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Send one request and wait for its reply; returns the raw result."""
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                raise ConnectionLost(f"not connected to engine {self.info.name!r}: reconnect")
+            rid, frame = self._conn.send_request(method, params or {})
+            try:
+                sock.sendall(frame)
+                while True:
+                    event = self._next(sock)
+                    if isinstance(event, Notification):
+                        if event.method == "event":
+                            self._events.append(event.params)
+                        continue
+                    if event.id != rid:
+                        raise RemoteProtocolError(f"reply to {event.id!r}, expected {rid}")
+                    break
+            except (OSError, RemoteProtocolError) as exc:
+                self.close()
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise ConnectionLost(
+                    f"lost the connection to engine {self.info.name!r} ({reason}): "
+                    "it may have stopped; reconnect when it is back"
+                ) from None
+            if isinstance(event, ErrorResponse):
+                raise error_from_response(event)
+            return event.result
+
+    def _next(self, sock: socket.socket) -> Response | ErrorResponse | Notification:
+        while True:
+            event = self._conn.next_event()
+            if event is NEED_DATA:
+                data = sock.recv(1 << 16)
+                self._conn.receive_data(data)
+                continue
+            if isinstance(event, ConnectionClosed):
+                raise OSError("the engine closed the connection")
+            assert isinstance(event, Response | ErrorResponse | Notification)
+            return event
+
+    # -- methods ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Slots, versions, states and call counts."""
+        result: dict[str, Any] = self.request("status")
+        return result
+
+    def load(self, slot: str, source: str, filename: str | None = None) -> str:
+        """Load a source as a new version of ``slot``; returns its id."""
+        params = {"slot": slot, "source": source}
+        if filename:
+            params["filename"] = filename
+        return str(self.request("load", params)["version"])
+
+    def load_file(self, path: str | os.PathLike[str], slot: str) -> str:
+        """Load a file as a new version of ``slot``."""
+        p = Path(path)
+        return self.load(slot, p.read_text(encoding="utf-8"), p.name)
+
+    def check(self, version: str) -> ResolveReport:
+        """Resolve-check a version; the report lists any problems."""
+        return ResolveReport.from_json(self.request("check", {"version": version}))
+
+    def swap(self, version: str, expect: str | None = None) -> dict[str, Any]:
+        """Make a version active (compare-and-swap with ``expect``)."""
+        params: dict[str, Any] = {"version": version}
+        if expect is not None:
+            params["expect"] = expect
+        result: dict[str, Any] = self.request("swap", params)
+        return result
+
+    def rollback(self, slot: str) -> dict[str, Any]:
+        """Swap back to the most recently retired version."""
+        result: dict[str, Any] = self.request("rollback", {"slot": slot})
+        return result
+
+    def purge(self, version: str) -> dict[str, Any]:
+        """Forget a version's symbols."""
+        result: dict[str, Any] = self.request("purge", {"version": version})
+        return result
+
+    def unload(self, version: str, wait_s: float | None = None) -> dict[str, Any]:
+        """Drop the engine's references; says whether the code was freed."""
+        params: dict[str, Any] = {"version": version}
+        if wait_s is not None:
+            params["wait_s"] = wait_s
+        result: dict[str, Any] = self.request("unload", params)
+        return result
+
+    def symbols(self, version: str) -> SymbolTable:
+        """A version's symbol table."""
+        return SymbolTable.from_json(self.request("symbols", {"version": version}))
+
+    def diff(self, a: str, b: str) -> SymbolDiff:
+        """Two versions' symbol tables side by side."""
+        return SymbolDiff.from_json(self.request("diff", {"a": a, "b": b}))
+
+    def call(
+        self,
+        target: str,
+        symbol: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Call a rule: ``target`` is a slot (``spam``) or a version (``spam@2``).
+
+        Returns ``{"version": ..., "result": ...}`` (JSON values).
+        """
+        params: dict[str, Any] = {"symbol": symbol, "args": args or [], "kwargs": kwargs or {}}
+        params["version" if "@" in target else "slot"] = target
+        result: dict[str, Any] = self.request("call", params)
+        return result
+
+    def journal(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The audit log, oldest first."""
+        params = {"limit": limit} if limit else {}
+        entries: list[dict[str, Any]] = self.request("journal", params)["entries"]
+        return entries
+
+    def subscribe(self) -> None:
+        """Ask for ``event`` notifications of every state change."""
+        self.request("subscribe", {})
+        self._subscribed = True
+
+    def events(self, timeout: float = 0.0) -> Iterator[dict[str, Any]]:
+        """Events received so far, then any arriving within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._events:
+                yield self._events.popleft()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if not self._wait_for_event(remaining):
+                return
+
+    def _wait_for_event(self, timeout: float) -> bool:
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                return False
+            sock.settimeout(timeout)
+            try:
+                event = self._next(sock)
+            except TimeoutError:
+                return False
+            except OSError as exc:
+                self.close()
+                raise ConnectionLost(f"lost the connection to engine {self.info.name!r}: {exc}")
+            finally:
+                if self._sock is not None:
+                    self._sock.settimeout(self.timeout)
+            if isinstance(event, Notification) and event.method == "event":
+                self._events.append(event.params)
+            return True
+
+
+def _directory_of(info: ConnectionInfo) -> Path | None:
+    return info.path.parent if info.path is not None else None

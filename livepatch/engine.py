@@ -1,0 +1,1035 @@
+"""The engine: slots of versioned rule modules, and the calls that run on them.
+
+This is the runtime linker of livepatch. A *slot* is a named place with an
+interface (a ``typing.Protocol`` owned by the host). A *version* is one loaded
+source of a slot. The lifecycle (load, check, swap, purge, unload) follows
+GHC's runtime linker, as DESIGN.md describes; the allowed moves live in
+:mod:`livepatch.states`.
+
+Concurrency model, in one paragraph: the hot path takes no lock. Publishing a
+version is a single dict store (``self._active[slot] = version``), which is
+atomic in CPython; a call reads the active version once and then runs wholly
+on it, because the function it calls finds every global through its own
+module's namespace. ``pin()`` extends that to a whole request, including
+nested ``engine.call`` of the same slot, through a context variable. Every
+state change of a slot happens under that slot's lock, so swaps of one slot
+are serialized and compare-and-swap is exact.
+
+The engine core imports neither IPython nor prompt-toolkit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import hashlib
+import itertools
+import linecache
+import os
+import sys
+import threading
+import time
+import traceback
+import types
+import typing
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
+from .resolve import ResolveReport, check_module, interface_members
+from .states import Op, VersionState, transition
+from .symbols import SymbolDiff, SymbolTable, build_symbol_table, diff_tables
+
+__all__ = [
+    "Engine",
+    "EngineStatus",
+    "Event",
+    "PinnedRules",
+    "SlotInfo",
+    "SwapResult",
+    "UnloadResult",
+    "VersionInfo",
+    "parse_version_id",
+]
+
+#: Prefix of the private ``sys.modules`` names of loaded versions. The host
+#: never uses it, so a rule module can never shadow a host module.
+MODULE_PREFIX = "livepatch.loaded"
+
+#: Largest source the engine accepts, in characters.
+MAX_SOURCE = 8 * 1024 * 1024
+
+
+def parse_version_id(version: str) -> tuple[str, int]:
+    """Split ``"spam@2"`` into ``("spam", 2)``; :class:`UnknownVersion` if malformed."""
+    slot, sep, number = version.rpartition("@")
+    if not sep or not slot or not number.isdigit():
+        raise UnknownVersion(
+            f"{version!r} is not a version id: use SLOT@N, e.g. spam@2", version=version
+        )
+    return slot, int(number)
+
+
+_NO_ARG: Any = object()
+
+
+def _counter_value(counter: itertools.count[int]) -> int:
+    # itertools.count is our lock-free counter: next() is one C call, atomic
+    # under the GIL. Its repr is the only public way to read it without
+    # advancing it.
+    return int(repr(counter)[6:-1])
+
+
+# ---------------------------------------------------------------------------
+# Plain data the engine hands out (JSON-able through to_json)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """A snapshot of one version: identity, state and call statistics."""
+
+    id: str
+    slot: str
+    number: int
+    state: str
+    sha256: str
+    filename: str
+    loaded_at: float
+    calls: int
+    errors: int
+    in_flight: int
+    freed: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return {
+            "id": self.id,
+            "slot": self.slot,
+            "number": self.number,
+            "state": self.state,
+            "sha256": self.sha256,
+            "filename": self.filename,
+            "loaded_at": self.loaded_at,
+            "calls": self.calls,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+            "freed": self.freed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    """A snapshot of one slot: its interface, active version and versions."""
+
+    name: str
+    interface: str
+    members: tuple[str, ...]
+    active: str | None
+    versions: tuple[VersionInfo, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return {
+            "name": self.name,
+            "interface": self.interface,
+            "members": list(self.members),
+            "active": self.active,
+            "versions": [v.to_json() for v in self.versions],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """A snapshot of the whole engine."""
+
+    name: str
+    pid: int
+    slots: tuple[SlotInfo, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return {"name": self.name, "pid": self.pid, "slots": [s.to_json() for s in self.slots]}
+
+
+@dataclass(frozen=True, slots=True)
+class SwapResult:
+    """What a swap did: ``changed`` is false for a swap to the active version."""
+
+    slot: str
+    active: str
+    previous: str | None
+    changed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return {
+            "slot": self.slot,
+            "active": self.active,
+            "previous": self.previous,
+            "changed": self.changed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadResult:
+    """Whether an unloaded version's code left memory, and if not, why.
+
+    ``holders`` counts, by kind, the objects that still refer to the
+    version's module or code (a leak report); ``in_flight`` is the number of
+    calls and pinned requests still running on it.
+    """
+
+    version: str
+    freed: bool
+    in_flight: int
+    holders: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return {
+            "version": self.version,
+            "freed": self.freed,
+            "in_flight": self.in_flight,
+            "holders": dict(self.holders),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A state change, sent to subscribers (and, by the server, to clients)."""
+
+    version: str
+    slot: str
+    state: str
+    previous: str | None
+    op: str
+    time: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return {
+            "version": self.version,
+            "slot": self.slot,
+            "state": self.state,
+            "previous": self.previous,
+            "op": self.op,
+            "time": self.time,
+        }
+
+
+# ---------------------------------------------------------------------------
+# Internal records
+# ---------------------------------------------------------------------------
+
+
+class _Version:
+    """One loaded version. The engine's strong references to the code live
+    here and are dropped on unload; the counters outlive them."""
+
+    def __init__(
+        self,
+        slot: str,
+        number: int,
+        source: str,
+        sha256: str,
+        filename: str,
+        code_filename: str,
+        module: types.ModuleType,
+        code: types.CodeType,
+    ) -> None:
+        self.slot = slot
+        self.number = number
+        self.id = f"{slot}@{number}"
+        self.source: str | None = source
+        self.sha256 = sha256
+        self.filename = filename
+        self.code_filename = code_filename
+        self.module: types.ModuleType | None = module
+        self.namespace: dict[str, Any] | None = module.__dict__
+        self.code: types.CodeType | None = code
+        self.module_name = module.__name__
+        self.state = VersionState.LOADED
+        self.loaded_at = time.time()
+        self.report: ResolveReport | None = None
+        self.table: SymbolTable | None = None
+        self.freed: bool | None = None
+        # Weak references to the module and to everything it defined: the
+        # proof, on unload, that the old code really left memory.
+        self.weak: list[weakref.ref[Any]] = [weakref.ref(module)]
+        for value in list(module.__dict__.values()):
+            if _defined_in(value, module):
+                self.weak.append(weakref.ref(value))
+        # Lock-free counters for the hot path (see _counter_value).
+        self.calls = itertools.count()
+        self.errors = itertools.count()
+        # Open pin blocks by thread id; changed under the engine's pin lock.
+        self.pins: dict[int, int] = {}
+
+    def in_flight(self) -> int:
+        """Open pin blocks, plus threads running this version's code outside one.
+
+        Counting running calls from the threads' stacks instead of with a
+        counter around every call keeps the hot path free of bookkeeping.
+        """
+        namespace = self.namespace
+        if namespace is None and not self.pins:
+            return len(_threads_running(self.weak_namespace()))
+        running = _threads_running(namespace)
+        return sum(self.pins.values()) + len(running - self.pins.keys())
+
+    def weak_namespace(self) -> dict[str, Any] | None:
+        """The namespace, found through whatever weakly-held object survives.
+
+        After unload the module object may be gone while a running function
+        still keeps its globals alive, so functions are asked too.
+        """
+        for ref in self.weak:
+            obj = ref()
+            if isinstance(obj, types.ModuleType):
+                return obj.__dict__
+            if isinstance(obj, types.FunctionType):
+                return obj.__globals__
+        return None
+
+    def info(self) -> VersionInfo:
+        return VersionInfo(
+            id=self.id,
+            slot=self.slot,
+            number=self.number,
+            state=self.state.value,
+            sha256=self.sha256,
+            filename=self.filename,
+            loaded_at=self.loaded_at,
+            calls=_counter_value(self.calls),
+            errors=_counter_value(self.errors),
+            in_flight=self.in_flight(),
+            freed=self.freed,
+        )
+
+
+def _defined_in(value: object, module: types.ModuleType) -> bool:
+    """True for functions and classes whose home is ``module``."""
+    if isinstance(value, types.FunctionType):
+        return value.__globals__ is module.__dict__
+    if isinstance(value, type):
+        return value.__module__ == module.__name__
+    return False
+
+
+class _Slot:
+    def __init__(self, name: str, interface: type | None) -> None:
+        self.name = name
+        self.interface = interface
+        self.members: dict[str, Any] = interface_members(interface) if interface else {}
+        self.versions: dict[int, _Version] = {}
+        self.next_number = 1
+        self.active: _Version | None = None
+        # Most recently retired last: rollback pops from here.
+        self.history: list[_Version] = []
+        # Swaps, purges and unloads of one slot are serialized by this lock;
+        # loads take their own so that a slow module body never delays a swap.
+        self.lock = threading.RLock()
+        self.load_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------
+
+
+class Engine:
+    """Hosts slots of versioned rule modules and serves calls on them.
+
+    >>> engine = Engine(name="rules")
+    >>> engine.add_slot("spam", SpamRules)                # doctest: +SKIP
+    >>> v = engine.load("spam", source, filename="spam_v2.py")  # doctest: +SKIP
+    >>> engine.check(v).ok and engine.swap(v)            # doctest: +SKIP
+    >>> engine.call("spam", "classify", msg)             # doctest: +SKIP
+    """
+
+    def __init__(self, name: str = "livepatch") -> None:
+        self.name = name
+        self._slots: dict[str, _Slot] = {}
+        # slot name -> active version: the one structure the hot path reads.
+        self._active: dict[str, _Version] = {}
+        self._lock = threading.RLock()
+        self._pins: contextvars.ContextVar[dict[str, _Version] | None] = contextvars.ContextVar(
+            f"livepatch-pins-{name}-{id(self)}", default=None
+        )
+        self._subscribers: list[Callable[[Event], None]] = []
+        # Number of pin blocks open anywhere, so call() can skip the context
+        # variable when there are none. Changed only under _pin_lock.
+        self._pinning = 0
+        self._pin_lock = threading.Lock()
+
+    # -- slots --------------------------------------------------------------
+
+    def add_slot(self, name: str, interface: type | None = None) -> None:
+        """Add a slot whose versions must conform to ``interface`` (a Protocol).
+
+        ``interface=None`` accepts any module and checks names only.
+        """
+        if not name.isidentifier():
+            raise ValueError(f"slot name {name!r} must be a Python identifier, e.g. spam")
+        with self._lock:
+            if name in self._slots:
+                raise BadState(f"slot {name!r} already exists", slot=name)
+            self._slots[name] = _Slot(name, interface)
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """The slot names, in the order they were added."""
+        return tuple(self._slots)
+
+    def interface(self, slot: str) -> type | None:
+        """The Protocol a slot's versions must conform to."""
+        return self._slot(slot).interface
+
+    # -- subscribers --------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` on every state change; returns an unsubscribe.
+
+        Callbacks run on the thread that made the change, under the slot's
+        lock (so they see changes in order): they must be quick and must not
+        call back into the engine's lifecycle methods.
+        """
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _emit(self, version: _Version, previous: VersionState | None, op: str) -> None:
+        event = Event(
+            version=version.id,
+            slot=version.slot,
+            state=version.state.value,
+            previous=previous.value if previous else None,
+            op=op,
+            time=time.time(),
+        )
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - a broken subscriber must not break a swap
+                pass
+
+    def _move(self, version: _Version, op: Op) -> None:
+        previous = version.state
+        version.state = transition(version.id, previous, op)
+        if version.state is not previous or op in (Op.CHECK_OK, Op.CHECK_FAIL):
+            # a re-check is news even when the state stays (the report changed)
+            self._emit(version, previous, op.value)
+
+    # -- load ---------------------------------------------------------------
+
+    def load(self, slot: str, source: str, filename: str | None = None) -> str:
+        """Compile ``source`` and run its body as a new version of ``slot``.
+
+        Returns the version id (``"spam@2"``). The same source loaded again
+        returns the existing version. On a syntax error or an exception in
+        the body nothing is left behind and :class:`LoadFailed` names
+        ``file:line:col``.
+        """
+        s = self._slot(slot)
+        if len(source) > MAX_SOURCE:
+            raise LoadFailed(
+                f"source is {len(source)} characters, over the {MAX_SOURCE} limit", slot=slot
+            )
+        filename = filename or f"<{slot}>"
+        sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+        with s.load_lock:
+            existing = self._find_loaded(s, sha)
+            if existing is not None:
+                return existing.id
+            number = s.next_number
+            vid = f"{slot}@{number}"
+            # A code filename unique to the version keeps tracebacks and
+            # linecache right when two versions come from the same file name.
+            code_filename = f"{filename} [{vid}]"
+            module_name = _free_module_name(f"{MODULE_PREFIX}.{slot}_{number}")
+            code = self._compile(source, filename, code_filename)
+            module = self._execute(code, source, filename, code_filename, module_name)
+            version = _Version(slot, number, source, sha, filename, code_filename, module, code)
+            with s.lock:
+                s.next_number = number + 1
+                s.versions[number] = version
+                self._emit(version, None, "load")
+        return vid
+
+    @staticmethod
+    def _find_loaded(s: _Slot, sha: str) -> _Version | None:
+        for version in s.versions.values():
+            if version.sha256 == sha and version.state not in (
+                VersionState.PURGED,
+                VersionState.UNLOADED,
+            ):
+                return version
+        return None
+
+    @staticmethod
+    def _compile(source: str, filename: str, code_filename: str) -> types.CodeType:
+        try:
+            return compile(source, code_filename, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            line = exc.lineno or 0
+            col = exc.offset or 0
+            raise LoadFailed(
+                f"{filename}:{line}:{col}: {type(exc).__name__}: {exc.msg}",
+                filename=filename,
+                line=line,
+                col=col,
+            ) from None
+        except ValueError as exc:  # e.g. source with NUL bytes
+            raise LoadFailed(f"{filename}: {exc}", filename=filename) from None
+
+    @staticmethod
+    def _execute(
+        code: types.CodeType, source: str, filename: str, code_filename: str, module_name: str
+    ) -> types.ModuleType:
+        module = types.ModuleType(module_name)
+        module.__file__ = filename
+        # Registered while the body runs because dataclasses, typing and
+        # pickle look classes' modules up in sys.modules.
+        sys.modules[module_name] = module
+        lines = source.splitlines(keepends=True)
+        linecache.cache[code_filename] = (len(source), None, lines, code_filename)
+        try:
+            exec(code, module.__dict__)
+        except BaseException as exc:
+            if sys.modules.get(module_name) is module:
+                del sys.modules[module_name]
+            linecache.cache.pop(code_filename, None)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            line, col = _error_position(exc, code_filename)
+            raise LoadFailed(
+                f"{filename}:{line}:{col}: {type(exc).__name__} while running the module body: "
+                f"{_one_line(exc)}",
+                filename=filename,
+                line=line,
+                col=col,
+            ) from None
+        return module
+
+    # -- check --------------------------------------------------------------
+
+    def check(self, version: str) -> ResolveReport:
+        """Resolve-check a version against its slot's interface.
+
+        A version with problems becomes FAILED and stays loaded so it can be
+        inspected; the report lists every problem.
+        """
+        v = self._version(version)
+        s = self._slots[v.slot]
+        with s.lock:
+            module, code = self._live(v)
+            report = check_module(v.id, module, code, s.interface)
+            v.report = report
+            self._move(v, Op.CHECK_OK if report.ok else Op.CHECK_FAIL)
+        return report
+
+    def report(self, version: str) -> ResolveReport | None:
+        """The last check report of a version (``None`` if never checked)."""
+        return self._version(version).report
+
+    # -- swap ---------------------------------------------------------------
+
+    def swap(self, version: str, expect: str | None = None) -> SwapResult:
+        """Make ``version`` the active one of its slot, atomically.
+
+        With ``expect``, the swap happens only if ``expect`` is the version
+        active now (compare-and-swap); otherwise :class:`Conflict`.
+        """
+        v = self._version(version)
+        s = self._slots[v.slot]
+        with s.lock:
+            current = s.active
+            if expect is not None:
+                current_id = current.id if current else None
+                if expect != current_id:
+                    raise Conflict(
+                        f"{v.slot} is running {current_id or 'nothing'}, not {expect}: "
+                        "another client swapped first; check status and retry",
+                        expected=expect,
+                        actual=current_id,
+                    )
+            if current is v:
+                return SwapResult(v.slot, v.id, v.id, changed=False)
+            if v.state is VersionState.FAILED:
+                count = len(v.report.errors) if v.report else 0
+                raise CheckFailed(
+                    f"{v.id} failed its check ({count} problem{'s' * (count != 1)}): "
+                    "fix them and load a new version",
+                    version=v.id,
+                )
+            self._move(v, Op.SWAP_IN)  # raises BadState before anything changes
+            if current is not None:
+                self._move(current, Op.SWAP_OUT)
+                s.history.append(current)
+            s.active = v
+            # The publication: one dict store, atomic for readers.
+            self._active[v.slot] = v
+            if v in s.history:
+                s.history.remove(v)
+        return SwapResult(v.slot, v.id, current.id if current else None, changed=True)
+
+    def rollback(self, slot: str) -> SwapResult:
+        """Swap back to the most recently retired version of ``slot``."""
+        s = self._slot(slot)
+        with s.lock:
+            for candidate in reversed(s.history):
+                if candidate.state is VersionState.RETIRED:
+                    return self.swap(candidate.id)
+        raise BadState(
+            f"{slot} has no retired version to roll back to: load and swap one instead",
+            slot=slot,
+        )
+
+    def active(self, slot: str) -> str | None:
+        """The id of the slot's active version, or ``None``."""
+        v = self._slot(slot).active
+        return v.id if v else None
+
+    # -- purge and unload -----------------------------------------------------
+
+    def purge(self, version: str) -> None:
+        """Forget a version's symbols so nothing new can find it.
+
+        Calls already running on it finish normally. The active version
+        cannot be purged.
+        """
+        v = self._version(version)
+        s = self._slots[v.slot]
+        with s.lock:
+            self._move(v, Op.PURGE)
+            self._forget(v)
+
+    def _forget(self, v: _Version) -> None:
+        if sys.modules.get(v.module_name) is v.module:
+            del sys.modules[v.module_name]
+        if v in self._slots[v.slot].history:
+            self._slots[v.slot].history.remove(v)
+
+    def unload(self, version: str, wait_s: float = 0.0) -> UnloadResult:
+        """Drop the engine's last references to a version (purging it first).
+
+        Waits up to ``wait_s`` seconds for calls in flight to finish, then
+        reports whether the module and everything it defined were freed,
+        and if not, what still holds them.
+        """
+        v = self._version(version)
+        s = self._slots[v.slot]
+        with s.lock:
+            if v.state not in (VersionState.PURGED, VersionState.UNLOADED):
+                self._move(v, Op.PURGE)
+                self._forget(v)
+            self._move(v, Op.UNLOAD)
+            linecache.cache.pop(v.code_filename, None)
+            v.module = None
+            v.namespace = None
+            v.code = None
+            v.source = None
+        deadline = time.monotonic() + wait_s
+        while v.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.001)  # a poll with a deadline: callers are not ours to signal
+        freed = _all_dead(v.weak)
+        if not freed:
+            gc.collect()
+            freed = _all_dead(v.weak)
+        v.freed = freed
+        holders = {} if freed else _holders(v.weak, v.weak_namespace())
+        return UnloadResult(v.id, freed, v.in_flight(), holders)
+
+    # -- calls ----------------------------------------------------------------
+
+    def call(
+        self, slot: str, symbol: str, arg: Any = _NO_ARG, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Call ``symbol`` of the slot's active version: the hot path.
+
+        Inside ``pin(slot)`` the pinned version is used, so one request never
+        mixes two versions.
+        """
+        # The context variable is read only while some pin is open anywhere:
+        # most calls pay one attribute test instead.
+        if self._pinning and (pins := self._pins.get()) is not None and slot in pins:
+            version = pins[slot]
+        else:
+            try:
+                version = self._active[slot]
+            except KeyError:
+                raise self._no_active(slot) from None
+        namespace = version.namespace
+        fn = namespace.get(symbol) if namespace is not None else None
+        if not callable(fn):
+            raise self._not_callable(version, symbol)
+        next(version.calls)
+        try:
+            # One positional argument is the common case: call it without
+            # building an argument tuple and dict.
+            if arg is _NO_ARG:
+                return fn(*args, **kwargs)
+            if args or kwargs:
+                return fn(arg, *args, **kwargs)
+            return fn(arg)
+        except BaseException:
+            next(version.errors)
+            raise
+
+    def call_version(self, version: str, symbol: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``symbol`` of a given (not purged) version, active or not."""
+        v = self._version(version)
+        if v.state in (VersionState.PURGED, VersionState.UNLOADED):
+            raise BadState(f"{v.id} is {v.state.value}: its symbols are gone", version=v.id)
+        namespace = v.namespace
+        fn = namespace.get(symbol) if namespace is not None else None
+        if not callable(fn):
+            raise self._not_callable(v, symbol)
+        next(v.calls)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            next(v.errors)
+            raise
+
+    def function(self, version: str, symbol: str) -> Callable[..., Any]:
+        """The callable ``symbol`` of a version, for introspection (not counted)."""
+        v = self._version(version)
+        namespace = v.namespace
+        fn = namespace.get(symbol) if namespace is not None else None
+        if not callable(fn):
+            raise self._not_callable(v, symbol)
+        return typing.cast(Callable[..., Any], fn)
+
+    def pin(self, slot: str) -> _Pin:
+        """``with engine.pin(slot) as rules:`` runs a whole request on one version.
+
+        ``rules.NAME(...)`` calls the pinned version's functions, and any
+        ``engine.call(slot, ...)`` made inside the block (at any depth, on
+        this thread or context) uses the same version.
+        """
+        return _Pin(self, slot)
+
+    def _no_active(self, slot: str) -> Exception:
+        if slot not in self._slots:
+            return UnknownSlot(f"no slot named {slot!r}; slots: {self._slot_list()}", slot=slot)
+        return BadState(f"{slot} has no active version: load, check and swap one", slot=slot)
+
+    @staticmethod
+    def _not_callable(version: _Version, symbol: str) -> Exception:
+        return UnknownVersion(
+            f"{version.id} has no callable {symbol!r}: see `symbols {version.id}`",
+            version=version.id,
+            symbol=symbol,
+        )
+
+    # -- symbols ----------------------------------------------------------------
+
+    def symbols(self, version: str) -> SymbolTable:
+        """The version's symbol table (nm for Python). Kept after unload."""
+        v = self._version(version)
+        if v.table is None:
+            module, code = self._live(v)
+            source = v.source or ""
+            v.table = build_symbol_table(v.id, module, code, source)
+        return v.table
+
+    def diff(self, a: str, b: str) -> SymbolDiff:
+        """Two versions' symbol tables side by side, rows marked = ~ + -."""
+        return diff_tables(self.symbols(a), self.symbols(b))
+
+    def source(self, version: str) -> str:
+        """The source a version was loaded from (gone once it is unloaded)."""
+        v = self._version(version)
+        if v.source is None:
+            raise BadState(f"{v.id} is unloaded: its source is gone", version=v.id)
+        return v.source
+
+    # -- status -----------------------------------------------------------------
+
+    def status(self) -> EngineStatus:
+        """A snapshot of every slot and version, with call statistics."""
+        with self._lock:
+            slots = list(self._slots.values())
+        infos = []
+        for s in slots:
+            with s.lock:
+                versions = tuple(v.info() for v in s.versions.values())
+                active = s.active.id if s.active else None
+            interface = s.interface
+            infos.append(
+                SlotInfo(
+                    name=s.name,
+                    interface=(
+                        f"{interface.__module__}.{interface.__qualname__}" if interface else ""
+                    ),
+                    members=tuple(s.members),
+                    active=active,
+                    versions=versions,
+                )
+            )
+        return EngineStatus(self.name, os.getpid(), tuple(infos))
+
+    def info(self, version: str) -> VersionInfo:
+        """A snapshot of one version."""
+        return self._version(version).info()
+
+    def versions(self, slot: str | None = None) -> list[str]:
+        """Ids of every version known (including unloaded tombstones)."""
+        slots = [self._slot(slot)] if slot else list(self._slots.values())
+        return [v.id for s in slots for v in s.versions.values()]
+
+    def close(self) -> None:
+        """Retire the engine: unload every version of every slot.
+
+        Active versions are unpublished first, so calls after ``close`` fail
+        with a clear error; calls in flight finish on the code they have.
+        """
+        for s in list(self._slots.values()):
+            with s.lock:
+                self._active.pop(s.name, None)
+                if s.active is not None:
+                    s.active.state = VersionState.RETIRED
+                    s.active = None
+                versions = [v.id for v in s.versions.values()]
+            for vid in versions:
+                if self._version(vid).state is not VersionState.UNLOADED:
+                    self.unload(vid)
+
+    # -- control socket -----------------------------------------------------------
+
+    def serve(
+        self,
+        listen: str | None = None,
+        *,
+        token: str | None = None,
+        allow_remote: bool = False,
+        journal: Any = None,
+    ) -> Any:
+        """Serve the control protocol in a background thread; returns the Server.
+
+        ``listen`` is ``"unix"`` (the default: a private Unix socket) or
+        ``"tcp://HOST:PORT"``. Stop it with ``server.stop()``.
+        """
+        from .server import Server, parse_listen  # the core stays free of asyncio
+
+        server = Server(
+            self, listen=parse_listen(listen), token=token, allow_remote=allow_remote,
+            journal=journal,
+        )
+        server.start()
+        return server
+
+    # -- lookups ----------------------------------------------------------------
+
+    def _slot(self, name: str) -> _Slot:
+        try:
+            return self._slots[name]
+        except KeyError:
+            raise UnknownSlot(
+                f"no slot named {name!r}; slots: {self._slot_list()}", slot=name
+            ) from None
+
+    def _slot_list(self) -> str:
+        return ", ".join(self._slots) or "(none)"
+
+    def _version(self, version: str) -> _Version:
+        slot, number = parse_version_id(version)
+        s = self._slot(slot)
+        try:
+            return s.versions[number]
+        except KeyError:
+            raise UnknownVersion(
+                f"no version {version}; {slot} has "
+                f"{', '.join(v.id for v in s.versions.values()) or 'no versions'}",
+                version=version,
+            ) from None
+
+    @staticmethod
+    def _live(v: _Version) -> tuple[types.ModuleType, types.CodeType]:
+        if v.module is None or v.code is None:
+            raise BadState(f"{v.id} is unloaded: its code is gone", version=v.id)
+        return v.module, v.code
+
+
+class PinnedRules:
+    """The rules of one pinned version: ``rules.classify(msg)``."""
+
+    def __init__(self, version: _Version, namespace: dict[str, Any]) -> None:
+        self._v = version
+        self._ns = namespace
+
+    @property
+    def version(self) -> str:
+        """The id of the pinned version."""
+        return self._v.id
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        fn = self._ns.get(name)
+        if name.startswith("__") or not callable(fn):
+            raise AttributeError(f"{self._v.id} has no callable {name!r}")
+        version = self._v
+        target: Callable[..., Any] = fn
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            next(version.calls)
+            try:
+                return target(*args, **kwargs)
+            except BaseException:
+                next(version.errors)
+                raise
+
+        counted.__name__ = name
+        counted.__doc__ = getattr(fn, "__doc__", None)
+        # Cache on the instance: the next lookup skips __getattr__.
+        self.__dict__[name] = counted
+        return counted
+
+    def __repr__(self) -> str:
+        return f"<PinnedRules {self._v.id}>"
+
+
+class _Pin:
+    """The context manager behind :meth:`Engine.pin`."""
+
+    __slots__ = ("_engine", "_slot", "_thread", "_token", "_version")
+
+    def __init__(self, engine: Engine, slot: str) -> None:
+        self._engine = engine
+        self._slot = slot
+        self._version: _Version | None = None
+        self._token: contextvars.Token[dict[str, _Version] | None] | None = None
+        self._thread = 0
+
+    def __enter__(self) -> PinnedRules:
+        engine = self._engine
+        pins = engine._pins.get()
+        with engine._pin_lock:
+            if pins is not None and self._slot in pins:
+                version = pins[self._slot]  # nested pin: keep the outer version
+            else:
+                try:
+                    version = engine._active[self._slot]
+                except KeyError:
+                    raise engine._no_active(self._slot) from None
+            namespace = version.namespace
+            if namespace is None:  # unloaded between the read and here
+                raise BadState(f"{version.id} was unloaded", version=version.id)
+            engine._pinning += 1
+            self._thread = threading.get_ident()
+            version.pins[self._thread] = version.pins.get(self._thread, 0) + 1
+        if pins is None or self._slot not in pins:
+            self._token = engine._pins.set({**(pins or {}), self._slot: version})
+        self._version = version
+        return PinnedRules(version, namespace)
+
+    def __exit__(self, *exc_info: object) -> None:
+        engine = self._engine
+        if self._token is not None:
+            engine._pins.reset(self._token)
+            self._token = None
+        version = self._version
+        if version is not None:
+            with engine._pin_lock:
+                left = version.pins.get(self._thread, 0) - 1
+                if left > 0:
+                    version.pins[self._thread] = left
+                else:
+                    version.pins.pop(self._thread, None)
+                engine._pinning -= 1
+            self._version = None
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _free_module_name(base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``...: two engines in one process (or a
+    host module that happens to use the name) must never share a module."""
+    name, k = base, 1
+    while name in sys.modules:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _error_position(exc: BaseException, code_filename: str) -> tuple[int, int]:
+    """Line and 1-based column of the deepest frame in the loaded source."""
+    line, col = 0, 0
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == code_filename:
+            line = frame.lineno or 0
+            col = (frame.colno or 0) + 1
+    return line, col
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _threads_running(namespace: dict[str, Any] | None) -> set[int]:
+    """Ids of the threads whose stack has a frame running code of ``namespace``."""
+    if namespace is None:
+        return set()
+    running = set()
+    for thread_id, frame in sys._current_frames().items():
+        walker: types.FrameType | None = frame
+        while walker is not None:
+            if walker.f_globals is namespace:
+                running.add(thread_id)
+                break
+            walker = walker.f_back
+    return running
+
+
+def _all_dead(refs: list[weakref.ref[Any]]) -> bool:
+    return all(ref() is None for ref in refs)
+
+
+def _holders(refs: list[weakref.ref[Any]], namespace: dict[str, Any] | None) -> dict[str, int]:
+    """Kinds of objects that still refer to the version's module or code.
+
+    Threads running the version's code are named by their innermost frame of
+    it (``frame block()``); other referrers are counted by type, leaving out
+    the version's own objects referring to each other.
+    """
+    counts: dict[str, int] = {}
+    if namespace is not None:
+        for frame in sys._current_frames().values():
+            walker: types.FrameType | None = frame
+            while walker is not None:
+                if walker.f_globals is namespace:
+                    kind = f"frame {walker.f_code.co_name}()"
+                    counts[kind] = counts.get(kind, 0) + 1
+                    break
+                walker = walker.f_back
+    alive: list[Any] = []
+    for ref in refs:
+        obj = ref()
+        if obj is not None:
+            alive.append(obj)
+    own = {id(obj) for obj in alive} | {id(alive), id(namespace)}
+    for obj in alive:
+        for referrer in gc.get_referrers(obj):
+            if id(referrer) in own or isinstance(referrer, types.FrameType):
+                continue
+            if isinstance(referrer, types.FunctionType):
+                kind = f"function {referrer.__qualname__}"
+            else:
+                kind = type(referrer).__name__
+            counts[kind] = counts.get(kind, 0) + 1
+    obj = None
+    alive.clear()
+    return counts

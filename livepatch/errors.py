@@ -1,0 +1,140 @@
+"""Exceptions raised by livepatch, each with a stable ``kind``.
+
+The ``kind`` strings are part of the control protocol (``error.data.kind``):
+the server maps an exception to a JSON-RPC error with that kind and the client
+maps it back to the same class, so code catching ``UnknownVersion`` works the
+same in-process and over the socket.
+
+Every class also subclasses the standard exception it resembles
+(``LookupError``, ``RuntimeError``, ``ValueError`` ...) so callers who do not
+know livepatch can still catch something sensible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadState",
+    "Busy",
+    "CallFailed",
+    "CheckFailed",
+    "Conflict",
+    "LivepatchError",
+    "LoadFailed",
+    "TooLarge",
+    "Unauthenticated",
+    "UnknownSlot",
+    "UnknownVersion",
+    "error_for_kind",
+]
+
+
+class LivepatchError(Exception):
+    """Base class: a one-line ``message`` plus a stable ``kind`` and details.
+
+    ``str(error)`` is the message alone, written to be shown to a user as is:
+    it says what went wrong and, where there is one, what to do about it.
+    """
+
+    kind: ClassVar[str] = "error"
+    #: The JSON-RPC error code, set on errors that came back over the wire.
+    code: int | None = None
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = data
+
+    def to_data(self) -> dict[str, Any]:
+        """The JSON-able ``error.data`` object for the control protocol."""
+        return {"kind": self.kind, **self.data}
+
+
+class LoadFailed(LivepatchError, ValueError):
+    """The source did not compile or its top-level code raised.
+
+    ``data`` carries ``filename``, ``line``, ``col`` when they are known.
+    """
+
+    kind = "load-failed"
+
+
+class CheckFailed(LivepatchError, ValueError):
+    """A version that failed its resolve-check was asked to do something only
+    a resolved version may do (for example, be swapped in)."""
+
+    kind = "check-failed"
+
+
+class BadState(LivepatchError, RuntimeError):
+    """The operation is not allowed in the version's current state."""
+
+    kind = "bad-state"
+
+
+class UnknownVersion(LivepatchError, LookupError):
+    """No such version (or it has been unloaded and forgotten)."""
+
+    kind = "unknown-version"
+
+
+class UnknownSlot(UnknownVersion):
+    """No such slot. Shares the ``unknown-version`` kind on the wire."""
+
+
+class Conflict(LivepatchError, RuntimeError):
+    """A compare-and-swap lost: another client swapped first."""
+
+    kind = "conflict"
+
+
+class Busy(LivepatchError, RuntimeError):
+    """The engine cannot take the request now (for example, a slot's swap lock
+    was not obtained in time)."""
+
+    kind = "busy"
+
+
+class CallFailed(LivepatchError, RuntimeError):
+    """A rule raised while serving a ``call`` made over the protocol.
+
+    ``data`` carries ``version``, ``exception`` (the type name) and, when the
+    error was raised in rule code, ``filename`` and ``line``.
+    """
+
+    kind = "call-failed"
+
+
+class TooLarge(LivepatchError, ValueError):
+    """A request, frame or source is over the size limit."""
+
+    kind = "too-large"
+
+
+class Unauthenticated(LivepatchError, PermissionError):
+    """No good ``hello`` yet, or a wrong token."""
+
+    kind = "unauthenticated"
+
+
+_BY_KIND: dict[str, type[LivepatchError]] = {
+    cls.kind: cls
+    for cls in (
+        LoadFailed,
+        CheckFailed,
+        BadState,
+        UnknownVersion,
+        Conflict,
+        Busy,
+        CallFailed,
+        TooLarge,
+        Unauthenticated,
+    )
+}
+
+
+def error_for_kind(kind: str) -> type[LivepatchError]:
+    """The exception class for a protocol ``data.kind`` (``LivepatchError`` if
+    the kind is not one of ours)."""
+    return _BY_KIND.get(kind, LivepatchError)

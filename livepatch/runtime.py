@@ -1,0 +1,279 @@
+"""The runtime directory and connection files: how clients find engines.
+
+Like Jupyter's kernel connection files: each running engine writes
+``<runtime dir>/<name>.json`` (mode 0600) with its name, pid, transport,
+address, token and protocol version. Clients read these to find engines
+(``--existing NAME``, or the only one running) and remove the files of
+engines whose process is gone.
+
+The runtime directory is private (0700). It is ``$LIVEPATCH_RUNTIME_DIR``,
+else ``$XDG_RUNTIME_DIR/livepatch``, else ``~/.livepatch/runtime``. We never
+follow a symlink there and refuse a directory that someone else owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import LivepatchError
+
+__all__ = [
+    "ConnectionInfo",
+    "EngineNotFound",
+    "RuntimeDirError",
+    "find_engine",
+    "list_engines",
+    "pid_alive",
+    "remove_connection_file",
+    "runtime_dir",
+    "socket_path",
+    "validate_name",
+    "write_connection_file",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class RuntimeDirError(LivepatchError, PermissionError):
+    """The runtime directory or a file in it is not safe to use."""
+
+    kind = "runtime-dir"
+
+
+class EngineNotFound(LivepatchError, LookupError):
+    """No running engine matches (or several do and none was named)."""
+
+    kind = "engine-not-found"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """The contents of a connection file."""
+
+    name: str
+    pid: int
+    transport: str  # "unix" or "tcp"
+    address: str  # a socket path, or "host:port"
+    token: str
+    protocol: int
+    path: Path | None = None  # where the file was read from
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON object (without ``path``)."""
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "transport": self.transport,
+            "address": self.address,
+            "token": self.token,
+            "protocol": self.protocol,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path | None = None) -> ConnectionInfo:
+        """Parse a connection file's object; ``ValueError`` if malformed."""
+        try:
+            info = cls(
+                name=str(data["name"]),
+                pid=int(data["pid"]),
+                transport=str(data["transport"]),
+                address=str(data["address"]),
+                token=str(data["token"]),
+                protocol=int(data["protocol"]),
+                path=path,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed connection file: {exc}") from None
+        if info.transport not in ("unix", "tcp"):
+            raise ValueError(f"unknown transport {info.transport!r}")
+        return info
+
+
+def validate_name(name: str) -> str:
+    """An engine name must be safe as a file name: letters, digits, ``_.-``."""
+    if not _NAME.match(name):
+        raise ValueError(
+            f"engine name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def runtime_dir(create: bool = True) -> Path:
+    """The private runtime directory, created 0700 if needed and checked."""
+    env = os.environ.get("LIVEPATCH_RUNTIME_DIR")
+    if env:
+        path = Path(env)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "livepatch"
+    else:
+        path = Path.home() / ".livepatch" / "runtime"
+    if create:
+        old = os.umask(0o077)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        finally:
+            os.umask(old)
+    _check_private_dir(path)
+    return path
+
+
+def _check_private_dir(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise RuntimeDirError(
+            f"runtime directory {path} is a symlink: refusing to follow it; "
+            "remove it or set LIVEPATCH_RUNTIME_DIR"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(f"runtime directory {path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise RuntimeDirError(
+            f"runtime directory {path} belongs to uid {st.st_uid}, not you: "
+            "set LIVEPATCH_RUNTIME_DIR to a directory of your own"
+        )
+    if st.st_mode & 0o077:
+        # Ours but too open (e.g. made by hand): tighten it rather than refuse.
+        os.chmod(path, 0o700)
+
+
+def socket_path(name: str, directory: Path | None = None) -> Path:
+    """Where the engine ``name`` puts its Unix socket."""
+    return (directory or runtime_dir()) / f"{validate_name(name)}.sock"
+
+
+def _connection_path(name: str, directory: Path) -> Path:
+    return directory / f"{validate_name(name)}.json"
+
+
+def write_connection_file(info: ConnectionInfo, directory: Path | None = None) -> Path:
+    """Write ``<name>.json`` atomically with mode 0600; returns its path."""
+    directory = directory or runtime_dir()
+    final = _connection_path(info.name, directory)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(info.to_json(), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, final)
+    return final
+
+
+def remove_connection_file(name: str, directory: Path | None = None, pid: int | None = None) -> None:
+    """Remove an engine's connection file (only if it is ``pid``'s, when given)."""
+    directory = directory or runtime_dir(create=False)
+    path = _connection_path(name, directory)
+    if pid is not None:
+        info = _read(path)
+        if info is None or info.pid != pid:
+            return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (zombies count as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _read(path: Path) -> ConnectionInfo | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, encoding="utf-8") as f:
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise RuntimeDirError(
+                f"connection file {path} is not private (mode {oct(st.st_mode & 0o777)}, "
+                f"uid {st.st_uid}): remove it"
+            )
+        try:
+            return ConnectionInfo.from_json(json.load(f), path)
+        except (ValueError, json.JSONDecodeError):
+            return None
+
+
+def list_engines(directory: Path | None = None, clean: bool = True) -> list[ConnectionInfo]:
+    """Connection files of running engines, by name; stale ones are removed."""
+    directory = directory or runtime_dir()
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        info = _read(path)
+        if info is None:
+            continue
+        if not pid_alive(info.pid):
+            if clean:
+                _remove_stale(info, directory)
+            continue
+        found.append(info)
+    return found
+
+
+def _remove_stale(info: ConnectionInfo, directory: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_connection_path(info.name, directory))
+    if info.transport == "unix":
+        sock = Path(info.address)
+        with contextlib.suppress(OSError):
+            if sock.parent == directory and stat.S_ISSOCK(os.lstat(sock).st_mode):
+                sock.unlink()
+
+
+def find_engine(name: str | None = None, directory: Path | None = None) -> ConnectionInfo:
+    """The engine called ``name``, or the only one running."""
+    engines = list_engines(directory)
+    if name is not None:
+        for info in engines:
+            if info.name == name:
+                return info
+        running = ", ".join(e.name for e in engines) or "none"
+        raise EngineNotFound(
+            f"no running engine named {name!r} (running: {running}); "
+            "start one with `livepatch engine --name NAME`"
+        )
+    if not engines:
+        raise EngineNotFound("no running engine found: start one with `livepatch engine`")
+    if len(engines) > 1:
+        raise EngineNotFound(
+            "several engines are running ("
+            + ", ".join(e.name for e in engines)
+            + "): pick one with --existing NAME"
+        )
+    return engines[0]
+
+
+def socket_in_use(path: Path) -> bool:
+    """True if something accepts connections on the Unix socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

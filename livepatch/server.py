@@ -1,0 +1,388 @@
+"""The control server: asyncio in a background thread of the engine process.
+
+A thin I/O loop around :class:`livepatch.protocol.ServerConnection` (framing,
+validation, errors) and :class:`livepatch.service.Service` (what each method
+does). Engine operations run in worker threads so that a slow module body on
+one connection never stalls the others; requests on one connection are
+answered in order.
+
+Access: by default a Unix socket in the private runtime directory (0600,
+created under a 0177 umask, never through a symlink, never over a live
+socket), with the peer's uid checked by SO_PEERCRED. Optionally TCP, loopback
+unless ``allow_remote``, where a good token in ``hello`` is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import secrets
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .engine import Engine, Event
+from .errors import LivepatchError, Unauthenticated
+from .journal import Journal, Peer
+from .protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    ConnectionClosed,
+    LocalProtocolError,
+    Notification,
+    Rejected,
+    Request,
+    ServerConnection,
+    tokens_match,
+)
+from .runtime import (
+    ConnectionInfo,
+    RuntimeDirError,
+    remove_connection_file,
+    runtime_dir,
+    socket_in_use,
+    socket_path,
+    validate_name,
+    write_connection_file,
+)
+from .service import Service
+
+__all__ = ["Listen", "Server", "parse_listen"]
+
+#: A client that stops sending in the middle of a frame is dropped after this.
+FRAME_TIMEOUT_S = float(os.environ.get("LIVEPATCH_FRAME_TIMEOUT", "10"))
+#: A subscriber whose unread events pile up past this many bytes is dropped.
+MAX_BACKLOG = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where to listen: ``unix`` (the default) or ``tcp`` host and port."""
+
+    transport: str = "unix"
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+def parse_listen(text: str | None) -> Listen:
+    """Parse ``--listen``: ``unix`` or ``tcp://HOST:PORT`` (port 0 picks one)."""
+    if text is None or text == "unix":
+        return Listen()
+    if not text.startswith("tcp://"):
+        raise ValueError(f"--listen {text!r}: use 'unix' or tcp://HOST:PORT")
+    host, sep, port = text[len("tcp://") :].rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen {text!r}: use tcp://HOST:PORT, e.g. tcp://127.0.0.1:7700")
+    return Listen("tcp", host, int(port))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Client:
+    """One connected client, as the loop sees it."""
+
+    def __init__(self, writer: asyncio.StreamWriter, peer: Peer) -> None:
+        self.conn = ServerConnection()
+        self.writer = writer
+        self.peer = peer
+        self.subscribed = False
+        self.task = asyncio.current_task()
+
+    def write(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class Server:
+    """Serves an engine's control protocol until :meth:`stop`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        listen: Listen | None = None,
+        token: str | None = None,
+        allow_remote: bool = False,
+        directory: Path | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.engine = engine
+        self.name = validate_name(engine.name)
+        self.listen = listen or Listen()
+        if self.listen.transport == "tcp" and not _is_loopback(self.listen.host):
+            if not allow_remote:
+                raise RuntimeDirError(
+                    f"refusing to listen on non-loopback {self.listen.host}: "
+                    "pass --allow-remote if you really mean it (the token is then the only guard)"
+                )
+        self.token = token or secrets.token_urlsafe(32)
+        self.directory = directory
+        self.service = Service(engine, journal)
+        self.info: ConnectionInfo | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[_Client] = set()
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None
+        self._socket_path: Path | None = None
+        self._unsubscribe = engine.subscribe(self._on_event)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> ConnectionInfo:
+        """Bind, write the connection file and serve in a background thread."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"livepatch-server-{self.name}", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self.info is not None
+        return self.info
+
+    def stop(self) -> None:
+        """Stop serving, close every connection and remove our files."""
+        self._unsubscribe()
+        loop = self._loop
+        if loop is not None and not self._stopped.is_set():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._shutdown_requested.set)
+            if self._thread is not None:
+                self._thread.join(10)
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
+        if self.info is not None:
+            remove_connection_file(self.name, self._dir(), pid=os.getpid())
+        path = self._socket_path
+        if path is not None:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    path.unlink()
+            self._socket_path = None
+
+    def _dir(self) -> Path:
+        return self.directory or runtime_dir()
+
+    def wait(self) -> None:
+        """Block until the server stops."""
+        self._stopped.wait()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+        finally:
+            self._ready.set()
+            self._stopped.set()
+            with contextlib.suppress(Exception):
+                loop.close()
+
+    async def _main(self) -> None:
+        self._shutdown_requested = asyncio.Event()
+        self._server = await self._bind()
+        self._publish()
+        self._ready.set()
+        try:
+            await self._shutdown_requested.wait()
+        finally:
+            self._server.close()
+            tasks = [c.task for c in self._clients if c.task is not None]
+            for client in list(self._clients):
+                client.writer.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _bind(self) -> asyncio.AbstractServer:
+        if self.listen.transport == "tcp":
+            return await asyncio.start_server(
+                self._serve_client, self.listen.host, self.listen.port, limit=2**16
+            )
+        path = socket_path(self.name, self._dir())
+        self._claim_socket_path(path)
+        old = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._serve_client, str(path), limit=2**16)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self._socket_path = path
+        return server
+
+    def _claim_socket_path(self, path: Path) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise RuntimeDirError(f"{path} is a symlink: refusing to follow it; remove it")
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeDirError(f"{path} exists and is not a socket: remove it")
+        if socket_in_use(path):
+            raise RuntimeDirError(
+                f"an engine named {self.name!r} is already running on {path}: "
+                "pick another --name or stop it"
+            )
+        path.unlink()  # stale socket of a dead engine
+
+    def _publish(self) -> None:
+        assert self._server is not None
+        if self.listen.transport == "tcp":
+            host, port = self._server.sockets[0].getsockname()[:2]
+            address = f"{host}:{port}"
+        else:
+            assert self._socket_path is not None
+            address = str(self._socket_path)
+        self.info = ConnectionInfo(
+            name=self.name,
+            pid=os.getpid(),
+            transport=self.listen.transport,
+            address=address,
+            token=self.token,
+            protocol=PROTOCOL_VERSION,
+        )
+        write_connection_file(self.info, self._dir())
+
+    # -- connections ------------------------------------------------------------
+
+    def _peer_of(self, writer: asyncio.StreamWriter) -> Peer | None:
+        sock: socket.socket | None = writer.get_extra_info("socket")
+        if self.listen.transport == "tcp" or sock is None:
+            return Peer(transport="tcp")
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", raw)
+        if uid not in (os.getuid(), 0):
+            return None
+        return Peer(uid=uid, pid=pid, transport="unix")
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = self._peer_of(writer)
+        if peer is None:
+            # Another user: say why in one line and hang up.
+            conn = ServerConnection()
+            writer.write(conn.send_error(None, Unauthenticated("peer uid is not the engine's")))
+            writer.close()
+            return
+        client = _Client(writer, peer)
+        self._clients.add(client)
+        try:
+            await self._client_loop(client, reader)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._clients.discard(client)
+            writer.close()
+
+    async def _client_loop(self, client: _Client, reader: asyncio.StreamReader) -> None:
+        conn = client.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                timeout = FRAME_TIMEOUT_S if conn.partial_frame_size else None
+                try:
+                    data = await asyncio.wait_for(reader.read(1 << 16), timeout)
+                except TimeoutError:
+                    return  # silent mid-frame: drop this client only
+                conn.receive_data(data)
+                continue
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, Rejected):
+                client.write(event.reply)
+                await client.writer.drain()
+                if event.close:
+                    return
+                continue
+            if isinstance(event, Notification):
+                continue  # clients have nothing to notify us of
+            assert isinstance(event, Request)
+            try:
+                reply = await self._answer(client, event)
+            except LocalProtocolError:
+                return  # our own bookkeeping went wrong: drop this client, not the engine
+            client.write(reply)
+            await client.writer.drain()
+
+    async def _answer(self, client: _Client, request: Request) -> bytes:
+        conn = client.conn
+        method, params = request.method, request.params
+        if method == "hello":
+            return self._hello(client, request)
+        if method == "subscribe":
+            client.subscribed = True
+            return conn.send_result(request.id, {"subscribed": True})
+        loop = asyncio.get_running_loop()
+        work: Awaitable[Any] = loop.run_in_executor(
+            None, self.service.handle, method, params, client.peer
+        )
+        try:
+            result = await work
+        except LivepatchError as exc:
+            return conn.send_error(request.id, exc)
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client
+            return conn.send_error(request.id, exc)
+        try:
+            return conn.send_result(request.id, result)
+        except LivepatchError as exc:  # a result over the frame limit, or not JSON
+            return conn.send_error(request.id, exc)
+
+    def _hello(self, client: _Client, request: Request) -> bytes:
+        conn = client.conn
+        token = request.params.get("token")
+        needs_token = self.listen.transport == "tcp"
+        if (needs_token or token is not None) and not tokens_match(token, self.token):
+            what = "wrong token" if token is not None else "this transport needs the token"
+            return conn.send_error(
+                request.id,
+                Unauthenticated(f"{what}: read it from the engine's connection file"),
+            )
+        conn.mark_authenticated()
+        client.peer = Peer(
+            uid=client.peer.uid,
+            pid=client.peer.pid,
+            client=str(request.params.get("client", "")),
+            transport=client.peer.transport,
+        )
+        return conn.send_result(request.id, self.service.handle("hello", {}, client.peer))
+
+    # -- events -----------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._broadcast, event)
+
+    def _broadcast(self, event: Event) -> None:
+        for client in list(self._clients):
+            if not client.subscribed or not client.conn.authenticated:
+                continue
+            transport = client.writer.transport
+            if transport.get_write_buffer_size() > MAX_BACKLOG:
+                client.writer.close()  # a subscriber that never reads
+                continue
+            client.write(client.conn.send_notification("event", event.to_json()))
