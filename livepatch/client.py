@@ -232,6 +232,10 @@ class Client:
         """A version's symbol table."""
         return SymbolTable.from_json(self.request("symbols", {"version": version}))
 
+    def source(self, version: str) -> str:
+        """The source a version was loaded from."""
+        return str(self.request("source", {"version": version})["source"])
+
     def diff(self, a: str, b: str) -> SymbolDiff:
         """Two versions' symbol tables side by side."""
         return SymbolDiff.from_json(self.request("diff", {"a": a, "b": b}))
@@ -287,7 +291,9 @@ class Client:
                 return False
             except OSError as exc:
                 self.close()
-                raise ConnectionLost(f"lost the connection to engine {self.info.name!r}: {exc}")
+                raise ConnectionLost(
+                    f"lost the connection to engine {self.info.name!r}: {exc}"
+                ) from None
             finally:
                 if self._sock is not None:
                     self._sock.settimeout(self.timeout)

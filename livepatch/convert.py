@@ -59,9 +59,9 @@ def from_json(value: Any, annotation: Any, where: str = "value") -> Any:
         if value is None and type(None) in args:
             return None
         for option in args:
-            if isinstance(option, type) and dataclasses.is_dataclass(option):
-                if isinstance(value, dict):
-                    return from_json(value, option, where)
+            is_dataclass = isinstance(option, type) and dataclasses.is_dataclass(option)
+            if is_dataclass and isinstance(value, dict):
+                return from_json(value, option, where)
         return value
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return _dataclass_from_json(value, annotation, where)
@@ -96,8 +96,7 @@ def _dataclass_from_json(value: Any, cls: type, where: str) -> Any:
     unknown = sorted(set(value) - set(fields))
     if unknown:
         raise ConversionError(
-            f"{where}: {cls.__name__} has no field {unknown[0]!r} "
-            f"(fields: {', '.join(fields)})"
+            f"{where}: {cls.__name__} has no field {unknown[0]!r} (fields: {', '.join(fields)})"
         )
     missing = [
         name
@@ -129,7 +128,9 @@ def arguments_from_json(
         signature = inspect.signature(fn)
         bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConversionError(f"arguments do not fit {getattr(fn, '__name__', 'it')}: {exc}") from None
+        raise ConversionError(
+            f"arguments do not fit {getattr(fn, '__name__', 'it')}: {exc}"
+        ) from None
     params = signature.parameters
     for name, value in bound.arguments.items():
         kind = params[name].kind

@@ -20,6 +20,7 @@ The engine core imports neither IPython nor prompt-toolkit.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import hashlib
@@ -38,9 +39,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
-from .resolve import ResolveReport, check_module, interface_members
+from .quarantine import Quarantine
+from .resolve import Problem, ResolveReport, check_module, interface_members
 from .states import Op, VersionState, transition
 from .symbols import SymbolDiff, SymbolTable, build_symbol_table, diff_tables
+
+if typing.TYPE_CHECKING:
+    from ._speedups import Dispatcher
+
+# The optional C accelerator of Engine.call (livepatch/_speedups.c), built at
+# install time when a compiler is there; without it the Python path serves.
+_Dispatcher: type[Dispatcher] | None
+try:
+    from ._speedups import Dispatcher as _Dispatcher
+except ImportError:
+    _Dispatcher = None
 
 __all__ = [
     "Engine",
@@ -255,6 +268,8 @@ class _Version:
         self.loaded_at = time.time()
         self.report: ResolveReport | None = None
         self.table: SymbolTable | None = None
+        # Warnings about threads the module body started at import.
+        self.import_threads: tuple[Problem, ...] = ()
         self.freed: bool | None = None
         # Weak references to the module and to everything it defined: the
         # proof, on unload, that the old code really left memory.
@@ -350,11 +365,24 @@ class Engine:
     >>> engine.call("spam", "classify", msg)             # doctest: +SKIP
     """
 
-    def __init__(self, name: str = "livepatch") -> None:
+    #: Run new sources in a throwaway process first (``None``: load in-process
+    #: only). ``livepatch engine`` turns this on by default.
+    quarantine: Quarantine | None = None
+
+    def __init__(self, name: str = "livepatch", *, accelerate: bool = True) -> None:
+        """``accelerate=False`` keeps ``call`` on the pure-Python path (see
+        :attr:`accelerated`); with ``True`` the C dispatcher serves it when
+        ``livepatch._speedups`` was built.
+        """
         self.name = name
         self._slots: dict[str, _Slot] = {}
         # slot name -> active version: the one structure the hot path reads.
         self._active: dict[str, _Version] = {}
+        # The same publication for the C dispatcher, which reads a tuple
+        # (namespace, calls, errors) fastest: updated wherever _active is.
+        self._fast: dict[
+            str, tuple[dict[str, Any] | None, itertools.count[int], itertools.count[int]]
+        ] = {}
         self._lock = threading.RLock()
         self._pins: contextvars.ContextVar[dict[str, _Version] | None] = contextvars.ContextVar(
             f"livepatch-pins-{name}-{id(self)}", default=None
@@ -364,6 +392,16 @@ class Engine:
         # variable when there are none. Changed only under _pin_lock.
         self._pinning = 0
         self._pin_lock = threading.Lock()
+        # The C Engine.call, bound over the method as an instance attribute.
+        # The method stays the reference semantics and the dispatcher's
+        # fallback for pinned and unusual calls. A subclass that overrides
+        # call keeps its own.
+        self._dispatcher: Dispatcher | None = None
+        if accelerate and _Dispatcher is not None and type(self).call is Engine.call:
+            self._dispatcher = _Dispatcher(
+                self._fast, self._pins, types.MethodType(Engine.call, self)
+            )
+            self.call = self._dispatcher  # type: ignore[method-assign]
 
     # -- slots --------------------------------------------------------------
 
@@ -417,10 +455,9 @@ class Engine:
             time=time.time(),
         )
         for callback in list(self._subscribers):
-            try:
+            # A broken subscriber must not break a swap.
+            with contextlib.suppress(Exception):
                 callback(event)
-            except Exception:  # noqa: BLE001 - a broken subscriber must not break a swap
-                pass
 
     def _move(self, version: _Version, op: Op) -> None:
         previous = version.state
@@ -437,8 +474,28 @@ class Engine:
         Returns the version id (``"spam@2"``). The same source loaded again
         returns the existing version. On a syntax error or an exception in
         the body nothing is left behind and :class:`LoadFailed` names
-        ``file:line:col``.
+        ``file:line:col``. With a :attr:`quarantine` policy the body first
+        runs in a throwaway process, so a body that hangs, exits or crashes
+        never reaches this one.
         """
+        return self._load(slot, source, filename, None)
+
+    def restore(self, version: str, source: str, filename: str | None = None) -> str:
+        """Load ``source`` under a given id (``spam@3``), e.g. after a restart.
+
+        The number must not be in use. Returns the id; a later :meth:`load`
+        continues numbering after the highest number seen.
+        """
+        slot, number = parse_version_id(version)
+        return self._load(slot, source, filename, number)
+
+    def reserve_numbers(self, slot: str, highest: int) -> None:
+        """Make the slot's next version number at least ``highest + 1``."""
+        s = self._slot(slot)
+        with s.load_lock, s.lock:
+            s.next_number = max(s.next_number, highest + 1)
+
+    def _load(self, slot: str, source: str, filename: str | None, number: int | None) -> str:
         s = self._slot(slot)
         if len(source) > MAX_SOURCE:
             raise LoadFailed(
@@ -450,17 +507,25 @@ class Engine:
             existing = self._find_loaded(s, sha)
             if existing is not None:
                 return existing.id
-            number = s.next_number
+            if number is None:
+                number = s.next_number
+            elif number in s.versions:
+                raise BadState(f"{slot}@{number} already exists", version=f"{slot}@{number}")
             vid = f"{slot}@{number}"
+            if self.quarantine is not None:
+                self.quarantine.run(source, filename, s.interface)
             # A code filename unique to the version keeps tracebacks and
             # linecache right when two versions come from the same file name.
             code_filename = f"{filename} [{vid}]"
             module_name = _free_module_name(f"{MODULE_PREFIX}.{slot}_{number}")
             code = self._compile(source, filename, code_filename)
+            before = set(threading.enumerate())
             module = self._execute(code, source, filename, code_filename, module_name)
+            threads = _threads_started_by(module, before)
             version = _Version(slot, number, source, sha, filename, code_filename, module, code)
+            version.import_threads = threads
             with s.lock:
-                s.next_number = number + 1
+                s.next_number = max(s.next_number, number + 1)
                 s.versions[number] = version
                 self._emit(version, None, "load")
         return vid
@@ -533,6 +598,8 @@ class Engine:
         with s.lock:
             module, code = self._live(v)
             report = check_module(v.id, module, code, s.interface)
+            if v.import_threads:
+                report = ResolveReport(report.version, report.problems + v.import_threads)
             v.report = report
             self._move(v, Op.CHECK_OK if report.ok else Op.CHECK_FAIL)
         return report
@@ -576,8 +643,10 @@ class Engine:
                 self._move(current, Op.SWAP_OUT)
                 s.history.append(current)
             s.active = v
-            # The publication: one dict store, atomic for readers.
+            # The publication: one dict store, atomic for readers (and its
+            # twin for the C dispatcher).
             self._active[v.slot] = v
+            self._fast[v.slot] = (v.namespace, v.calls, v.errors)
             if v in s.history:
                 s.history.remove(v)
         return SwapResult(v.slot, v.id, current.id if current else None, changed=True)
@@ -651,9 +720,13 @@ class Engine:
 
     # -- calls ----------------------------------------------------------------
 
-    def call(
-        self, slot: str, symbol: str, arg: Any = _NO_ARG, /, *args: Any, **kwargs: Any
-    ) -> Any:
+    @property
+    def accelerated(self) -> bool:
+        """True when :meth:`call` is served by the C dispatcher
+        (``livepatch._speedups``), False on the pure-Python path."""
+        return self._dispatcher is not None
+
+    def call(self, slot: str, symbol: str, arg: Any = _NO_ARG, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``symbol`` of the slot's active version: the hot path.
 
         Inside ``pin(slot)`` the pinned version is used, so one request never
@@ -797,6 +870,7 @@ class Engine:
         for s in list(self._slots.values()):
             with s.lock:
                 self._active.pop(s.name, None)
+                self._fast.pop(s.name, None)
                 if s.active is not None:
                     s.active.state = VersionState.RETIRED
                     s.active = None
@@ -823,7 +897,10 @@ class Engine:
         from .server import Server, parse_listen  # the core stays free of asyncio
 
         server = Server(
-            self, listen=parse_listen(listen), token=token, allow_remote=allow_remote,
+            self,
+            listen=parse_listen(listen),
+            token=token,
+            allow_remote=allow_remote,
             journal=journal,
         )
         server.start()
@@ -925,6 +1002,8 @@ class _Pin:
             if namespace is None:  # unloaded between the read and here
                 raise BadState(f"{version.id} was unloaded", version=version.id)
             engine._pinning += 1
+            if engine._dispatcher is not None:
+                engine._dispatcher.pinning = engine._pinning
             self._thread = threading.get_ident()
             version.pins[self._thread] = version.pins.get(self._thread, 0) + 1
         if pins is None or self._slot not in pins:
@@ -946,12 +1025,49 @@ class _Pin:
                 else:
                     version.pins.pop(self._thread, None)
                 engine._pinning -= 1
+                if engine._dispatcher is not None:
+                    engine._dispatcher.pinning = engine._pinning
             self._version = None
 
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+def _threads_started_by(
+    module: types.ModuleType, before: set[threading.Thread]
+) -> tuple[Problem, ...]:
+    """Warnings for threads (and timers) that the module body started.
+
+    Only threads whose code belongs to the module are counted: the target of
+    a Thread, the function of a Timer, or a Thread subclass defined there, so
+    threads the engine itself starts meanwhile are never blamed on it.
+    """
+    warnings = []
+    for thread in threading.enumerate():
+        if thread in before:
+            continue
+        target = getattr(thread, "_target", None) or getattr(thread, "function", None)
+        ours = getattr(target, "__globals__", None) is module.__dict__
+        if not ours and type(thread).__module__ != module.__name__:
+            continue
+        kind = "timer" if isinstance(thread, threading.Timer) else "thread"
+        what = getattr(target, "__name__", None) or type(thread).__name__
+        line = getattr(getattr(target, "__code__", None), "co_firstlineno", None)
+        warnings.append(
+            Problem(
+                kind="import-side-effect",
+                symbol=what,
+                line=line,
+                message=(
+                    f"the module body started a {kind} running {what}() at import: it keeps "
+                    "running after purge and unload; start work from the rules instead"
+                ),
+                severity="warning",
+            )
+        )
+    return tuple(warnings)
 
 
 def _free_module_name(base: str) -> str:

@@ -199,6 +199,7 @@ METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
             "purge": {"version": Param(_STR, True)},
             "unload": {"version": Param(_STR, True), "wait_s": Param(("number",), minimum=0)},
             "symbols": {"version": Param(_STR, True)},
+            "source": {"version": Param(_STR, True)},
             "diff": {"a": Param(_STR, True), "b": Param(_STR, True)},
             "call": {
                 "slot": Param(_STR),
@@ -754,7 +755,7 @@ def _error_parts(error: BaseException) -> tuple[int, str, dict[str, Any]]:
     name = type(error).__name__
     try:
         lines = str(error).strip().splitlines()
-    except Exception:  # a broken __str__ must not break the error reply
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break the error reply
         lines = []
     detail = f"{name}: {lines[0]}" if lines else name
     return INTERNAL_ERROR, f"internal error: {detail}"[:500], {"kind": "internal", "type": name}

@@ -53,6 +53,7 @@ from .runtime import (
     write_connection_file,
 )
 from .service import Service
+from .state import SourceStore
 
 __all__ = ["Listen", "Server", "parse_listen"]
 
@@ -120,23 +121,24 @@ class Server:
         allow_remote: bool = False,
         directory: Path | None = None,
         journal: Journal | None = None,
+        store: SourceStore | None = None,
     ) -> None:
         self.engine = engine
         self.name = validate_name(engine.name)
         self.listen = listen or Listen()
-        if self.listen.transport == "tcp" and not _is_loopback(self.listen.host):
-            if not allow_remote:
-                raise RuntimeDirError(
-                    f"refusing to listen on non-loopback {self.listen.host}: "
-                    "pass --allow-remote if you really mean it (the token is then the only guard)"
-                )
+        remote = self.listen.transport == "tcp" and not _is_loopback(self.listen.host)
+        if remote and not allow_remote:
+            raise RuntimeDirError(
+                f"refusing to listen on non-loopback {self.listen.host}: "
+                "pass --allow-remote if you really mean it (the token is then the only guard)"
+            )
         self.token = token or secrets.token_urlsafe(32)
         self.directory = directory
-        self.service = Service(engine, journal)
+        self.service = Service(engine, journal, store)
         self.info: ConnectionInfo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._clients: set[_Client] = set()
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -191,7 +193,7 @@ class Server:
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
             self._error = exc
         finally:
             self._ready.set()
@@ -217,7 +219,7 @@ class Server:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
-    async def _bind(self) -> asyncio.AbstractServer:
+    async def _bind(self) -> asyncio.Server:
         if self.listen.transport == "tcp":
             return await asyncio.start_server(
                 self._serve_client, self.listen.host, self.listen.port, limit=2**16
@@ -279,7 +281,9 @@ class Server:
             return None
         return Peer(uid=uid, pid=pid, transport="unix")
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         peer = self._peer_of(writer)
         if peer is None:
             # Another user: say why in one line and hang up.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import traceback
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .convert import ConversionError, arguments_from_json, to_json
@@ -20,6 +20,9 @@ from .engine import Engine
 from .errors import CallFailed, LivepatchError
 from .journal import Journal, Peer
 from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams
+
+if TYPE_CHECKING:
+    from .state import SourceStore
 
 __all__ = ["LIFECYCLE_METHODS", "Service"]
 
@@ -30,9 +33,12 @@ LIFECYCLE_METHODS = frozenset({"load", "check", "swap", "rollback", "purge", "un
 class Service:
     """The engine behind the control protocol: one method per protocol method."""
 
-    def __init__(self, engine: Engine, journal: Journal | None = None) -> None:
+    def __init__(
+        self, engine: Engine, journal: Journal | None = None, store: SourceStore | None = None
+    ) -> None:
         self.engine = engine
         self.journal = journal if journal is not None else Journal()
+        self.store = store
         self._handlers: dict[str, Callable[[dict[str, Any], Peer], Any]] = {
             "hello": self._hello,
             "status": self._status,
@@ -43,6 +49,7 @@ class Service:
             "purge": self._purge,
             "unload": self._unload,
             "symbols": self._symbols,
+            "source": self._source,
             "diff": self._diff,
             "call": self._call,
             "journal": self._journal,
@@ -102,6 +109,9 @@ class Service:
         before = set(self.engine.versions(slot))
         version = self.engine.load(slot, params["source"], params.get("filename"))
         info = self.engine.info(version)
+        if self.store is not None:
+            # Durable before the journal line that names it (and the reply).
+            self.store.put(params["source"], info.filename)
         return {
             "version": version,
             "new": version not in before,
@@ -129,6 +139,14 @@ class Service:
 
     def _symbols(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return self.engine.symbols(params["version"]).to_json()
+
+    def _source(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        version = params["version"]
+        return {
+            "version": version,
+            "filename": self.engine.info(version).filename,
+            "source": self.engine.source(version),
+        }
 
     def _diff(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return self.engine.diff(params["a"], params["b"]).to_json()
@@ -177,7 +195,7 @@ class Service:
             result = runner(version, symbol, *py_args, **py_kwargs)
         except LivepatchError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the rule's failure, reported to the caller
+        except Exception as exc:  # noqa: BLE001 - the rule failed: the caller is told
             raise _call_failed(version, symbol, exc) from None
         return {"version": version, "result": to_json(result)}
 
@@ -192,7 +210,7 @@ class Service:
                 continue
             try:
                 return typing.get_type_hints(source)
-            except Exception:  # noqa: BLE001,S112 - unresolvable annotations: try the next
+            except Exception:  # noqa: BLE001 - unresolvable annotations: try the next
                 continue
         return {}
 
@@ -224,6 +242,7 @@ def _summary(method: str, result: dict[str, Any]) -> str:
     if method in ("swap", "rollback"):
         return f"{result.get('previous') or 'nothing'} -> {result['active']}"
     if method == "unload":
-        return "freed" if result.get("freed") else f"not freed ({result.get('in_flight')} in flight)"
+        return (
+            "freed" if result.get("freed") else f"not freed ({result.get('in_flight')} in flight)"
+        )
     return str(result.get("state", "ok"))
-

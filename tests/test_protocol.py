@@ -128,6 +128,7 @@ VALID_PARAMS: dict[str, dict[str, Any]] = {
     "purge": {"version": "spam@1"},
     "unload": {"version": "spam@1", "wait_s": 0.5},
     "symbols": {"version": "spam@1"},
+    "source": {"version": "spam@1"},
     "diff": {"a": "spam@1", "b": "spam@2"},
     "call": {"slot": "spam", "symbol": "classify", "args": [{"text": "hi"}], "kwargs": {"x": None}},
     "subscribe": {},

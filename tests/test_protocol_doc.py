@@ -63,8 +63,20 @@ def test_documented_exchanges_replay(engine_proc: EngineProcess) -> None:
     assert sum(1 for d, _ in script if d == "-->") >= 20
     documented_methods = {json.loads(t)["method"] for d, t in script if d == "-->"}
     assert documented_methods >= {
-        "hello", "status", "load", "check", "swap", "rollback", "purge", "unload",
-        "symbols", "diff", "call", "subscribe", "journal",
+        "hello",
+        "status",
+        "load",
+        "check",
+        "swap",
+        "rollback",
+        "purge",
+        "unload",
+        "symbols",
+        "diff",
+        "call",
+        "subscribe",
+        "journal",
+        "source",
     }
     info = find_engine()
     buffer = b""

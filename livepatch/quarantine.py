@@ -1,0 +1,176 @@
+"""Quarantined loads: run a module body in a throwaway process first.
+
+A bad push must never take the engine down. Before an engine with a
+quarantine policy runs a new source in its own process, it runs it here: a
+fresh ``python -m livepatch.quarantine`` child with a time limit and a memory
+limit compiles the source, executes its body and resolve-checks it against
+the slot's interface. A body that loops forever, calls ``os._exit``, crashes
+the interpreter or eats memory fails the load with a one-line reason, and
+the engine (and its active versions) never saw it.
+
+Consequence worth knowing: a module body runs twice (once here, once in the
+engine), so module bodies should have no side effects beyond defining
+things. The check report warns about threads started at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LoadFailed
+
+__all__ = ["Quarantine", "interface_spec", "main"]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Limits for the quarantine process."""
+
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+
+    def run(self, source: str, filename: str, interface: type | None) -> None:
+        """Run the source in a child process; :class:`LoadFailed` if it misbehaves."""
+        request = {
+            "source": source,
+            "filename": filename,
+            "interface": interface_spec(interface),
+            "memory_mb": self.memory_mb,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "livepatch.quarantine"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # so a body that forks can be killed as a group
+        )
+        try:
+            out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise LoadFailed(
+                f"{filename}: the module body did not finish within {self.timeout_s:g} s "
+                "in quarantine (an endless loop at import?); nothing was loaded",
+                filename=filename,
+                reason="timeout",
+            ) from None
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+        _raise_for(proc.returncode, out, filename)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def _raise_for(returncode: int, out: bytes, filename: str) -> None:
+    result: dict[str, Any] | None = None
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            result = None
+    if result is not None and result.get("ok"):
+        return
+    if result is not None and "error" in result:
+        data = {k: v for k, v in result.get("data", {}).items() if k != "kind"}
+        raise LoadFailed(str(result["error"]), **data)
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        raise LoadFailed(
+            f"{filename}: the module body crashed the interpreter ({name}) in quarantine; "
+            "nothing was loaded",
+            filename=filename,
+            reason="crash",
+        )
+    raise LoadFailed(
+        f"{filename}: the module body ended the process (exit status {returncode}, "
+        "e.g. os._exit) in quarantine; nothing was loaded",
+        filename=filename,
+        reason="exit",
+    )
+
+
+def interface_spec(interface: type | None) -> str | None:
+    """``module:qualname`` of an importable interface, else ``None``."""
+    if interface is None or interface.__module__ in ("__main__", "builtins"):
+        return None
+    return f"{interface.__module__}:{interface.__qualname__}"
+
+
+def _import_interface(spec: str | None) -> type | None:
+    if spec is None:
+        return None
+    import importlib
+
+    module_name, _, qualname = spec.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj if isinstance(obj, type) else None
+
+
+def main() -> None:
+    """The child: read a request on stdin, load and check, one JSON line out."""
+    # The module body may print or write to fd 1: keep the real stdout for
+    # our one result line and point fd 1 (and sys.stdout) at stderr.
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    request = json.loads(sys.stdin.read())
+    try:
+        import resource
+
+        limit = int(request["memory_mb"]) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass  # no limit available here: the time limit still applies
+    from .engine import Engine
+    from .errors import LivepatchError
+
+    result: dict[str, Any]
+    try:
+        interface = _import_interface(request["interface"])
+        engine = Engine(name="quarantine")
+        engine.add_slot("quarantine", interface)
+        version = engine.load("quarantine", request["source"], request["filename"])
+        report = engine.check(version)
+        result = {"ok": True, "report": report.to_json()}
+    except LivepatchError as exc:
+        result = {"ok": False, "error": exc.message, "data": exc.to_data()}
+    except MemoryError:
+        result = {
+            "ok": False,
+            "error": f"{request['filename']}: the module body ran out of memory in quarantine "
+            f"(limit {request['memory_mb']} MB); nothing was loaded",
+            "data": {"reason": "memory"},
+        }
+    except BaseException as exc:  # noqa: BLE001 - anything else is still a failed load
+        result = {
+            "ok": False,
+            "error": f"{request['filename']}: quarantine failed: {type(exc).__name__}: {exc}",
+            "data": {},
+        }
+    with os.fdopen(result_fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(result) + "\n")
+        out.flush()
+    os._exit(0)  # skip interpreter teardown: threads the body started must not hang us
+
+
+if __name__ == "__main__":
+    main()
