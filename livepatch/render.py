@@ -1,0 +1,169 @@
+"""Plain-text renderers for symbol tables, diffs and check reports.
+
+One renderer per medium over one data model (see the design's "Symbol
+tables"): these produce text for the terminal and the shell, optionally with
+ANSI colour; Jupyter gets its own HTML renderer over the same objects. The
+text is the same with and without colour except for escape codes, so tests
+and logs can use ``color=False`` and people get colour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from livepatch.resolve import Problem, ResolveReport
+from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
+
+__all__ = ["render_diff", "render_report", "render_row", "render_table"]
+
+_RESET: Final = "\x1b[0m"
+_STYLES: Final = {
+    "header": "\x1b[1m",
+    "dim": "\x1b[2m",
+    # letters
+    "T": "\x1b[32m",
+    "C": "\x1b[36m",
+    "D": "\x1b[34m",
+    "I": "\x1b[35m",
+    "U": "\x1b[33m",
+    "W": "\x1b[2;33m",
+    "unresolved": "\x1b[1;31m",  # a U row resolving to nothing
+    # diff markers
+    "=": "\x1b[2m",
+    "~": "\x1b[33m",
+    "+": "\x1b[32m",
+    "-": "\x1b[31m",
+    "!": "\x1b[1;31m",
+    # report severities
+    "error": "\x1b[31m",
+    "warning": "\x1b[33m",
+}
+
+#: The longest a side-by-side cell may get before it is cut with "…".
+DEFAULT_CELL_WIDTH: Final = 60
+
+
+def _paint(text: str, style: str, color: bool) -> str:
+    if not color or not text:
+        return text
+    return f"{_STYLES[style]}{text}{_RESET}"
+
+
+def _line(line: int | None) -> str:
+    return "-" if line is None else str(line)
+
+
+def _info(row: SymbolRow) -> str:
+    """What follows the name: the signature for T/C, the detail otherwise."""
+    if row.letter in ("T", "C"):
+        return row.signature or ""
+    return row.detail
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _letter_counts(rows: Iterable[SymbolRow]) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.letter] = counts.get(row.letter, 0) + 1
+    order = "TCDIUW"
+    letters = sorted(counts, key=lambda k: (order.find(k) if k in order else len(order), k))
+    return ", ".join(f"{counts[k]} {k}" for k in letters)
+
+
+def render_row(row: SymbolRow, *, name_width: int = 0, color: bool = False) -> str:
+    """One table row: ``line letter name  signature-or-detail``."""
+    known = row.letter in _STYLES
+    name_style = "unresolved" if row.letter == "U" and row.detail == "?" else row.letter
+    letter = _paint(row.letter, row.letter if known else "dim", color)
+    name = _paint(row.name.ljust(name_width), name_style if known else "dim", color)
+    info = _info(row)
+    return f"{_line(row.line):>6} {letter} {name}  {info}".rstrip()
+
+
+def render_table(table: SymbolTable, *, color: bool = False) -> str:
+    """``nm``-like listing: line, letter, name, then the signature (T, C)
+    or the detail (origin, resolution, type) of each row."""
+    header = f"{table.version}: {_plural(len(table), 'symbol')}"
+    if len(table):
+        header += f" ({_letter_counts(table)})"
+    lines = [_paint(header, "header", color)]
+    width = max((len(row.name) for row in table), default=0)
+    lines.extend(render_row(row, name_width=width, color=color) for row in table)
+    return "\n".join(lines)
+
+
+def _cell(row: SymbolRow | None, name_width: int) -> str:
+    if row is None:
+        return ""
+    info = _info(row)
+    text = f"{_line(row.line):>5} {row.letter} {row.name.ljust(name_width)}"
+    return f"{text}  {info}".rstrip() if info else text.rstrip()
+
+
+def render_diff(
+    diff: SymbolDiff, *, color: bool = False, cell_width: int = DEFAULT_CELL_WIDTH
+) -> str:
+    """Two versions side by side: ``a``'s row, a marker column (``=`` same,
+    ``~`` changed, ``+`` only in ``b``, ``-`` only in ``a``, followed by ``!``
+    when an undefined or imported name resolves to something different), and
+    ``b``'s row. Cells longer than ``cell_width`` are cut with "…"."""
+    name_width = max((len(r.name) for r in diff.rows), default=0)
+    cells = [
+        (_cut(_cell(r.left, name_width), cell_width), _cut(_cell(r.right, name_width), cell_width))
+        for r in diff.rows
+    ]
+    width = max([len(diff.a), *(len(left) for left, _right in cells)])
+    right_width = max([len(diff.b), *(len(right) for _left, right in cells)])
+    gap = "    "  # where the two-character marker sits, with a space each side
+    out = [
+        _paint(f"{diff.a.ljust(width)}{gap}{diff.b}".rstrip(), "header", color),
+        _paint(f"{'-' * width}{gap}{'-' * right_width}", "dim", color),
+    ]
+    for row, (left, right) in zip(diff.rows, cells, strict=True):
+        pad = " " * (width - len(left))  # measured before colour codes go in
+        marker = _paint(row.marker, row.marker if row.marker in _STYLES else "dim", color)
+        if row.resolves_differently:
+            marker += _paint("!", "!", color)
+            left, right = _paint(left, "!", color), _paint(right, "!", color)
+        else:
+            marker += " "
+        out.append(f"{left}{pad} {marker} {right}".rstrip())
+    counts = diff.counts()
+    summary = "  ".join(f"{m} {counts[m]}" for m in ("=", "~", "+", "-"))
+    flagged = sum(1 for r in diff.rows if r.resolves_differently)
+    if flagged:
+        summary += f"   ! {flagged} resolve{'s' if flagged == 1 else ''} differently"
+    out.append(_paint(summary, "dim", color))
+    return "\n".join(out)
+
+
+def _problem_line(problem: Problem, color: bool) -> str:
+    kind = problem.kind if problem.severity == "error" else f"{problem.kind} ({problem.severity})"
+    style = "warning" if problem.severity == "warning" else "error"
+    shown = _paint(kind, style, color)
+    return f"  line {_line(problem.line)}  {shown}  {problem.symbol}: {problem.message}"
+
+
+def render_report(report: ResolveReport, *, color: bool = False) -> str:
+    """``spam@3: 2 problems`` and then one line per problem:
+    ``  line 12  unresolved  lenn: name 'lenn' used in ...``."""
+    count = len(report.problems)
+    if not count:
+        header = f"{report.version}: ok, no problems"
+    else:
+        header = f"{report.version}: {_plural(count, 'problem')}"
+        errors, warnings = len(report.errors), len(report.warnings)
+        if warnings:
+            header += f" ({_plural(errors, 'error')}, {_plural(warnings, 'warning')})"
+    style = "header" if report.ok else "error"
+    lines = [_paint(header, style, color)]
+    lines.extend(_problem_line(p, color) for p in report.problems)
+    return "\n".join(lines)
