@@ -33,7 +33,12 @@ class Peer:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of the fields."""
-        return {"uid": self.uid, "pid": self.pid, "client": self.client, "transport": self.transport}
+        return {
+            "uid": self.uid,
+            "pid": self.pid,
+            "client": self.client,
+            "transport": self.transport,
+        }
 
 
 @dataclass(frozen=True, slots=True)

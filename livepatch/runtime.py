@@ -172,7 +172,9 @@ def write_connection_file(info: ConnectionInfo, directory: Path | None = None) -
     return final
 
 
-def remove_connection_file(name: str, directory: Path | None = None, pid: int | None = None) -> None:
+def remove_connection_file(
+    name: str, directory: Path | None = None, pid: int | None = None
+) -> None:
     """Remove an engine's connection file (only if it is ``pid``'s, when given)."""
     directory = directory or runtime_dir(create=False)
     path = _connection_path(name, directory)

@@ -72,7 +72,9 @@ def engine_proc(runtime_dir: Path) -> Iterator[EngineProcess]:
     proc.stop()
 
 
-def run_cli(*args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the ``livepatch`` command in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "livepatch", *args],

@@ -53,7 +53,9 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of the fields."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
 
 class SpamRules(Protocol):

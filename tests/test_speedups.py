@@ -1,0 +1,605 @@
+"""The call path on both implementations: the C dispatcher and pure Python.
+
+``Engine.call`` in Python is the reference; ``livepatch._speedups`` must be
+indistinguishable from it (results, exceptions and their messages, call and
+error counters, pins). Every behaviour test runs on both.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.util
+import inspect
+import os
+import sys
+import threading
+import traceback
+import types
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from livepatch import BadState, Engine, UnknownSlot, UnknownVersion
+
+HAVE_SPEEDUPS = importlib.util.find_spec("livepatch._speedups") is not None
+NO_SPEEDUPS = "livepatch._speedups was not built (no C compiler at install time?)"
+
+RULES_V1 = """\
+VERSION = 1
+NOT_CALLABLE = 42
+
+
+def ident(x):
+    return x
+
+
+def which():
+    return VERSION
+
+
+def mixed(a, b=2, /, c=3, *rest, d, e=5, **extra):
+    return (a, b, c, rest, d, e, extra)
+
+
+def posonly(a, b, /):
+    return (a, b)
+
+
+def kwonly(*, key):
+    return key
+
+
+class Boom(Exception):
+    pass
+
+
+def boom(*args):
+    raise Boom(*args)
+
+
+class Fatal(BaseException):
+    pass
+
+
+def fatal():
+    raise Fatal("stop")
+
+
+def nested(engine, x):
+    return (VERSION, engine.call("rules", "which"), x)
+
+
+def forget_myself():
+    global forget_myself
+    del forget_myself
+    return "gone"
+
+
+def swap_during(engine, target):
+    engine.swap(target)
+    return VERSION
+
+
+def depth(engine, n):
+    return 0 if n == 0 else 1 + engine.call("rules", "depth", engine, n - 1)
+"""
+RULES_V2 = RULES_V1.replace("VERSION = 1", "VERSION = 2")
+
+accelerate_params = [
+    pytest.param(True, id="c", marks=pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)),
+    pytest.param(False, id="python"),
+]
+
+
+def make_engine(accelerate: bool, *, active: str | None = RULES_V1) -> Engine:
+    engine = Engine(name=f"speedups-{accelerate}", accelerate=accelerate)
+    engine.add_slot("rules")
+    engine.add_slot("empty")
+    if active is not None:
+        version = engine.load("rules", active, "rules.py")
+        assert engine.check(version).ok, engine.report(version)
+        engine.swap(version)
+    return engine
+
+
+@pytest.fixture(params=accelerate_params)
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    e = make_engine(request.param)
+    assert e.accelerated is request.param
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def both() -> Iterator[tuple[Engine, Engine]]:
+    """A C engine and a Python engine in the same state, to compare outcomes."""
+    if not HAVE_SPEEDUPS:
+        pytest.skip(NO_SPEEDUPS)
+    fast, slow = make_engine(True), make_engine(False)
+    assert fast.accelerated and not slow.accelerated
+    yield fast, slow
+    fast.close()
+    slow.close()
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return ("ok", fn())
+    except BaseException as exc:  # noqa: BLE001 - the outcome is what we compare
+        return (type(exc).__qualname__, (str(exc), getattr(exc, "data", None)))
+
+
+def counters(engine: Engine, version: str = "rules@1") -> tuple[int, int]:
+    info = engine.info(version)
+    return info.calls, info.errors
+
+
+def rule(engine: Engine, name: str, version: str = "rules@1") -> Any:
+    return engine.function(version, name)
+
+
+# -- the build ------------------------------------------------------------------
+
+
+def test_the_accelerator_is_importable_where_a_compiler_exists() -> None:
+    if os.environ.get("LIVEPATCH_REQUIRE_SPEEDUPS"):
+        assert HAVE_SPEEDUPS, NO_SPEEDUPS
+    if not HAVE_SPEEDUPS:
+        pytest.skip(NO_SPEEDUPS)
+    for accelerate in (True, False):
+        engine = make_engine(accelerate, active=None)
+        assert engine.accelerated is accelerate
+        assert isinstance(engine.call, types.MethodType) is not accelerate
+
+
+def test_a_subclass_that_overrides_call_keeps_its_own() -> None:
+    class Logged(Engine):
+        def call(self, slot: str, symbol: str, /, *args: Any, **kwargs: Any) -> Any:
+            return ("logged", super().call(slot, symbol, *args, **kwargs))
+
+    engine = Logged(accelerate=True)
+    engine.add_slot("rules")
+    v = engine.load("rules", RULES_V1)
+    engine.check(v)
+    engine.swap(v)
+    assert not engine.accelerated
+    assert engine.call("rules", "ident", 1) == ("logged", 1)
+    engine.close()
+
+
+# -- results ------------------------------------------------------------------------
+
+
+def test_results_and_arguments(engine: Engine) -> None:
+    assert engine.call("rules", "ident", "x") == "x"
+    assert engine.call("rules", "which") == 1
+    assert engine.call("rules", "ident", x=7) == 7
+    assert engine.call("rules", "mixed", 1, d=4) == (1, 2, 3, (), 4, 5, {})
+    assert engine.call("rules", "mixed", 1, 20, 30, 40, 50, d=4, e=6, z=9) == (
+        1,
+        20,
+        30,
+        (40, 50),
+        4,
+        6,
+        {"z": 9},
+    )
+    # slot and symbol are positional-only: the same names can reach the rule
+    assert engine.call("rules", "mixed", 1, d=4, slot="s", symbol="y") == (
+        1,
+        2,
+        3,
+        (),
+        4,
+        5,
+        {"slot": "s", "symbol": "y"},
+    )
+    args, kwargs = (1,), {"d": 0}
+    assert engine.call("rules", "mixed", *args, **kwargs) == (1, 2, 3, (), 0, 5, {})
+    assert counters(engine) == (7, 0)
+
+
+def test_positional_only_and_keyword_only_rules(engine: Engine) -> None:
+    assert engine.call("rules", "posonly", 1, 2) == (1, 2)
+    assert engine.call("rules", "kwonly", key="k") == "k"
+    with pytest.raises(TypeError, match="positional-only"):
+        engine.call("rules", "posonly", 1, b=2)
+    with pytest.raises(TypeError, match="positional argument"):
+        engine.call("rules", "kwonly", "k")
+    # a call that the rule refuses is still a call, and an error
+    assert counters(engine) == (4, 2)
+
+
+def test_the_same_outcomes_on_both(both: tuple[Engine, Engine]) -> None:
+    class Sub(str):
+        pass
+
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        (("rules", "ident", 1), {}),
+        (("rules", "mixed", 1, 2, 3, 4), {"d": 5, "q": 6}),
+        (("rules", "posonly", 1, 2), {}),
+        (("rules", "posonly", 1), {}),
+        (("rules", "kwonly"), {}),
+        (("rules", "boom", 1, 2), {}),
+        (("rules", "fatal"), {}),
+        (("rules", "nope"), {}),
+        (("rules", "NOT_CALLABLE"), {}),
+        (("rules", "__builtins__"), {}),
+        (("rules", 3), {}),
+        (("rules", None), {}),
+        (("missing", "ident", 1), {}),
+        (("empty", "ident", 1), {}),
+        ((Sub("rules"), "ident", 2), {}),
+        (("rules", Sub("ident"), 3), {}),
+        ((["unhashable"], "ident"), {}),
+        (("rules",), {}),
+        ((), {}),
+        (("rules", "ident"), {"x": 1}),
+        (("rules", "ident"), {"slot": "rules", "x": 1}),
+        (("rules", "ident", 1), {"slot": "rules"}),
+        (("rules",), {"symbol": "ident"}),
+    ]
+    for args, kwargs in cases:
+        results = [outcome(functools.partial(e.call, *args, **kwargs)) for e in both]
+        assert results[0] == results[1], (args, kwargs)
+    assert results[0][0] == "TypeError"
+    assert counters(both[0]) == counters(both[1])
+
+
+def test_lookup_errors_name_what_is_missing(engine: Engine) -> None:
+    with pytest.raises(UnknownSlot, match="no slot named 'missing'; slots: rules, empty"):
+        engine.call("missing", "ident", 1)
+    with pytest.raises(BadState, match="empty has no active version"):
+        engine.call("empty", "ident", 1)
+    with pytest.raises(UnknownVersion, match="rules@1 has no callable 'nope'"):
+        engine.call("rules", "nope")
+    with pytest.raises(UnknownVersion, match="rules@1 has no callable 'NOT_CALLABLE'"):
+        engine.call("rules", "NOT_CALLABLE")
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'symbol'"):
+        engine.call("rules")  # type: ignore[call-arg]
+    # lookups that fail are not calls
+    assert counters(engine) == (0, 0)
+
+
+# -- exceptions ---------------------------------------------------------------------
+
+
+def test_exceptions_propagate_intact_and_are_counted(engine: Engine) -> None:
+    boom = rule(engine, "boom")
+    with pytest.raises(Exception) as info:
+        engine.call("rules", "boom", 1, "two")
+    exc = info.value
+    assert type(exc).__name__ == "Boom"
+    assert type(exc) is boom.__globals__["Boom"]
+    assert exc.args == (1, "two")
+    frames = traceback.extract_tb(exc.__traceback__)
+    assert frames[-1].name == "boom"
+    assert frames[-1].filename.startswith("rules.py [rules@1]")
+    assert frames[-1].line == "raise Boom(*args)"
+    assert exc.__cause__ is None and exc.__context__ is None
+    assert counters(engine) == (1, 1)
+
+
+def test_base_exceptions_are_counted_too(engine: Engine) -> None:
+    with pytest.raises(BaseException) as info:
+        engine.call("rules", "fatal")
+    assert type(info.value).__name__ == "Fatal"
+    assert info.value.args == ("stop",)
+    assert counters(engine) == (1, 1)
+
+
+def test_an_exception_while_one_is_being_handled_keeps_its_context(engine: Engine) -> None:
+    try:
+        raise KeyError("outer")
+    except KeyError as outer:
+        with pytest.raises(Exception) as info:
+            engine.call("rules", "boom")
+        assert info.value.__context__ is outer
+
+
+# -- pins and swaps -------------------------------------------------------------------
+
+
+def test_swap_is_visible_to_the_next_call(engine: Engine) -> None:
+    assert engine.call("rules", "which") == 1
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    engine.swap(v2)
+    assert engine.call("rules", "which") == 2
+    engine.swap("rules@1")
+    assert engine.call("rules", "which") == 1
+    assert counters(engine, "rules@1") == (2, 0)
+    assert counters(engine, "rules@2") == (1, 0)
+
+
+def test_pinned_calls_use_the_pinned_version(engine: Engine) -> None:
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    with engine.pin("rules") as rules:
+        assert rules.which() == 1
+        engine.swap(v2)
+        assert engine.call("rules", "which") == 1
+        # nested: a rule that calls back into the engine stays on its version
+        assert engine.call("rules", "nested", engine, "x") == (1, 1, "x")
+        with engine.pin("rules"):
+            assert engine.call("rules", "which") == 1
+        assert engine.call("rules", "which") == 1
+    assert engine.call("rules", "which") == 2
+    assert engine.call("rules", "nested", engine, "y") == (2, 2, "y")
+    # rules.which(), 3 calls and 2 nested ones on @1; 1 and 1 nested on @2
+    assert counters(engine, "rules@1") == (6, 0)
+    assert counters(engine, "rules@2") == (3, 0)
+
+
+def test_a_pin_elsewhere_does_not_pin_this_call(engine: Engine) -> None:
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_a_pin() -> None:
+        with engine.pin("rules"):
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_a_pin)
+    holder.start()
+    try:
+        assert entered.wait(10)
+        engine.swap(v2)
+        assert engine.call("rules", "which") == 2
+        with engine.pin("rules"):
+            assert engine.call("rules", "which") == 2
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def test_the_dispatcher_tracks_open_pins(engine: Engine) -> None:
+    dispatcher = engine._dispatcher
+
+    def check(expected: int) -> None:
+        assert engine._pinning == expected
+        if dispatcher is not None:
+            assert dispatcher.pinning == expected
+
+    check(0)
+    with engine.pin("rules"):
+        check(1)
+        with engine.pin("rules"):
+            check(2)
+        check(1)
+    check(0)
+    with pytest.raises(BadState), engine.pin("empty"):
+        pass
+    check(0)
+    with pytest.raises(ValueError, match="inside"), engine.pin("rules"):
+        raise ValueError("inside")
+    check(0)
+
+
+def test_a_call_that_swaps_its_own_slot(engine: Engine) -> None:
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    # the record the call started from is replaced while the call runs
+    assert engine.call("rules", "swap_during", engine, v2) == 1
+    assert engine.call("rules", "which") == 2
+    assert engine.call("rules", "swap_during", engine, "rules@1") == 2
+    assert engine.call("rules", "which") == 1
+
+
+def test_a_rule_that_deletes_itself_while_running(engine: Engine) -> None:
+    assert engine.call("rules", "forget_myself") == "gone"
+    with pytest.raises(UnknownVersion, match="no callable 'forget_myself'"):
+        engine.call("rules", "forget_myself")
+
+
+def test_runaway_recursion_through_the_engine_is_a_recursion_error(engine: Engine) -> None:
+    assert engine.call("rules", "depth", engine, 50) == 50
+    with pytest.raises(RecursionError):
+        engine.call("rules", "depth", engine, sys.getrecursionlimit() * 2)
+    calls, errors = counters(engine)
+    # every level that raised counted its error; the 51 good calls did not
+    assert calls - errors == 51
+    assert engine.call("rules", "depth", engine, 5) == 5
+
+
+def test_close_unpublishes(engine: Engine) -> None:
+    engine.close()
+    with pytest.raises(BadState, match="rules has no active version"):
+        engine.call("rules", "ident", 1)
+    if engine._dispatcher is not None:
+        assert engine._dispatcher.fast == {}
+
+
+def test_a_retired_version_is_freed_on_unload(engine: Engine) -> None:
+    engine.call("rules", "ident", 1)
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    engine.swap(v2)
+    engine.call("rules", "ident", 1)
+    result = engine.unload("rules@1")
+    assert result.freed, result.holders
+
+
+def test_concurrent_calls_while_swapping(engine: Engine) -> None:
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    stop = threading.Event()
+    seen: list[set[int]] = []
+    failures: list[BaseException] = []
+
+    def caller() -> None:
+        mine: set[int] = set()
+        try:
+            while not stop.is_set():
+                for _ in range(50):
+                    mine.add(engine.call("rules", "which"))
+                    with engine.pin("rules") as rules:
+                        pinned = rules.which()
+                        assert engine.call("rules", "which") == pinned
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        seen.append(mine)
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(300):
+            engine.swap(v2 if i % 2 == 0 else "rules@1")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failures, failures
+    assert len(seen) == 8
+    assert set().union(*seen) <= {1, 2}
+    assert engine._pinning == 0
+    if engine._dispatcher is not None:
+        assert engine._dispatcher.pinning == 0
+
+
+# -- references ---------------------------------------------------------------------
+
+
+def test_no_reference_leaks(engine: Engine) -> None:
+    ident, boom = rule(engine, "ident"), rule(engine, "boom")
+    namespace = ident.__globals__
+    arg = object()
+    record = engine._fast["rules"]
+
+    def refs() -> tuple[int, ...]:
+        return tuple(sys.getrefcount(o) for o in (ident, boom, namespace, arg, record))
+
+    for _ in range(10):  # warm up caches and specializations
+        engine.call("rules", "ident", arg)
+    before = refs()
+    for _ in range(100_000):
+        engine.call("rules", "ident", arg)
+    for _ in range(1_000):
+        engine.call("rules", "ident", x=arg)
+        with pytest.raises(boom.__globals__["Boom"]):
+            engine.call("rules", "boom", arg)
+        with pytest.raises(UnknownVersion):
+            engine.call("rules", "nope", arg)
+    with engine.pin("rules"):
+        for _ in range(1_000):
+            engine.call("rules", "ident", arg)
+    gc.collect()
+    assert refs() == before
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_a_million_calls_do_not_grow_memory(engine: Engine) -> None:
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    call, arg = engine.call, object()
+    for _ in range(10_000):
+        call("rules", "ident", arg)
+    before = rss()
+    for _ in range(1_000_000):
+        call("rules", "ident", arg)
+    # one leaked int or tuple per call would be tens of megabytes
+    assert rss() - before < 4 * 1024 * 1024
+
+
+def test_an_engine_is_collected(engine: Engine) -> None:
+    # engine -> dispatcher -> bound Engine.call -> engine: a cycle for the GC
+    probe = make_engine(engine.accelerated)
+    probe.call("rules", "ident", 1)
+    probe.close()
+    ref = weakref.ref(probe)
+    del probe
+    gc.collect()
+    assert ref() is None
+
+
+# -- the C type itself --------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)
+def test_dispatcher_construction_and_fields() -> None:
+    import contextvars
+
+    from livepatch._speedups import Dispatcher
+
+    var: contextvars.ContextVar[Any] = contextvars.ContextVar("pins", default=None)
+    fast: dict[str, tuple[Any, ...]] = {}
+    d = Dispatcher(fast, var, print)
+    assert (d.fast, d.pins, d.fallback, d.__wrapped__) == (fast, var, print, print)
+    assert d.pinning == 0
+    d.pinning = 3
+    assert d.pinning == 3
+    with pytest.raises(ValueError):
+        d.pinning = -1
+    with pytest.raises(TypeError):
+        d.pinning = "1"  # type: ignore[assignment]
+    with pytest.raises(AttributeError):
+        del d.pinning
+    with pytest.raises(AttributeError):
+        d.fast = {}  # type: ignore[misc]
+    with pytest.raises(TypeError, match="fast must be a dict"):
+        Dispatcher([], var, print)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ContextVar"):
+        Dispatcher(fast, None, print)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        Dispatcher(fast, var, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        type("Sub", (Dispatcher,), {})
+    assert "pinning=3" in repr(d)
+
+
+@pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)
+def test_dispatcher_reads_only_well_formed_records() -> None:
+    import contextvars
+    import itertools
+
+    from livepatch._speedups import Dispatcher
+
+    var: contextvars.ContextVar[Any] = contextvars.ContextVar("pins", default=None)
+    handed: list[tuple[Any, ...]] = []
+
+    def fallback(*args: Any, **kwargs: Any) -> str:
+        handed.append((args, kwargs))
+        return "fallback"
+
+    calls, errors = itertools.count(), itertools.count()
+    namespace = {"f": lambda *a, **k: (a, k), "n": 1}
+    fast: dict[str, Any] = {
+        "ok": (namespace, calls, errors),
+        "short": (namespace, calls),
+        "list": [namespace, calls, errors],
+        "no-dict": (None, calls, errors),
+        "no-iter": (namespace, 1, errors),
+    }
+    d = Dispatcher(fast, var, fallback)
+    assert d("ok", "f", 1, k=2) == ((1,), {"k": 2})
+    assert next(calls) == 1
+    for slot in ("short", "list", "no-dict", "no-iter", "absent"):
+        assert d(slot, "f", 1, k=2) == "fallback"
+        assert handed.pop() == ((slot, "f", 1), {"k": 2})
+    assert d("ok", "n") == "fallback"
+    assert d("ok") == "fallback"  # type: ignore[call-arg]
+    assert handed == [(("ok", "n"), {}), (("ok",), {})]
+    # pinned in this context: handed over; a context that pins another slot: not
+    d.pinning = 1
+    token = var.set({"ok": object()})
+    assert d("ok", "f") == "fallback"
+    var.reset(token)
+    token = var.set({"other": object()})
+    assert d("ok", "f") == ((), {})
+    var.reset(token)
+    # through tp_call (PyVectorcall_Call) as well as vectorcall
+    call_slot: Any = type(d).__call__
+    assert call_slot(d, "ok", "f", 5) == ((5,), {})
+    assert next(calls) == 4 and next(errors) == 0
+
+
+def test_the_signature_is_the_reference_one(engine: Engine) -> None:
+    assert inspect.signature(engine.call) == inspect.signature(Engine(accelerate=False).call)
+    assert Engine.call.__doc__ and "hot path" in Engine.call.__doc__
