@@ -407,6 +407,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# `livepatch bench`
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure the hot path, swaps under load, load time, memory and the peers."""
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+# ---------------------------------------------------------------------------
+# `livepatch shell`
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    """Attach the interactive shell (or run commands from -c or stdin)."""
+    from .shell import run_shell
+
+    return run_shell(args)
+
+
+# ---------------------------------------------------------------------------
 # Parser
 
 
@@ -456,6 +478,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="an engine with the demo rules, live traffic and a tour")
     p.add_argument("--rate", type=float, default=50.0, help="demo calls per second")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure livepatch against a direct call and its peers (table + JSON)",
+        description="Measure the hot path, swaps under load, load + check time, memory over "
+        "load/unload cycles, and importlib.reload, IPython autoreload and jurigged next to "
+        "livepatch, side by side in one run. Exit 1 only when a correctness goal is missed.",
+    )
+    p.add_argument("--quick", action="store_true", help="small counts (about 15 s), as CI runs it")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument(
+        "--section",
+        action="append",
+        choices=("hot_path", "swap_under_load", "load_check", "memory", "peers"),
+        help="measure only this section (repeatable; default: all)",
+    )
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "shell",
+        help="an interactive shell attached to an engine (or a script: -c, stdin)",
+        description="Attach to a running engine. With -c, or with commands piped on "
+        "stdin, run them in order and stop at the first failure (exit 1; 2 for a "
+        "command that cannot be run as written).",
+    )
+    p.add_argument("--existing", metavar="NAME", help="engine name (default: the only one)")
+    p.add_argument(
+        "-c",
+        dest="commands",
+        metavar="COMMANDS",
+        help="run these commands (separated by ';' or newlines) and exit",
+    )
+    p.set_defaults(func=cmd_shell)
 
     def verb(name: str, help_text: str) -> argparse.ArgumentParser:
         vp = sub.add_parser(name, help=help_text)

@@ -1,10 +1,12 @@
-"""``livepatch demo``: an engine with the bundled rules, live traffic, a tour.
+"""``livepatch demo``: an engine with the bundled rules, live traffic, a shell.
 
 The engine runs in a child process (as a real service would) with synthetic
-traffic flowing through the ``spam`` slot; the tour drives it over the
-control socket exactly as a deploy script or the shell would, printing each
-command before its output. Every engine the demo started is stopped when it
-exits, whatever happens.
+traffic flowing through the ``spam`` slot. On a terminal the demo attaches the
+interactive shell with a short hint of what to try; otherwise (stdin piped or
+closed, as in CI) it runs the scripted tour, which drives the engine over the
+control socket exactly as a deploy script would, printing each command before
+its output. Every engine the demo started is stopped when it exits, whatever
+happens.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .client import Client
 from .errors import LivepatchError
 from .examples.spam import rule_path, rule_source
 
-__all__ = ["run_demo", "start_engine"]
+__all__ = ["demo_hint", "run_demo", "start_engine", "tour"]
 
 
 @contextlib.contextmanager
@@ -120,23 +123,52 @@ def tour(client: Client) -> None:
     _step("7. Every change is in the audit journal")
     _cmd("journal --limit 6")
     for e in client.journal(6):
-        print(f"  {'ok ' if e['ok'] else 'ERR'} {e['op']:<8} {e['version'] or '-':<8} {e['result']}")
+        print(
+            f"  {'ok ' if e['ok'] else 'ERR'} {e['op']:<8} {e['version'] or '-':<8} {e['result']}"
+        )
+
+
+def demo_hint(rules_dir: Path) -> str:
+    """What to try first in the demo shell."""
+    return f"""\
+livepatch demo: engine with the bundled spam rules and live traffic (spam@1 serving).
+Relative paths are read from the bundled rules folder: {rules_dir}
+Try, in order (Tab completes commands, files and version ids):
+  status                                 spam@1 serves the traffic (see the toolbar)
+  load spam_v2.py                        a second version next to the first
+  check spam@2                           resolve-check it; nothing runs it yet
+  symbols spam@1 spam@2                  both symbol tables side by side (= ~ + -)
+  swap spam@2                            atomic: the toolbar's calls move to spam@2
+  load spam_unresolved.py; check spam@3  a broken push, caught with its line
+  rollback spam, watch, show spam@2, help; quit stops the demo engine."""
+
+
+def _wait_for_traffic(client: Client, deadline_s: float = 2.0) -> None:
+    """Let some traffic reach v1 so the first status shows calls moving."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        versions = client.status()["slots"][0]["versions"]
+        if versions and versions[0]["calls"] > 0:
+            return
+        time.sleep(0.05)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Start a demo engine, run the tour against it, and stop the engine."""
+    """Start a demo engine and attach the shell to it (on a terminal), or run
+    the scripted tour (stdin not a terminal); the engine stops either way."""
     name = f"demo-{os.getpid()}"
+    interactive = sys.stdin.isatty()
     with start_engine(name, args.rate) as ready:
         print(f"started engine {ready['name']!r} (pid {ready['pid']}) with {args.rate:g} calls/s")
         client = Client.connect(name, client_name="livepatch-demo")
         with client:
-            # Let some traffic reach v1 so the status shows calls moving.
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                versions = client.status()["slots"][0]["versions"]
-                if versions and versions[0]["calls"] > 0:
-                    break
-                time.sleep(0.05)
-            tour(client)
-    print("\nengine stopped. Run `livepatch engine --traffic 20` to keep one running.")
+            _wait_for_traffic(client)
+            if interactive:
+                from .shell import Shell
+
+                rules_dir = Path(rule_path("spam_v1.py")).parent
+                Shell(client, base_dir=rules_dir, greeting=demo_hint(rules_dir)).run()
+            else:
+                tour(client)
+    print(f"\nengine {name!r} stopped. Run `livepatch engine --traffic 20` to keep one running.")
     return 0

@@ -9,11 +9,12 @@ GHC's runtime linker, as DESIGN.md describes; the allowed moves live in
 Concurrency model, in one paragraph: the hot path takes no lock. Publishing a
 version is a dict store (``self._active[slot] = version``, and its record in
 ``self._fast`` for the C dispatcher), each atomic in CPython; a call reads
-one of them once and then runs wholly on that version, because the function it calls finds every global through its own
-module's namespace. ``pin()`` extends that to a whole request, including
-nested ``engine.call`` of the same slot, through a context variable. Every
-state change of a slot happens under that slot's lock, so swaps of one slot
-are serialized and compare-and-swap is exact.
+one of them once and then runs wholly on that version, because the function
+it calls finds every global through its own module's namespace. ``pin()``
+extends that to a whole request, including nested ``engine.call`` of the
+same slot, through a context variable. Every state change of a slot happens
+under that slot's lock, so swaps of one slot are serialized and
+compare-and-swap is exact.
 
 The engine core imports neither IPython nor prompt-toolkit.
 """

@@ -56,9 +56,10 @@ def test_restart_after_kill9_restores_the_active_version(runtime_dir: Path, tmp_
             assert slot["active"] == "spam@2"
             (restored,) = [v for v in slot["versions"] if v["id"] == "spam@2"]
             assert restored["state"] == "active"
-            assert restored["sha256"] == client.request("load", {"slot": "spam", "source": V2})[
-                "sha256"
-            ]
+            assert (
+                restored["sha256"]
+                == client.request("load", {"slot": "spam", "source": V2})["sha256"]
+            )
             assert client.call("spam", "classify", [MSG])["version"] == "spam@2"
             # numbering continues after the highest id the journal has seen
             assert client.load("spam", V1 + "\n# new\n", "new.py") == "spam@4"

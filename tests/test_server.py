@@ -157,7 +157,7 @@ def test_thirty_two_concurrent_clients(engine_proc: EngineProcess) -> None:
                 source = rule_source("spam_v1.py") + f"\n# client {i % 4}\n"
                 v = client.load("spam", source, f"c{i}.py")
                 assert client.check(v).ok
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(32)]

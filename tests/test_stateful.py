@@ -30,7 +30,9 @@ from livepatch.examples.spam import rule_source
 GOOD = rule_source("spam_v1.py")
 BAD = rule_source("spam_unresolved.py")
 #: (is the source good?, source) by a small key, so that sources repeat.
-SOURCES = {key: (key % 3 != 2, (GOOD if key % 3 != 2 else BAD) + f"\n# {key}\n") for key in range(6)}
+SOURCES = {
+    key: (key % 3 != 2, (GOOD if key % 3 != 2 else BAD) + f"\n# {key}\n") for key in range(6)
+}
 
 
 class Lifecycle(RuleBasedStateMachine):

@@ -1,0 +1,32 @@
+"""``livepatch shell``: an interactive prompt-toolkit shell attached to an engine.
+
+One concept per module:
+
+- :mod:`.commands` the command language (specs as data, parser),
+- :mod:`.runner` running commands: text in, :class:`CommandResult` out,
+- :mod:`.link` the shared connection and its reconnect policy,
+- :mod:`.monitor` status sampled in the background (toolbar, completion, watch),
+- :mod:`.completer`, :mod:`.lexer`, :mod:`.toolbar`, :mod:`.keys`, :mod:`.watch`
+  the prompt-toolkit parts,
+- :mod:`.app` the :class:`Shell` that puts them together, and scripts.
+
+The engine core never imports this package (nor prompt-toolkit).
+"""
+
+from __future__ import annotations
+
+from .app import Shell, color_allowed, history_path, run_shell, state_home
+from .commands import COMMANDS, ShellUsageError
+from .runner import CommandResult, CommandRunner
+
+__all__ = [
+    "COMMANDS",
+    "CommandResult",
+    "CommandRunner",
+    "Shell",
+    "ShellUsageError",
+    "color_allowed",
+    "history_path",
+    "run_shell",
+    "state_home",
+]
