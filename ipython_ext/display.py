@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
-from livepatch.render import render_diff, render_report, render_table
+from livepatch.render import render_diff, render_report, render_status, render_table
 from livepatch.resolve import Problem, ResolveReport
 from livepatch.symbols import DiffRow, SymbolDiff, SymbolRow, SymbolTable
 
@@ -39,7 +39,6 @@ __all__ = [
     "html_diff",
     "html_report",
     "html_table",
-    "render_status_text",
     "view",
 ]
 
@@ -332,27 +331,6 @@ def _listing(
     )
 
 
-def render_status_text(status: Mapping[str, Any]) -> str:
-    """Status as text: a header per slot, a row per version (``*`` marks the active one)."""
-    lines = [f"engine {status['name']} (pid {status['pid']})"]
-    for slot in status["slots"]:
-        iface = f"  [{slot['interface']}]" if slot.get("interface") else ""
-        lines.append(f"slot {slot['name']}: active {slot['active'] or '-'}{iface}")
-        for v in slot["versions"]:
-            mark = "*" if v["id"] == slot["active"] else " "
-            freed = ""
-            if v["state"] == "unloaded":
-                freed = "  freed" if v.get("freed") else "  NOT freed"
-            lines.append(
-                f"  {mark} {v['id']:<10} {v['state']:<9} calls {v['calls']:>8}  "
-                f"errors {v['errors']:>5}  in flight {v['in_flight']:>3}  "
-                f"{v.get('filename') or ''}{freed}".rstrip()
-            )
-        if not slot["versions"]:
-            lines.append("    (no versions)")
-    return "\n".join(lines)
-
-
 def _state(state: str) -> str:
     color = STATE_COLOR.get(state, "#718096")
     return (
@@ -490,7 +468,7 @@ class StatusView(View):
 
     def text(self, color: bool = False) -> str:
         """Same layout as ``livepatch status``."""
-        return render_status_text(self.data)
+        return render_status(self.data)
 
     def html(self) -> str:
         """A table per slot, a row per version."""

@@ -27,7 +27,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 
-from livepatch.client import Client, ConnectionLost
+from livepatch.client import Client, ConnectionLost, split_call_target
 from livepatch.errors import LivepatchError
 from livepatch.resolve import ResolveReport
 from livepatch.runtime import EngineNotFound
@@ -123,10 +123,10 @@ def _with_verb_help(func: _F) -> _F:
 
 
 def _split_target(text: str) -> tuple[str, str]:
-    target, dot, symbol = text.rpartition(".")
-    if not dot or not target or not symbol:
-        raise UsageError(f"{text!r}: use SLOT.SYMBOL or SLOT@N.SYMBOL, e.g. spam.classify")
-    return target, symbol
+    try:
+        return split_call_target(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _holders(holders: dict[str, int]) -> str:

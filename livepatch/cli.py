@@ -51,29 +51,6 @@ def _emit_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
-def render_status(status: dict[str, Any]) -> str:
-    """Status as text: a header per slot, a row per version."""
-    lines = [f"engine {status['name']} (pid {status['pid']})"]
-    for slot in status["slots"]:
-        lines.append(
-            f"slot {slot['name']}: active {slot['active'] or '-'}"
-            + (f"  [{slot['interface']}]" if slot["interface"] else "")
-        )
-        for v in slot["versions"]:
-            mark = "*" if v["id"] == slot["active"] else " "
-            freed = ""
-            if v["state"] == "unloaded":
-                freed = "  freed" if v["freed"] else "  NOT freed"
-            lines.append(
-                f"  {mark} {v['id']:<10} {v['state']:<9} calls {v['calls']:>8}  "
-                f"errors {v['errors']:>5}  in flight {v['in_flight']:>3}  "
-                f"{v['filename']}{freed}"
-            )
-        if not slot["versions"]:
-            lines.append("    (no versions)")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------
 # `livepatch engine`
 
@@ -257,29 +234,10 @@ def _client(args: argparse.Namespace) -> Any:
     return Client.connect(args.existing, client_name="livepatch-cli")
 
 
-def _split_target(text: str) -> tuple[str, str]:
-    target, dot, symbol = text.rpartition(".")
-    if not dot or not target or not symbol:
-        raise UsageError(f"{text!r}: use SLOT.SYMBOL or SLOT@N.SYMBOL, e.g. spam.classify")
-    return target, symbol
-
-
-def _json_args(values: Sequence[str]) -> list[Any]:
-    out = []
-    for i, text in enumerate(values, 1):
-        try:
-            out.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"argument {i} is not JSON ({exc.msg} at column {exc.colno}): "
-                'quote strings, e.g. \'"text"\' or \'{"sender": "a", "text": "b"}\''
-            ) from None
-    return out
-
-
 def run_verb(args: argparse.Namespace) -> int:
     """Run a one-shot verb against an engine."""
-    from .render import render_diff, render_report, render_table
+    from .client import json_arguments, split_call_target
+    from .render import render_diff, render_report, render_status, render_table
 
     color = _color()
     verb = args.verb
@@ -368,8 +326,12 @@ def run_verb(args: argparse.Namespace) -> int:
                 print(render_diff(diff, color=color))
             return 0
         if verb == "call":
-            target, symbol = _split_target(args.target)
-            result = client.call(target, symbol, _json_args(args.args))
+            try:
+                target, symbol = split_call_target(args.target)
+                values = json_arguments(args.args)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            result = client.call(target, symbol, values)
             if args.json:
                 _emit_json(result)
             else:

@@ -15,6 +15,7 @@ arrive between replies are queued for :meth:`Client.events`.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import socket
 import threading
@@ -38,7 +39,7 @@ from .resolve import ResolveReport
 from .runtime import ConnectionInfo, find_engine
 from .symbols import SymbolDiff, SymbolTable
 
-__all__ = ["Client", "ConnectionLost"]
+__all__ = ["Client", "ConnectionLost", "json_arguments", "split_call_target"]
 
 
 class ConnectionLost(LivepatchError, ConnectionError):
@@ -304,3 +305,34 @@ class Client:
 
 def _directory_of(info: ConnectionInfo) -> Path | None:
     return info.path.parent if info.path is not None else None
+
+
+def split_call_target(text: str) -> tuple[str, str]:
+    """``"spam.classify"`` -> ``("spam", "classify")``; ``spam@2.classify`` too.
+
+    ``ValueError`` with a one-line hint when it is not SLOT.SYMBOL or
+    SLOT@N.SYMBOL. Shared by the CLI, the shell and the magics so that all
+    three accept exactly the same calls.
+    """
+    target, dot, symbol = text.rpartition(".")
+    if not dot or not target or not symbol:
+        raise ValueError(f"{text!r} is not SLOT.SYMBOL or SLOT@N.SYMBOL (e.g. spam.classify)")
+    return target, symbol
+
+
+def json_arguments(texts: list[str]) -> list[Any]:
+    """Parse each command-line argument of a call as JSON.
+
+    ``ValueError`` naming the first argument that is not JSON, and how to
+    quote it.
+    """
+    values = []
+    for i, text in enumerate(texts, 1):
+        try:
+            values.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"argument {i} is not JSON ({exc.msg} at column {exc.colno}): quote it, "
+                """e.g. '"text"' or '{"sender": "a@b.c", "text": "hi"}'"""
+            ) from None
+    return values

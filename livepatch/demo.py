@@ -69,8 +69,7 @@ def _cmd(text: str) -> None:
 
 def tour(client: Client) -> None:
     """The guided tour: load, check, compare, swap, a broken push, roll back, free."""
-    from .cli import render_status
-    from .render import render_diff, render_report, render_table
+    from .render import render_diff, render_report, render_status, render_table
 
     color = _tty()
     _step("1. The engine is serving spam@1 under live traffic")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
+from .jsonable import JsonFields
 from .quarantine import Quarantine
 from .resolve import Problem, ResolveReport, check_module, interface_members
 from .states import Op, VersionState, transition
@@ -102,7 +103,7 @@ def _counter_value(counter: itertools.count[int]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class VersionInfo:
+class VersionInfo(JsonFields):
     """A snapshot of one version: identity, state and call statistics."""
 
     id: str
@@ -117,25 +118,9 @@ class VersionInfo:
     in_flight: int
     freed: bool | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {
-            "id": self.id,
-            "slot": self.slot,
-            "number": self.number,
-            "state": self.state,
-            "sha256": self.sha256,
-            "filename": self.filename,
-            "loaded_at": self.loaded_at,
-            "calls": self.calls,
-            "errors": self.errors,
-            "in_flight": self.in_flight,
-            "freed": self.freed,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class SlotInfo:
+class SlotInfo(JsonFields):
     """A snapshot of one slot: its interface, active version and versions."""
 
     name: str
@@ -144,32 +129,18 @@ class SlotInfo:
     active: str | None
     versions: tuple[VersionInfo, ...]
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {
-            "name": self.name,
-            "interface": self.interface,
-            "members": list(self.members),
-            "active": self.active,
-            "versions": [v.to_json() for v in self.versions],
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class EngineStatus:
+class EngineStatus(JsonFields):
     """A snapshot of the whole engine."""
 
     name: str
     pid: int
     slots: tuple[SlotInfo, ...]
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {"name": self.name, "pid": self.pid, "slots": [s.to_json() for s in self.slots]}
-
 
 @dataclass(frozen=True, slots=True)
-class SwapResult:
+class SwapResult(JsonFields):
     """What a swap did: ``changed`` is false for a swap to the active version."""
 
     slot: str
@@ -177,18 +148,9 @@ class SwapResult:
     previous: str | None
     changed: bool
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {
-            "slot": self.slot,
-            "active": self.active,
-            "previous": self.previous,
-            "changed": self.changed,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class UnloadResult:
+class UnloadResult(JsonFields):
     """Whether an unloaded version's code left memory, and if not, why.
 
     ``holders`` counts, by kind, the objects that still refer to the
@@ -201,18 +163,9 @@ class UnloadResult:
     in_flight: int
     holders: dict[str, int] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {
-            "version": self.version,
-            "freed": self.freed,
-            "in_flight": self.in_flight,
-            "holders": dict(self.holders),
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(JsonFields):
     """A state change, sent to subscribers (and, by the server, to clients)."""
 
     version: str
@@ -221,17 +174,6 @@ class Event:
     previous: str | None
     op: str
     time: float
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {
-            "version": self.version,
-            "slot": self.slot,
-            "state": self.state,
-            "previous": self.previous,
-            "op": self.op,
-            "time": self.time,
-        }
 
 
 # ---------------------------------------------------------------------------

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .jsonable import JsonFields
+
 __all__ = ["Journal", "JournalEntry", "Peer", "read_journal"]
 
 
 @dataclass(frozen=True, slots=True)
-class Peer:
+class Peer(JsonFields):
     """Who sent a request: the kernel-checked uid/pid and the client's name."""
 
     uid: int | None = None
@@ -31,18 +33,9 @@ class Peer:
     client: str = ""
     transport: str = "local"
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {
-            "uid": self.uid,
-            "pid": self.pid,
-            "client": self.client,
-            "transport": self.transport,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class JournalEntry:
+class JournalEntry(JsonFields):
     """One line of the journal."""
 
     time: float
@@ -52,18 +45,6 @@ class JournalEntry:
     peer: dict[str, Any]
     ok: bool
     result: str
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields."""
-        return {
-            "time": self.time,
-            "op": self.op,
-            "version": self.version,
-            "sha256": self.sha256,
-            "peer": self.peer,
-            "ok": self.ok,
-            "result": self.result,
-        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:

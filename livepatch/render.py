@@ -9,13 +9,13 @@ and logs can use ``color=False`` and people get colour.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from livepatch.resolve import Problem, ResolveReport
 from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
 
-__all__ = ["render_diff", "render_report", "render_row", "render_table"]
+__all__ = ["render_diff", "render_report", "render_row", "render_status", "render_table"]
 
 _RESET: Final = "\x1b[0m"
 _STYLES: Final = {
@@ -166,4 +166,25 @@ def render_report(report: ResolveReport, *, color: bool = False) -> str:
     style = "header" if report.ok else "error"
     lines = [_paint(header, style, color)]
     lines.extend(_problem_line(p, color) for p in report.problems)
+    return "\n".join(lines)
+
+
+def render_status(status: Mapping[str, Any]) -> str:
+    """Status as text: a header per slot, a row per version (``*`` marks the active one)."""
+    lines = [f"engine {status['name']} (pid {status['pid']})"]
+    for slot in status["slots"]:
+        iface = f"  [{slot['interface']}]" if slot.get("interface") else ""
+        lines.append(f"slot {slot['name']}: active {slot['active'] or '-'}{iface}")
+        for v in slot["versions"]:
+            mark = "*" if v["id"] == slot["active"] else " "
+            freed = ""
+            if v["state"] == "unloaded":
+                freed = "  freed" if v.get("freed") else "  NOT freed"
+            lines.append(
+                f"  {mark} {v['id']:<10} {v['state']:<9} calls {v['calls']:>8}  "
+                f"errors {v['errors']:>5}  in flight {v['in_flight']:>3}  "
+                f"{v.get('filename') or ''}{freed}".rstrip()
+            )
+        if not slot["versions"]:
+            lines.append("    (no versions)")
     return "\n".join(lines)

@@ -373,7 +373,7 @@ def test_engine_started_by_a_shell_stops_when_it_exits(runtime_dir: Path) -> Non
         ("journal --limit 0", r"--limit must be 1 or more"),
         ("load", r"usage: %hotswap load FILE"),
         ("load /no/such/file.py", r"cannot read /no/such/file.py: No such file or directory"),
-        ("call spam", r"use SLOT.SYMBOL"),
+        ("call spam", r"is not SLOT.SYMBOL"),
         ("call spam.classify {oops", r"argument 1 is not JSON"),
         ("check spam@9", r"spam@9"),
         ("swap spam@1 --expect spam@7", r"spam@7"),

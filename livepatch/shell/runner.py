@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..client import Client, ConnectionLost
+from ..client import Client, ConnectionLost, json_arguments, split_call_target
 from ..errors import LivepatchError
 from ..symbols import SymbolDiff
 from .commands import (
@@ -249,7 +249,7 @@ class CommandRunner:
     # -- commands ---------------------------------------------------------------
 
     def _status(self, parsed: ParsedCommand) -> CommandResult:
-        from ..cli import render_status
+        from ..render import render_status
 
         return self._ok(parsed, render_status(self.client.status()))
 
@@ -377,22 +377,11 @@ class CommandRunner:
         return text
 
     def _call(self, parsed: ParsedCommand) -> CommandResult:
-        target, dot, symbol = parsed.string("target").rpartition(".")
-        if not dot or not target or not symbol:
-            raise ShellUsageError(
-                f"{parsed.string('target')!r} is not SLOT.SYMBOL or SLOT@N.SYMBOL "
-                "(e.g. spam.classify)"
-            )
-        args = []
-        for i, raw in enumerate(parsed.strings("args"), 1):
-            try:
-                args.append(json.loads(raw))
-            except json.JSONDecodeError as exc:
-                raise ShellUsageError(
-                    f"argument {i} is not JSON ({exc.msg} at column {exc.colno}); "
-                    "put each argument in single quotes, e.g. "
-                    '\'{"sender": "a@b.c", "text": "hi"}\''
-                ) from None
+        try:
+            target, symbol = split_call_target(parsed.string("target"))
+            args = json_arguments(parsed.strings("args"))
+        except ValueError as exc:
+            raise ShellUsageError(str(exc)) from None
         result = self.client.call(target, symbol, args)
         return self._ok(
             parsed, f"{result['version']}: {json.dumps(result['result'], ensure_ascii=False)}"
