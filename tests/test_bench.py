@@ -1,0 +1,199 @@
+"""``livepatch bench --quick`` as CI runs it: the JSON's shape and the correctness counts.
+
+No timing is asserted anywhere here: the figures depend on the machine. What
+is checked is that every section and goal is there with numbers where
+numbers belong, and that livepatch never failed a request, never let one see
+two versions, and freed every version it unloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livepatch.bench import SECTIONS, Progress, peer_module, percentile
+
+PEERS = ("livepatch", "importlib_reload", "ipython_autoreload", "jurigged")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _assert_numbers(block: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert _is_number(block[key]), f"{key} = {block[key]!r} is not a number"
+
+
+def _assert_distribution(block: dict[str, Any]) -> None:
+    assert block["count"] > 0
+    _assert_numbers(block, "p50", "p99", "max", "mean")
+    assert block["p50"] <= block["p99"] <= block["max"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, str]:
+    """One real ``livepatch bench --quick --json FILE`` run, shared by the tests."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "LIVEPATCH_RUNTIME_DIR"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "livepatch", "bench", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr or proc.stdout
+    return json.loads(Path(out).read_text("utf-8")), proc.stdout, proc.stderr
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
+
+
+def test_top_level_shape(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    results, _, _ = bench_run
+    assert results["schema"] == 1
+    assert results["quick"] is True
+    assert results["command"] == "livepatch bench --quick"
+    for section in SECTIONS:
+        assert isinstance(results[section], dict), section
+        assert _is_number(results[section]["elapsed_s"])
+    machine = results["machine"]
+    assert isinstance(machine["python"], str) and machine["python"].startswith("3.")
+    assert isinstance(machine["platform"], str)
+    assert isinstance(machine["cpu_count"], int)
+    assert isinstance(machine["accelerated"], bool)
+    assert _is_number(results["elapsed_s"])
+
+
+def test_goals_have_met_booleans(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    goals = bench_run[0]["goals"]
+    expected = {
+        "hot_path_trivial_extra_ns",
+        "hot_path_classify_overhead_pct",
+        "swap_failed_calls",
+        "swap_mixed_calls",
+        "swap_p99_ratio",
+        "socket_swap_p99_ms",
+        "load_check_1000_ms",
+        "load_check_growth",
+        "memory_not_freed",
+        "memory_rss_growth_mb",
+        "peers_livepatch_mixed",
+        "peers_livepatch_failed",
+    }
+    assert expected <= goals.keys()
+    for name, goal in goals.items():
+        assert isinstance(goal["met"], bool), name
+        assert isinstance(goal["goal"], str) and goal["goal"], name
+        _assert_numbers(goal, "value", "limit")
+        assert goal["compare"] in ("<=", "==")
+
+
+def test_sections_hold_numbers(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    results = bench_run[0]
+    hot = results["hot_path"]
+    assert isinstance(hot["accelerated"], bool)
+    for rule in ("trivial", "classify"):
+        _assert_numbers(
+            hot["rules"][rule],
+            "direct_ns",
+            "call_ns",
+            "pin_call_ns",
+            "pin_block_ns",
+            "call_extra_ns",
+            "call_ratio",
+            "call_overhead_pct",
+        )
+    swap = results["swap_under_load"]
+    assert swap["callers"] == 8
+    _assert_numbers(swap, "swaps", "requests", "p99_ratio", "duration_s")
+    assert swap["requests"] > 0
+    _assert_distribution(swap["latency_us"]["with_swaps"])
+    _assert_distribution(swap["latency_us"]["without_swaps"])
+    _assert_distribution(swap["swap_ms"])
+    assert swap["swap_ms"]["count"] == swap["swaps"]
+    _assert_distribution(swap["socket"]["swap_ms"])
+    # Both versions served requests while the swaps went back and forth.
+    assert set(swap["seen"]) <= {"rules@1", "rules@2"} and swap["seen"]
+
+    load = results["load_check"]
+    assert [row["functions"] for row in load["sizes"]] == [100, 1_000, 10_000]
+    for row in load["sizes"]:
+        _assert_numbers(row, "load_ms", "check_ms", "total_ms", "python_compile_exec_ms")
+    _assert_numbers(load, "growth_10000_vs_1000")
+
+    memory = results["memory"]
+    _assert_numbers(memory, "cycles", "rss_start_mb", "rss_end_mb", "rss_growth_mb")
+
+
+def test_peers_side_by_side(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    peers = bench_run[0]["peers"]
+    assert tuple(peers["tools"]) == PEERS
+    jurigged_installed = importlib.util.find_spec("jurigged") is not None
+    for key, row in peers["tools"].items():
+        if key == "jurigged" and not jurigged_installed:
+            assert row == {"tool": "jurigged", "available": False, "reason": "not installed"}
+            continue
+        assert row["available"] is True, row
+        assert row["reloads"] >= 1
+        assert row["not_applied"] == 0, f"{key}: a reload did not take"
+        _assert_distribution(row["reload_ms"])
+        _assert_distribution(row["reload_idle_ms"])
+        _assert_numbers(row, "requests", "mixed", "failed", "duration_s", "reloads_with_mixed")
+        assert row["requests"] > 0
+        assert 0 <= row["reloads_with_mixed"] <= row["reloads"]
+    own = peers["tools"]["livepatch"]
+    _assert_distribution(own["swap_ms"])
+    assert own["retired_freed"] == own["retired"]
+
+
+def test_livepatch_never_fails_or_mixes(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    results = bench_run[0]
+    swap = results["swap_under_load"]
+    assert swap["failed"] == 0, swap["errors"]
+    assert swap["mixed"] == 0
+    own = results["peers"]["tools"]["livepatch"]
+    assert own["failed"] == 0, own["errors"]
+    assert own["mixed"] == 0
+    assert own["reloads_with_mixed"] == 0
+    memory = results["memory"]
+    assert memory["unloaded"] == memory["cycles"]
+    assert memory["freed"] == memory["unloaded"]
+
+
+def test_table_and_no_progress_bar_off_a_terminal(
+    bench_run: tuple[dict[str, Any], str, str],
+) -> None:
+    _, stdout, stderr = bench_run
+    for title in ("Hot path", "Swap under load", "Load + check", "Memory", "Peers", "Goals"):
+        assert title in stdout
+    assert "\r" not in stderr  # stderr is a pipe here: no progress bar
+
+
+def test_bench_module_does_not_import_ipython() -> None:
+    code = "import sys, livepatch.bench, livepatch.cli; print('IPython' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "False"
+
+
+def test_helpers() -> None:
+    assert percentile([], 99) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(list(range(1, 101)), 99) == 99
+    namespace: dict[str, Any] = {}
+    exec(compile(peer_module(7, helpers=8), "peer.py", "exec"), namespace)
+    assert namespace["first"](1)[0] == 7
+    assert namespace["second"](1)[0] == 7
+    progress = Progress(["a"], enabled=False)
+    progress.section("a")(0.5)
+    progress.close()
