@@ -37,10 +37,12 @@ import typing
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
 from .jsonable import JsonFields
+from .native import MAX_OBJECT, NativeBackend, NativeInterface, NativeObject, is_elf
 from .quarantine import Quarantine
 from .resolve import Problem, ResolveReport, check_module, interface_members
 from .states import Op, VersionState, transition
@@ -128,6 +130,8 @@ class SlotInfo(JsonFields):
     members: tuple[str, ...]
     active: str | None
     versions: tuple[VersionInfo, ...]
+    #: ``python`` (rule modules) or ``native`` (shared objects).
+    kind: str = "python"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,18 +187,25 @@ class Event(JsonFields):
 
 class _Version:
     """One loaded version. The engine's strong references to the code live
-    here and are dropped on unload; the counters outlive them."""
+    here and are dropped on unload; the counters outlive them.
+
+    A Python version has a module and its code. A native one has neither,
+    but a :class:`~livepatch.native.NativeObject` (``obj``) and a namespace
+    that its check fills with function pointers. Calls of either kind find
+    their functions in ``namespace``.
+    """
 
     def __init__(
         self,
         slot: str,
         number: int,
-        source: str,
+        source: str | None,
         sha256: str,
         filename: str,
         code_filename: str,
-        module: types.ModuleType,
-        code: types.CodeType,
+        module: types.ModuleType | None,
+        code: types.CodeType | None,
+        obj: NativeObject | None = None,
     ) -> None:
         self.slot = slot
         self.number = number
@@ -204,9 +215,11 @@ class _Version:
         self.filename = filename
         self.code_filename = code_filename
         self.module: types.ModuleType | None = module
-        self.namespace: dict[str, Any] | None = module.__dict__
+        namespace: dict[str, Any] = module.__dict__ if module is not None else {}
+        self.namespace: dict[str, Any] | None = namespace
         self.code: types.CodeType | None = code
-        self.module_name = module.__name__
+        self.obj = obj
+        self.module_name = module.__name__ if module is not None else ""
         self.state = VersionState.LOADED
         self.loaded_at = time.time()
         self.report: ResolveReport | None = None
@@ -216,15 +229,21 @@ class _Version:
         self.freed: bool | None = None
         # Weak references to the module and to everything it defined: the
         # proof, on unload, that the old code really left memory.
-        self.weak: list[weakref.ref[Any]] = [weakref.ref(module)]
-        for value in list(module.__dict__.values()):
-            if _defined_in(value, module):
-                self.weak.append(weakref.ref(value))
+        # (A native version's check adds its function pointers.)
+        self.weak: list[weakref.ref[Any]] = []
+        if module is not None:
+            self.weak.append(weakref.ref(module))
+            for value in list(module.__dict__.values()):
+                if _defined_in(value, module):
+                    self.weak.append(weakref.ref(value))
         # Lock-free counters for the hot path (see _counter_value).
         self.calls = itertools.count()
         self.errors = itertools.count()
-        # Open pin blocks by thread id; changed under the engine's pin lock.
+        # Open pin blocks by thread id; each thread changes only its own key.
         self.pins: dict[int, int] = {}
+        # What ``pin`` hands out: one per version, so its wrappers are built
+        # once. Dropped on unload (it holds the namespace).
+        self.rules: PinnedRules | None = PinnedRules(self, namespace)
 
     def in_flight(self) -> int:
         """Open pin blocks, plus threads running this version's code outside one.
@@ -236,7 +255,9 @@ class _Version:
         if namespace is None and not self.pins:
             return len(_threads_running(self.weak_namespace()))
         running = _threads_running(namespace)
-        return sum(self.pins.values()) + len(running - self.pins.keys())
+        # Copies first: other threads may add or remove their own keys.
+        pins = dict(self.pins)
+        return sum(pins.values()) + len(running - pins.keys())
 
     def weak_namespace(self) -> dict[str, Any] | None:
         """The namespace, found through whatever weakly-held object survives.
@@ -278,10 +299,27 @@ def _defined_in(value: object, module: types.ModuleType) -> bool:
 
 
 class _Slot:
-    def __init__(self, name: str, interface: type | None) -> None:
+    """A slot and its versions.
+
+    ``backend`` is the seam between the lifecycle, which the engine owns for
+    every kind of slot (states, locks, publication, events, statistics), and
+    what each step does to the code. ``None`` is the built-in Python path:
+    modules, bytecode checks, the garbage collector. A
+    :class:`~livepatch.native.NativeBackend` does load, check, symbols, purge
+    and unload to shared objects instead: compile, resolve + dlopen, .dynsym,
+    forget the pointers, dlclose + /proc/self/maps.
+    """
+
+    def __init__(
+        self, name: str, interface: type | None, backend: NativeBackend | None = None
+    ) -> None:
         self.name = name
         self.interface = interface
-        self.members: dict[str, Any] = interface_members(interface) if interface else {}
+        self.backend = backend
+        members: dict[str, Any] = interface_members(interface) if interface else {}
+        if backend is not None:
+            members = dict(backend.members())
+        self.members = members
         self.versions: dict[int, _Version] = {}
         self.next_number = 1
         self.active: _Version | None = None
@@ -312,6 +350,11 @@ class Engine:
     #: only). ``livepatch engine`` turns this on by default.
     quarantine: Quarantine | None = None
 
+    #: Where native slots keep compiled objects, so a restarted engine does
+    #: not compile again (``livepatch engine --state-dir`` sets it); ``None``:
+    #: a private temporary directory.
+    build_dir: Path | None = None
+
     def __init__(self, name: str = "livepatch", *, accelerate: bool = True) -> None:
         """``accelerate=False`` keeps ``call`` on the pure-Python path (see
         :attr:`accelerated`); with ``True`` the C dispatcher serves it when
@@ -331,10 +374,9 @@ class Engine:
             f"livepatch-pins-{name}-{id(self)}", default=None
         )
         self._subscribers: list[Callable[[Event], None]] = []
-        # Number of pin blocks open anywhere, so call() can skip the context
-        # variable when there are none. Changed only under _pin_lock.
+        # Set (and never cleared) by the first pin: until then call() can
+        # skip the context variable.
         self._pinning = 0
-        self._pin_lock = threading.Lock()
         # The C Engine.call, bound over the method as an instance attribute.
         # The method stays the reference semantics and the dispatcher's
         # fallback for pinned and unusual calls. A subclass that overrides
@@ -348,26 +390,39 @@ class Engine:
 
     # -- slots --------------------------------------------------------------
 
-    def add_slot(self, name: str, interface: type | None = None) -> None:
-        """Add a slot whose versions must conform to ``interface`` (a Protocol).
+    def add_slot(self, name: str, interface: type | NativeInterface | None = None) -> None:
+        """Add a slot whose versions must conform to ``interface``.
 
-        ``interface=None`` accepts any module and checks names only.
+        A ``typing.Protocol`` makes a slot of Python rule modules;
+        ``interface=None`` accepts any module and checks names only. A
+        :class:`~livepatch.native.NativeInterface` (C signatures) makes a
+        native slot, whose versions are ELF shared objects (see
+        :mod:`livepatch.native`).
         """
         if not name.isidentifier():
             raise ValueError(f"slot name {name!r} must be a Python identifier, e.g. spam")
+        backend = NativeBackend(interface) if isinstance(interface, NativeInterface) else None
+        protocol = None if isinstance(interface, NativeInterface) else interface
         with self._lock:
             if name in self._slots:
                 raise BadState(f"slot {name!r} already exists", slot=name)
-            self._slots[name] = _Slot(name, interface)
+            self._slots[name] = _Slot(name, protocol, backend)
 
     @property
     def slots(self) -> tuple[str, ...]:
         """The slot names, in the order they were added."""
         return tuple(self._slots)
 
-    def interface(self, slot: str) -> type | None:
-        """The Protocol a slot's versions must conform to."""
-        return self._slot(slot).interface
+    def interface(self, slot: str) -> type | NativeInterface | None:
+        """The Protocol (or, for a native slot, the C signatures) a slot's
+        versions must conform to."""
+        s = self._slot(slot)
+        return s.backend.interface if s.backend is not None else s.interface
+
+    def kind(self, slot: str) -> str:
+        """``python`` or ``native``."""
+        backend = self._slot(slot).backend
+        return backend.kind if backend is not None else "python"
 
     # -- subscribers --------------------------------------------------------
 
@@ -420,8 +475,47 @@ class Engine:
         ``file:line:col``. With a :attr:`quarantine` policy the body first
         runs in a throwaway process, so a body that hangs, exits or crashes
         never reaches this one.
+
+        For a native slot ``source`` is C, compiled into a shared object
+        (nothing runs until the check has resolved it).
         """
         return self._load(slot, source, filename, None)
+
+    def load_path(
+        self, slot: str, path: str | os.PathLike[str], filename: str | None = None
+    ) -> str:
+        """Load a file on this machine: a source, or (native slots) a ready
+        ELF shared object. ``filename`` defaults to the file's name.
+        """
+        given = os.fspath(path)
+        name = filename or os.path.basename(given) or given
+        try:
+            size = os.stat(given).st_size
+            if size > MAX_OBJECT:
+                raise LoadFailed(
+                    f"{name} is {size} bytes, over the {MAX_OBJECT}-byte limit", filename=name
+                )
+            with open(given, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise LoadFailed(f"cannot read {given}: {exc.strerror or exc}", filename=name) from None
+        origin = os.path.dirname(os.path.abspath(given))
+        if is_elf(data):
+            if self._slot(slot).backend is None:
+                raise LoadFailed(
+                    f"{name} is a compiled ELF object, but slot {slot} takes Python source",
+                    filename=name,
+                )
+            return self._load(slot, data, name, None, origin=origin)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LoadFailed(
+                f"{name} is neither UTF-8 text (bad byte at offset {exc.start}) "
+                "nor an ELF shared object",
+                filename=name,
+            ) from None
+        return self._load(slot, text, name, None, origin=origin)
 
     def restore(self, version: str, source: str, filename: str | None = None) -> str:
         """Load ``source`` under a given id (``spam@3``), e.g. after a restart.
@@ -438,14 +532,24 @@ class Engine:
         with s.load_lock, s.lock:
             s.next_number = max(s.next_number, highest + 1)
 
-    def _load(self, slot: str, source: str, filename: str | None, number: int | None) -> str:
+    def _load(
+        self,
+        slot: str,
+        source: str | bytes,
+        filename: str | None,
+        number: int | None,
+        *,
+        origin: str | None = None,
+    ) -> str:
+        """Load text (``str``) or, for a native slot, a ready object (``bytes``)."""
         s = self._slot(slot)
-        if len(source) > MAX_SOURCE:
+        if isinstance(source, str) and len(source) > MAX_SOURCE:
             raise LoadFailed(
                 f"source is {len(source)} characters, over the {MAX_SOURCE} limit", slot=slot
             )
         filename = filename or f"<{slot}>"
-        sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+        data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+        sha = hashlib.sha256(data).hexdigest()
         with s.load_lock:
             existing = self._find_loaded(s, sha)
             if existing is not None:
@@ -455,6 +559,26 @@ class Engine:
             elif number in s.versions:
                 raise BadState(f"{slot}@{number} already exists", version=f"{slot}@{number}")
             vid = f"{slot}@{number}"
+            if s.backend is not None:
+                # The native half: compile (or copy) and read the ELF tables.
+                obj = s.backend.load(
+                    vid,
+                    source,
+                    filename,
+                    origin=Path(origin) if origin else None,
+                    build_dir=self.build_dir,
+                )
+                text = source if isinstance(source, str) else None
+                native = _Version(
+                    slot, number, text, sha, filename, f"{filename} [{vid}]", None, None, obj
+                )
+                with s.lock:
+                    s.next_number = max(s.next_number, number + 1)
+                    s.versions[number] = native
+                    self._emit(native, None, "load")
+                return vid
+            if not isinstance(source, str):  # load_path refuses this before
+                raise LoadFailed(f"{filename}: slot {slot} takes Python source", slot=slot)
             if self.quarantine is not None:
                 self.quarantine.run(source, filename, s.interface)
             # A code filename unique to the version keeps tracebacks and
@@ -539,12 +663,30 @@ class Engine:
         v = self._version(version)
         s = self._slots[v.slot]
         with s.lock:
-            module, code = self._live(v)
-            report = check_module(v.id, module, code, s.interface)
-            if v.import_threads:
-                report = ResolveReport(report.version, report.problems + v.import_threads)
+            if s.backend is not None:
+                report = self._check_native(s.backend, v)
+            else:
+                module, code = self._live(v)
+                report = check_module(v.id, module, code, s.interface)
+                if v.import_threads:
+                    report = ResolveReport(report.version, report.problems + v.import_threads)
             v.report = report
             self._move(v, Op.CHECK_OK if report.ok else Op.CHECK_FAIL)
+        return report
+
+    def _check_native(self, backend: NativeBackend, v: _Version) -> ResolveReport:
+        """Resolve a native version; a clean one is mapped and its function
+        pointers go into its namespace (published later by swap)."""
+        namespace = v.namespace
+        if namespace is None or v.obj is None:
+            raise BadState(f"{v.id} is unloaded: its code is gone", version=v.id)
+        # Refuse a purged version before anything is mapped, not after.
+        transition(v.id, v.state, Op.CHECK_OK)
+        report, functions = backend.check(v.id, v.obj, self.quarantine)
+        for name, fn in functions.items():
+            if namespace.get(name) is not fn:
+                namespace[name] = fn
+                v.weak.append(weakref.ref(fn))
         return report
 
     def report(self, version: str) -> ResolveReport | None:
@@ -626,8 +768,11 @@ class Engine:
             self._forget(v)
 
     def _forget(self, v: _Version) -> None:
-        if sys.modules.get(v.module_name) is v.module:
+        if v.module is not None and sys.modules.get(v.module_name) is v.module:
             del sys.modules[v.module_name]
+        backend = self._slots[v.slot].backend
+        if backend is not None and v.obj is not None:
+            backend.forget(v.obj)  # the native index: name -> function pointer
         if v in self._slots[v.slot].history:
             self._slots[v.slot].history.remove(v)
 
@@ -648,6 +793,7 @@ class Engine:
             linecache.cache.pop(v.code_filename, None)
             v.module = None
             v.namespace = None
+            v.rules = None
             v.code = None
             v.source = None
         deadline = time.monotonic() + wait_s
@@ -657,8 +803,13 @@ class Engine:
         if not freed:
             gc.collect()
             freed = _all_dead(v.weak)
-        v.freed = freed
         holders = {} if freed else _holders(v.weak, v.weak_namespace())
+        if s.backend is not None and v.obj is not None:
+            # Native: with the pointers gone the object is dlclose'd; whether
+            # it left memory is then for /proc/self/maps to say.
+            freed, reasons = s.backend.release(v.obj, pointers_freed=freed)
+            holders.update(reasons)
+        v.freed = freed
         return UnloadResult(v.id, freed, v.in_flight(), holders)
 
     # -- calls ----------------------------------------------------------------
@@ -742,6 +893,13 @@ class Engine:
 
     @staticmethod
     def _not_callable(version: _Version, symbol: str) -> Exception:
+        if version.obj is not None and version.state in (VersionState.LOADED, VersionState.FAILED):
+            return BadState(
+                f"{version.id} is {version.state.value}: a native object is mapped, and its "
+                f"functions callable, only once its check passes (`check {version.id}`)",
+                version=version.id,
+                symbol=symbol,
+            )
         return UnknownVersion(
             f"{version.id} has no callable {symbol!r}: see `symbols {version.id}`",
             version=version.id,
@@ -751,8 +909,12 @@ class Engine:
     # -- symbols ----------------------------------------------------------------
 
     def symbols(self, version: str) -> SymbolTable:
-        """The version's symbol table (nm for Python). Kept after unload."""
+        """The version's symbol table (nm for Python, .dynsym for native
+        versions). Kept after unload."""
         v = self._version(version)
+        backend = self._slots[v.slot].backend
+        if v.table is None and backend is not None and v.obj is not None:
+            v.table = backend.table(v.id, v.obj)
         if v.table is None:
             module, code = self._live(v)
             source = v.source or ""
@@ -766,6 +928,11 @@ class Engine:
     def source(self, version: str) -> str:
         """The source a version was loaded from (gone once it is unloaded)."""
         v = self._version(version)
+        if v.source is None and v.obj is not None and v.state is not VersionState.UNLOADED:
+            raise BadState(
+                f"{v.id} was loaded from a ready shared object ({v.filename}): it has no source",
+                version=v.id,
+            )
         if v.source is None:
             raise BadState(f"{v.id} is unloaded: its source is gone", version=v.id)
         return v.source
@@ -782,15 +949,15 @@ class Engine:
                 versions = tuple(v.info() for v in s.versions.values())
                 active = s.active.id if s.active else None
             interface = s.interface
+            described = f"{interface.__module__}.{interface.__qualname__}" if interface else ""
             infos.append(
                 SlotInfo(
                     name=s.name,
-                    interface=(
-                        f"{interface.__module__}.{interface.__qualname__}" if interface else ""
-                    ),
+                    interface=s.backend.describe() if s.backend is not None else described,
                     members=tuple(s.members),
                     active=active,
                     versions=versions,
+                    kind=s.backend.kind if s.backend is not None else "python",
                 )
             )
         return EngineStatus(self.name, os.getpid(), tuple(infos))
@@ -919,7 +1086,13 @@ class PinnedRules:
 
 
 class _Pin:
-    """The context manager behind :meth:`Engine.pin`."""
+    """The context manager behind :meth:`Engine.pin`.
+
+    Lock-free: a request that takes a lock on entry and exit convoys behind
+    the GIL once several threads pin at once. ``version.pins`` is keyed by
+    thread id and each thread only touches its own key, so single dict
+    operations (atomic under the GIL) are enough.
+    """
 
     __slots__ = ("_engine", "_slot", "_thread", "_token", "_version")
 
@@ -932,44 +1105,48 @@ class _Pin:
 
     def __enter__(self) -> PinnedRules:
         engine = self._engine
+        slot = self._slot
         pins = engine._pins.get()
-        with engine._pin_lock:
-            if pins is not None and self._slot in pins:
-                version = pins[self._slot]  # nested pin: keep the outer version
-            else:
-                try:
-                    version = engine._active[self._slot]
-                except KeyError:
-                    raise engine._no_active(self._slot) from None
-            namespace = version.namespace
-            if namespace is None:  # unloaded between the read and here
-                raise BadState(f"{version.id} was unloaded", version=version.id)
-            engine._pinning += 1
-            if engine._dispatcher is not None:
-                engine._dispatcher.pinning = engine._pinning
-            self._thread = threading.get_ident()
-            version.pins[self._thread] = version.pins.get(self._thread, 0) + 1
-        if pins is None or self._slot not in pins:
-            self._token = engine._pins.set({**(pins or {}), self._slot: version})
+        if pins is not None and slot in pins:
+            version = pins[slot]  # nested pin: keep the outer version
+        else:
+            try:
+                version = engine._active[slot]
+            except KeyError:
+                raise engine._no_active(slot) from None
+            if not engine._pinning:
+                # From the first pin on, calls consult the context variable.
+                # Raised before the variable is set, and never lowered, so no
+                # call can miss a pin (a lowered flag would need a lock).
+                engine._pinning = 1
+                if engine._dispatcher is not None:
+                    engine._dispatcher.pinning = 1
+            self._token = engine._pins.set(
+                {slot: version} if pins is None else {**pins, slot: version}
+            )
+        rules = version.rules
+        if rules is None:  # unloaded between the read and here
+            self._reset()
+            raise BadState(f"{version.id} was unloaded", version=version.id)
+        thread = self._thread = threading.get_ident()
+        version.pins[thread] = version.pins.get(thread, 0) + 1
         self._version = version
-        return PinnedRules(version, namespace)
+        return rules
+
+    def _reset(self) -> None:
+        if self._token is not None:
+            self._engine._pins.reset(self._token)
+            self._token = None
 
     def __exit__(self, *exc_info: object) -> None:
-        engine = self._engine
-        if self._token is not None:
-            engine._pins.reset(self._token)
-            self._token = None
+        self._reset()
         version = self._version
         if version is not None:
-            with engine._pin_lock:
-                left = version.pins.get(self._thread, 0) - 1
-                if left > 0:
-                    version.pins[self._thread] = left
-                else:
-                    version.pins.pop(self._thread, None)
-                engine._pinning -= 1
-                if engine._dispatcher is not None:
-                    engine._dispatcher.pinning = engine._pinning
+            left = version.pins.get(self._thread, 0) - 1
+            if left > 0:
+                version.pins[self._thread] = left
+            else:
+                version.pins.pop(self._thread, None)
             self._version = None
 
 
