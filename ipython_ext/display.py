@@ -58,6 +58,9 @@ LETTER_STYLE: Final[dict[str, tuple[str, str]]] = {
     "I": ("#805ad5", "imported name (indirect)"),
     "U": ("#b7791f", "referenced but not defined here"),
     "W": ("#a0852d", "bound only through `global` in a function (weak)"),
+    # The native (ELF) tables' own letters; there W means a weak symbol.
+    "B": ("#2b6cb0", "zero-initialised data (.bss)"),
+    "R": ("#2b6cb0", "read-only data"),
 }
 
 #: Version state -> colour of its label in the status table.
@@ -125,8 +128,11 @@ def _letter(letter: str) -> str:
 
 
 def _info(row: SymbolRow) -> str:
-    """The signature of a T/C row, the detail (origin, resolution, type) otherwise."""
-    return (row.signature or "") if row.letter in ("T", "C") else row.detail
+    """The signature of a T/C row, the detail (origin, resolution, type) otherwise.
+    (A native T row has both: its C declaration, if any, and its size.)"""
+    if row.letter in ("T", "C"):
+        return "  ".join(part for part in (row.signature, row.detail) if part)
+    return row.detail
 
 
 def _unresolved(row: SymbolRow) -> bool:
@@ -452,9 +458,13 @@ class StatusView(View):
         raise KeyError(wanted)
 
     def active(self, slot: str | None = None) -> str | None:
-        """The active version of ``slot`` (or of the only slot)."""
+        """The active version of ``slot`` (or of the only slot, or of the only
+        Python slot next to native ones, as in the demo engine)."""
         slots = self.data["slots"]
         if slot is None:
+            python = [s for s in slots if s.get("kind", "python") == "python"]
+            if len(slots) != 1 and len(python) == 1:
+                return python[0]["active"]  # type: ignore[no-any-return]
             if len(slots) != 1:
                 raise ValueError("several slots: name one")
             return slots[0]["active"]  # type: ignore[no-any-return]

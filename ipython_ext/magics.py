@@ -221,12 +221,17 @@ class HotswapMagics(Magics):
     def _client(self) -> Client:
         return self.session.client()
 
-    def _slot(self, client: Client, given: str | None) -> str:
+    def _slot(self, client: Client, given: str | None, filename: str | None = None) -> str:
         if given:
             return given
         slots = list(client.hello.get("slots", []))
         if len(slots) == 1:
             return str(slots[0])
+        # Several slots: a .c/.so file goes to the only native one, other files
+        # to the only Python one (the demo's spam and spam_native).
+        with contextlib.suppress(ValueError):
+            if filename is not None:
+                return client.default_slot(filename)
         raise UsageError(f"which slot? name one with --slot ({', '.join(slots) or 'none'})")
 
     def _json_arg(self, index: int, text: str) -> Any:
@@ -287,7 +292,9 @@ class HotswapMagics(Magics):
         if cell is not None:
             if len(args.args) == 1 and args.slot is not None:
                 raise UsageError("usage: %%hotswap load SLOT (the cell is the source)")
-            slot = self._slot(client, args.slot or (args.args[0] if args.args else None))
+            # A cell is Python: with no slot named, the only Python slot.
+            given = args.slot or (args.args[0] if args.args else None)
+            slot = self._slot(client, given, "<cell>")
             if not cell.strip():
                 raise UsageError(
                     "the cell is empty: write the rule module below `%%hotswap load SLOT`"
@@ -302,12 +309,18 @@ class HotswapMagics(Magics):
                 )
             path = Path(os.path.expanduser(args.args[0]))
             try:
-                source = path.read_text(encoding="utf-8")
+                data = path.read_bytes()
+                # A ready shared object (native slot) goes by path; text as source.
+                is_object = data[:4] == b"\x7fELF"
+                source = "" if is_object else data.decode("utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise UsageError(f"cannot read {args.args[0]}: {reason}") from None
-            slot = self._slot(client, args.slot)
+            slot = self._slot(client, args.slot, path.name)
             filename = path.name
+            if is_object:
+                params = {"slot": slot, "path": str(path.resolve()), "filename": filename}
+                return LoadResult(client.request("load", params), filename)
         result = client.request("load", {"slot": slot, "source": source, "filename": filename})
         return LoadResult(result, filename)
 

@@ -32,6 +32,7 @@ from .errors import (
     UnknownSlot,
     UnknownVersion,
 )
+from .native import NativeInterface
 from .states import VersionState
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "Event",
     "LivepatchError",
     "LoadFailed",
+    "NativeInterface",
     "PinnedRules",
     "SlotInfo",
     "SwapResult",

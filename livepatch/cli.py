@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .engine import Engine
 from .errors import LivepatchError
+from .native import NativeInterface, is_elf
 from .quarantine import Quarantine
 from .state import StateDir
 
@@ -55,7 +56,7 @@ def _emit_json(value: Any) -> None:
 # `livepatch engine`
 
 
-def _parse_slot_spec(spec: str) -> tuple[str, type | None]:
+def _parse_slot_spec(spec: str) -> tuple[str, type | NativeInterface | None]:
     name, sep, target = spec.partition("=")
     if not sep or not name.isidentifier():
         raise UsageError(
@@ -72,8 +73,8 @@ def _parse_slot_spec(spec: str) -> tuple[str, type | None]:
         interface = getattr(module, attr) if attr else None
     except AttributeError:
         raise UsageError(f"--slot {spec!r}: {module_name} has no {attr!r}") from None
-    if interface is not None and not isinstance(interface, type):
-        raise UsageError(f"--slot {spec!r}: {target} is not a class")
+    if interface is not None and not isinstance(interface, type | NativeInterface):
+        raise UsageError(f"--slot {spec!r}: {target} is neither a class nor a NativeInterface")
     return name, interface
 
 
@@ -85,8 +86,12 @@ def build_engine(args: argparse.Namespace, state: StateDir | None = None) -> Eng
     has nothing active after that; ``--load`` files are applied last.
     """
     from .examples.spam import SpamRules, rule_path
+    from .examples.spam_native import NATIVE_SLOT, SpamNativeRules
 
     engine = Engine(name=args.name)
+    if state is not None:
+        # Compiled native objects are kept with the state: a restart reuses them.
+        engine.build_dir = state.path / "native"
     loads: list[tuple[str, str]] = []
     if args.slot:
         for spec in args.slot:
@@ -94,12 +99,16 @@ def build_engine(args: argparse.Namespace, state: StateDir | None = None) -> Eng
             engine.add_slot(slot, interface)
     else:
         engine.add_slot("spam", SpamRules)
+        engine.add_slot(NATIVE_SLOT, SpamNativeRules)
     if state is not None:
         for restored in state.restore(engine):
             verb = "restored" if restored.ok else "could not restore"
             print(f"{verb} {restored.version}: {restored.message}", file=sys.stderr)
     if not args.slot and not args.load and engine.active("spam") is None:
         loads.append(("spam", rule_path("spam_v1.py")))
+    native_loaded = any(spec.partition("=")[0] == NATIVE_SLOT for spec in args.load or [])
+    if not args.slot and not native_loaded and engine.active(NATIVE_SLOT) is None:
+        _start_native_demo(engine, NATIVE_SLOT, rule_path("spam_native_v1.c"), state)
     for spec in args.load or []:
         slot, sep, path = spec.partition("=")
         if not sep:
@@ -107,10 +116,16 @@ def build_engine(args: argparse.Namespace, state: StateDir | None = None) -> Eng
         loads.append((slot, path))
     for slot, path in loads:
         try:
-            source = Path(path).read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                is_object = is_elf(f.read(4))
+            source = "" if is_object else Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--load {slot}={path}: {exc.strerror}") from None
-        version = engine.load(slot, source, Path(path).name)
+        # A ready shared object (native slots) is mapped from its path.
+        if is_object:
+            version = engine.load_path(slot, path)
+        else:
+            version = engine.load(slot, source, Path(path).name)
         report = engine.check(version)
         if not report.ok:
             first = report.errors[0]
@@ -120,8 +135,32 @@ def build_engine(args: argparse.Namespace, state: StateDir | None = None) -> Eng
     return engine
 
 
+def _start_native_demo(engine: Engine, slot: str, path: str, state: StateDir | None) -> None:
+    """Compile, check and swap in the bundled native v1, when a C compiler is
+    there. Without one (or if it fails) the slot stays empty and stderr says
+    why: the Python demo must start either way."""
+    from .examples.spam_native import compiler_available
+
+    if not compiler_available():
+        print(
+            f"no C compiler found (install gcc or set CC): slot {slot} starts without a version",
+            file=sys.stderr,
+        )
+        return
+    try:
+        version = engine.load_path(slot, path)
+        report = engine.check(version)
+        if not report.ok:
+            raise LivepatchError(f"check failed: {report.errors[0].message}")
+        if engine.swap(version).changed and state is not None:
+            state.record_startup(engine, version)
+    except LivepatchError as exc:
+        print(f"slot {slot} starts without a version: {exc.message}", file=sys.stderr)
+
+
 class Traffic:
-    """Synthetic messages through every slot whose interface is the demo's."""
+    """Synthetic messages through every slot whose interface is the demo's
+    (the text alone for the native demo slot)."""
 
     def __init__(self, engine: Engine, rate: float) -> None:
         self.engine = engine
@@ -142,8 +181,11 @@ class Traffic:
         import time
 
         from .examples.spam import SpamRules, sample_messages
+        from .examples.spam_native import SpamNativeRules
 
         slots = [s for s in self.engine.slots if self.engine.interface(s) is SpamRules]
+        # The native demo slot takes the message text (const char *).
+        native = [s for s in self.engine.slots if self.engine.interface(s) is SpamNativeRules]
         messages = sample_messages()
         interval = 1.0 / self.rate
         next_at = time.monotonic()
@@ -154,6 +196,9 @@ class Traffic:
                 # traffic must go on whatever the rules do.
                 with contextlib.suppress(Exception):
                     self.engine.call(slot, "classify", messages[i % len(messages)])
+            for slot in native:
+                with contextlib.suppress(Exception):
+                    self.engine.call(slot, "classify", messages[i % len(messages)].text)
             i += 1
             next_at += interval
             delay = next_at - time.monotonic()
@@ -249,12 +294,22 @@ def run_verb(args: argparse.Namespace) -> int:
         if verb == "load":
             path = Path(args.file)
             try:
-                source = path.read_text(encoding="utf-8")
+                data = path.read_bytes()
             except OSError as exc:
                 raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-            result = client.request(
-                "load", {"slot": args.slot, "source": source, "filename": path.name}
-            )
+            params: dict[str, Any] = {"slot": args.slot, "filename": path.name}
+            if is_elf(data):
+                # A ready shared object goes by path: the engine maps the file
+                # itself (it runs on this machine: a Unix socket or loopback).
+                params["path"] = str(path.resolve())
+            else:
+                try:
+                    params["source"] = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UsageError(
+                        f"cannot read {args.file}: neither UTF-8 text nor an ELF shared object"
+                    ) from None
+            result = client.request("load", params)
             if args.json:
                 _emit_json(result)
             else:

@@ -39,7 +39,42 @@ from .resolve import ResolveReport
 from .runtime import ConnectionInfo, find_engine
 from .symbols import SymbolDiff, SymbolTable
 
-__all__ = ["Client", "ConnectionLost", "json_arguments", "split_call_target"]
+__all__ = [
+    "NATIVE_SUFFIXES",
+    "Client",
+    "ConnectionLost",
+    "default_slot",
+    "json_arguments",
+    "split_call_target",
+]
+
+#: File name endings that mean native code (a C source or a shared object).
+NATIVE_SUFFIXES = (".c", ".so")
+
+
+def default_slot(slots: list[dict[str, Any]], filename: str | None = None) -> str:
+    """The slot to load ``filename`` into when none is named.
+
+    ``slots`` is ``status()["slots"]``. The only slot, or else the only slot
+    of the file's kind: a name ending in ``.c`` or ``.so`` (``.so.1`` ...)
+    goes to the native slot, anything else to the Python slot, so the demo
+    engine's ``spam`` and ``spam_native`` need no ``--slot``. Raises
+    ``ValueError`` with a message for the user when that is still ambiguous.
+    """
+    names = [str(s["name"]) for s in slots]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ValueError("the engine has no slots to load into")
+    if filename is not None:
+        base = filename.lower()
+        native = base.endswith(NATIVE_SUFFIXES) or ".so." in base
+        kind = "native" if native else "python"
+        # Engines from before native slots send no "kind": Python slots.
+        same = [str(s["name"]) for s in slots if s.get("kind", "python") == kind]
+        if len(same) == 1:
+            return same[0]
+    raise ValueError(f"the engine has several slots ({', '.join(names)}): add --slot SLOT")
 
 
 class ConnectionLost(LivepatchError, ConnectionError):
@@ -187,6 +222,10 @@ class Client:
         result: dict[str, Any] = self.request("status")
         return result
 
+    def default_slot(self, filename: str | None = None) -> str:
+        """See :func:`default_slot`; asks the engine for its slots."""
+        return default_slot(self.status()["slots"], filename)
+
     def load(self, slot: str, source: str, filename: str | None = None) -> str:
         """Load a source as a new version of ``slot``; returns its id."""
         params = {"slot": slot, "source": source}
@@ -195,9 +234,23 @@ class Client:
         return str(self.request("load", params)["version"])
 
     def load_file(self, path: str | os.PathLike[str], slot: str) -> str:
-        """Load a file as a new version of ``slot``."""
+        """Load a file as a new version of ``slot``: its text, or, for a ready
+        ELF shared object (native slots), its path (see :meth:`load_path`)."""
         p = Path(path)
+        with p.open("rb") as f:
+            if f.read(4) == b"\x7fELF":
+                return self.load_path(slot, p.resolve(), p.name)
         return self.load(slot, p.read_text(encoding="utf-8"), p.name)
+
+    def load_path(
+        self, slot: str, path: str | os.PathLike[str], filename: str | None = None
+    ) -> str:
+        """Load a file *on the engine's machine* by path (a source, or a ready
+        shared object for a native slot); returns the version id."""
+        params = {"slot": slot, "path": os.fspath(path)}
+        if filename:
+            params["filename"] = filename
+        return str(self.request("load", params)["version"])
 
     def check(self, version: str) -> ResolveReport:
         """Resolve-check a version; the report lists any problems."""

@@ -921,6 +921,12 @@ class Engine:
             v.table = build_symbol_table(v.id, module, code, source)
         return v.table
 
+    def object_path(self, version: str) -> str | None:
+        """The file a native version is (or would be) mapped from: its private
+        copy, the name ``/proc/self/maps`` shows. ``None`` for Python versions."""
+        obj = self._version(version).obj
+        return str(obj.path) if obj is not None else None
+
     def diff(self, a: str, b: str) -> SymbolDiff:
         """Two versions' symbol tables side by side, rows marked = ~ + -."""
         return diff_tables(self.symbols(a), self.symbols(b))

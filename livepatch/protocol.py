@@ -188,9 +188,12 @@ METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
         for name, schema in {
             "hello": {"token": Param(_STR), "client": Param(_STR)},
             "status": {},
+            # Exactly one of source (the text) and path (a file on the
+            # engine's machine: a source, or a ready .so for a native slot).
             "load": {
                 "slot": Param(_STR, True),
-                "source": Param(_STR, True),
+                "source": Param(_STR),
+                "path": Param(_STR),
                 "filename": Param(_STR),
             },
             "check": {"version": Param(_STR, True)},
@@ -215,7 +218,7 @@ METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
 )
 #: Method name -> groups of params of which exactly one must be given.
 EXACTLY_ONE_OF: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = MappingProxyType(
-    {"call": (("slot", "version"),)}
+    {"call": (("slot", "version"),), "load": (("source", "path"),)}
 )
 #: Notifications the server may send (params are an object; ``event`` carries
 #: one state change after ``subscribe``).

@@ -8,6 +8,10 @@ the slot's interface. A body that loops forever, calls ``os._exit``, crashes
 the interpreter or eats memory fails the load with a one-line reason, and
 the engine (and its active versions) never saw it.
 
+For a native slot the same child maps the shared object (``dlopen``, which
+runs its constructors) before the engine does, as the last step of a clean
+check (:meth:`Quarantine.run_native`).
+
 Consequence worth knowing: a module body runs twice (once here, once in the
 engine), so module bodies should have no side effects beyond defining
 things. The check report warns about threads started at import.
@@ -65,6 +69,32 @@ class Quarantine:
                 _kill_group(proc)
         _raise_for(proc.returncode, out, filename)
 
+    def run_native(self, path: str, filename: str) -> None:
+        """``dlopen`` a shared object in a child process first (its constructors
+        run there); :class:`LoadFailed` if that crashes, hangs or fails."""
+        request = {"native": path, "filename": filename, "memory_mb": self.memory_mb}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "livepatch.quarantine"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise LoadFailed(
+                f"{filename}: mapping the object did not finish within {self.timeout_s:g} s "
+                "in quarantine (a constructor that never returns?); it was not mapped here",
+                filename=filename,
+                reason="timeout",
+            ) from None
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+        _raise_for(proc.returncode, out, filename, what="mapping the object (its constructors)")
+
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
@@ -74,7 +104,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _raise_for(returncode: int, out: bytes, filename: str) -> None:
+def _raise_for(returncode: int, out: bytes, filename: str, what: str = "the module body") -> None:
     result: dict[str, Any] | None = None
     lines = out.decode("utf-8", "replace").strip().splitlines()
     if lines:
@@ -93,13 +123,13 @@ def _raise_for(returncode: int, out: bytes, filename: str) -> None:
         except ValueError:
             name = f"signal {-returncode}"
         raise LoadFailed(
-            f"{filename}: the module body crashed the interpreter ({name}) in quarantine; "
+            f"{filename}: {what} crashed the interpreter ({name}) in quarantine; "
             "nothing was loaded",
             filename=filename,
             reason="crash",
         )
     raise LoadFailed(
-        f"{filename}: the module body ended the process (exit status {returncode}, "
+        f"{filename}: {what} ended the process (exit status {returncode}, "
         "e.g. os._exit) in quarantine; nothing was loaded",
         filename=filename,
         reason="exit",
@@ -140,6 +170,26 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
         pass  # no limit available here: the time limit still applies
+    result = _map_native(request) if "native" in request else _load_python(request)
+    with os.fdopen(result_fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(result) + "\n")
+        out.flush()
+    os._exit(0)  # skip interpreter teardown: threads the body started must not hang us
+
+
+def _map_native(request: dict[str, Any]) -> dict[str, Any]:
+    """dlopen the object as the engine would; a crash shows as a signal."""
+    import _ctypes
+
+    try:
+        _ctypes.dlopen(request["native"], os.RTLD_NOW | os.RTLD_LOCAL)
+    except OSError as exc:
+        return {"ok": False, "error": f"{request['filename']}: dlopen failed: {exc}", "data": {}}
+    return {"ok": True}
+
+
+def _load_python(request: dict[str, Any]) -> dict[str, Any]:
+    """Load and check a Python source as the engine would."""
     from .engine import Engine
     from .errors import LivepatchError
 
@@ -166,10 +216,7 @@ def main() -> None:
             "error": f"{request['filename']}: quarantine failed: {type(exc).__name__}: {exc}",
             "data": {},
         }
-    with os.fdopen(result_fd, "w", encoding="utf-8") as out:
-        out.write(json.dumps(result) + "\n")
-        out.flush()
-    os._exit(0)  # skip interpreter teardown: threads the body started must not hang us
+    return result
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ _STYLES: Final = {
     "I": "\x1b[35m",
     "U": "\x1b[33m",
     "W": "\x1b[2;33m",
+    "B": "\x1b[34m",  # native: zero-initialised data
+    "R": "\x1b[34m",  # native: read-only data
     "unresolved": "\x1b[1;31m",  # a U row resolving to nothing
     # diff markers
     "=": "\x1b[2m",
@@ -55,9 +57,10 @@ def _line(line: int | None) -> str:
 
 
 def _info(row: SymbolRow) -> str:
-    """What follows the name: the signature for T/C, the detail otherwise."""
+    """What follows the name: the signature for T/C, the detail otherwise.
+    (A native T row has both: its C declaration, if any, and its size.)"""
     if row.letter in ("T", "C"):
-        return row.signature or ""
+        return "  ".join(part for part in (row.signature, row.detail) if part)
     return row.detail
 
 
@@ -73,7 +76,7 @@ def _letter_counts(rows: Iterable[SymbolRow]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.letter] = counts.get(row.letter, 0) + 1
-    order = "TCDIUW"
+    order = "TCDBRIUW"
     letters = sorted(counts, key=lambda k: (order.find(k) if k in order else len(order), k))
     return ", ".join(f"{counts[k]} {k}" for k in letters)
 
@@ -175,13 +178,15 @@ def render_status(status: Mapping[str, Any]) -> str:
     for slot in status["slots"]:
         iface = f"  [{slot['interface']}]" if slot.get("interface") else ""
         lines.append(f"slot {slot['name']}: active {slot['active'] or '-'}{iface}")
+        # Ids as wide as the slot's longest (spam_native@12), at least 10.
+        width = max([10, *(len(v["id"]) for v in slot["versions"])])
         for v in slot["versions"]:
             mark = "*" if v["id"] == slot["active"] else " "
             freed = ""
             if v["state"] == "unloaded":
                 freed = "  freed" if v.get("freed") else "  NOT freed"
             lines.append(
-                f"  {mark} {v['id']:<10} {v['state']:<9} calls {v['calls']:>8}  "
+                f"  {mark} {v['id']:<{width}} {v['state']:<9} calls {v['calls']:>8}  "
                 f"errors {v['errors']:>5}  in flight {v['in_flight']:>3}  "
                 f"{v.get('filename') or ''}{freed}".rstrip()
             )

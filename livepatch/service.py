@@ -9,6 +9,7 @@ that asked for them, success or failure alike.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 import typing
 from collections.abc import Callable
@@ -107,11 +108,18 @@ class Service:
     def _load(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
         slot = params["slot"]
         before = set(self.engine.versions(slot))
-        version = self.engine.load(slot, params["source"], params.get("filename"))
+        source: str | None = params.get("source")
+        if source is not None:
+            version = self.engine.load(slot, source, params.get("filename"))
+        else:
+            version = self.engine.load_path(slot, params["path"], params.get("filename"))
+            with contextlib.suppress(LivepatchError):  # a ready .so has no source
+                source = self.engine.source(version)
         info = self.engine.info(version)
-        if self.store is not None:
+        if self.store is not None and source is not None:
             # Durable before the journal line that names it (and the reply).
-            self.store.put(params["source"], info.filename)
+            # A ready shared object is not kept: a restart cannot restore it.
+            self.store.put(source, info.filename)
         return {
             "version": version,
             "new": version not in before,

@@ -184,7 +184,9 @@ class StateDir:
     def record_startup(self, engine: Engine, version: str) -> None:
         """Journal a version the engine loaded and swapped in at startup."""
         info = engine.info(version)
-        self.store.put(engine.source(version), info.filename)
+        # A ready shared object has no source to keep (see _restore_one).
+        with contextlib.suppress(LivepatchError):
+            self.store.put(engine.source(version), info.filename)
         for op in ("load", "swap"):
             self.journal.record(
                 op, version, peer=_SELF, ok=True, result="at startup", sha256=info.sha256
@@ -193,7 +195,16 @@ class StateDir:
     def _restore_one(self, engine: Engine, version: str, sha: str) -> RestoredSlot:
         slot, _ = parse_version_id(version)
         try:
-            source, filename = self.store.get(sha)
+            try:
+                source, filename = self.store.get(sha)
+            except KeyError as exc:
+                reason = str(exc.args[0]) if exc.args else sha
+                if reason == sha:  # missing, not damaged
+                    reason = (
+                        f"its source ({sha[:12]}) is not in the store; a version loaded from "
+                        "a ready shared object is not kept: load it again"
+                    )
+                raise LivepatchError(reason) from None
             restored = engine.restore(version, source, filename)
             report = engine.check(restored)
             if not report.ok:

@@ -187,8 +187,9 @@ def test_round_trip_every_method(method: str) -> None:
 @pytest.mark.parametrize("method", sorted(VALID_PARAMS))
 def test_only_required_params(method: str) -> None:
     params = {name: "x" for name, spec in METHODS[method].items() if spec.required}
-    if method == "call":
-        params["version"] = "spam@1"
+    # One of each exactly-one-of group is required too.
+    for group in EXACTLY_ONE_OF.get(method, ()):
+        params[group[-1]] = "spam@1" if method == "call" else "x"
     client = ClientConnection()
     rid, data = client.send_request(method, params)
     assert one_event(authed(), data) == Request(rid, method, params)
@@ -703,7 +704,13 @@ def test_reply_over_the_limit() -> None:
     [
         ("load", {"slot": "s", "source": "", "bogus": 1}, InvalidParams, "'bogus'"),
         ("status", {"verbose": True}, InvalidParams, "'verbose'"),
-        ("load", {"slot": "s"}, InvalidParams, "missing required param 'source'"),
+        ("load", {"slot": "s"}, InvalidParams, "needs exactly one of 'source' or 'path', got 0"),
+        (
+            "load",
+            {"slot": "s", "source": "", "path": "/x.so"},
+            InvalidParams,
+            "needs exactly one of 'source' or 'path', got 2",
+        ),
         ("load", {"slot": 3, "source": ""}, InvalidParamType, "'slot' of 'load' must be a string"),
         (
             "unload",

@@ -67,7 +67,7 @@ def test_runtime_files_are_private(engine_proc: EngineProcess, runtime_dir: Path
 def test_full_lifecycle_over_the_wire(engine_proc: EngineProcess) -> None:
     with Client.connect() as client:
         assert client.hello["engine"] == "rules"
-        assert client.hello["slots"] == ["spam"]
+        assert client.hello["slots"] == ["spam", "spam_native"]  # the demo's two slots
         assert client.status()["slots"][0]["active"] == "spam@1"
         v2 = client.load("spam", rule_source("spam_v2.py"), "spam_v2.py")
         assert v2 == "spam@2"

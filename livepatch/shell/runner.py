@@ -230,15 +230,12 @@ class CommandRunner:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _only_slot(self) -> str:
-        slots: list[str] = list(self.client.hello.get("slots") or [])
-        if not slots:
-            slots = [s["name"] for s in self.client.status()["slots"]]
-        if len(slots) == 1:
-            return slots[0]
-        if not slots:
-            raise ShellUsageError("the engine has no slots to load into")
-        raise ShellUsageError(f"the engine has several slots ({', '.join(slots)}): add --slot SLOT")
+    def _only_slot(self, filename: str | None = None) -> str:
+        # The only slot, or the only one of the file's kind (.c/.so: native).
+        try:
+            return self.client.default_slot(filename)
+        except ValueError as exc:
+            raise ShellUsageError(str(exc)) from None
 
     def _path(self, name: str) -> Path:
         path = Path(name).expanduser()
@@ -256,14 +253,20 @@ class CommandRunner:
     def _load(self, parsed: ParsedCommand) -> CommandResult:
         path = self._path(parsed.string("file"))
         try:
-            source = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
+            # A ready shared object (native slot) goes by path; text as source.
+            is_object = data[:4] == b"\x7fELF"
+            source = "" if is_object else data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return self._failure(parsed.text, f"cannot read {path}: {reason}")
-        slot = parsed.optional("slot") or self._only_slot()
-        result = self.client.request(
-            "load", {"slot": slot, "source": source, "filename": path.name}
-        )
+        slot = parsed.optional("slot") or self._only_slot(path.name)
+        params = {"slot": slot, "filename": path.name}
+        if is_object:
+            params["path"] = str(path.resolve())
+        else:
+            params["source"] = source
+        result = self.client.request("load", params)
         version = result["version"]
         if result.get("new", True):
             text = f"loaded {version} from {path.name}; next: check {version}"

@@ -1,0 +1,1349 @@
+"""Native shared objects: the engine's lifecycle on real ELF objects.
+
+The teaching backend of DESIGN.md ("Native shared objects"). A native slot's
+interface is a C signature the host declares with ctypes types::
+
+    engine.add_slot("spam_native", NativeInterface({"classify": (c_int, [("text", c_char_p)])}))
+
+and every version of the slot is a shared object. The lifecycle is the
+engine's, step for step; only what each step does to the object is native:
+
+``load``
+    Compile the C source with the system compiler (``cc -shared -fPIC -O2``)
+    or take a ready ``.so``; read its ELF header, ``.dynamic`` and ``.dynsym``
+    (pyelftools). Nothing is mapped into the process yet, so nothing of the
+    object has run: not even its constructors.
+``check``
+    Resolve every undefined symbol the way the dynamic linker would for an
+    ``RTLD_LOCAL`` object: the host process's global scope first, then the
+    object's ``DT_NEEDED`` libraries (each ``dlopen``\\ ed ``RTLD_LAZY |
+    RTLD_LOCAL``, then ``dlsym`` per symbol). The interface's entry points
+    must be exported functions. Only when all of that holds is the object
+    ``dlopen``\\ ed (``RTLD_NOW | RTLD_LOCAL``) and its entry points found with
+    ``dlsym`` and wrapped in ctypes function pointers.
+``swap`` / ``purge``
+    The engine publishes the pointers (one dict store) / forgets them.
+``unload``
+    The engine drops its pointers. When no reference to any of them is left,
+    the object is ``dlclose``\\ d, and ``/proc/self/maps`` says whether it
+    really left memory, and if not, why (``DF_1_NODELETE``, ``STB_GNU_UNIQUE``
+    symbols, another handle).
+
+Three choices worth knowing, each for safety:
+
+* Every version is ``dlopen``\\ ed from its own private copy of the file. The
+  dynamic linker returns the already-loaded object for a path (or inode) it
+  has seen, so loading a rebuilt ``rules.so`` again would silently give back
+  the old code.
+* ``RTLD_LOCAL``: two versions of a slot both define ``classify``; in the
+  global scope the second one's internal calls would bind to the first's.
+* Calls keep the GIL (``ctypes.PYFUNCTYPE``). A thread inside native code
+  therefore holds a reference to the function pointer *and* the GIL, so
+  ``dlclose`` (run only once every pointer is gone) can never unmap code a
+  thread is executing. The price: native rules do not run in parallel with
+  Python threads, which for short rule functions is also the faster choice.
+
+Linux only (ELF, glibc's ``dlopen``, ``/proc/self/maps``). A crash inside a
+rule's C code takes the process down; an engine with a quarantine policy
+maps every object in a throwaway process first, so a crashing constructor
+fails the check instead.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import atexit
+import contextlib
+import ctypes
+import hashlib
+import inspect
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
+
+from .errors import LoadFailed
+from .resolve import Problem, ResolveReport
+from .symbols import SymbolRow, SymbolTable
+
+if TYPE_CHECKING:
+    from .quarantine import Quarantine
+
+__all__ = [
+    "BASE_FLAGS",
+    "NATIVE_LETTERS",
+    "ElfInfo",
+    "ElfSymbol",
+    "NativeBackend",
+    "NativeFunction",
+    "NativeInterface",
+    "NativeObject",
+    "NotSharedObject",
+    "compile_c",
+    "find_compiler",
+    "is_elf",
+    "mappings",
+    "read_elf",
+]
+
+#: The compiler flags every C source is built with (the design's command).
+BASE_FLAGS: Final = ("-shared", "-fPIC", "-O2")
+
+#: Letters of a native symbol table (``nm -D``'s, folded as README/docs say):
+#: T code, D data, B zero-initialised data, R read-only data, U undefined,
+#: W weak (defined or not).
+NATIVE_LETTERS: Final = ("T", "D", "B", "R", "U", "W")
+
+#: Largest ready object accepted, in bytes.
+MAX_OBJECT: Final = 256 * 1024 * 1024
+
+#: Time limit for one compiler run, in seconds.
+COMPILE_TIMEOUT: Final = 120.0
+
+_ELF_MAGIC: Final = b"\x7fELF"
+# ctypes' own dlopen/dlsym/dlclose (typeshed does not know dlopen(NULL)).
+_dl: Any = _ctypes
+_DF_1_NODELETE: Final = 0x8
+_DF_1_NOW: Final = 0x1
+_DF_1_PIE: Final = 0x08000000
+_DF_BIND_NOW: Final = 0x8
+# glibc's values (os.RTLD_* mirror them on Linux).
+_RTLD_LAZY: Final = getattr(os, "RTLD_LAZY", 1)
+_RTLD_NOW: Final = getattr(os, "RTLD_NOW", 2)
+_RTLD_LOCAL: Final = getattr(os, "RTLD_LOCAL", 0)
+
+# The ELF machine each CPU architecture Python reports must load.
+_MACHINES: Final = {
+    "x86_64": "EM_X86_64",
+    "aarch64": "EM_AARCH64",
+    "i686": "EM_386",
+    "i386": "EM_386",
+    "armv7l": "EM_ARM",
+    "ppc64le": "EM_PPC64",
+    "s390x": "EM_S390",
+    "riscv64": "EM_RISCV",
+}
+
+
+# ---------------------------------------------------------------------------
+# The interface: C signatures declared with ctypes types
+# ---------------------------------------------------------------------------
+
+# C spelling of the ctypes types a host may declare. Aliases collapse on a
+# given platform (c_longlong is c_long on LP64), so the plainer name is last.
+_C_NAMES: dict[Any, str] = {}
+for _ctype, _name in (
+    (ctypes.c_bool, "bool"),
+    (ctypes.c_char, "char"),
+    (ctypes.c_wchar, "wchar_t"),
+    (ctypes.c_byte, "signed char"),
+    (ctypes.c_ubyte, "unsigned char"),
+    (ctypes.c_short, "short"),
+    (ctypes.c_ushort, "unsigned short"),
+    (ctypes.c_longlong, "long long"),
+    (ctypes.c_ulonglong, "unsigned long long"),
+    (ctypes.c_long, "long"),
+    (ctypes.c_ulong, "unsigned long"),
+    (ctypes.c_int, "int"),
+    (ctypes.c_uint, "unsigned int"),
+    (ctypes.c_float, "float"),
+    (ctypes.c_double, "double"),
+    (ctypes.c_longdouble, "long double"),
+    (ctypes.c_char_p, "const char *"),
+    (ctypes.c_wchar_p, "const wchar_t *"),
+    (ctypes.c_void_p, "void *"),
+):
+    _C_NAMES[_ctype] = _name
+
+_INTEGERS: Final = frozenset(
+    {
+        ctypes.c_byte,
+        ctypes.c_ubyte,
+        ctypes.c_short,
+        ctypes.c_ushort,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_long,
+        ctypes.c_ulong,
+        ctypes.c_longlong,
+        ctypes.c_ulonglong,
+    }
+)
+_FLOATS: Final = frozenset({ctypes.c_float, ctypes.c_double, ctypes.c_longdouble})
+
+
+class _Text(ctypes.c_char_p):
+    """``const char *`` that also takes ``str``, encoded as UTF-8.
+
+    Arguments arriving over the control protocol are JSON strings; with a
+    plain ``c_char_p`` every caller would have to encode them first. ctypes
+    keeps the encoded bytes alive for the duration of the call.
+    """
+
+    @classmethod
+    def from_param(cls, value: Any) -> Any:
+        """Convert one argument (ctypes' hook for ``argtypes`` entries)."""
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        return ctypes.c_char_p.from_param(value)
+
+
+def _c_name(ctype: Any) -> str:
+    if ctype is None:
+        return "void"
+    name = _C_NAMES.get(ctype)
+    if name is not None:
+        return name
+    if isinstance(ctype, type) and issubclass(ctype, ctypes._Pointer):
+        return _c_name(ctype._type_) + " *"
+    return getattr(ctype, "__name__", repr(ctype))
+
+
+def _python_type(ctype: Any) -> Any:
+    """The Python type a caller passes (or gets back) for a ctypes type."""
+    if ctype is None:
+        return None
+    if ctype is ctypes.c_bool:
+        return bool
+    if ctype in _INTEGERS:
+        return int
+    if ctype in _FLOATS:
+        return float
+    if ctype in (ctypes.c_char_p, ctypes.c_wchar_p, ctypes.c_char, ctypes.c_wchar):
+        return str
+    return Any
+
+
+def _check_ctype(ctype: Any, where: str, *, allow_none: bool) -> None:
+    if ctype is None and allow_none:
+        return
+    if isinstance(ctype, type) and issubclass(
+        ctype, (ctypes._SimpleCData, ctypes._Pointer, ctypes.Structure, ctypes.Union)
+    ):
+        return
+    raise TypeError(f"{where} must be a ctypes type (e.g. ctypes.c_int), not {ctype!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NativeFunction:
+    """One entry point of a native interface: ``int classify(const char *text)``."""
+
+    name: str
+    restype: Any
+    argtypes: tuple[Any, ...]
+    params: tuple[str, ...]
+
+    def declaration(self) -> str:
+        """The C declaration, e.g. ``int classify(const char *text)``."""
+        args = []
+        for ctype, param in zip(self.argtypes, self.params, strict=True):
+            c = _c_name(ctype)
+            args.append(f"{c}{param}" if c.endswith("*") else f"{c} {param}")
+        return f"{_c_name(self.restype)} {self.name}({', '.join(args) or 'void'})"
+
+    def signature(self) -> inspect.Signature:
+        """The Python view of the call: ``(text: str, /) -> int``."""
+        empty = inspect.Parameter.empty
+        params = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_ONLY,
+                annotation=_python_type(ctype) if _python_type(ctype) is not Any else empty,
+            )
+            for ctype, name in zip(self.argtypes, self.params, strict=True)
+        ]
+        ret = _python_type(self.restype)
+        if self.restype is ctypes.c_char_p:
+            ret = bytes  # ctypes hands back the bytes, not text
+        return inspect.Signature(params, return_annotation=empty if ret is Any else ret)
+
+    def prototype(self) -> Any:
+        """The ctypes function type: GIL kept during the call (see the module doc)."""
+        converters = [_Text if t is ctypes.c_char_p else t for t in self.argtypes]
+        return ctypes.PYFUNCTYPE(self.restype, *converters)
+
+
+class NativeInterface:
+    """The C signatures a native slot's objects must export.
+
+    ``functions`` maps each entry point's name to ``(restype, argtypes)``:
+    ``restype`` a ctypes type or ``None`` (``void``), ``argtypes`` a list of
+    ctypes types or ``(name, ctype)`` pairs (the names show in signatures
+    and symbol tables; unnamed ones become ``arg1``, ``arg2``...). A
+    ``c_char_p`` parameter also accepts ``str`` (encoded as UTF-8).
+
+    The object file carries no types, so the check can verify that each
+    entry point exists and is a function, not that its C signature matches:
+    the declaration is the host's promise, as a header file is.
+    """
+
+    def __init__(
+        self,
+        functions: Mapping[str, tuple[Any, Sequence[Any]]],
+        *,
+        name: str = "NativeInterface",
+    ) -> None:
+        if not functions:
+            raise ValueError("a NativeInterface needs at least one function")
+        self.name = name
+        built: dict[str, NativeFunction] = {}
+        for fname, spec in functions.items():
+            if not (isinstance(fname, str) and fname.isidentifier()):
+                raise ValueError(f"function name {fname!r} is not a C identifier")
+            try:
+                restype, argspec = spec
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{fname}: use (restype, [argtypes]), e.g. (ctypes.c_int, [ctypes.c_char_p])"
+                ) from None
+            _check_ctype(restype, f"{fname}: the return type", allow_none=True)
+            argtypes: list[Any] = []
+            params: list[str] = []
+            for index, arg in enumerate(argspec, 1):
+                pname, ctype = arg if isinstance(arg, tuple) else (f"arg{index}", arg)
+                if not (isinstance(pname, str) and pname.isidentifier()):
+                    raise ValueError(f"{fname}: parameter name {pname!r} is not an identifier")
+                _check_ctype(ctype, f"{fname}: parameter {pname}", allow_none=False)
+                argtypes.append(ctype)
+                params.append(pname)
+            built[fname] = NativeFunction(fname, restype, tuple(argtypes), tuple(params))
+        self.functions: Mapping[str, NativeFunction] = built
+
+    def describe(self) -> str:
+        """Every declaration, ``; ``-separated (what ``status`` shows)."""
+        return "; ".join(f.declaration() for f in self.functions.values())
+
+    def __repr__(self) -> str:
+        return f"NativeInterface({self.describe()})"
+
+
+# ---------------------------------------------------------------------------
+# ELF: .dynsym as nm -D sees it
+# ---------------------------------------------------------------------------
+
+
+class NotSharedObject(ValueError):
+    """The file is not an ELF shared object this process can load."""
+
+
+@dataclass(frozen=True, slots=True)
+class ElfSymbol:
+    """One ``.dynsym`` entry.
+
+    ``nm`` is the letter ``nm -D`` prints; ``letter`` is the table's (see
+    :data:`NATIVE_LETTERS`). ``bind`` is ``GLOBAL``, ``WEAK``, ``UNIQUE`` or
+    ``LOCAL``; ``type`` is ``FUNC``, ``OBJECT``, ``NOTYPE``, ``IFUNC``,
+    ``TLS`` ...; ``section`` is the section name, or ``UND`` / ``ABS``.
+    ``version`` is the symbol version an undefined symbol asks for
+    (``GLIBC_2.2.5``). ``digest`` hashes the symbol's bytes in the file.
+    ``lazy`` is true for an undefined symbol referenced only through the
+    PLT (``JUMP_SLOT`` relocations): ``RTLD_LAZY`` binds it at its first
+    call, not when the object is mapped.
+    """
+
+    name: str
+    letter: str
+    nm: str
+    bind: str
+    type: str
+    section: str
+    size: int
+    value: int
+    version: str | None
+    digest: str
+    lazy: bool = False
+
+    @property
+    def defined(self) -> bool:
+        """False for an undefined (``U``, ``w``) symbol."""
+        return self.section != "UND"
+
+    @property
+    def is_function(self) -> bool:
+        """A code symbol: a function or a GNU indirect function."""
+        return self.type in ("FUNC", "IFUNC")
+
+
+@dataclass(frozen=True, slots=True)
+class ElfInfo:
+    """What the dynamic linker reads from an object, before mapping it."""
+
+    machine: str
+    soname: str | None
+    needed: tuple[str, ...]
+    runpath: tuple[str, ...]
+    nodelete: bool
+    symbols: tuple[ElfSymbol, ...]
+    #: Linked with ``-z now``: every symbol is bound when mapped, even lazily.
+    bind_now: bool = False
+
+    def symbol(self, name: str) -> ElfSymbol | None:
+        """The exported (non-local) symbol ``name``, defined ones first."""
+        found = None
+        for sym in self.symbols:
+            if sym.name == name and sym.bind != "LOCAL":
+                if sym.defined:
+                    return sym
+                found = found or sym
+        return found
+
+    @property
+    def unique(self) -> tuple[str, ...]:
+        """Names of the ``STB_GNU_UNIQUE`` symbols (they pin the object in memory)."""
+        return tuple(s.name for s in self.symbols if s.bind == "UNIQUE" and s.defined)
+
+
+def is_elf(data: bytes) -> bool:
+    """True when ``data`` starts with the ELF magic number."""
+    return data[:4] == _ELF_MAGIC
+
+
+def _digest(data: bytes) -> str:
+    # The same 12-hex-digit size as the Python tables' code hashes.
+    return hashlib.blake2b(data, digest_size=6).hexdigest()
+
+
+def _nm_letter(bind: str, stype: str, undefined: bool, section: Any, shndx: Any) -> str:
+    """The letter ``nm`` prints, following binutils' ``bfd_decode_symclass``."""
+    if shndx == "SHN_COMMON":
+        return "C"
+    if undefined:
+        if bind == "WEAK":
+            return "v" if stype == "OBJECT" else "w"
+        return "U"
+    if stype == "IFUNC":
+        return "i"
+    if bind == "WEAK":
+        return "V" if stype == "OBJECT" else "W"
+    if bind == "UNIQUE":
+        return "u"
+    if shndx == "SHN_ABS" or section is None:
+        letter = "a"
+    else:
+        flags = section["sh_flags"]
+        if flags & 0x4:  # SHF_EXECINSTR
+            letter = "t"
+        elif section["sh_type"] == "SHT_NOBITS":
+            letter = "b"
+        elif flags & 0x1:  # SHF_WRITE
+            letter = "d"
+        elif flags & 0x2:  # SHF_ALLOC
+            letter = "r"
+        else:
+            letter = "n"
+    return letter.upper() if bind == "GLOBAL" else letter
+
+
+def _section_letter(section: Any) -> str:
+    if section is None:
+        return "D"
+    flags = section["sh_flags"]
+    if flags & 0x4:
+        return "T"
+    if section["sh_type"] == "SHT_NOBITS":
+        return "B"
+    return "D" if flags & 0x1 else "R"
+
+
+def _fold(nm: str, section: Any) -> str:
+    """nm's letter folded into :data:`NATIVE_LETTERS`: every weak flavour
+    (``W V w v``) is ``W``, an indirect function (``i``) is ``T``, a unique
+    symbol (``u``) takes its section's letter; the rest are nm's own."""
+    if nm in "WVwv":
+        return "W"
+    if nm == "i":
+        return "T"
+    if nm == "u":
+        return _section_letter(section)
+    if nm in ("A", "a", "C"):
+        return "D"
+    return nm.upper()
+
+
+def _versions_needed(elf: Any) -> dict[int, str]:
+    """Version index -> name of the versions the object asks its libraries for."""
+    out: dict[int, str] = {}
+    section = elf.get_section_by_name(".gnu.version_r")
+    if section is None:
+        return out
+    for _verneed, auxiliaries in section.iter_versions():
+        for aux in auxiliaries:
+            out[int(aux["vna_other"])] = str(aux.name)
+    return out
+
+
+def read_elf(path: str | os.PathLike[str], *, shown: str | None = None) -> ElfInfo:
+    """Read an object's dynamic symbol table and dynamic section.
+
+    Raises :class:`NotSharedObject` (a ``ValueError``) with a one-line reason
+    for anything the dynamic linker would refuse: not ELF, not a shared
+    object, built for another machine. ``shown`` is the name to give the
+    file in messages (default: its own).
+    """
+    from elftools.common.exceptions import ELFError  # imported when needed: ~40 ms
+    from elftools.elf.elffile import ELFFile
+
+    name = os.fspath(path)
+    label = shown or Path(name).name
+    with open(name, "rb") as stream:
+        if stream.read(4) != _ELF_MAGIC:
+            raise NotSharedObject(f"{label} is not an ELF file")
+        stream.seek(0)
+        try:
+            elf = ELFFile(stream)
+            return _read(elf, stream, label)
+        except NotSharedObject:
+            raise
+        except (ELFError, Exception) as exc:  # noqa: BLE001 - pyelftools' own errors vary
+            # A truncated or corrupt file: whatever pyelftools tripped on.
+            raise NotSharedObject(f"{label} is a damaged ELF file: {exc}") from None
+
+
+def _read(elf: Any, stream: BinaryIO, shown: str) -> ElfInfo:
+    kind = elf.header["e_type"]
+    if kind != "ET_DYN":
+        what = {"ET_REL": "an object file (.o)", "ET_EXEC": "an executable"}.get(kind, kind)
+        raise NotSharedObject(f"{shown} is {what}, not a shared object: link it with -shared")
+    machine = str(elf.header["e_machine"])
+    wanted = _MACHINES.get(os.uname().machine)
+    if wanted is not None and machine != wanted:
+        raise NotSharedObject(f"{shown} is built for {machine}, this process runs {wanted}")
+    bits = 64 if sys.maxsize > 2**32 else 32
+    if elf.elfclass != bits:
+        raise NotSharedObject(f"{shown} is a {elf.elfclass}-bit object, this process is {bits}-bit")
+    soname = None
+    needed: list[str] = []
+    runpath: list[str] = []
+    nodelete = False
+    bind_now = False
+    lazy: set[int] = set()
+    dynamic = elf.get_section_by_name(".dynamic")
+    if dynamic is not None:
+        for tag in dynamic.iter_tags():
+            d_tag = tag.entry.d_tag
+            if d_tag == "DT_NEEDED":
+                needed.append(str(tag.needed))
+            elif d_tag == "DT_SONAME":
+                soname = str(tag.soname)
+            elif d_tag in ("DT_RUNPATH", "DT_RPATH"):
+                value = tag.runpath if d_tag == "DT_RUNPATH" else tag.rpath
+                runpath.extend(p for p in str(value).split(":") if p)
+            elif d_tag == "DT_FLAGS_1":
+                if tag.entry.d_val & _DF_1_PIE:
+                    # ET_DYN too, but glibc refuses to dlopen an executable.
+                    raise NotSharedObject(
+                        f"{shown} is a position-independent executable, not a shared object: "
+                        "link it with -shared"
+                    )
+                nodelete = bool(tag.entry.d_val & _DF_1_NODELETE)
+                bind_now = bind_now or bool(tag.entry.d_val & _DF_1_NOW)
+            elif d_tag == "DT_FLAGS":
+                bind_now = bind_now or bool(tag.entry.d_val & _DF_BIND_NOW)
+            elif d_tag == "DT_BIND_NOW":
+                bind_now = True
+        lazy = _plt_only(elf, dynamic)
+    symbols: list[ElfSymbol] = []
+    dynsym = elf.get_section_by_name(".dynsym")
+    if dynsym is not None:
+        versym = elf.get_section_by_name(".gnu.version")
+        versions = _versions_needed(elf)
+        for index, sym in enumerate(dynsym.iter_symbols()):
+            if index == 0 or not sym.name:
+                continue
+            stype = sym["st_info"]["type"]
+            if stype in ("STT_SECTION", "STT_FILE"):
+                continue
+            symbols.append(_symbol(elf, stream, sym, index, versym, versions, index in lazy))
+    return ElfInfo(
+        machine, soname, tuple(needed), tuple(runpath), nodelete, tuple(symbols), bind_now
+    )
+
+
+def _plt_only(elf: Any, dynamic: Any) -> set[int]:
+    """Indexes of the symbols referenced only by PLT (``JUMP_SLOT``) relocations."""
+    plt: set[int] = set()
+    other: set[int] = set()
+    try:
+        tables = dynamic.get_relocation_tables()
+    except Exception:  # noqa: BLE001 - unusual dynamic sections: no lazy symbols
+        return plt
+    for kind, table in tables.items():
+        target = plt if kind == "JMPREL" else other
+        for reloc in table.iter_relocations():
+            target.add(int(reloc["r_info_sym"]))
+    return plt - other
+
+
+_BINDS: Final = {"STB_GLOBAL": "GLOBAL", "STB_WEAK": "WEAK", "STB_LOCAL": "LOCAL"}
+_TYPES: Final = {
+    "STT_NOTYPE": "NOTYPE",
+    "STT_OBJECT": "OBJECT",
+    "STT_FUNC": "FUNC",
+    "STT_TLS": "TLS",
+    "STT_COMMON": "COMMON",
+}
+
+
+def _symbol(
+    elf: Any,
+    stream: BinaryIO,
+    sym: Any,
+    index: int,
+    versym: Any,
+    versions: dict[int, str],
+    lazy: bool,
+) -> ElfSymbol:
+    # pyelftools names the GNU values by their range: STB_LOOS is
+    # STB_GNU_UNIQUE and STT_LOOS is STT_GNU_IFUNC on Linux.
+    raw_bind = sym["st_info"]["bind"]
+    bind = "UNIQUE" if raw_bind == "STB_LOOS" else _BINDS.get(raw_bind, str(raw_bind))
+    raw_type = sym["st_info"]["type"]
+    stype = "IFUNC" if raw_type == "STT_LOOS" else _TYPES.get(raw_type, str(raw_type))
+    shndx = sym["st_shndx"]
+    undefined = shndx == "SHN_UNDEF"
+    section = elf.get_section(shndx) if isinstance(shndx, int) else None
+    size = int(sym["st_size"])
+    value = int(sym["st_value"])
+    version = None
+    if versym is not None and undefined:
+        ndx = versym.get_symbol(index)["ndx"]
+        if isinstance(ndx, int):
+            version = versions.get(ndx)
+    if undefined:
+        digest = _digest(f"U {sym.name} {version or ''}".encode())
+        section_name = "UND"
+    elif section is None:
+        digest = _digest(f"{shndx} {value} {size}".encode())
+        section_name = "ABS"
+    else:
+        section_name = str(section.name)
+        if section["sh_type"] == "SHT_NOBITS":
+            digest = _digest(f"bss {size}".encode())
+        else:
+            # The bytes as they are in the file: code, or initial data.
+            stream.seek(value - section["sh_addr"] + section["sh_offset"])
+            digest = _digest(stream.read(size))
+    nm = _nm_letter(bind, stype, undefined, section, shndx)
+    return ElfSymbol(
+        name=str(sym.name),
+        letter=_fold(nm, section),
+        nm=nm,
+        bind=bind,
+        type=stype,
+        section=section_name,
+        size=size,
+        value=value,
+        version=version,
+        digest=digest,
+        lazy=lazy and undefined,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The dynamic linker, through ctypes
+# ---------------------------------------------------------------------------
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = (
+        ("dli_fname", ctypes.c_char_p),
+        ("dli_fbase", ctypes.c_void_p),
+        ("dli_sname", ctypes.c_char_p),
+        ("dli_saddr", ctypes.c_void_p),
+    )
+
+
+def _dladdr_function() -> Any:
+    # dladdr lives in libc since glibc 2.34, in libdl before.
+    for name in (None, "libdl.so.2"):
+        with contextlib.suppress(OSError, AttributeError):
+            fn = ctypes.CDLL(name).dladdr
+            fn.argtypes = (ctypes.c_void_p, ctypes.POINTER(_DlInfo))
+            fn.restype = ctypes.c_int
+            return fn
+    return None
+
+
+_dladdr = _dladdr_function() if sys.platform.startswith("linux") else None
+_HOST_EXE: Final = os.path.realpath(sys.executable)
+
+
+def _provider(address: int) -> str:
+    """Which file of the process defines ``address``: ``libc.so.6``, or
+    ``host (python3.11)`` for the program itself."""
+    if _dladdr is None:
+        return "found"
+    info = _DlInfo()
+    if not _dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+        return "host"
+    fname = os.fsdecode(info.dli_fname)
+    if not fname or os.path.realpath(fname) == _HOST_EXE:
+        return f"host ({Path(_HOST_EXE).name})"
+    return Path(fname).name
+
+
+def _dlsym(handle: int, name: str) -> int | None:
+    try:
+        return int(_dl.dlsym(handle, name))
+    except OSError:
+        return None
+
+
+class _Scope:
+    """The lookup scope of an ``RTLD_LOCAL`` object, before it is mapped.
+
+    The dynamic linker binds an object's undefined symbols to the global
+    scope (the program and its libraries) first, then to the object's own
+    dependencies. Each ``DT_NEEDED`` library is opened ``RTLD_LAZY |
+    RTLD_LOCAL`` (honouring the object's ``RUNPATH``, with ``$ORIGIN`` the
+    directory the object came from) and stays open while the scope is: the
+    object's own ``dlopen`` then finds it loaded, by soname.
+    """
+
+    def __init__(self, info: ElfInfo, origin: Path | None) -> None:
+        self.info = info
+        self.origin = origin
+        self.handles: list[int] = []
+        self.missing: list[tuple[str, str]] = []
+        self._host = 0
+
+    def __enter__(self) -> _Scope:
+        self._host = int(_dl.dlopen(None, _RTLD_LAZY))
+        for library in self.info.needed:
+            try:
+                self.handles.append(
+                    int(_dl.dlopen(self._locate(library), _RTLD_LAZY | _RTLD_LOCAL))
+                )
+            except OSError as exc:
+                self.missing.append((library, str(exc)))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in reversed(self.handles):
+            with contextlib.suppress(OSError):
+                _dl.dlclose(handle)
+        self.handles.clear()
+        if self._host:
+            with contextlib.suppress(OSError):
+                _dl.dlclose(self._host)
+            self._host = 0
+
+    def _locate(self, library: str) -> str:
+        if "/" in library:
+            return library
+        for entry in self.info.runpath:
+            if self.origin is not None:
+                entry = entry.replace("$ORIGIN", str(self.origin)).replace(
+                    "${ORIGIN}", str(self.origin)
+                )
+            candidate = Path(entry) / library
+            if "$" not in entry and candidate.is_file():
+                return str(candidate)
+        return library
+
+    def lookup(self, name: str) -> str | None:
+        """Where ``name`` resolves (a file name), or ``None``."""
+        for handle in (self._host, *self.handles):
+            address = _dlsym(handle, name)
+            if address is not None:
+                return _provider(address)
+        return None
+
+
+def mappings(path: str | os.PathLike[str], pid: int | str = "self") -> list[str]:
+    """The lines of ``/proc/PID/maps`` that map the file ``path``."""
+    target = os.path.realpath(path)
+    found = []
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as maps:
+            for line in maps:
+                parts = line.rstrip("\n").split(None, 5)
+                if len(parts) == 6 and parts[5] in (target, f"{target} (deleted)"):
+                    found.append(line.rstrip("\n"))
+    except OSError:
+        return []
+    return found
+
+
+# ---------------------------------------------------------------------------
+# The compiler
+# ---------------------------------------------------------------------------
+
+
+def find_compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` if set (and found), else ``cc``,
+    ``gcc`` or ``clang`` on ``PATH``; ``None`` when there is none."""
+    configured = os.environ.get("CC", "").strip()
+    if configured:
+        parts = shlex.split(configured)
+        found = shutil.which(parts[0]) if parts else None
+        return [found, *parts[1:]] if found else None
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    return None
+
+
+# file:line:col: [fatal ]error: message  (gcc's and clang's format)
+_DIAGNOSTIC: Final = re.compile(
+    r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?:fatal )?error: (?P<msg>.*)$"
+)
+_MAX_DIAGNOSTICS: Final = 64 * 1024
+
+
+def _safe_name(filename: str) -> str:
+    name = re.sub(r"[^\w.+-]", "_", Path(filename).name).lstrip(".") or "rule.c"
+    return name
+
+
+def compile_c(
+    source: str,
+    filename: str,
+    output: Path,
+    *,
+    compiler: Sequence[str],
+    flags: Sequence[str] = (),
+    include_dir: Path | None = None,
+    timeout: float = COMPILE_TIMEOUT,
+) -> None:
+    """Compile ``source`` into the shared object ``output``.
+
+    The source is compiled under its own file name so that diagnostics name
+    it. A compiler error raises :class:`LoadFailed` whose message is the
+    first error as ``file:line:col: error: ...`` and whose data carries
+    ``filename``, ``line``, ``col`` and the full ``diagnostics``.
+    """
+    output.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lp-cc-", dir=output.parent) as tmp:
+        name = _safe_name(filename)
+        (Path(tmp) / name).write_text(source, encoding="utf-8", errors="surrogateescape")
+        command = [*compiler, *BASE_FLAGS, "-x", "c", name, "-x", "none", *flags, "-o", "out.so"]
+        if include_dir is not None:
+            command[len(compiler) : len(compiler)] = ["-I", str(include_dir)]
+        try:
+            proc = subprocess.run(
+                command,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                # C locale: plain quotes in messages, the same text everywhere.
+                env={**os.environ, "LC_ALL": "C"},
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise LoadFailed(
+                f"{filename}: the compiler did not finish within {timeout:g} s; nothing was loaded",
+                filename=filename,
+                reason="timeout",
+            ) from None
+        except OSError as exc:
+            raise LoadFailed(
+                f"{filename}: cannot run the C compiler {compiler[0]}: {exc.strerror or exc}",
+                filename=filename,
+                reason="no-compiler",
+            ) from None
+        if proc.returncode != 0:
+            raise _compile_error(filename, name, proc.stderr or proc.stdout)
+        os.replace(Path(tmp) / "out.so", output)
+
+
+def _compile_error(filename: str, compiled_as: str, diagnostics: str) -> LoadFailed:
+    # Diagnostics name the file as compiled; show the name the user gave.
+    text = diagnostics.replace(compiled_as, filename)[:_MAX_DIAGNOSTICS]
+    for line in text.splitlines():
+        match = _DIAGNOSTIC.match(line)
+        if match:
+            lineno, col = int(match["line"]), int(match["col"])
+            return LoadFailed(
+                f"{filename}:{lineno}:{col}: error: {match['msg']}",
+                filename=filename,
+                line=lineno,
+                col=col,
+                diagnostics=text,
+            )
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if "error" in ln), lines[0] if lines else "compiler failed")
+    return LoadFailed(f"{filename}: {first}", filename=filename, diagnostics=text)
+
+
+# ---------------------------------------------------------------------------
+# Build directories
+# ---------------------------------------------------------------------------
+
+_run_dir: Path | None = None
+_run_dir_lock = threading.Lock()
+
+
+def _private_dir() -> Path:
+    """A per-process private directory (0700), removed at exit."""
+    global _run_dir
+    with _run_dir_lock:
+        if _run_dir is None:
+            _run_dir = Path(tempfile.mkdtemp(prefix="livepatch-native-"))
+            atexit.register(shutil.rmtree, _run_dir, True)
+        return _run_dir
+
+
+def _version_file(version: str) -> Path:
+    """A fresh file name for a version's private copy: ``spam_native@2.so``
+    (``-2``, ``-3``... when several engines in this process share slot names)."""
+    directory = _private_dir()
+    with _run_dir_lock:
+        path, k = directory / f"{version}.so", 1
+        while path.exists():
+            k += 1
+            path = directory / f"{version}-{k}.so"
+        path.touch(mode=0o600)
+        return path
+
+
+# ---------------------------------------------------------------------------
+# One loaded object, and the backend
+# ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class NativeObject:
+    """One version's object: the file it is mapped from and what is known of it.
+
+    ``path`` is the version's private copy (the name ``/proc/self/maps``
+    shows); ``filename`` the name it was loaded as; ``origin`` the directory
+    the object or source came from;
+    ``handle`` the ``dlopen`` handle once the check mapped it.
+    """
+
+    path: Path
+    info: ElfInfo
+    filename: str
+    origin: Path | None
+    source: str | None
+    handle: int | None = None
+    functions: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+    live_pointers: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _pointer_freed(self) -> None:
+        # weakref.finalize callback of each function pointer: once the last
+        # one is gone nothing can call into the object, so close it now, as
+        # GHC frees an unloaded object at the GC that finds it unreferenced.
+        with self.lock:
+            self.live_pointers -= 1
+            if self.live_pointers > 0:
+                return
+        self.close()
+
+    def close(self) -> None:
+        """``dlclose`` the object (once). Only when no pointer into it is left."""
+        with self.lock:
+            handle, self.handle = self.handle, None
+            self.closed = True
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                _dl.dlclose(handle)
+
+
+_TOKEN: Final = re.compile(r"[A-Za-z_]\w*|[{}]")
+_COMMENT_OR_LITERAL: Final = re.compile(
+    r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.S
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _SourceLines:
+    """Where names first appear in a C source: at file scope (declarations
+    and definitions) and inside braces (uses in function bodies)."""
+
+    top: dict[str, int]
+    body: dict[str, int]
+
+    def defined(self, name: str) -> int | None:
+        """The line that defines (or declares) ``name``, else its first use."""
+        return self.top.get(name) or self.body.get(name)
+
+    def used(self, name: str) -> int | None:
+        """The line of the first use of ``name``, else its declaration."""
+        return self.body.get(name) or self.top.get(name)
+
+
+def _source_lines(source: str | None) -> _SourceLines:
+    """Find names in a C source, outside comments, literals and ``#`` lines.
+
+    Objects built without debug information carry no line numbers: for a
+    version compiled from source this points the reader at the right place
+    (a definition for defined symbols, the first call for undefined ones).
+    A heuristic, not a C parser: macros can fool it.
+    """
+    top: dict[str, int] = {}
+    body: dict[str, int] = {}
+    if not source:
+        return _SourceLines(top, body)
+    blanked = _COMMENT_OR_LITERAL.sub(lambda m: "\n" * m.group(0).count("\n"), source)
+    depth = 0
+    for number, text in enumerate(blanked.splitlines(), 1):
+        if text.lstrip().startswith("#"):
+            continue
+        for token in _TOKEN.findall(text):
+            if token == "{":
+                depth += 1
+            elif token == "}":
+                depth = max(depth - 1, 0)
+            else:
+                (body if depth else top).setdefault(token, number)
+    return _SourceLines(top, body)
+
+
+class NativeBackend:
+    """The native half of a slot: what load, check, symbols and unload do to
+    shared objects. The engine owns the lifecycle; see :mod:`livepatch.engine`.
+    """
+
+    kind: Final = "native"
+
+    def __init__(
+        self,
+        interface: NativeInterface,
+        *,
+        compiler: Sequence[str] | None = None,
+        flags: Sequence[str] = (),
+    ) -> None:
+        if not sys.platform.startswith("linux"):
+            raise ValueError("native slots need Linux: ELF objects, dlopen and /proc/self/maps")
+        self.interface = interface
+        self.compiler = list(compiler) if compiler else None
+        self.flags = tuple(flags)
+
+    def describe(self) -> str:
+        """The interface as C declarations."""
+        return self.interface.describe()
+
+    def members(self) -> dict[str, str]:
+        """Entry point name -> C declaration."""
+        return {name: f.declaration() for name, f in self.interface.functions.items()}
+
+    # -- load --------------------------------------------------------------------
+
+    def load(
+        self,
+        version: str,
+        data: str | bytes,
+        filename: str,
+        *,
+        origin: Path | None = None,
+        build_dir: Path | None = None,
+    ) -> NativeObject:
+        """Compile C source (``str``) or take a ready object (``bytes``), copy
+        it to the version's private file and read its ELF tables.
+
+        Nothing is mapped. :class:`LoadFailed` for a compiler error or a file
+        the dynamic linker would refuse.
+        """
+        source = data if isinstance(data, str) else None
+        private: Path | None = None
+        try:
+            if isinstance(data, str):
+                built = self._build(data, filename, origin, build_dir)
+                private = _version_file(version)
+                shutil.copyfile(built, private)
+            else:
+                private = _version_file(version)
+                private.write_bytes(data)
+            info = read_elf(private, shown=filename)
+        except (NotSharedObject, OSError) as exc:
+            if private is not None:
+                private.unlink(missing_ok=True)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LoadFailed(
+                reason if reason.startswith(filename) else f"{filename}: {reason}",
+                filename=filename,
+            ) from None
+        return NativeObject(private, info, filename, origin, source)
+
+    def _build(
+        self, source: str, filename: str, origin: Path | None, build_dir: Path | None
+    ) -> Path:
+        """The compiled object for ``source``, from the cache when built before.
+
+        The cache key covers the compiler, the flags and the source, so an
+        engine restarted on its state directory does not compile again.
+        """
+        compiler = self.compiler or find_compiler()
+        if compiler is None:
+            raise LoadFailed(
+                f"{filename}: no C compiler found (install gcc or set CC); nothing was loaded",
+                filename=filename,
+                reason="no-compiler",
+            )
+        cache = (build_dir if build_dir is not None else _private_dir()) / "cache"
+        key = hashlib.sha256(
+            "\0".join([*compiler, *BASE_FLAGS, *self.flags, str(origin or ""), source]).encode(
+                "utf-8", "surrogateescape"
+            )
+        ).hexdigest()
+        built = cache / f"{key[:32]}.so"
+        if not built.is_file():
+            compile_c(
+                source, filename, built, compiler=compiler, flags=self.flags, include_dir=origin
+            )
+        return built
+
+    # -- check -------------------------------------------------------------------
+
+    def check(
+        self, version: str, obj: NativeObject, quarantine: Quarantine | None = None
+    ) -> tuple[ResolveReport, dict[str, Any]]:
+        """Resolve the object; map it and make its entry points when it resolves.
+
+        Returns the report and the entry points (name -> ctypes function
+        pointer; empty unless the report is ok).
+        """
+        problems: list[Problem] = []
+        lines = _source_lines(obj.source)
+        if obj.closed:
+            # A version the engine let go of is never mapped again.
+            problem = Problem("load-error", obj.path.name, None, "the object was closed")
+            return ResolveReport(version, (problem,)), {}
+        with _Scope(obj.info, obj.origin) as scope:
+            for library, error in scope.missing:
+                problems.append(
+                    Problem(
+                        "missing-library",
+                        library,
+                        None,
+                        f"DT_NEEDED library {library} cannot be opened: {_short_dlerror(error)}",
+                    )
+                )
+            for sym in obj.info.symbols:
+                if sym.defined or sym.bind == "WEAK" or sym.bind == "LOCAL":
+                    continue
+                if scope.lookup(sym.name) is None:
+                    problems.append(self._unresolved(sym, obj.info, lines.used(sym.name)))
+            problems.extend(self._entry_problems(obj.info, lines))
+            if not any(p.severity == "error" for p in problems) and obj.handle is None:
+                problems.extend(self._map(obj, quarantine))
+        problems.extend(self._warnings(obj.info))
+        problems.sort(key=lambda p: (p.line is not None, p.line or 0))
+        report = ResolveReport(version, tuple(problems))
+        return report, (dict(obj.functions) if report.ok else {})
+
+    def _unresolved(self, sym: ElfSymbol, info: ElfInfo, line: int | None) -> Problem:
+        where = ", ".join(info.needed) or "no DT_NEEDED libraries"
+        if sym.lazy and not info.bind_now:
+            # Called through the PLT: RTLD_LAZY would map the object fine.
+            what, later = "function", "with RTLD_LAZY its first call would kill the process"
+        else:
+            what, later = "symbol", "dlopen would refuse the object"
+        return Problem(
+            "unresolved",
+            sym.name,
+            line,
+            f"undefined {what} {sym.name!r} is defined neither by the host process nor by "
+            f"the object's libraries ({where}): {later}",
+        )
+
+    def _entry_problems(self, info: ElfInfo, lines: _SourceLines) -> list[Problem]:
+        problems = []
+        iface = self.interface
+        for name, fn in iface.functions.items():
+            sym = info.symbol(name)
+            if sym is None or not sym.defined:
+                problems.append(
+                    Problem(
+                        "missing-member",
+                        name,
+                        lines.defined(name),
+                        f"{iface.name} requires {fn.declaration()}, which the object does not "
+                        "export (static functions and hidden symbols are not in .dynsym)",
+                    )
+                )
+            elif not sym.is_function:
+                problems.append(
+                    Problem(
+                        "not-callable",
+                        name,
+                        lines.defined(name),
+                        f"{iface.name}.{name} must be a function, but the object exports "
+                        f"{name} as {sym.type.lower()} data ({sym.letter}, size {sym.size})",
+                    )
+                )
+        return problems
+
+    @staticmethod
+    def _warnings(info: ElfInfo) -> list[Problem]:
+        out = []
+        if info.nodelete:
+            out.append(
+                Problem(
+                    "nodelete",
+                    "DF_1_NODELETE",
+                    None,
+                    "the object is flagged NODELETE (linked with -z nodelete): once mapped, "
+                    "dlclose never unmaps it",
+                    severity="warning",
+                )
+            )
+        if info.unique:
+            out.append(
+                Problem(
+                    "unique-symbols",
+                    info.unique[0],
+                    None,
+                    f"the object defines STB_GNU_UNIQUE symbols ({', '.join(info.unique)}): "
+                    "glibc never unloads such an object once mapped",
+                    severity="warning",
+                )
+            )
+        return out
+
+    def _map(self, obj: NativeObject, quarantine: Quarantine | None) -> list[Problem]:
+        """dlopen the resolved object (after the quarantine, if any) and make
+        its entry points. Returns the problems that stopped it, if any."""
+        shown = obj.filename
+        if quarantine is not None:
+            try:
+                quarantine.run_native(str(obj.path), shown)
+            except LoadFailed as exc:
+                return [Problem("crash", shown, None, exc.message)]
+        try:
+            handle = int(_dl.dlopen(str(obj.path), _RTLD_NOW | _RTLD_LOCAL))
+        except OSError as exc:
+            error = _short_dlerror(str(exc))
+            missing = re.search(r"undefined symbol: (\S+)", error)
+            if missing:
+                return [
+                    Problem("unresolved", missing.group(1), None, f"dlopen refused it: {error}")
+                ]
+            return [Problem("load-error", shown, None, f"dlopen refused it: {error}")]
+        functions: dict[str, Any] = {}
+        for name, spec in self.interface.functions.items():
+            address = _dlsym(handle, name)
+            if address is None:  # checked in .dynsym above; a race with the file is all it can be
+                with contextlib.suppress(OSError):
+                    _dl.dlclose(handle)
+                return [Problem("missing-member", name, None, f"dlsym found no {name}")]
+            functions[name] = _make_pointer(spec, address, self.interface.name)
+        with obj.lock:
+            obj.handle = handle
+            obj.functions = functions
+            obj.live_pointers = len(functions)
+        for fn in functions.values():
+            finalizer = weakref.finalize(fn, obj._pointer_freed)
+            finalizer.atexit = False  # never dlclose during interpreter shutdown
+        return []
+
+    # -- symbols -----------------------------------------------------------------
+
+    def table(self, version: str, obj: NativeObject) -> SymbolTable:
+        """The object's ``.dynsym`` as a symbol table, undefined symbols resolved.
+
+        ``detail`` is ``size N`` for defined symbols (``weak, size N`` for
+        weak ones), and where an undefined one resolves (``libc.so.6``), or
+        ``?``. Entry points carry their C declaration as the signature.
+        """
+        lines = _source_lines(obj.source)
+        members = self.members()
+        rows: list[SymbolRow] = []
+        with _Scope(obj.info, obj.origin) as scope:
+            for sym in obj.info.symbols:
+                if sym.bind == "LOCAL":
+                    continue  # not visible to dlsym or to other objects
+                if sym.defined:
+                    extra = {"UNIQUE": ", unique", "WEAK": ""}.get(sym.bind, "")
+                    kind = ", ifunc" if sym.type == "IFUNC" else ""
+                    prefix = "weak, " if sym.bind == "WEAK" else ""
+                    detail = f"{prefix}size {sym.size}{extra}{kind}"
+                else:
+                    where = scope.lookup(sym.name)
+                    version_note = f" ({sym.version})" if sym.version and where else ""
+                    if sym.bind == "WEAK":
+                        detail = f"weak undefined: {where or 'absent (allowed)'}{version_note}"
+                    else:
+                        detail = f"{where}{version_note}" if where else "?"
+                rows.append(
+                    SymbolRow(
+                        name=sym.name,
+                        letter=sym.letter,
+                        line=lines.defined(sym.name) if sym.defined else lines.used(sym.name),
+                        signature=members.get(sym.name) if sym.defined else None,
+                        detail=detail,
+                        code_hash=sym.digest,
+                    )
+                )
+        return SymbolTable(version, tuple(rows))
+
+    # -- purge and unload ---------------------------------------------------------
+
+    def forget(self, obj: NativeObject) -> None:
+        """Purge: drop the backend's own index of the entry points."""
+        with obj.lock:
+            obj.functions = {}
+
+    def release(self, obj: NativeObject, *, pointers_freed: bool) -> tuple[bool, dict[str, int]]:
+        """After unload: whether the object left memory, and if not, why.
+
+        ``pointers_freed`` says whether every function pointer is gone (the
+        engine's weak references prove it). Only then is the object closed.
+        Returns ``(freed, reasons)``: each reason names the evidence, with
+        the number of mappings ``/proc/self/maps`` still shows.
+        """
+        if pointers_freed:
+            obj.close()
+        maps = mappings(obj.path)
+        if not maps:
+            with obj.lock:
+                closed = obj.closed or obj.handle is None
+            if closed:
+                obj.path.unlink(missing_ok=True)
+            return True, {}
+        if not pointers_freed:
+            return False, {"maps: still mapped (function pointers still referenced)": len(maps)}
+        return False, {f"maps: still mapped ({self._why_mapped(obj.info)})": len(maps)}
+
+    @staticmethod
+    def _why_mapped(info: ElfInfo) -> str:
+        if info.nodelete:
+            return "DF_1_NODELETE"
+        if info.unique:
+            return f"STB_GNU_UNIQUE symbols: {', '.join(info.unique)}"
+        return "another handle is open (a ctypes.CDLL or dlopen elsewhere) or an object needs it"
+
+
+def _short_dlerror(error: str) -> str:
+    # dlerror names the full path of our private copy; the file name is enough.
+    return re.sub(r"/\S*/(livepatch-native-[^/\s]+)/", "", error)
+
+
+def _make_pointer(spec: NativeFunction, address: int, interface: str) -> Any:
+    """A ctypes function pointer for ``spec`` at ``address``, introspectable
+    like a Python function (name, signature, annotations)."""
+    fn = spec.prototype()(address)
+    signature = spec.signature()
+    annotations: dict[str, Any] = {
+        p.name: p.annotation
+        for p in signature.parameters.values()
+        if p.annotation is not inspect.Parameter.empty
+    }
+    if signature.return_annotation is not inspect.Signature.empty:
+        annotations["return"] = signature.return_annotation
+    # ctypes function objects take attributes; inspect and typing read these.
+    for attr, value in (
+        ("__name__", spec.name),
+        ("__qualname__", spec.name),
+        ("__signature__", signature),
+        ("__annotations__", annotations),
+        ("__doc__", f"{spec.declaration()} (native code; {interface})"),
+    ):
+        setattr(fn, attr, value)
+    return fn
