@@ -47,6 +47,27 @@ class Quarantine:
             "interface": interface_spec(interface),
             "memory_mb": self.memory_mb,
         }
+        self._child(
+            request,
+            filename,
+            timeout_hint="the module body did not finish within {limit} in quarantine "
+            "(an endless loop at import?); nothing was loaded",
+            what="the module body",
+        )
+
+    def run_native(self, path: str, filename: str) -> None:
+        """``dlopen`` a shared object in a child process first (its constructors
+        run there); :class:`LoadFailed` if that crashes, hangs or fails."""
+        request = {"native": path, "filename": filename, "memory_mb": self.memory_mb}
+        self._child(
+            request,
+            filename,
+            timeout_hint="mapping the object did not finish within {limit} in quarantine "
+            "(a constructor that never returns?); it was not mapped here",
+            what="mapping the object (its constructors)",
+        )
+
+    def _child(self, request: dict[str, Any], filename: str, timeout_hint: str, what: str) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "livepatch.quarantine"],
             stdin=subprocess.PIPE,
@@ -58,42 +79,16 @@ class Quarantine:
             out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
+            limit = f"{self.timeout_s:g} s"
             raise LoadFailed(
-                f"{filename}: the module body did not finish within {self.timeout_s:g} s "
-                "in quarantine (an endless loop at import?); nothing was loaded",
+                f"{filename}: {timeout_hint.format(limit=limit)}",
                 filename=filename,
                 reason="timeout",
             ) from None
         finally:
             if proc.poll() is None:
                 _kill_group(proc)
-        _raise_for(proc.returncode, out, filename)
-
-    def run_native(self, path: str, filename: str) -> None:
-        """``dlopen`` a shared object in a child process first (its constructors
-        run there); :class:`LoadFailed` if that crashes, hangs or fails."""
-        request = {"native": path, "filename": filename, "memory_mb": self.memory_mb}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "livepatch.quarantine"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise LoadFailed(
-                f"{filename}: mapping the object did not finish within {self.timeout_s:g} s "
-                "in quarantine (a constructor that never returns?); it was not mapped here",
-                filename=filename,
-                reason="timeout",
-            ) from None
-        finally:
-            if proc.poll() is None:
-                _kill_group(proc)
-        _raise_for(proc.returncode, out, filename, what="mapping the object (its constructors)")
+        _raise_for(proc.returncode, out, filename, what=what)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
