@@ -48,12 +48,34 @@ typedef struct {
     Py_ssize_t pinning;        /* open pin blocks anywhere; 0 = none */
 } Dispatcher;
 
-/* Advance an itertools.count; the counters never end and never fail (they
- * turn into arbitrary-precision ints past PY_SSIZE_T_MAX), so the only
- * possible error is MemoryError, which is passed on. */
+/* Counter: the engine's per-version call and error counter when this module
+ * is built. An itertools.count allocates an int on every next() (about half
+ * of the dispatcher's own instructions); this one is a C integer that the
+ * dispatcher bumps in place. next(counter) still works, for the Python
+ * paths, and `value` reads it without advancing it. The GIL makes the
+ * increment atomic, as it does for itertools.count. */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long value;
+} Counter;
+
+static PyObject *
+counter_next(PyObject *op)
+{
+    Counter *self = (Counter *)op;
+    return PyLong_FromUnsignedLongLong(self->value++);
+}
+
+/* Advance a counter: ours in place, anything else (itertools.count, on an
+ * engine built without us) through the iterator protocol. Counters never
+ * end; the only possible error is MemoryError, which is passed on. */
 static inline int
 tick(PyObject *counter)
 {
+    if (Py_TYPE(counter)->tp_iternext == counter_next) {
+        ((Counter *)counter)->value++;
+        return 0;
+    }
     PyObject *value = PyIter_Next(counter);
     if (value == NULL) {
         return PyErr_Occurred() ? -1 : 0;
@@ -394,17 +416,93 @@ static PyType_Spec dispatcher_spec = {
     .slots = dispatcher_slots,
 };
 
-static int
-speedups_exec(PyObject *module)
+static PyObject *
+counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, &dispatcher_spec, NULL);
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Counter", kwlist)) {
+        return NULL; /* takes no arguments */
+    }
+    return type->tp_alloc(type, 0); /* zeroed: value starts at 0 */
+}
+
+static void
+counter_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+counter_iter(PyObject *op)
+{
+    return Py_NewRef(op);
+}
+
+static PyObject *
+counter_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("Counter(%llu)", ((Counter *)op)->value);
+}
+
+static PyObject *
+counter_get_value(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(((Counter *)op)->value);
+}
+
+static PyGetSetDef counter_getset[] = {
+    {"value", counter_get_value, NULL, PyDoc_STR("The next value next() would return."), NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(counter_doc,
+             "Counter()\n"
+             "--\n"
+             "\n"
+             "A call counter: next(counter) returns 0, 1, 2 ...; value reads it\n"
+             "without advancing it. The dispatcher advances it in place.");
+
+static PyType_Slot counter_slots[] = {
+    {Py_tp_doc, (void *)counter_doc},
+    {Py_tp_new, counter_new},
+    {Py_tp_dealloc, counter_dealloc},
+    {Py_tp_iter, counter_iter},
+    {Py_tp_iternext, counter_next},
+    {Py_tp_repr, counter_repr},
+    {Py_tp_getset, counter_getset},
+    {0, NULL},
+};
+
+static PyType_Spec counter_spec = {
+    .name = "livepatch._speedups.Counter",
+    .basicsize = sizeof(Counter),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = counter_slots,
+};
+
+static int
+add_type(PyObject *module, PyType_Spec *spec, const char *name)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
     int rc;
     if (type == NULL) {
         return -1;
     }
-    rc = PyModule_AddObjectRef(module, "Dispatcher", type);
+    rc = PyModule_AddObjectRef(module, name, type);
     Py_DECREF(type);
     return rc;
+}
+
+static int
+speedups_exec(PyObject *module)
+{
+    if (add_type(module, &dispatcher_spec, "Dispatcher") < 0) {
+        return -1;
+    }
+    return add_type(module, &counter_spec, "Counter");
 }
 
 static PyModuleDef_Slot speedups_slots[] = {

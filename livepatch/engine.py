@@ -35,7 +35,7 @@ import traceback
 import types
 import typing
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +49,17 @@ from .states import Op, VersionState, transition
 from .symbols import SymbolDiff, SymbolTable, build_symbol_table, diff_tables
 
 if typing.TYPE_CHECKING:
-    from ._speedups import Dispatcher
+    from ._speedups import Counter, Dispatcher
 
 # The optional C accelerator of Engine.call (livepatch/_speedups.c), built at
 # install time when a compiler is there; without it the Python path serves.
 _Dispatcher: type[Dispatcher] | None
+_Counter: type[Counter] | None
 try:
+    from ._speedups import Counter as _Counter
     from ._speedups import Dispatcher as _Dispatcher
 except ImportError:
-    _Dispatcher = None
+    _Dispatcher = _Counter = None
 
 __all__ = [
     "Engine",
@@ -92,10 +94,21 @@ def parse_version_id(version: str) -> tuple[str, int]:
 _NO_ARG: Any = object()
 
 
-def _counter_value(counter: itertools.count[int]) -> int:
-    # itertools.count is our lock-free counter: next() is one C call, atomic
-    # under the GIL. Its repr is the only public way to read it without
-    # advancing it.
+def _new_counter() -> Iterator[int]:
+    """A lock-free call counter: the C one when built, else itertools.count.
+
+    Both advance with one C call under the GIL (next(), or in place by the
+    dispatcher for the C one), so neither needs a lock.
+    """
+    return _Counter() if _Counter is not None else itertools.count()
+
+
+def _counter_value(counter: Iterator[int]) -> int:
+    """Read a counter without advancing it."""
+    value = getattr(counter, "value", None)
+    if isinstance(value, int):
+        return value
+    # An itertools.count: its repr is the only public way to read it.
     return int(repr(counter)[6:-1])
 
 
@@ -237,8 +250,8 @@ class _Version:
                 if _defined_in(value, module):
                     self.weak.append(weakref.ref(value))
         # Lock-free counters for the hot path (see _counter_value).
-        self.calls = itertools.count()
-        self.errors = itertools.count()
+        self.calls = _new_counter()
+        self.errors = _new_counter()
         # Open pin blocks by thread id; each thread changes only its own key.
         self.pins: dict[int, int] = {}
         # What ``pin`` hands out: one per version, so its wrappers are built
@@ -366,9 +379,7 @@ class Engine:
         self._active: dict[str, _Version] = {}
         # The same publication for the C dispatcher, which reads a tuple
         # (namespace, calls, errors) fastest: updated wherever _active is.
-        self._fast: dict[
-            str, tuple[dict[str, Any] | None, itertools.count[int], itertools.count[int]]
-        ] = {}
+        self._fast: dict[str, tuple[dict[str, Any] | None, Iterator[int], Iterator[int]]] = {}
         self._lock = threading.RLock()
         self._pins: contextvars.ContextVar[dict[str, _Version] | None] = contextvars.ContextVar(
             f"livepatch-pins-{name}-{id(self)}", default=None

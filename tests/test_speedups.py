@@ -604,3 +604,43 @@ def test_dispatcher_reads_only_well_formed_records() -> None:
 def test_the_signature_is_the_reference_one(engine: Engine) -> None:
     assert inspect.signature(engine.call) == inspect.signature(Engine(accelerate=False).call)
     assert Engine.call.__doc__ and "hot path" in Engine.call.__doc__
+
+
+@pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)
+def test_the_c_counter_counts_in_place_and_through_next() -> None:
+    import contextvars
+
+    from livepatch._speedups import Counter, Dispatcher
+
+    counter = Counter()
+    assert (next(counter), next(counter), counter.value) == (0, 1, 2)
+    assert iter(counter) is counter and repr(counter) == "Counter(2)"
+    with pytest.raises(TypeError):
+        Counter(5)  # type: ignore[call-arg]
+    calls, errors = Counter(), Counter()
+
+    def boom() -> None:
+        raise KeyError("x")
+
+    fast = {"s": ({"f": lambda: "ok", "boom": boom}, calls, errors)}
+    pins: contextvars.ContextVar[Any] = contextvars.ContextVar("pins", default=None)
+    d = Dispatcher(fast, pins, lambda *a, **k: "fallback")
+    for _ in range(1000):
+        assert d("s", "f") == "ok"
+    with pytest.raises(KeyError, match="x"):
+        d("s", "boom")
+    # the dispatcher advanced them in place: no next() was called here
+    assert (calls.value, errors.value) == (1001, 1)
+
+
+@pytest.mark.parametrize("accelerate", [True, False], ids=["c", "python"])
+def test_stats_read_the_same_whatever_the_counter(accelerate: bool) -> None:
+    if accelerate and not HAVE_SPEEDUPS:
+        pytest.skip(NO_SPEEDUPS)
+    engine = make_engine(accelerate)
+    for _ in range(7):
+        engine.call("rules", "which")
+    with engine.pin("rules") as rules:
+        rules.which()
+    info = engine.info("rules@1")
+    assert (info.calls, info.errors) == (8, 0)
