@@ -31,6 +31,7 @@ from ipython_ext import (
 from ipython_ext.magics import VERBS
 from livepatch.errors import LivepatchError
 from livepatch.examples.spam import rule_path
+from livepatch.native import find_compiler
 from livepatch.runtime import list_engines, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -453,3 +454,13 @@ def test_view_wraps_data_models(engine_proc: EngineProcess) -> None:
         assert isinstance(view(client.journal()), JournalView)
     with pytest.raises(TypeError):
         view(42)
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: the native slot has no v1")
+def test_load_picks_the_native_slot_for_a_c_file(ip: InteractiveShell, engine_proc: Any) -> None:
+    version = hs(ip, f"load {rule_path('spam_native_v2.c')}")
+    assert str(version) == "spam_native@2"
+    report = hs(ip, "check spam_native@2")
+    assert "ok" in repr(report)
+    called = hs(ip, "call spam_native.classify '\"WIN a FREE cruise\"'")
+    assert called.data["version"] == "spam_native@1" and called.data["result"] == 1

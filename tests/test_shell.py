@@ -20,6 +20,7 @@ from prompt_toolkit.output import DummyOutput
 
 from livepatch.client import Client
 from livepatch.examples.spam import rule_path
+from livepatch.native import find_compiler
 from livepatch.runtime import list_engines
 from livepatch.shell import Shell, color_allowed, history_path, state_home
 from livepatch.shell.commands import ShellUsageError, parse, split_commands
@@ -604,3 +605,16 @@ def test_demo_on_a_terminal_attaches_the_shell(
     assert shell.transcript[2].text == "spam: spam@1 -> spam@2"
     assert list_engines(runtime_dir) == []
     assert "stopped" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: the native slot has no v1")
+def test_load_picks_the_slot_by_the_files_kind(runner: CommandRunner) -> None:
+    # Two slots: a .c file goes to the native one, a .py file to the Python one.
+    native = run(runner, "load spam_native_v2.c").text
+    assert native.startswith("loaded spam_native@2 from spam_native_v2.c")
+    assert "ok, no problems" in run(runner, "check spam_native@2").text
+    python = run(runner, "load spam_v2.py").text
+    assert python.startswith("loaded spam@2 from spam_v2.py")
+    side = run(runner, "symbols spam@2 spam_native@2").text.splitlines()
+    assert side[0].split() == ["spam@2", "spam_native@2"]
+    assert any("classify" in line and " ~ " in line for line in side)
