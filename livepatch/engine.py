@@ -596,9 +596,10 @@ class Engine:
             # linecache right when two versions come from the same file name.
             code_filename = f"{filename} [{vid}]"
             module_name = _free_module_name(f"{MODULE_PREFIX}.{slot}_{number}")
-            code = self._compile(source, filename, code_filename)
-            before = set(threading.enumerate())
-            module = self._execute(code, source, filename, code_filename, module_name)
+            with _cyclic_gc_paused():
+                code = self._compile(source, filename, code_filename)
+                before = set(threading.enumerate())
+                module = self._execute(code, source, filename, code_filename, module_name)
             threads = _threads_started_by(module, before)
             version = _Version(slot, number, source, sha, filename, code_filename, module, code)
             version.import_threads = threads
@@ -678,7 +679,8 @@ class Engine:
                 report = self._check_native(s.backend, v)
             else:
                 module, code = self._live(v)
-                report = check_module(v.id, module, code, s.interface)
+                with _cyclic_gc_paused():
+                    report = check_module(v.id, module, code, s.interface)
                 if v.import_threads:
                     report = ResolveReport(report.version, report.problems + v.import_threads)
             v.report = report
@@ -929,7 +931,8 @@ class Engine:
         if v.table is None:
             module, code = self._live(v)
             source = v.source or ""
-            v.table = build_symbol_table(v.id, module, code, source)
+            with _cyclic_gc_paused():
+                v.table = build_symbol_table(v.id, module, code, source)
         return v.table
 
     def object_path(self, version: str) -> str | None:
@@ -1205,6 +1208,28 @@ def _threads_started_by(
             )
         )
     return tuple(warnings)
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a module is compiled, run or
+    analysed.
+
+    Compiling and walking a large module allocates many container objects at
+    once, and the collections this triggers made load + check grow faster
+    than the module (12.7x for 10x the functions, 11.1x paused; see
+    ``livepatch bench --section load_check``). Reference counting still frees
+    everything meanwhile; only cycles wait until the pause ends. A host that
+    disabled the collector itself keeps it disabled.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _free_module_name(base: str) -> str:
