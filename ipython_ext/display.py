@@ -16,14 +16,19 @@ handed.
 from __future__ import annotations
 
 import html
-import os
 import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
-from livepatch.render import render_diff, render_report, render_status, render_table
+from livepatch.render import (
+    color_allowed,
+    render_diff,
+    render_report,
+    render_status,
+    render_table,
+)
 from livepatch.resolve import Problem, ResolveReport
 from livepatch.symbols import DiffRow, SymbolDiff, SymbolRow, SymbolTable
 
@@ -95,17 +100,6 @@ class _Printer(Protocol):
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _terminal_color() -> bool:
-    """Colour for a real terminal (IPython's console), plain text for a kernel."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    isatty = getattr(sys.stdout, "isatty", None)
-    try:
-        return bool(isatty()) if isatty is not None else False
-    except ValueError:  # closed stream
-        return False
 
 
 def _td(content: str, style: str = "", cls: str = "", title: str = "") -> str:
@@ -429,7 +423,7 @@ class View:
         return self.html()
 
     def _repr_pretty_(self, p: _Printer, cycle: bool) -> None:
-        p.text(self.text(color=_terminal_color()))
+        p.text(self.text(color=color_allowed(sys.stdout)))
 
     def __repr__(self) -> str:
         return self.text()

@@ -27,7 +27,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 
-from livepatch.client import Client, ConnectionLost, split_call_target
+from livepatch.client import Client, ConnectionLost, file_load_params, split_call_target
 from livepatch.errors import LivepatchError
 from livepatch.resolve import ResolveReport
 from livepatch.runtime import EngineNotFound
@@ -309,20 +309,13 @@ class HotswapMagics(Magics):
                 )
             path = Path(os.path.expanduser(args.args[0]))
             try:
-                data = path.read_bytes()
-                # A ready shared object (native slot) goes by path; text as source.
-                is_object = data[:4] == b"\x7fELF"
-                source = "" if is_object else data.decode("utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                raise UsageError(f"cannot read {args.args[0]}: {reason}") from None
-            slot = self._slot(client, args.slot, path.name)
-            filename = path.name
-            if is_object:
-                params = {"slot": slot, "path": str(path.resolve()), "filename": filename}
-                return LoadResult(client.request("load", params), filename)
-        result = client.request("load", {"slot": slot, "source": source, "filename": filename})
-        return LoadResult(result, filename)
+                params = file_load_params(path)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            params["slot"] = self._slot(client, args.slot, path.name)
+            return LoadResult(client.request("load", params), path.name)
+        params = {"slot": slot, "source": source, "filename": filename}
+        return LoadResult(client.request("load", params), filename)
 
     def _check(self, args: Any, cell: str | None) -> ReportView:
         client = self._client()

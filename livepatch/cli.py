@@ -40,13 +40,6 @@ class UsageError(Exception):
 # Output helpers
 
 
-def _color(stream: Any = None) -> bool:
-    stream = stream or sys.stdout
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    return bool(getattr(stream, "isatty", lambda: False)())
-
-
 def _emit_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -281,10 +274,10 @@ def _client(args: argparse.Namespace) -> Any:
 
 def run_verb(args: argparse.Namespace) -> int:
     """Run a one-shot verb against an engine."""
-    from .client import json_arguments, split_call_target
-    from .render import render_diff, render_report, render_status, render_table
+    from .client import file_load_params, json_arguments, split_call_target
+    from .render import color_allowed, render_diff, render_report, render_status, render_table
 
-    color = _color()
+    color = color_allowed(sys.stdout)
     verb = args.verb
     with _client(args) as client:
         if verb == "status":
@@ -292,23 +285,10 @@ def run_verb(args: argparse.Namespace) -> int:
             _emit_json(status) if args.json else print(render_status(status))
             return 0
         if verb == "load":
-            path = Path(args.file)
             try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-            params: dict[str, Any] = {"slot": args.slot, "filename": path.name}
-            if is_elf(data):
-                # A ready shared object goes by path: the engine maps the file
-                # itself (it runs on this machine: a Unix socket or loopback).
-                params["path"] = str(path.resolve())
-            else:
-                try:
-                    params["source"] = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise UsageError(
-                        f"cannot read {args.file}: neither UTF-8 text nor an ELF shared object"
-                    ) from None
+                params = {"slot": args.slot, **file_load_params(Path(args.file))}
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
             result = client.request("load", params)
             if args.json:
                 _emit_json(result)

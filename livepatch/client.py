@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LivepatchError
+from .native import is_elf
 from .protocol import (
     NEED_DATA,
     ClientConnection,
@@ -44,6 +45,7 @@ __all__ = [
     "Client",
     "ConnectionLost",
     "default_slot",
+    "file_load_params",
     "json_arguments",
     "split_call_target",
 ]
@@ -235,12 +237,9 @@ class Client:
 
     def load_file(self, path: str | os.PathLike[str], slot: str) -> str:
         """Load a file as a new version of ``slot``: its text, or, for a ready
-        ELF shared object (native slots), its path (see :meth:`load_path`)."""
-        p = Path(path)
-        with p.open("rb") as f:
-            if f.read(4) == b"\x7fELF":
-                return self.load_path(slot, p.resolve(), p.name)
-        return self.load(slot, p.read_text(encoding="utf-8"), p.name)
+        ELF shared object (native slots), its path (see :func:`file_load_params`)."""
+        params = {"slot": slot, **file_load_params(Path(path))}
+        return str(self.request("load", params)["version"])
 
     def load_path(
         self, slot: str, path: str | os.PathLike[str], filename: str | None = None
@@ -389,3 +388,29 @@ def json_arguments(texts: list[str]) -> list[Any]:
                 """e.g. '"text"' or '{"sender": "a@b.c", "text": "hi"}'"""
             ) from None
     return values
+
+
+def file_load_params(path: Path) -> dict[str, Any]:
+    """The ``load`` params (without ``slot``) for a file on this machine.
+
+    Text goes as the ``source``; a ready ELF shared object goes by its
+    absolute ``path``, which the engine maps itself (it runs on this machine:
+    a Unix socket or loopback). ``ValueError`` with a one-line reason when
+    the file cannot be read or is neither. Shared by the CLI, the shell and
+    the magics so that all three load files the same way.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    params: dict[str, Any] = {"filename": path.name}
+    if is_elf(data):
+        params["path"] = str(path.resolve())
+        return params
+    try:
+        params["source"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"cannot read {path}: neither UTF-8 text nor an ELF shared object"
+        ) from None
+    return params

@@ -25,6 +25,7 @@ from typing import Any
 from .client import Client
 from .errors import LivepatchError
 from .examples.spam import rule_path, rule_source
+from .render import color_allowed
 
 __all__ = ["demo_hint", "run_demo", "start_engine", "tour"]
 
@@ -56,11 +57,7 @@ def start_engine(name: str, rate: float, timeout: float = 30.0) -> Iterator[dict
 
 
 def _step(title: str) -> None:
-    print(f"\n\033[1m## {title}\033[0m" if _tty() else f"\n## {title}")
-
-
-def _tty() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    print(f"\n\033[1m## {title}\033[0m" if color_allowed(sys.stdout) else f"\n## {title}")
 
 
 def _cmd(text: str) -> None:
@@ -71,7 +68,7 @@ def tour(client: Client) -> None:
     """The guided tour: load, check, compare, swap, a broken push, roll back, free."""
     from .render import render_diff, render_report, render_status, render_table
 
-    color = _tty()
+    color = color_allowed(sys.stdout)
     _step("1. The engine is serving spam@1 under live traffic")
     _cmd("status")
     print(render_status(client.status()))

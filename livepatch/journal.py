@@ -80,13 +80,19 @@ def read_journal(path: Path) -> list[JournalEntry]:
 class Journal:
     """An append-only audit log, in memory and optionally in a file."""
 
-    def __init__(self, path: Path | None = None, keep: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        keep: int = 10_000,
+        history: list[JournalEntry] | None = None,
+    ) -> None:
+        """``history``: the file's entries when the caller has read them already."""
         self.path = path
         self._lock = threading.Lock()
         self._entries: collections.deque[JournalEntry] = collections.deque(maxlen=keep)
         self._fd: int | None = None
         if path is not None:
-            self._entries.extend(read_journal(path))
+            self._entries.extend(read_journal(path) if history is None else history)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._terminate_torn_line(path)
 

@@ -25,6 +25,10 @@ class JsonFields:
     __slots__ = ()
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields, in declaration order."""
+        """A JSON-able dict of the public fields, in declaration order.
+
+        Fields named with a leading underscore are derived caches (such as a
+        table's index by name) and are left out.
+        """
         fields = dataclasses.fields(cast(Any, self))
-        return {f.name: plain(getattr(self, f.name)) for f in fields}
+        return {f.name: plain(getattr(self, f.name)) for f in fields if not f.name.startswith("_")}

@@ -9,13 +9,21 @@ and logs can use ``color=False`` and people get colour.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from livepatch.resolve import Problem, ResolveReport
 from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
 
-__all__ = ["render_diff", "render_report", "render_row", "render_status", "render_table"]
+__all__ = [
+    "color_allowed",
+    "render_diff",
+    "render_report",
+    "render_row",
+    "render_status",
+    "render_table",
+]
 
 _RESET: Final = "\x1b[0m"
 _STYLES: Final = {
@@ -193,3 +201,20 @@ def render_status(status: Mapping[str, Any]) -> str:
         if not slot["versions"]:
             lines.append("    (no versions)")
     return "\n".join(lines)
+
+
+def color_allowed(stream: object | None = None) -> bool:
+    """Whether to colour output: not when ``NO_COLOR`` is set or ``TERM`` is
+    ``dumb``, nor when ``stream`` (if given) is not a terminal.
+
+    The one rule for the CLI, the shell, the demo and the magics' text reprs.
+    """
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    if stream is None:
+        return True
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except ValueError:  # a closed stream
+        return False

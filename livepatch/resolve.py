@@ -39,6 +39,7 @@ from livepatch.bytecode import (
     module_facts,
     read_sites,
 )
+from livepatch.jsonable import JsonFields
 from livepatch.symbols import (
     builtin_namespace,
     format_annotation,
@@ -66,7 +67,7 @@ PROBLEM_KINDS: Final = (
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(JsonFields):
     """One finding of the check.
 
     ``symbol`` is the name at fault (``lenn``, ``re.compil``, ``classify``);
@@ -78,16 +79,6 @@ class Problem:
     line: int | None
     message: str
     severity: str = "error"
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return {
-            "kind": self.kind,
-            "symbol": self.symbol,
-            "line": self.line,
-            "message": self.message,
-            "severity": self.severity,
-        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Problem:

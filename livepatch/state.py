@@ -157,16 +157,20 @@ class StateDir:
         finally:
             os.umask(old)
         self.store = SourceStore(path / "sources")
-        self.journal = Journal(path / "journal.jsonl")
+        # Read once: the journal keeps the newest entries in memory, restore
+        # needs them all.
+        self._history = read_journal(path / "journal.jsonl")
+        self.journal = Journal(path / "journal.jsonl", history=self._history)
 
     def restore(self, engine: Engine) -> list[RestoredSlot]:
         """Bring back every slot's active and retired versions, re-checked, same ids.
 
         Slots the journal does not know, or whose source is missing, are left
         as they are (and reported). Version numbering continues after the
-        highest number the journal has seen, so ids are never reused.
+        highest number the journal has seen, so ids are never reused. Meant
+        to run once, at startup: it uses the journal as read then.
         """
-        entries = read_journal(self.journal.path) if self.journal.path else []
+        entries, self._history = self._history, []
         for slot, number in highest_numbers(entries).items():
             if slot in engine.slots:
                 engine.reserve_numbers(slot, number)

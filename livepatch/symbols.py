@@ -31,6 +31,7 @@ from types import CodeType, FunctionType, ModuleType
 from typing import Any, Final
 
 from livepatch.bytecode import ModuleFacts, module_facts, short_hash
+from livepatch.jsonable import JsonFields
 
 __all__ = [
     "LETTERS",
@@ -73,7 +74,7 @@ _MISSING: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
-class SymbolRow:
+class SymbolRow(JsonFields):
     """One name of a module version.
 
     ``line`` is the definition line (for ``U`` the first line reading it, for
@@ -89,17 +90,6 @@ class SymbolRow:
     signature: str | None
     detail: str
     code_hash: str
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (the protocol's representation of a row)."""
-        return {
-            "name": self.name,
-            "letter": self.letter,
-            "line": self.line,
-            "signature": self.signature,
-            "detail": self.detail,
-            "code_hash": self.code_hash,
-        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SymbolRow:
@@ -117,7 +107,7 @@ class SymbolRow:
 
 
 @dataclass(frozen=True, slots=True)
-class SymbolTable:
+class SymbolTable(JsonFields):
     """All rows of one version, sorted by name."""
 
     version: str
@@ -154,10 +144,6 @@ class SymbolTable:
         """The rows with ``letter``, in name order."""
         return [row for row in self.rows if row.letter == letter]
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict: ``{"version", "rows": [...]}``."""
-        return {"version": self.version, "rows": [row.to_json() for row in self.rows]}
-
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SymbolTable:
         """Rebuild a table from :meth:`to_json` output."""
@@ -168,7 +154,7 @@ class SymbolTable:
 
 
 @dataclass(frozen=True, slots=True)
-class DiffRow:
+class DiffRow(JsonFields):
     """One name in the side-by-side view of two versions.
 
     ``marker``: ``=`` same, ``~`` changed, ``+`` only in ``b``, ``-`` only in
@@ -182,16 +168,6 @@ class DiffRow:
     left: SymbolRow | None
     right: SymbolRow | None
     resolves_differently: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict; ``left``/``right`` are rows or ``None``."""
-        return {
-            "name": self.name,
-            "marker": self.marker,
-            "left": self.left.to_json() if self.left is not None else None,
-            "right": self.right.to_json() if self.right is not None else None,
-            "resolves_differently": self.resolves_differently,
-        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DiffRow:

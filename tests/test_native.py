@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EngineProcess, run_cli, start_engine
-from test_protocol_doc import DOC, matches
+from test_protocol_doc import exchanges, replay
 
 from livepatch import BadState, CheckFailed, Engine, LoadFailed
 from livepatch.client import Client, default_slot
@@ -532,28 +531,11 @@ def test_nodelete_object_over_the_wire(demo: EngineProcess, tmp_path: Path) -> N
 
 def test_documented_native_exchanges_replay(runtime_dir: Path) -> None:
     """docs/protocol.md's "Native slots" exchanges, against a fresh demo engine."""
-    script = [
-        (line[:3], line[4:])
-        for line in DOC.read_text(encoding="utf-8").splitlines()
-        if line.startswith(("==> ", "<== "))
-    ]
+    script = exchanges("==>", "<==")
     assert len(script) >= 10
     proc = start_engine()
     try:
-        info = find_engine()
-        buffer = b""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(20)
-            sock.connect(info.address)
-            for direction, text in script:
-                if direction == "==>":
-                    sock.sendall(text.encode() + b"\n")
-                    continue
-                while b"\n" not in buffer:
-                    buffer += sock.recv(65536)
-                line, buffer = buffer.split(b"\n", 1)
-                problems = matches(json.loads(text), json.loads(line))
-                assert not problems, f"{text}\n  got {line.decode()}\n  " + "\n  ".join(problems)
+        replay(find_engine().address, script, send="==>")
     finally:
         proc.stop()
 

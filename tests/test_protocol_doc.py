@@ -15,13 +15,31 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 ANY = "…"
 
 
-def exchanges() -> list[tuple[str, str]]:
-    """Every ``-->`` / ``<--`` line of the document, in order."""
+def exchanges(send: str = "-->", receive: str = "<--") -> list[tuple[str, str]]:
+    """Every ``send`` / ``receive`` line of the document, in order."""
     out = []
     for line in DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith(("--> ", "<-- ")):
+        if line.startswith((f"{send} ", f"{receive} ")):
             out.append((line[:3], line[4:]))
     return out
+
+
+def replay(address: str, script: list[tuple[str, str]], send: str = "-->") -> None:
+    """Send each ``send`` line in order on one connection; every other line
+    is the documented reply, which the real one must match."""
+    buffer = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(address)
+        for direction, text in script:
+            if direction == send:
+                sock.sendall(text.encode("utf-8") + b"\n")
+                continue
+            while b"\n" not in buffer:
+                buffer += sock.recv(65536)
+            line, buffer = buffer.split(b"\n", 1)
+            problems = matches(json.loads(text), json.loads(line))
+            assert not problems, f"{text}\n  got {line.decode()}\n  " + "\n  ".join(problems)
 
 
 def matches(expected: Any, actual: Any, path: str = "$") -> list[str]:
@@ -78,18 +96,4 @@ def test_documented_exchanges_replay(engine_proc: EngineProcess) -> None:
         "journal",
         "source",
     }
-    info = find_engine()
-    buffer = b""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(info.address)
-        for direction, text in script:
-            if direction == "-->":
-                sock.sendall(text.encode("utf-8") + b"\n")
-                continue
-            while b"\n" not in buffer:
-                buffer += sock.recv(65536)
-            line, buffer = buffer.split(b"\n", 1)
-            actual = json.loads(line)
-            problems = matches(json.loads(text), actual)
-            assert not problems, f"{text}\n  got {line.decode()}\n  " + "\n  ".join(problems)
+    replay(find_engine().address, script)

@@ -30,6 +30,7 @@ from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
 from ..client import Client
+from ..render import color_allowed
 from .completer import ShellCompleter
 from .keys import prompt_key_bindings
 from .lexer import CommandLineLexer
@@ -79,14 +80,6 @@ def state_home() -> Path:
 def history_path() -> Path:
     """The shell's history file."""
     return state_home() / "history"
-
-
-def color_allowed(stream: TextIO | None = None) -> bool:
-    """Colour unless ``NO_COLOR`` is set, ``TERM`` is ``dumb``, or ``stream``
-    (when given) is not a terminal."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    return stream is None or stream.isatty()
 
 
 class Shell:

@@ -17,7 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..client import Client, ConnectionLost, json_arguments, split_call_target
+from ..client import (
+    Client,
+    ConnectionLost,
+    file_load_params,
+    json_arguments,
+    split_call_target,
+)
 from ..errors import LivepatchError
 from ..symbols import SymbolDiff
 from .commands import (
@@ -253,19 +259,10 @@ class CommandRunner:
     def _load(self, parsed: ParsedCommand) -> CommandResult:
         path = self._path(parsed.string("file"))
         try:
-            data = path.read_bytes()
-            # A ready shared object (native slot) goes by path; text as source.
-            is_object = data[:4] == b"\x7fELF"
-            source = "" if is_object else data.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return self._failure(parsed.text, f"cannot read {path}: {reason}")
-        slot = parsed.optional("slot") or self._only_slot(path.name)
-        params = {"slot": slot, "filename": path.name}
-        if is_object:
-            params["path"] = str(path.resolve())
-        else:
-            params["source"] = source
+            params = file_load_params(path)
+        except ValueError as exc:
+            return self._failure(parsed.text, str(exc))
+        params["slot"] = parsed.optional("slot") or self._only_slot(path.name)
         result = self.client.request("load", params)
         version = result["version"]
         if result.get("new", True):
