@@ -8,34 +8,81 @@ imported only when IPython asks for them.
 from __future__ import annotations
 
 import importlib
+import typing
 from typing import Any
 
-from .engine import (
-    Engine,
-    EngineStatus,
-    Event,
-    PinnedRules,
-    SlotInfo,
-    SwapResult,
-    UnloadResult,
-    VersionInfo,
-)
-from .errors import (
-    BadState,
-    Busy,
-    CheckFailed,
-    Conflict,
-    LivepatchError,
-    LoadFailed,
-    TooLarge,
-    Unauthenticated,
-    UnknownSlot,
-    UnknownVersion,
-)
-from .native import NativeInterface
-from .states import VersionState
+if typing.TYPE_CHECKING:
+    from .engine import Engine
+    from .errors import (
+        BadState,
+        Busy,
+        CheckFailed,
+        Conflict,
+        LivepatchError,
+        LoadFailed,
+        TooLarge,
+        Unauthenticated,
+        UnknownSlot,
+        UnknownVersion,
+    )
+    from .model import (
+        EngineStatus,
+        Event,
+        SlotInfo,
+        SwapResult,
+        UnloadResult,
+        VersionInfo,
+    )
+    from .native import NativeInterface
+    from .pinning import PinnedRules
+    from .states import VersionState
+
+# Public name -> the module that defines it. Imported on first use (PEP 562),
+# so ``import livepatch`` (and every CLI verb, which only needs the client)
+# does not pay for the engine core, the resolver or the native backend.
+_LAZY = {
+    "Engine": "engine",
+    "EngineStatus": "model",
+    "Event": "model",
+    "SlotInfo": "model",
+    "SwapResult": "model",
+    "UnloadResult": "model",
+    "VersionInfo": "model",
+    "PinnedRules": "pinning",
+    "NativeInterface": "native",
+    "VersionState": "states",
+    **dict.fromkeys(
+        [
+            "BadState",
+            "Busy",
+            "CheckFailed",
+            "Conflict",
+            "LivepatchError",
+            "LoadFailed",
+            "TooLarge",
+            "Unauthenticated",
+            "UnknownSlot",
+            "UnknownVersion",
+        ],
+        "errors",
+    ),
+}
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (see ``_LAZY``)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'livepatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -25,43 +25,61 @@ import contextlib
 import contextvars
 import gc
 import hashlib
-import itertools
 import linecache
 import os
 import sys
 import threading
 import time
-import traceback
 import types
 import typing
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
-from .jsonable import JsonFields
-from .native import MAX_OBJECT, NativeBackend, NativeInterface, NativeObject, is_elf
+from .model import (
+    EngineStatus,
+    Event,
+    SlotInfo,
+    SwapResult,
+    UnloadResult,
+    VersionInfo,
+    parse_version_id,
+)
+from .native import MAX_OBJECT, NativeBackend, NativeInterface, is_elf
+from .pinning import Pin, PinnedRules
+from .pyload import (
+    MAX_SOURCE,
+    MODULE_PREFIX,
+    compile_source,
+    cyclic_gc_paused,
+    execute_module,
+    free_module_name,
+    threads_started_by,
+)
 from .quarantine import Quarantine
-from .resolve import Problem, ResolveReport, check_module, interface_members
+from .reclaim import all_dead
+from .reclaim import holders as holders_of
+from .resolve import ResolveReport, check_module
 from .states import Op, VersionState, transition
 from .symbols import SymbolDiff, SymbolTable, build_symbol_table, diff_tables
+from .versions import Slot, Version
 
 if typing.TYPE_CHECKING:
-    from ._speedups import Counter, Dispatcher
+    from ._speedups import Dispatcher
 
 # The optional C accelerator of Engine.call (livepatch/_speedups.c), built at
 # install time when a compiler is there; without it the Python path serves.
 _Dispatcher: type[Dispatcher] | None
-_Counter: type[Counter] | None
 try:
-    from ._speedups import Counter as _Counter
     from ._speedups import Dispatcher as _Dispatcher
 except ImportError:
-    _Dispatcher = _Counter = None
+    _Dispatcher = None
 
 __all__ = [
+    "MAX_SOURCE",
+    "MODULE_PREFIX",
     "Engine",
     "EngineStatus",
     "Event",
@@ -73,280 +91,7 @@ __all__ = [
     "parse_version_id",
 ]
 
-#: Prefix of the private ``sys.modules`` names of loaded versions. The host
-#: never uses it, so a rule module can never shadow a host module.
-MODULE_PREFIX = "livepatch.loaded"
-
-#: Largest source the engine accepts, in characters.
-MAX_SOURCE = 8 * 1024 * 1024
-
-
-def parse_version_id(version: str) -> tuple[str, int]:
-    """Split ``"spam@2"`` into ``("spam", 2)``; :class:`UnknownVersion` if malformed."""
-    slot, sep, number = version.rpartition("@")
-    if not sep or not slot or not number.isdigit():
-        raise UnknownVersion(
-            f"{version!r} is not a version id: use SLOT@N, e.g. spam@2", version=version
-        )
-    return slot, int(number)
-
-
 _NO_ARG: Any = object()
-
-
-def _new_counter() -> Iterator[int]:
-    """A lock-free call counter: the C one when built, else itertools.count.
-
-    Both advance with one C call under the GIL (next(), or in place by the
-    dispatcher for the C one), so neither needs a lock.
-    """
-    return _Counter() if _Counter is not None else itertools.count()
-
-
-def _counter_value(counter: Iterator[int]) -> int:
-    """Read a counter without advancing it."""
-    value = getattr(counter, "value", None)
-    if isinstance(value, int):
-        return value
-    # An itertools.count: its repr is the only public way to read it.
-    return int(repr(counter)[6:-1])
-
-
-# ---------------------------------------------------------------------------
-# Plain data the engine hands out (JSON-able through to_json)
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class VersionInfo(JsonFields):
-    """A snapshot of one version: identity, state and call statistics."""
-
-    id: str
-    slot: str
-    number: int
-    state: str
-    sha256: str
-    filename: str
-    loaded_at: float
-    calls: int
-    errors: int
-    in_flight: int
-    freed: bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SlotInfo(JsonFields):
-    """A snapshot of one slot: its interface, active version and versions."""
-
-    name: str
-    interface: str
-    members: tuple[str, ...]
-    active: str | None
-    versions: tuple[VersionInfo, ...]
-    #: ``python`` (rule modules) or ``native`` (shared objects).
-    kind: str = "python"
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStatus(JsonFields):
-    """A snapshot of the whole engine."""
-
-    name: str
-    pid: int
-    slots: tuple[SlotInfo, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SwapResult(JsonFields):
-    """What a swap did: ``changed`` is false for a swap to the active version."""
-
-    slot: str
-    active: str
-    previous: str | None
-    changed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class UnloadResult(JsonFields):
-    """Whether an unloaded version's code left memory, and if not, why.
-
-    ``holders`` counts, by kind, the objects that still refer to the
-    version's module or code (a leak report); ``in_flight`` is the number of
-    calls and pinned requests still running on it.
-    """
-
-    version: str
-    freed: bool
-    in_flight: int
-    holders: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Event(JsonFields):
-    """A state change, sent to subscribers (and, by the server, to clients)."""
-
-    version: str
-    slot: str
-    state: str
-    previous: str | None
-    op: str
-    time: float
-
-
-# ---------------------------------------------------------------------------
-# Internal records
-# ---------------------------------------------------------------------------
-
-
-class _Version:
-    """One loaded version. The engine's strong references to the code live
-    here and are dropped on unload; the counters outlive them.
-
-    A Python version has a module and its code. A native one has neither,
-    but a :class:`~livepatch.native.NativeObject` (``obj``) and a namespace
-    that its check fills with function pointers. Calls of either kind find
-    their functions in ``namespace``.
-    """
-
-    def __init__(
-        self,
-        slot: str,
-        number: int,
-        source: str | None,
-        sha256: str,
-        filename: str,
-        code_filename: str,
-        module: types.ModuleType | None,
-        code: types.CodeType | None,
-        obj: NativeObject | None = None,
-    ) -> None:
-        self.slot = slot
-        self.number = number
-        self.id = f"{slot}@{number}"
-        self.source: str | None = source
-        self.sha256 = sha256
-        self.filename = filename
-        self.code_filename = code_filename
-        self.module: types.ModuleType | None = module
-        namespace: dict[str, Any] = module.__dict__ if module is not None else {}
-        self.namespace: dict[str, Any] | None = namespace
-        self.code: types.CodeType | None = code
-        self.obj = obj
-        self.module_name = module.__name__ if module is not None else ""
-        self.state = VersionState.LOADED
-        self.loaded_at = time.time()
-        self.report: ResolveReport | None = None
-        self.table: SymbolTable | None = None
-        # Warnings about threads the module body started at import.
-        self.import_threads: tuple[Problem, ...] = ()
-        self.freed: bool | None = None
-        # Weak references to the module and to everything it defined: the
-        # proof, on unload, that the old code really left memory.
-        # (A native version's check adds its function pointers.)
-        self.weak: list[weakref.ref[Any]] = []
-        if module is not None:
-            self.weak.append(weakref.ref(module))
-            for value in list(module.__dict__.values()):
-                if _defined_in(value, module):
-                    self.weak.append(weakref.ref(value))
-        # Lock-free counters for the hot path (see _counter_value).
-        self.calls = _new_counter()
-        self.errors = _new_counter()
-        # Open pin blocks by thread id; each thread changes only its own key.
-        self.pins: dict[int, int] = {}
-        # What ``pin`` hands out: one per version, so its wrappers are built
-        # once. Dropped on unload (it holds the namespace).
-        self.rules: PinnedRules | None = PinnedRules(self, namespace)
-
-    def in_flight(self) -> int:
-        """Open pin blocks, plus threads running this version's code outside one.
-
-        Counting running calls from the threads' stacks instead of with a
-        counter around every call keeps the hot path free of bookkeeping.
-        """
-        namespace = self.namespace
-        if namespace is None and not self.pins:
-            return len(_threads_running(self.weak_namespace()))
-        running = _threads_running(namespace)
-        # Copies first: other threads may add or remove their own keys.
-        pins = dict(self.pins)
-        return sum(pins.values()) + len(running - pins.keys())
-
-    def weak_namespace(self) -> dict[str, Any] | None:
-        """The namespace, found through whatever weakly-held object survives.
-
-        After unload the module object may be gone while a running function
-        still keeps its globals alive, so functions are asked too.
-        """
-        for ref in self.weak:
-            obj = ref()
-            if isinstance(obj, types.ModuleType):
-                return obj.__dict__
-            if isinstance(obj, types.FunctionType):
-                return obj.__globals__
-        return None
-
-    def info(self) -> VersionInfo:
-        return VersionInfo(
-            id=self.id,
-            slot=self.slot,
-            number=self.number,
-            state=self.state.value,
-            sha256=self.sha256,
-            filename=self.filename,
-            loaded_at=self.loaded_at,
-            calls=_counter_value(self.calls),
-            errors=_counter_value(self.errors),
-            in_flight=self.in_flight(),
-            freed=self.freed,
-        )
-
-
-def _defined_in(value: object, module: types.ModuleType) -> bool:
-    """True for functions and classes whose home is ``module``."""
-    if isinstance(value, types.FunctionType):
-        return value.__globals__ is module.__dict__
-    if isinstance(value, type):
-        return value.__module__ == module.__name__
-    return False
-
-
-class _Slot:
-    """A slot and its versions.
-
-    ``backend`` is the seam between the lifecycle, which the engine owns for
-    every kind of slot (states, locks, publication, events, statistics), and
-    what each step does to the code. ``None`` is the built-in Python path:
-    modules, bytecode checks, the garbage collector. A
-    :class:`~livepatch.native.NativeBackend` does load, check, symbols, purge
-    and unload to shared objects instead: compile, resolve + dlopen, .dynsym,
-    forget the pointers, dlclose + /proc/self/maps.
-    """
-
-    def __init__(
-        self, name: str, interface: type | None, backend: NativeBackend | None = None
-    ) -> None:
-        self.name = name
-        self.interface = interface
-        self.backend = backend
-        members: dict[str, Any] = interface_members(interface) if interface else {}
-        if backend is not None:
-            members = dict(backend.members())
-        self.members = members
-        self.versions: dict[int, _Version] = {}
-        self.next_number = 1
-        self.active: _Version | None = None
-        # Most recently retired last: rollback pops from here.
-        self.history: list[_Version] = []
-        # Swaps, purges and unloads of one slot are serialized by this lock;
-        # loads take their own so that a slow module body never delays a swap.
-        self.lock = threading.RLock()
-        self.load_lock = threading.Lock()
-
-
-# ---------------------------------------------------------------------------
-# The engine
-# ---------------------------------------------------------------------------
 
 
 class Engine:
@@ -374,14 +119,14 @@ class Engine:
         ``livepatch._speedups`` was built.
         """
         self.name = name
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         # slot name -> active version: the one structure the hot path reads.
-        self._active: dict[str, _Version] = {}
+        self._active: dict[str, Version] = {}
         # The same publication for the C dispatcher, which reads a tuple
         # (namespace, calls, errors) fastest: updated wherever _active is.
         self._fast: dict[str, tuple[dict[str, Any] | None, Iterator[int], Iterator[int]]] = {}
         self._lock = threading.RLock()
-        self._pins: contextvars.ContextVar[dict[str, _Version] | None] = contextvars.ContextVar(
+        self._pins: contextvars.ContextVar[dict[str, Version] | None] = contextvars.ContextVar(
             f"livepatch-pins-{name}-{id(self)}", default=None
         )
         self._subscribers: list[Callable[[Event], None]] = []
@@ -417,7 +162,7 @@ class Engine:
         with self._lock:
             if name in self._slots:
                 raise BadState(f"slot {name!r} already exists", slot=name)
-            self._slots[name] = _Slot(name, protocol, backend)
+            self._slots[name] = Slot(name, protocol, backend)
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -454,7 +199,7 @@ class Engine:
 
         return unsubscribe
 
-    def _emit(self, version: _Version, previous: VersionState | None, op: str) -> None:
+    def _emit(self, version: Version, previous: VersionState | None, op: str) -> None:
         event = Event(
             version=version.id,
             slot=version.slot,
@@ -468,7 +213,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 callback(event)
 
-    def _move(self, version: _Version, op: Op) -> None:
+    def _move(self, version: Version, op: Op) -> None:
         previous = version.state
         version.state = transition(version.id, previous, op)
         if version.state is not previous or op in (Op.CHECK_OK, Op.CHECK_FAIL):
@@ -580,7 +325,7 @@ class Engine:
                     build_dir=self.build_dir,
                 )
                 text = source if isinstance(source, str) else None
-                native = _Version(
+                native = Version(
                     slot, number, text, sha, filename, f"{filename} [{vid}]", None, None, obj
                 )
                 with s.lock:
@@ -595,13 +340,13 @@ class Engine:
             # A code filename unique to the version keeps tracebacks and
             # linecache right when two versions come from the same file name.
             code_filename = f"{filename} [{vid}]"
-            module_name = _free_module_name(f"{MODULE_PREFIX}.{slot}_{number}")
-            with _cyclic_gc_paused():
-                code = self._compile(source, filename, code_filename)
+            module_name = free_module_name(f"{MODULE_PREFIX}.{slot}_{number}")
+            with cyclic_gc_paused():
+                code = compile_source(source, filename, code_filename)
                 before = set(threading.enumerate())
-                module = self._execute(code, source, filename, code_filename, module_name)
-            threads = _threads_started_by(module, before)
-            version = _Version(slot, number, source, sha, filename, code_filename, module, code)
+                module = execute_module(code, source, filename, code_filename, module_name)
+            threads = threads_started_by(module, before)
+            version = Version(slot, number, source, sha, filename, code_filename, module, code)
             version.import_threads = threads
             with s.lock:
                 s.next_number = max(s.next_number, number + 1)
@@ -610,7 +355,7 @@ class Engine:
         return vid
 
     @staticmethod
-    def _find_loaded(s: _Slot, sha: str) -> _Version | None:
+    def _find_loaded(s: Slot, sha: str) -> Version | None:
         for version in s.versions.values():
             if version.sha256 == sha and version.state not in (
                 VersionState.PURGED,
@@ -618,51 +363,6 @@ class Engine:
             ):
                 return version
         return None
-
-    @staticmethod
-    def _compile(source: str, filename: str, code_filename: str) -> types.CodeType:
-        try:
-            return compile(source, code_filename, "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            line = exc.lineno or 0
-            col = exc.offset or 0
-            raise LoadFailed(
-                f"{filename}:{line}:{col}: {type(exc).__name__}: {exc.msg}",
-                filename=filename,
-                line=line,
-                col=col,
-            ) from None
-        except ValueError as exc:  # e.g. source with NUL bytes
-            raise LoadFailed(f"{filename}: {exc}", filename=filename) from None
-
-    @staticmethod
-    def _execute(
-        code: types.CodeType, source: str, filename: str, code_filename: str, module_name: str
-    ) -> types.ModuleType:
-        module = types.ModuleType(module_name)
-        module.__file__ = filename
-        # Registered while the body runs because dataclasses, typing and
-        # pickle look classes' modules up in sys.modules.
-        sys.modules[module_name] = module
-        lines = source.splitlines(keepends=True)
-        linecache.cache[code_filename] = (len(source), None, lines, code_filename)
-        try:
-            exec(code, module.__dict__)
-        except BaseException as exc:
-            if sys.modules.get(module_name) is module:
-                del sys.modules[module_name]
-            linecache.cache.pop(code_filename, None)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            line, col = _error_position(exc, code_filename)
-            raise LoadFailed(
-                f"{filename}:{line}:{col}: {type(exc).__name__} while running the module body: "
-                f"{_one_line(exc)}",
-                filename=filename,
-                line=line,
-                col=col,
-            ) from None
-        return module
 
     # -- check --------------------------------------------------------------
 
@@ -679,7 +379,7 @@ class Engine:
                 report = self._check_native(s.backend, v)
             else:
                 module, code = self._live(v)
-                with _cyclic_gc_paused():
+                with cyclic_gc_paused():
                     report = check_module(v.id, module, code, s.interface)
                 if v.import_threads:
                     report = ResolveReport(report.version, report.problems + v.import_threads)
@@ -687,7 +387,7 @@ class Engine:
             self._move(v, Op.CHECK_OK if report.ok else Op.CHECK_FAIL)
         return report
 
-    def _check_native(self, backend: NativeBackend, v: _Version) -> ResolveReport:
+    def _check_native(self, backend: NativeBackend, v: Version) -> ResolveReport:
         """Resolve a native version; a clean one is mapped and its function
         pointers go into its namespace (published later by swap)."""
         namespace = v.namespace
@@ -780,7 +480,7 @@ class Engine:
             self._move(v, Op.PURGE)
             self._forget(v)
 
-    def _forget(self, v: _Version) -> None:
+    def _forget(self, v: Version) -> None:
         if v.module is not None and sys.modules.get(v.module_name) is v.module:
             del sys.modules[v.module_name]
         backend = self._slots[v.slot].backend
@@ -812,11 +512,11 @@ class Engine:
         deadline = time.monotonic() + wait_s
         while v.in_flight() and time.monotonic() < deadline:
             time.sleep(0.001)  # a poll with a deadline: callers are not ours to signal
-        freed = _all_dead(v.weak)
+        freed = all_dead(v.weak)
         if not freed:
             gc.collect()
-            freed = _all_dead(v.weak)
-        holders = {} if freed else _holders(v.weak, v.weak_namespace())
+            freed = all_dead(v.weak)
+        holders = {} if freed else holders_of(v.weak, v.weak_namespace())
         if s.backend is not None and v.obj is not None:
             # Native: with the pointers gone the object is dlclose'd; whether
             # it left memory is then for /proc/self/maps to say.
@@ -890,14 +590,14 @@ class Engine:
             raise self._not_callable(v, symbol)
         return typing.cast(Callable[..., Any], fn)
 
-    def pin(self, slot: str) -> _Pin:
+    def pin(self, slot: str) -> Pin:
         """``with engine.pin(slot) as rules:`` runs a whole request on one version.
 
         ``rules.NAME(...)`` calls the pinned version's functions, and any
         ``engine.call(slot, ...)`` made inside the block (at any depth, on
         this thread or context) uses the same version.
         """
-        return _Pin(self, slot)
+        return Pin(self, slot)
 
     def _no_active(self, slot: str) -> Exception:
         if slot not in self._slots:
@@ -905,7 +605,7 @@ class Engine:
         return BadState(f"{slot} has no active version: load, check and swap one", slot=slot)
 
     @staticmethod
-    def _not_callable(version: _Version, symbol: str) -> Exception:
+    def _not_callable(version: Version, symbol: str) -> Exception:
         if version.obj is not None and version.state in (VersionState.LOADED, VersionState.FAILED):
             return BadState(
                 f"{version.id} is {version.state.value}: a native object is mapped, and its "
@@ -931,7 +631,7 @@ class Engine:
         if v.table is None:
             module, code = self._live(v)
             source = v.source or ""
-            with _cyclic_gc_paused():
+            with cyclic_gc_paused():
                 v.table = build_symbol_table(v.id, module, code, source)
         return v.table
 
@@ -1038,7 +738,7 @@ class Engine:
 
     # -- lookups ----------------------------------------------------------------
 
-    def _slot(self, name: str) -> _Slot:
+    def _slot(self, name: str) -> Slot:
         try:
             return self._slots[name]
         except KeyError:
@@ -1049,7 +749,7 @@ class Engine:
     def _slot_list(self) -> str:
         return ", ".join(self._slots) or "(none)"
 
-    def _version(self, version: str) -> _Version:
+    def _version(self, version: str) -> Version:
         slot, number = parse_version_id(version)
         s = self._slot(slot)
         try:
@@ -1062,252 +762,7 @@ class Engine:
             ) from None
 
     @staticmethod
-    def _live(v: _Version) -> tuple[types.ModuleType, types.CodeType]:
+    def _live(v: Version) -> tuple[types.ModuleType, types.CodeType]:
         if v.module is None or v.code is None:
             raise BadState(f"{v.id} is unloaded: its code is gone", version=v.id)
         return v.module, v.code
-
-
-class PinnedRules:
-    """The rules of one pinned version: ``rules.classify(msg)``."""
-
-    def __init__(self, version: _Version, namespace: dict[str, Any]) -> None:
-        self._v = version
-        self._ns = namespace
-
-    @property
-    def version(self) -> str:
-        """The id of the pinned version."""
-        return self._v.id
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        fn = self._ns.get(name)
-        if name.startswith("__") or not callable(fn):
-            raise AttributeError(f"{self._v.id} has no callable {name!r}")
-        version = self._v
-        target: Callable[..., Any] = fn
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            next(version.calls)
-            try:
-                return target(*args, **kwargs)
-            except BaseException:
-                next(version.errors)
-                raise
-
-        counted.__name__ = name
-        counted.__doc__ = getattr(fn, "__doc__", None)
-        # Cache on the instance: the next lookup skips __getattr__.
-        self.__dict__[name] = counted
-        return counted
-
-    def __repr__(self) -> str:
-        return f"<PinnedRules {self._v.id}>"
-
-
-class _Pin:
-    """The context manager behind :meth:`Engine.pin`.
-
-    Lock-free: a request that takes a lock on entry and exit convoys behind
-    the GIL once several threads pin at once. ``version.pins`` is keyed by
-    thread id and each thread only touches its own key, so single dict
-    operations (atomic under the GIL) are enough.
-    """
-
-    __slots__ = ("_engine", "_slot", "_thread", "_token", "_version")
-
-    def __init__(self, engine: Engine, slot: str) -> None:
-        self._engine = engine
-        self._slot = slot
-        self._version: _Version | None = None
-        self._token: contextvars.Token[dict[str, _Version] | None] | None = None
-        self._thread = 0
-
-    def __enter__(self) -> PinnedRules:
-        engine = self._engine
-        slot = self._slot
-        pins = engine._pins.get()
-        if pins is not None and slot in pins:
-            version = pins[slot]  # nested pin: keep the outer version
-        else:
-            try:
-                version = engine._active[slot]
-            except KeyError:
-                raise engine._no_active(slot) from None
-            if not engine._pinning:
-                # From the first pin on, calls consult the context variable.
-                # Raised before the variable is set, and never lowered, so no
-                # call can miss a pin (a lowered flag would need a lock).
-                engine._pinning = 1
-                if engine._dispatcher is not None:
-                    engine._dispatcher.pinning = 1
-            self._token = engine._pins.set(
-                {slot: version} if pins is None else {**pins, slot: version}
-            )
-        rules = version.rules
-        if rules is None:  # unloaded between the read and here
-            self._reset()
-            raise BadState(f"{version.id} was unloaded", version=version.id)
-        thread = self._thread = threading.get_ident()
-        version.pins[thread] = version.pins.get(thread, 0) + 1
-        self._version = version
-        return rules
-
-    def _reset(self) -> None:
-        if self._token is not None:
-            self._engine._pins.reset(self._token)
-            self._token = None
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._reset()
-        version = self._version
-        if version is not None:
-            left = version.pins.get(self._thread, 0) - 1
-            if left > 0:
-                version.pins[self._thread] = left
-            else:
-                version.pins.pop(self._thread, None)
-            self._version = None
-
-
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
-
-
-def _threads_started_by(
-    module: types.ModuleType, before: set[threading.Thread]
-) -> tuple[Problem, ...]:
-    """Warnings for threads (and timers) that the module body started.
-
-    Only threads whose code belongs to the module are counted: the target of
-    a Thread, the function of a Timer, or a Thread subclass defined there, so
-    threads the engine itself starts meanwhile are never blamed on it.
-    """
-    warnings = []
-    for thread in threading.enumerate():
-        if thread in before:
-            continue
-        target = getattr(thread, "_target", None) or getattr(thread, "function", None)
-        ours = getattr(target, "__globals__", None) is module.__dict__
-        if not ours and type(thread).__module__ != module.__name__:
-            continue
-        kind = "timer" if isinstance(thread, threading.Timer) else "thread"
-        what = getattr(target, "__name__", None) or type(thread).__name__
-        line = getattr(getattr(target, "__code__", None), "co_firstlineno", None)
-        warnings.append(
-            Problem(
-                kind="import-side-effect",
-                symbol=what,
-                line=line,
-                message=(
-                    f"the module body started a {kind} running {what}() at import: it keeps "
-                    "running after purge and unload; start work from the rules instead"
-                ),
-                severity="warning",
-            )
-        )
-    return tuple(warnings)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a module is compiled, run or
-    analysed.
-
-    Compiling and walking a large module allocates many container objects at
-    once, and the collections this triggers made load + check grow faster
-    than the module (12.7x for 10x the functions, 11.1x paused; see
-    ``livepatch bench --section load_check``). Reference counting still frees
-    everything meanwhile; only cycles wait until the pause ends. A host that
-    disabled the collector itself keeps it disabled.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _free_module_name(base: str) -> str:
-    """``base``, or ``base_2``, ``base_3``...: two engines in one process (or a
-    host module that happens to use the name) must never share a module."""
-    name, k = base, 1
-    while name in sys.modules:
-        k += 1
-        name = f"{base}_{k}"
-    return name
-
-
-def _error_position(exc: BaseException, code_filename: str) -> tuple[int, int]:
-    """Line and 1-based column of the deepest frame in the loaded source."""
-    line, col = 0, 0
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == code_filename:
-            line = frame.lineno or 0
-            col = (frame.colno or 0) + 1
-    return line, col
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _threads_running(namespace: dict[str, Any] | None) -> set[int]:
-    """Ids of the threads whose stack has a frame running code of ``namespace``."""
-    if namespace is None:
-        return set()
-    running = set()
-    for thread_id, frame in sys._current_frames().items():
-        walker: types.FrameType | None = frame
-        while walker is not None:
-            if walker.f_globals is namespace:
-                running.add(thread_id)
-                break
-            walker = walker.f_back
-    return running
-
-
-def _all_dead(refs: list[weakref.ref[Any]]) -> bool:
-    return all(ref() is None for ref in refs)
-
-
-def _holders(refs: list[weakref.ref[Any]], namespace: dict[str, Any] | None) -> dict[str, int]:
-    """Kinds of objects that still refer to the version's module or code.
-
-    Threads running the version's code are named by their innermost frame of
-    it (``frame block()``); other referrers are counted by type, leaving out
-    the version's own objects referring to each other.
-    """
-    counts: dict[str, int] = {}
-    if namespace is not None:
-        for frame in sys._current_frames().values():
-            walker: types.FrameType | None = frame
-            while walker is not None:
-                if walker.f_globals is namespace:
-                    kind = f"frame {walker.f_code.co_name}()"
-                    counts[kind] = counts.get(kind, 0) + 1
-                    break
-                walker = walker.f_back
-    alive: list[Any] = []
-    for ref in refs:
-        obj = ref()
-        if obj is not None:
-            alive.append(obj)
-    own = {id(obj) for obj in alive} | {id(alive), id(namespace)}
-    for obj in alive:
-        for referrer in gc.get_referrers(obj):
-            if id(referrer) in own or isinstance(referrer, types.FrameType):
-                continue
-            if isinstance(referrer, types.FunctionType):
-                kind = f"function {referrer.__qualname__}"
-            else:
-                kind = type(referrer).__name__
-            counts[kind] = counts.get(kind, 0) + 1
-    obj = None
-    alive.clear()
-    return counts

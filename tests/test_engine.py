@@ -332,6 +332,10 @@ def test_unload_with_a_call_in_flight_reports_it_then_frees(engine: Engine) -> N
     release.set()
     caller.join(10)
     assert results == ["done"]
+    caller = None  # the thread object's frame references are gone with it
+    # status says what is true now, not what was true at unload time
+    assert engine.info(v).freed is True
+    assert {i.id: i.freed for s in engine.status().slots for i in s.versions}[v] is True
     # unloading again re-examines the tombstone: now nothing holds it
     again = engine.unload(v)
     assert again.freed is True and again.in_flight == 0

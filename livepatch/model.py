@@ -1,0 +1,125 @@
+"""The engine's data model: version ids and the snapshots it hands out.
+
+Everything here is plain, frozen and JSON-able (``to_json``), so the client
+can hand the same types back that the engine uses, without importing the
+engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UnknownVersion
+from .jsonable import JsonFields
+
+__all__ = [
+    "EngineStatus",
+    "Event",
+    "SlotInfo",
+    "SwapResult",
+    "UnloadResult",
+    "VersionInfo",
+    "parse_version_id",
+]
+
+
+def parse_version_id(version: str) -> tuple[str, int]:
+    """Split ``"spam@2"`` into ``("spam", 2)``; :class:`UnknownVersion` if malformed.
+
+    The number is ASCII digits with no leading zero (``spam@01``, ``spam@²``
+    and Arabic-Indic digits are not ids: ``str.isdigit`` would take them), and the
+    slot a Python identifier, so one id never has two spellings.
+    """
+    slot, sep, number = version.rpartition("@")
+    if (
+        not sep
+        or not slot.isidentifier()
+        or not (number.isascii() and number.isdigit())
+        or (number.startswith("0"))
+        or len(number) > 18
+    ):
+        raise UnknownVersion(
+            f"{_shown(version)} is not a version id: use SLOT@N, e.g. spam@2", version=version
+        )
+    return slot, int(number)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr`` of a client's text, clipped: a 5,000-digit id makes a short error."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo(JsonFields):
+    """A snapshot of one version: identity, state and call statistics."""
+
+    id: str
+    slot: str
+    number: int
+    state: str
+    sha256: str
+    filename: str
+    loaded_at: float
+    calls: int
+    errors: int
+    in_flight: int
+    freed: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo(JsonFields):
+    """A snapshot of one slot: its interface, active version and versions."""
+
+    name: str
+    interface: str
+    members: tuple[str, ...]
+    active: str | None
+    versions: tuple[VersionInfo, ...]
+    #: ``python`` (rule modules) or ``native`` (shared objects).
+    kind: str = "python"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus(JsonFields):
+    """A snapshot of the whole engine."""
+
+    name: str
+    pid: int
+    slots: tuple[SlotInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SwapResult(JsonFields):
+    """What a swap did: ``changed`` is false for a swap to the active version."""
+
+    slot: str
+    active: str
+    previous: str | None
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadResult(JsonFields):
+    """Whether an unloaded version's code left memory, and if not, why.
+
+    ``holders`` counts, by kind, the objects that still refer to the
+    version's module or code (a leak report); ``in_flight`` is the number of
+    calls and pinned requests still running on it.
+    """
+
+    version: str
+    freed: bool
+    in_flight: int
+    holders: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event(JsonFields):
+    """A state change, sent to subscribers (and, by the server, to clients)."""
+
+    version: str
+    slot: str
+    state: str
+    previous: str | None
+    op: str
+    time: float
