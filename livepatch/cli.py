@@ -22,10 +22,10 @@ from typing import Any
 
 from . import __version__
 from .engine import Engine
-from .errors import LivepatchError
+from .errors import LivepatchError, StorageError
 from .native import NativeInterface, is_elf
 from .quarantine import Quarantine
-from .state import StateDir
+from .statedir import StateDir
 
 __all__ = ["build_parser", "main"]
 
@@ -71,12 +71,16 @@ def _parse_slot_spec(spec: str) -> tuple[str, type | NativeInterface | None]:
     return name, interface
 
 
-def build_engine(args: argparse.Namespace, state: StateDir | None = None) -> Engine:
+def build_engine(
+    args: argparse.Namespace, state: StateDir | None = None, quarantine: Quarantine | None = None
+) -> Engine:
     """The engine described by ``livepatch engine``'s options (loads included).
 
     With a state directory, every slot's last active version comes back
-    first (re-checked); the bundled demo's v1 is loaded only into a slot that
-    has nothing active after that; ``--load`` files are applied last.
+    first (re-checked; retired ones through ``quarantine``); the bundled
+    demo's v1 is loaded only into a slot that has nothing active after that;
+    ``--load`` files are applied last, journaled like any change (a file
+    that cannot be journaled is not applied, and stderr says so).
     """
     from .examples.spam import SpamRules, rule_path
     from .examples.spam_native import NATIVE_SLOT, SpamNativeRules
@@ -94,7 +98,7 @@ def build_engine(args: argparse.Namespace, state: StateDir | None = None) -> Eng
         engine.add_slot("spam", SpamRules)
         engine.add_slot(NATIVE_SLOT, SpamNativeRules)
     if state is not None:
-        for restored in state.restore(engine):
+        for restored in state.restore(engine, quarantine):
             verb = "restored" if restored.ok else "could not restore"
             print(f"{verb} {restored.version}: {restored.message}", file=sys.stderr)
     if not args.slot and not args.load and engine.active("spam") is None:
@@ -114,18 +118,33 @@ def build_engine(args: argparse.Namespace, state: StateDir | None = None) -> Eng
             source = "" if is_object else Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--load {slot}={path}: {exc.strerror}") from None
-        # A ready shared object (native slots) is mapped from its path.
-        if is_object:
-            version = engine.load_path(slot, path)
-        else:
-            version = engine.load(slot, source, Path(path).name)
-        report = engine.check(version)
-        if not report.ok:
-            first = report.errors[0]
-            raise UsageError(f"--load {slot}={path}: check failed: {first.message}")
-        if engine.swap(version).changed and state is not None:
-            state.record_startup(engine, version)
+        try:
+            _startup_load(engine, slot, path, None if is_object else source, state)
+        except StorageError as exc:
+            print(f"--load {slot}={path} not applied: {exc.message}", file=sys.stderr)
     return engine
+
+
+def _startup_load(
+    engine: Engine, slot: str, path: str, source: str | None, state: StateDir | None
+) -> None:
+    """Load, check and swap one startup file, each step journaled first."""
+
+    def commit(op: str) -> Any:
+        return state.committer(op) if state is not None else None
+
+    # A ready shared object (native slots, ``source is None``) is mapped from its path.
+    if source is None:
+        version = engine.load_path(slot, path, commit=commit("load"))
+    else:
+        version = engine.load(slot, source, Path(path).name, commit=commit("load"))
+    if engine.active(slot) == version:
+        return  # restored already: a restart adds no record for it
+    report = engine.check(version, commit=commit("check"))
+    if not report.ok:
+        first = report.errors[0]
+        raise UsageError(f"--load {slot}={path}: check failed: {first.message}")
+    engine.swap(version, commit=commit("swap"))
 
 
 def _start_native_demo(engine: Engine, slot: str, path: str, state: StateDir | None) -> None:
@@ -141,12 +160,9 @@ def _start_native_demo(engine: Engine, slot: str, path: str, state: StateDir | N
         )
         return
     try:
-        version = engine.load_path(slot, path)
-        report = engine.check(version)
-        if not report.ok:
-            raise LivepatchError(f"check failed: {report.errors[0].message}")
-        if engine.swap(version).changed and state is not None:
-            state.record_startup(engine, version)
+        _startup_load(engine, slot, path, None, state)
+    except UsageError as exc:
+        print(f"slot {slot} starts without a version: {exc}", file=sys.stderr)
     except LivepatchError as exc:
         print(f"slot {slot} starts without a version: {exc.message}", file=sys.stderr)
 
@@ -209,18 +225,36 @@ def cmd_engine(args: argparse.Namespace) -> int:
         listen = parse_listen(args.listen)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    state = StateDir(Path(args.state_dir)) if args.state_dir else None
-    engine = build_engine(args, state)
-    if not args.no_quarantine:
-        # Startup loads ran in-process (the engine is not serving yet); every
-        # load from a client from now on is tried in a throwaway process first.
-        engine.quarantine = Quarantine(timeout_s=args.load_timeout, memory_mb=args.load_memory)
+    from .runtime import claim_name
+
+    # The name first, then the state dir's lock: a second engine, of this
+    # name or on this state dir, leaves before it reads or writes anything.
+    try:
+        claim = claim_name(args.name)
+    except ValueError as exc:
+        raise UsageError(f"--name: {exc}") from None
+    state = (
+        StateDir(Path(args.state_dir), engine_name=args.name, recover=args.recover)
+        if args.state_dir
+        else None
+    )
+    quarantine = (
+        None
+        if args.no_quarantine
+        else Quarantine(timeout_s=args.load_timeout, memory_mb=args.load_memory)
+    )
+    engine = build_engine(args, state, quarantine)
+    # Startup loads (and the restored active versions) ran in-process, the
+    # engine not serving yet; every load from a client from now on is tried
+    # in a throwaway process first.
+    engine.quarantine = quarantine
     server = Server(
         engine,
         listen=listen,
         allow_remote=args.allow_remote,
         journal=state.journal if state else None,
         store=state.store if state else None,
+        name_claim=claim,
     )
     info = server.start()
     traffic = Traffic(engine, args.traffic) if args.traffic else None
@@ -275,7 +309,14 @@ def _client(args: argparse.Namespace) -> Any:
 def run_verb(args: argparse.Namespace) -> int:
     """Run a one-shot verb against an engine."""
     from .client import file_load_params, json_arguments, split_call_target
-    from .render import color_allowed, render_diff, render_report, render_status, render_table
+    from .render import (
+        color_allowed,
+        printable,
+        render_diff,
+        render_report,
+        render_status,
+        render_table,
+    )
 
     color = color_allowed(sys.stdout)
     verb = args.verb
@@ -381,12 +422,12 @@ def run_verb(args: argparse.Namespace) -> int:
 
                 for e in entries:
                     stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(e["time"]))
-                    who = e["peer"].get("client") or "-"
+                    who = printable(e["peer"].get("client") or "-")
                     pid = e["peer"].get("pid")
                     status = "ok " if e["ok"] else "ERR"
                     print(
                         f"{stamp}  {status} {e['op']:<8} {e['version'] or '-':<10} "
-                        f"{who}{f'[{pid}]' if pid else ''}: {e['result']}"
+                        f"{who}{f'[{pid}]' if pid else ''}: {printable(e['result'])}"
                     )
             return 0
     raise UsageError(f"unknown verb {verb!r}")  # pragma: no cover - argparse prevents it
@@ -443,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir",
         help="keep sources and the journal here; a restart restores the active versions",
+    )
+    p.add_argument(
+        "--recover",
+        action="store_true",
+        help="start on a damaged journal: keep the records before the damage and set the "
+        "rest aside in a file (or begin a new journal if it was lost)",
     )
     p.add_argument(
         "--load-timeout",

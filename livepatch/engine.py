@@ -39,12 +39,14 @@ from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
 from .model import (
+    Change,
     EngineStatus,
     Event,
     SlotInfo,
     SwapResult,
     UnloadResult,
     VersionInfo,
+    is_slot_name,
     parse_version_id,
 )
 from .native import MAX_OBJECT, NativeBackend, NativeInterface, is_elf
@@ -92,6 +94,9 @@ __all__ = [
 ]
 
 _NO_ARG: Any = object()
+
+#: The write-ahead hook of the lifecycle methods (see :class:`~livepatch.model.Change`).
+Commit = Callable[[Change], None]
 
 
 class Engine:
@@ -155,8 +160,11 @@ class Engine:
         native slot, whose versions are ELF shared objects (see
         :mod:`livepatch.native`).
         """
-        if not name.isidentifier():
-            raise ValueError(f"slot name {name!r} must be a Python identifier, e.g. spam")
+        if not is_slot_name(name):
+            raise ValueError(
+                f"slot name {name!r} must be an ASCII identifier of at most 64 characters, "
+                "e.g. spam"
+            )
         backend = NativeBackend(interface) if isinstance(interface, NativeInterface) else None
         protocol = None if isinstance(interface, NativeInterface) else interface
         with self._lock:
@@ -222,7 +230,9 @@ class Engine:
 
     # -- load ---------------------------------------------------------------
 
-    def load(self, slot: str, source: str, filename: str | None = None) -> str:
+    def load(
+        self, slot: str, source: str, filename: str | None = None, *, commit: Commit | None = None
+    ) -> str:
         """Compile ``source`` and run its body as a new version of ``slot``.
 
         Returns the version id (``"spam@2"``). The same source loaded again
@@ -234,11 +244,20 @@ class Engine:
 
         For a native slot ``source`` is C, compiled into a shared object
         (nothing runs until the check has resolved it).
+
+        ``commit`` (every lifecycle method takes one) is called with the
+        :class:`~livepatch.model.Change` once the outcome is decided and
+        before it is visible; if it raises, nothing changed.
         """
-        return self._load(slot, source, filename, None)
+        return self._load(slot, source, filename, None, commit=commit)
 
     def load_path(
-        self, slot: str, path: str | os.PathLike[str], filename: str | None = None
+        self,
+        slot: str,
+        path: str | os.PathLike[str],
+        filename: str | None = None,
+        *,
+        commit: Commit | None = None,
     ) -> str:
         """Load a file on this machine: a source, or (native slots) a ready
         ELF shared object. ``filename`` defaults to the file's name.
@@ -262,7 +281,7 @@ class Engine:
                     f"{name} is a compiled ELF object, but slot {slot} takes Python source",
                     filename=name,
                 )
-            return self._load(slot, data, name, None, origin=origin)
+            return self._load(slot, data, name, None, origin=origin, commit=commit)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -271,7 +290,7 @@ class Engine:
                 "nor an ELF shared object",
                 filename=name,
             ) from None
-        return self._load(slot, text, name, None, origin=origin)
+        return self._load(slot, text, name, None, origin=origin, commit=commit)
 
     def restore(self, version: str, source: str, filename: str | None = None) -> str:
         """Load ``source`` under a given id (``spam@3``), e.g. after a restart.
@@ -296,6 +315,7 @@ class Engine:
         number: int | None,
         *,
         origin: str | None = None,
+        commit: Commit | None = None,
     ) -> str:
         """Load text (``str``) or, for a native slot, a ready object (``bytes``)."""
         s = self._slot(slot)
@@ -328,6 +348,12 @@ class Engine:
                 native = Version(
                     slot, number, text, sha, filename, f"{filename} [{vid}]", None, None, obj
                 )
+                if commit is not None:
+                    try:
+                        commit(Change("load", vid, sha, source=text, filename=filename))
+                    except BaseException:
+                        obj.path.unlink(missing_ok=True)  # nothing is mapped yet
+                        raise
                 with s.lock:
                     s.next_number = max(s.next_number, number + 1)
                     s.versions[number] = native
@@ -348,6 +374,15 @@ class Engine:
             threads = threads_started_by(module, before)
             version = Version(slot, number, source, sha, filename, code_filename, module, code)
             version.import_threads = threads
+            if commit is not None:
+                try:
+                    commit(Change("load", vid, sha, source=source, filename=filename))
+                except BaseException:
+                    # Not journaled, so never a version: leave nothing behind.
+                    if sys.modules.get(module_name) is module:
+                        del sys.modules[module_name]
+                    linecache.cache.pop(code_filename, None)
+                    raise
             with s.lock:
                 s.next_number = max(s.next_number, number + 1)
                 s.versions[number] = version
@@ -366,7 +401,7 @@ class Engine:
 
     # -- check --------------------------------------------------------------
 
-    def check(self, version: str) -> ResolveReport:
+    def check(self, version: str, *, commit: Commit | None = None) -> ResolveReport:
         """Resolve-check a version against its slot's interface.
 
         A version with problems becomes FAILED and stays loaded so it can be
@@ -375,32 +410,45 @@ class Engine:
         v = self._version(version)
         s = self._slots[v.slot]
         with s.lock:
+            functions: dict[str, Any] = {}
             if s.backend is not None:
-                report = self._check_native(s.backend, v)
+                report, functions = self._check_native(s.backend, v)
             else:
                 module, code = self._live(v)
                 with cyclic_gc_paused():
                     report = check_module(v.id, module, code, s.interface)
                 if v.import_threads:
                     report = ResolveReport(report.version, report.problems + v.import_threads)
+            op = Op.CHECK_OK if report.ok else Op.CHECK_FAIL
+            transition(v.id, v.state, op)  # refuse before the commit, not after
+            if commit is not None:
+                commit(Change("check", v.id, v.sha256, ok=report.ok, problems=len(report.errors)))
+            if s.backend is not None:
+                self._publish_native(v, functions)
             v.report = report
-            self._move(v, Op.CHECK_OK if report.ok else Op.CHECK_FAIL)
+            self._move(v, op)
         return report
 
-    def _check_native(self, backend: NativeBackend, v: Version) -> ResolveReport:
+    def _check_native(
+        self, backend: NativeBackend, v: Version
+    ) -> tuple[ResolveReport, dict[str, Any]]:
         """Resolve a native version; a clean one is mapped and its function
-        pointers go into its namespace (published later by swap)."""
-        namespace = v.namespace
-        if namespace is None or v.obj is None:
+        pointers returned (into its namespace once committed, published later
+        by swap)."""
+        if v.namespace is None or v.obj is None:
             raise BadState(f"{v.id} is unloaded: its code is gone", version=v.id)
         # Refuse a purged version before anything is mapped, not after.
         transition(v.id, v.state, Op.CHECK_OK)
-        report, functions = backend.check(v.id, v.obj, self.quarantine)
+        return backend.check(v.id, v.obj, self.quarantine)
+
+    @staticmethod
+    def _publish_native(v: Version, functions: dict[str, Any]) -> None:
+        namespace = v.namespace
+        assert namespace is not None
         for name, fn in functions.items():
             if namespace.get(name) is not fn:
                 namespace[name] = fn
                 v.weak.append(weakref.ref(fn))
-        return report
 
     def report(self, version: str) -> ResolveReport | None:
         """The last check report of a version (``None`` if never checked)."""
@@ -408,7 +456,9 @@ class Engine:
 
     # -- swap ---------------------------------------------------------------
 
-    def swap(self, version: str, expect: str | None = None) -> SwapResult:
+    def swap(
+        self, version: str, expect: str | None = None, *, commit: Commit | None = None
+    ) -> SwapResult:
         """Make ``version`` the active one of its slot, atomically.
 
         With ``expect``, the swap happens only if ``expect`` is the version
@@ -436,7 +486,10 @@ class Engine:
                     "fix them and load a new version",
                     version=v.id,
                 )
-            self._move(v, Op.SWAP_IN)  # raises BadState before anything changes
+            transition(v.id, v.state, Op.SWAP_IN)  # raises BadState before anything changes
+            if commit is not None:
+                commit(Change("swap", v.id, v.sha256, previous=current.id if current else None))
+            self._move(v, Op.SWAP_IN)
             if current is not None:
                 self._move(current, Op.SWAP_OUT)
                 s.history.append(current)
@@ -449,13 +502,13 @@ class Engine:
                 s.history.remove(v)
         return SwapResult(v.slot, v.id, current.id if current else None, changed=True)
 
-    def rollback(self, slot: str) -> SwapResult:
+    def rollback(self, slot: str, *, commit: Commit | None = None) -> SwapResult:
         """Swap back to the most recently retired version of ``slot``."""
         s = self._slot(slot)
         with s.lock:
             for candidate in reversed(s.history):
                 if candidate.state is VersionState.RETIRED:
-                    return self.swap(candidate.id)
+                    return self.swap(candidate.id, commit=commit)
         raise BadState(
             f"{slot} has no retired version to roll back to: load and swap one instead",
             slot=slot,
@@ -468,7 +521,7 @@ class Engine:
 
     # -- purge and unload -----------------------------------------------------
 
-    def purge(self, version: str) -> None:
+    def purge(self, version: str, *, commit: Commit | None = None) -> None:
         """Forget a version's symbols so nothing new can find it.
 
         Calls already running on it finish normally. The active version
@@ -477,6 +530,9 @@ class Engine:
         v = self._version(version)
         s = self._slots[v.slot]
         with s.lock:
+            transition(v.id, v.state, Op.PURGE)
+            if commit is not None:
+                commit(Change("purge", v.id, v.sha256))
             self._move(v, Op.PURGE)
             self._forget(v)
 
@@ -489,7 +545,9 @@ class Engine:
         if v in self._slots[v.slot].history:
             self._slots[v.slot].history.remove(v)
 
-    def unload(self, version: str, wait_s: float = 0.0) -> UnloadResult:
+    def unload(
+        self, version: str, wait_s: float = 0.0, *, commit: Commit | None = None
+    ) -> UnloadResult:
         """Drop the engine's last references to a version (purging it first).
 
         Waits up to ``wait_s`` seconds for calls in flight to finish, then
@@ -499,6 +557,14 @@ class Engine:
         v = self._version(version)
         s = self._slots[v.slot]
         with s.lock:
+            if v.state is not VersionState.UNLOADED:
+                # Refused (the active version) before the commit, not after.
+                purged: VersionState = v.state
+                if purged is not VersionState.PURGED:
+                    purged = transition(v.id, v.state, Op.PURGE)
+                transition(v.id, purged, Op.UNLOAD)
+                if commit is not None:
+                    commit(Change("unload", v.id, v.sha256))
             if v.state not in (VersionState.PURGED, VersionState.UNLOADED):
                 self._move(v, Op.PURGE)
                 self._forget(v)

@@ -22,6 +22,7 @@ __all__ = [
     "Conflict",
     "LivepatchError",
     "LoadFailed",
+    "StorageError",
     "TooLarge",
     "Unauthenticated",
     "UnknownSlot",
@@ -112,6 +113,18 @@ class TooLarge(LivepatchError, ValueError):
     kind = "too-large"
 
 
+class StorageError(LivepatchError, OSError):
+    """The state directory could not be written (full disk, I/O error, a
+    read-only file system): the change was not made, nothing else changed, and
+    the engine keeps serving. The message says what to do.
+
+    JSON-RPC code -32020 (kept clear of the codes other kinds take next).
+    """
+
+    kind = "storage"
+    code = -32020
+
+
 class Unauthenticated(LivepatchError, PermissionError):
     """No good ``hello`` yet, or a wrong token."""
 
@@ -129,6 +142,7 @@ _BY_KIND: dict[str, type[LivepatchError]] = {
         Busy,
         CallFailed,
         TooLarge,
+        StorageError,
         Unauthenticated,
     )
 }

@@ -7,20 +7,32 @@ engine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import UnknownVersion
 from .jsonable import JsonFields
 
 __all__ = [
+    "SLOT_NAME",
+    "Change",
     "EngineStatus",
     "Event",
     "SlotInfo",
     "SwapResult",
     "UnloadResult",
     "VersionInfo",
+    "is_slot_name",
     "parse_version_id",
 ]
+
+#: A slot name: an ASCII Python identifier of at most 64 characters.
+SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+
+
+def is_slot_name(name: str) -> bool:
+    """Whether ``name`` is a slot name (see :data:`SLOT_NAME`)."""
+    return SLOT_NAME.match(name) is not None
 
 
 def parse_version_id(version: str) -> tuple[str, int]:
@@ -28,12 +40,12 @@ def parse_version_id(version: str) -> tuple[str, int]:
 
     The number is ASCII digits with no leading zero (``spam@01``, ``spam@²``
     and Arabic-Indic digits are not ids: ``str.isdigit`` would take them), and the
-    slot a Python identifier, so one id never has two spellings.
+    slot a slot name (:data:`SLOT_NAME`), so one id never has two spellings.
     """
     slot, sep, number = version.rpartition("@")
     if (
         not sep
-        or not slot.isidentifier()
+        or not is_slot_name(slot)
         or not (number.isascii() and number.isdigit())
         or (number.startswith("0"))
         or len(number) > 18
@@ -123,3 +135,28 @@ class Event(JsonFields):
     previous: str | None
     op: str
     time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A lifecycle change the engine has decided but not yet made visible.
+
+    The engine hands it to the ``commit`` callback of :meth:`Engine.load`,
+    ``check``, ``swap``, ``rollback``, ``purge`` and ``unload`` under the
+    slot's lock, after every check that could refuse the operation and before
+    anything is published (no version inserted, no state moved, no event
+    sent). If ``commit`` raises, nothing happens and the exception propagates:
+    this is where a write-ahead journal makes the change durable.
+    """
+
+    op: str  # load, check, swap, purge, unload
+    version: str
+    sha256: str
+    #: swap: the version it replaces (``None``: the slot had none).
+    previous: str | None = None
+    #: check: whether it passed, and how many errors it found.
+    ok: bool = True
+    problems: int = 0
+    #: load: the source text (``None`` for a ready shared object) and its name.
+    source: str | None = None
+    filename: str = ""

@@ -62,6 +62,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, NoReturn, TypeAlias
 
 from livepatch.errors import LivepatchError, TooLarge, Unauthenticated, error_for_kind
+from livepatch.model import is_slot_name, parse_version_id
 
 __all__ = [
     "BAD_STATE",
@@ -77,12 +78,14 @@ __all__ = [
     "JSONRPC_VERSION",
     "LOAD_FAILED",
     "MAX_FRAME",
+    "MAX_NAME",
     "METHODS",
     "METHOD_NOT_FOUND",
     "NEED_DATA",
     "NOTIFICATIONS",
     "PARSE_ERROR",
     "PROTOCOL_VERSION",
+    "STORAGE",
     "TOO_LARGE",
     "UNAUTHENTICATED",
     "UNKNOWN_VERSION",
@@ -139,6 +142,8 @@ BUSY: Final = -32007
 TOO_LARGE: Final = -32008
 #: ``errors.CallFailed``: a rule raised while serving ``call``.
 CALL_FAILED: Final = -32009
+#: ``errors.StorageError``: the state directory could not be written; nothing changed.
+STORAGE: Final = -32020
 
 #: ``error.data.kind`` -> ``error.code``. The kinds are the stable part: clients
 #: should switch on the kind, not on the number.
@@ -158,6 +163,7 @@ ERROR_CODES: Final[Mapping[str, int]] = MappingProxyType(
         "busy": BUSY,
         "too-large": TOO_LARGE,
         "call-failed": CALL_FAILED,
+        "storage": STORAGE,
     }
 )
 _KINDS_BY_CODE: Final[Mapping[int, str]] = {code: kind for kind, code in ERROR_CODES.items()}
@@ -172,41 +178,50 @@ JsonType: TypeAlias = Literal["string", "integer", "number", "boolean", "array",
 class Param(NamedTuple):
     """One named parameter: the JSON types it accepts and whether it is required.
 
-    ``minimum`` bounds a number or integer from below (inclusive).
+    ``minimum`` bounds a number or integer from below (inclusive). ``text``
+    says what a string must be: ``"version"`` (``SLOT@N``: ASCII digits, no
+    leading zero), ``"slot"`` (an ASCII identifier of at most 64
+    characters), ``"name"`` (a file name or path: no NUL, at most
+    :data:`MAX_NAME` characters) or ``"client"`` (at most :data:`MAX_NAME`).
+    Checked here, before the engine or its journal ever sees the request.
     """
 
     types: tuple[JsonType, ...]
     required: bool = False
     minimum: float | None = None
+    text: Literal["version", "slot", "name", "client"] | None = None
 
 
 _STR: Final = ("string",)
+#: Longest file name, path or client name a request may carry.
+MAX_NAME: Final = 4096
+_VERSION: Final = Param(_STR, True, text="version")
 #: Method name -> param name -> :class:`Param`. Params not listed are refused.
 METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
     {
         name: MappingProxyType(schema)
         for name, schema in {
-            "hello": {"token": Param(_STR), "client": Param(_STR)},
+            "hello": {"token": Param(_STR), "client": Param(_STR, text="client")},
             "status": {},
             # Exactly one of source (the text) and path (a file on the
             # engine's machine: a source, or a ready .so for a native slot).
             "load": {
-                "slot": Param(_STR, True),
+                "slot": Param(_STR, True, text="slot"),
                 "source": Param(_STR),
-                "path": Param(_STR),
-                "filename": Param(_STR),
+                "path": Param(_STR, text="name"),
+                "filename": Param(_STR, text="name"),
             },
-            "check": {"version": Param(_STR, True)},
-            "swap": {"version": Param(_STR, True), "expect": Param(("string", "null"))},
-            "rollback": {"slot": Param(_STR, True)},
-            "purge": {"version": Param(_STR, True)},
-            "unload": {"version": Param(_STR, True), "wait_s": Param(("number",), minimum=0)},
-            "symbols": {"version": Param(_STR, True)},
-            "source": {"version": Param(_STR, True)},
-            "diff": {"a": Param(_STR, True), "b": Param(_STR, True)},
+            "check": {"version": _VERSION},
+            "swap": {"version": _VERSION, "expect": Param(("string", "null"), text="version")},
+            "rollback": {"slot": Param(_STR, True, text="slot")},
+            "purge": {"version": _VERSION},
+            "unload": {"version": _VERSION, "wait_s": Param(("number",), minimum=0)},
+            "symbols": {"version": _VERSION},
+            "source": {"version": _VERSION},
+            "diff": {"a": _VERSION, "b": _VERSION},
             "call": {
-                "slot": Param(_STR),
-                "version": Param(_STR),
+                "slot": Param(_STR, text="slot"),
+                "version": Param(_STR, text="version"),
                 "symbol": Param(_STR, True),
                 "args": Param(("array",)),
                 "kwargs": Param(("object",)),
@@ -473,7 +488,11 @@ def _first_non_json(value: object) -> tuple[str, str] | None:
     seen: set[int] = set()
     while stack:
         item, path = stack.pop()
-        if item is None or isinstance(item, str | int):  # int covers bool
+        if isinstance(item, str):
+            if not item.isascii() and not _encodable(item):
+                return path, "text that is not valid Unicode (a lone surrogate, e.g. \\ud800)"
+            continue
+        if item is None or isinstance(item, int):  # int covers bool
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -489,11 +508,43 @@ def _first_non_json(value: object) -> tuple[str, str] | None:
                 for key, v in item.items():
                     if not isinstance(key, str):
                         return path, f"an object key {_short(key)} that is not a string"
+                    if not key.isascii() and not _encodable(key):
+                        return path, "an object key that is not valid Unicode (a lone surrogate)"
                     stack.append((v, f"{path}[{_short(key, 20)}]"))
             continue
         hint = " (use a list)" if isinstance(item, tuple) else ""
         return path, f"a {type(item).__name__}{hint}"
     return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(method: str, name: str, kind: str, value: str) -> None:
+    """Refuse a string param that is not what :class:`Param` ``text`` says."""
+    problem: str | None = None
+    if kind == "version":
+        try:
+            parse_version_id(value)
+        except LivepatchError as exc:
+            problem = exc.message
+    elif kind == "slot":
+        if not is_slot_name(value):
+            problem = (
+                f"{_short(value, 40)} is not a slot name: use an ASCII identifier of at most "
+                "64 characters, e.g. spam"
+            )
+    elif len(value) > MAX_NAME:
+        problem = f"it is {len(value)} characters long, over the {MAX_NAME}-character limit"
+    elif kind == "name" and "\0" in value:
+        problem = "it contains a NUL character, which no file name can"
+    if problem is not None:
+        raise InvalidParams(f"param {name!r} of {method!r}: {problem}", method=method, param=name)
 
 
 _WITH_ARTICLE: Final[Mapping[JsonType, str]] = {
@@ -576,6 +627,8 @@ def validate_params(method: str, params: object) -> dict[str, Any]:
                 method=method,
                 param=name,
             )
+        if spec.text is not None and isinstance(value, str):
+            _check_text(method, name, spec.text, value)
         if spec.minimum is not None and isinstance(value, int | float) and value < spec.minimum:
             raise InvalidParams(
                 f"param {name!r} of {method!r} must be >= {spec.minimum:g}, got {_short(value)}",

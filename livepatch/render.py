@@ -18,12 +18,23 @@ from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
 
 __all__ = [
     "color_allowed",
+    "printable",
     "render_diff",
     "render_report",
     "render_row",
     "render_status",
     "render_table",
 ]
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write to a terminal: control characters (ESC, CR,
+    the C1 range, DEL...) shown as escapes, so a client name cannot move the
+    cursor or recolour the screen."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 _RESET: Final = "\x1b[0m"
 _STYLES: Final = {

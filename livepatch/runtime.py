@@ -14,6 +14,8 @@ follow a symlink there and refuse a directory that someone else owns.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
@@ -28,7 +30,9 @@ from .errors import LivepatchError
 __all__ = [
     "ConnectionInfo",
     "EngineNotFound",
+    "NameClaim",
     "RuntimeDirError",
+    "claim_name",
     "find_engine",
     "list_engines",
     "pid_alive",
@@ -151,6 +155,52 @@ def _check_private_dir(path: Path) -> None:
 def socket_path(name: str, directory: Path | None = None) -> Path:
     """Where the engine ``name`` puts its Unix socket."""
     return (directory or runtime_dir()) / f"{validate_name(name)}.sock"
+
+
+class NameClaim:
+    """An engine name held in the runtime directory: an exclusive flock on
+    ``<name>.lock``, whatever the transport, until :meth:`release` or the
+    process's death (the kernel drops it however the process dies)."""
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name = name
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the name back (idempotent)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+
+def claim_name(name: str, directory: Path | None = None) -> NameClaim:
+    """Take the engine name ``name`` in the runtime directory, or raise
+    :class:`RuntimeDirError` naming the engine that has it."""
+    directory = directory or runtime_dir()
+    path = directory / f"{validate_name(name)}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RuntimeDirError(
+                f"{path} is a symlink: refusing to follow it; remove it"
+            ) from None
+        raise RuntimeDirError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        info = _read(_connection_path(name, directory))
+        where = f"pid {info.pid}, on {info.transport}:{info.address}" if info else f"pid {holder}"
+        raise RuntimeDirError(
+            f"an engine named {name!r} is already running ({where}): pick another --name or stop it"
+        ) from None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return NameClaim(name, fd)
 
 
 def _connection_path(name: str, directory: Path) -> Path:

@@ -44,7 +44,9 @@ from .protocol import (
 )
 from .runtime import (
     ConnectionInfo,
+    NameClaim,
     RuntimeDirError,
+    claim_name,
     remove_connection_file,
     runtime_dir,
     socket_in_use,
@@ -53,7 +55,7 @@ from .runtime import (
     write_connection_file,
 )
 from .service import Service
-from .state import SourceStore
+from .statedir import SourceStore
 
 __all__ = ["Listen", "Server", "parse_listen"]
 
@@ -122,7 +124,10 @@ class Server:
         directory: Path | None = None,
         journal: Journal | None = None,
         store: SourceStore | None = None,
+        name_claim: NameClaim | None = None,
     ) -> None:
+        """``name_claim``: the engine's name, taken already (see
+        :func:`~livepatch.runtime.claim_name`); else :meth:`start` takes it."""
         self.engine = engine
         self.name = validate_name(engine.name)
         self.listen = listen or Listen()
@@ -144,18 +149,23 @@ class Server:
         self._stopped = threading.Event()
         self._error: BaseException | None = None
         self._socket_path: Path | None = None
+        self._claim = name_claim
         self._unsubscribe = engine.subscribe(self._on_event)
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> ConnectionInfo:
         """Bind, write the connection file and serve in a background thread."""
+        # One engine per name in the runtime dir, whatever the transport.
+        if self._claim is None:
+            self._claim = claim_name(self.name, self._dir())
         self._thread = threading.Thread(
             target=self._run, name=f"livepatch-server-{self.name}", daemon=True
         )
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
+            self._claim.release()
             raise self._error
         assert self.info is not None
         return self.info
@@ -170,6 +180,8 @@ class Server:
             if self._thread is not None:
                 self._thread.join(10)
         self._cleanup_files()
+        if self._claim is not None:
+            self._claim.release()
 
     def _cleanup_files(self) -> None:
         if self.info is not None:

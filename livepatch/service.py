@@ -5,6 +5,13 @@ method name and params to :meth:`Service.handle`, and writes back what it
 returns (a JSON-able value) or the :class:`~livepatch.errors.LivepatchError`
 it raises. Lifecycle operations are recorded in the journal with the peer
 that asked for them, success or failure alike.
+
+Write-ahead: a lifecycle change reaches the journal through the engine's
+``commit`` callback, which runs once the engine has decided the outcome and
+before anything is visible; with a state directory it stores the source
+and writes the record (fsync'd) there. If that fails the engine makes no
+change and the client gets ``storage``. Failures and requests that changed
+nothing are recorded afterwards, for the audit only.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .convert import ConversionError, arguments_from_json, to_json
-from .engine import Engine
-from .errors import CallFailed, LivepatchError
+from .engine import Commit, Engine
+from .errors import CallFailed, LivepatchError, StorageError
 from .journal import Journal, Peer
+from .model import Change
 from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams
 
 if TYPE_CHECKING:
-    from .state import SourceStore
+    from .statedir import SourceStore
 
 __all__ = ["LIFECYCLE_METHODS", "Service"]
 
@@ -40,7 +48,8 @@ class Service:
         self.engine = engine
         self.journal = journal if journal is not None else Journal()
         self.store = store
-        self._handlers: dict[str, Callable[[dict[str, Any], Peer], Any]] = {
+        # Lifecycle handlers also take the request's commit callback.
+        self._handlers: dict[str, Callable[..., Any]] = {
             "hello": self._hello,
             "status": self._status,
             "load": self._load,
@@ -65,23 +74,55 @@ class Service:
         """Run one validated request; returns a JSON-able result.
 
         Raises :class:`LivepatchError` subclasses for every failure a client
-        can cause. Lifecycle methods are journaled either way.
+        can cause (:class:`~livepatch.errors.StorageError` when the change
+        could not be made durable, so was not made). Lifecycle methods are
+        journaled either way.
         """
         handler = self._handlers[method]
         if method not in LIFECYCLE_METHODS:
             return handler(params, peer)
+        from .statedir import commit_change  # the service itself needs no state dir
+
         target = params.get("version") or params.get("slot")
+        committed: list[Change] = []
+
+        def commit(change: Change) -> None:
+            commit_change(self.journal, self.store, method, peer, change)
+            committed.append(change)
+
         try:
-            result = handler(params, peer)
+            result = handler(params, peer, commit)
+        except StorageError:
+            raise  # nothing changed, and the journal cannot take a record now
         except LivepatchError as exc:
-            self.journal.record(method, target, peer=peer, ok=False, result=exc.message)
+            self._audit(method, target, peer, ok=False, result=exc.message)
             raise
-        version = result.get("version") or result.get("active") or target
-        sha = self._sha(version)
-        self.journal.record(
-            method, version, peer=peer, ok=True, result=_summary(method, result), sha256=sha
-        )
+        if not committed:
+            version = result.get("version") or result.get("active") or target
+            self._audit(
+                method,
+                version,
+                peer,
+                ok=True,
+                result=_summary(method, result),
+                sha256=self._sha(version),
+            )
         return result
+
+    def _audit(
+        self,
+        method: str,
+        version: str | None,
+        peer: Peer,
+        *,
+        ok: bool,
+        result: str,
+        sha256: str | None = None,
+    ) -> None:
+        # A request that changed nothing is recorded for the audit; if even
+        # that cannot be written, its answer is still the truth.
+        with contextlib.suppress(StorageError):
+            self.journal.record(method, version, peer=peer, ok=ok, result=result, sha256=sha256)
 
     def _sha(self, version: str | None) -> str | None:
         if not version or "@" not in version:
@@ -105,21 +146,17 @@ class Service:
     def _status(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return self.engine.status().to_json()
 
-    def _load(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    def _load(self, params: dict[str, Any], peer: Peer, commit: Commit) -> dict[str, Any]:
         slot = params["slot"]
         before = set(self.engine.versions(slot))
         source: str | None = params.get("source")
         if source is not None:
-            version = self.engine.load(slot, source, params.get("filename"))
+            version = self.engine.load(slot, source, params.get("filename"), commit=commit)
         else:
-            version = self.engine.load_path(slot, params["path"], params.get("filename"))
-            with contextlib.suppress(LivepatchError):  # a ready .so has no source
-                source = self.engine.source(version)
+            version = self.engine.load_path(
+                slot, params["path"], params.get("filename"), commit=commit
+            )
         info = self.engine.info(version)
-        if self.store is not None and source is not None:
-            # Durable before the journal line that names it (and the reply).
-            # A ready shared object is not kept: a restart cannot restore it.
-            self.store.put(source, info.filename)
         return {
             "version": version,
             "new": version not in before,
@@ -127,23 +164,24 @@ class Service:
             "sha256": info.sha256,
         }
 
-    def _check(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        report = self.engine.check(params["version"])
+    def _check(self, params: dict[str, Any], peer: Peer, commit: Commit) -> dict[str, Any]:
+        report = self.engine.check(params["version"], commit=commit)
         return {**report.to_json(), "state": self.engine.info(params["version"]).state}
 
-    def _swap(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return self.engine.swap(params["version"], expect=params.get("expect")).to_json()
+    def _swap(self, params: dict[str, Any], peer: Peer, commit: Commit) -> dict[str, Any]:
+        swapped = self.engine.swap(params["version"], expect=params.get("expect"), commit=commit)
+        return swapped.to_json()
 
-    def _rollback(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return self.engine.rollback(params["slot"]).to_json()
+    def _rollback(self, params: dict[str, Any], peer: Peer, commit: Commit) -> dict[str, Any]:
+        return self.engine.rollback(params["slot"], commit=commit).to_json()
 
-    def _purge(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        self.engine.purge(params["version"])
+    def _purge(self, params: dict[str, Any], peer: Peer, commit: Commit) -> dict[str, Any]:
+        self.engine.purge(params["version"], commit=commit)
         return {"version": params["version"], "state": self.engine.info(params["version"]).state}
 
-    def _unload(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        result = self.engine.unload(params["version"], wait_s=float(params.get("wait_s", 0.0)))
-        return result.to_json()
+    def _unload(self, params: dict[str, Any], peer: Peer, commit: Commit) -> dict[str, Any]:
+        wait_s = float(params.get("wait_s", 0.0))
+        return self.engine.unload(params["version"], wait_s=wait_s, commit=commit).to_json()
 
     def _symbols(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return self.engine.symbols(params["version"]).to_json()

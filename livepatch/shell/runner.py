@@ -25,6 +25,7 @@ from ..client import (
     split_call_target,
 )
 from ..errors import LivepatchError
+from ..render import printable
 from ..symbols import SymbolDiff
 from .commands import (
     ParsedCommand,
@@ -396,12 +397,12 @@ class CommandRunner:
         for e in entries:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
             peer = e.get("peer") or {}
-            who = peer.get("client") or "-"
+            who = printable(peer.get("client") or "-")
             pid = peer.get("pid")
             mark = "ok " if e["ok"] else (f"{_RED}ERR{_RESET}" if self.color else "ERR")
             lines.append(
                 f"{stamp}  {mark} {e['op']:<8} {e['version'] or '-':<10} "
-                f"{who}{f'[{pid}]' if pid else ''}: {e['result']}"
+                f"{who}{f'[{pid}]' if pid else ''}: {printable(e['result'])}"
             )
         return self._ok(parsed, "\n".join(lines))
 
