@@ -152,6 +152,8 @@ SPEC_CODES = {
     "too-large": -32008,
     # Not in the design's list: errors.CallFailed arrived later; next free code.
     "call-failed": -32009,
+    # errors.StorageError (issue 11): clear of the codes the next kinds take.
+    "storage": -32020,
 }
 
 
@@ -186,7 +188,12 @@ def test_round_trip_every_method(method: str) -> None:
 
 @pytest.mark.parametrize("method", sorted(VALID_PARAMS))
 def test_only_required_params(method: str) -> None:
-    params = {name: "x" for name, spec in METHODS[method].items() if spec.required}
+    sample = {"version": "x@1", "slot": "x"}
+    params = {
+        name: sample.get(spec.text or "", "x")
+        for name, spec in METHODS[method].items()
+        if spec.required
+    }
     # One of each exactly-one-of group is required too.
     for group in EXACTLY_ONE_OF.get(method, ()):
         params[group[-1]] = "spam@1" if method == "call" else "x"
@@ -594,13 +601,15 @@ def test_valid_id_types(rid: Any) -> None:
 
 def test_nan_and_infinity_are_not_json() -> None:
     for token in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"):
-        data = b'{"jsonrpc":"2.0","id":1,"method":"unload","params":{"version":"v","wait_s":%s}}\n'
+        data = (
+            b'{"jsonrpc":"2.0","id":1,"method":"unload","params":{"version":"v@1","wait_s":%s}}\n'
+        )
         error = rejected(authed(), data % token)
         assert error.kind == "parse-error"
     client = ClientConnection()
     for bad in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(ValueError, match="NaN"):
-            client.send_request("unload", {"version": "v", "wait_s": bad})
+            client.send_request("unload", {"version": "v@1", "wait_s": bad})
         with pytest.raises(ValueError):
             client.send_request("call", {"slot": "s", "symbol": "f", "args": [[bad]]})
     assert client.pending == {}
@@ -672,12 +681,49 @@ def test_encoding_is_one_compact_utf8_line() -> None:
     assert json.loads(data)["result"]["text"] == "a\nb\r\u2028é"
 
 
-def test_lone_surrogates_survive() -> None:
-    client, server = ClientConnection(), authed()
+def test_lone_surrogates_are_refused_at_the_boundary() -> None:
+    # Text UTF-8 cannot carry never reaches the engine (or its journal):
+    # refused before sending, and refused by the server when sent raw.
     name = "bad\udcffname.py"
-    _, data = client.send_request("load", {"slot": "s", "source": "", "filename": name})
-    assert data.count(b"\n") == 1
-    assert one_event(server, data).params["filename"] == name
+    with pytest.raises(InvalidParamType, match="not valid Unicode"):
+        ClientConnection().send_request("load", {"slot": "s", "source": "", "filename": name})
+    for params in (
+        {"client": "\ud800"},
+        {"client": "ok", "token": "\udfff"},
+    ):
+        frame = json.dumps(request(1, "hello", params)).encode() + b"\n"
+        error = rejected(ServerConnection(), frame)
+        assert error.kind == "bad-params" and "not valid Unicode" in error.message
+    frame = json.dumps(request(1, "call", {"slot": "s", "symbol": "f", "kwargs": {"\ud800": 1}}))
+    assert rejected(authed(), frame.encode() + b"\n").kind == "bad-params"
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "needle"),
+    [
+        ("check", {"version": "spam@²"}, "not a version id"),
+        ("check", {"version": "spam@01"}, "not a version id"),
+        ("check", {"version": "spam@" + "9" * 5000}, "not a version id"),
+        ("check", {"version": "spam@\u0661"}, "not a version id"),
+        ("swap", {"version": "spam@1", "expect": "x@²"}, "not a version id"),
+        ("diff", {"a": "spam@1", "b": "spam"}, "not a version id"),
+        ("rollback", {"slot": "x@²"}, "not a slot name"),
+        ("rollback", {"slot": "sp\u00e4m"}, "not a slot name"),
+        ("call", {"slot": "s" * 65, "symbol": "f"}, "not a slot name"),
+        ("load", {"slot": "s", "source": "", "filename": "a\0b"}, "NUL"),
+        ("load", {"slot": "s", "path": "x" * 5000}, "over the 4096-character limit"),
+        ("hello", {"client": "c" * 5000}, "over the 4096-character limit"),
+    ],
+)
+def test_ids_and_names_are_checked_at_the_boundary(
+    method: str, params: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(InvalidParams, match=needle):
+        validate_params(method, params)
+    server = ServerConnection() if method == "hello" else authed()
+    error = rejected(server, line(request(1, method, params)))
+    assert error.kind == "bad-params" and needle in error.message
+    assert len(error.message) < 300  # a 5,000-digit id makes a short error
 
 
 def test_reply_over_the_limit() -> None:
@@ -714,18 +760,18 @@ def test_reply_over_the_limit() -> None:
         ("load", {"slot": 3, "source": ""}, InvalidParamType, "'slot' of 'load' must be a string"),
         (
             "unload",
-            {"version": "v", "wait_s": True},
+            {"version": "v@1", "wait_s": True},
             InvalidParamType,
             "must be a number, got boolean",
         ),
-        ("unload", {"version": "v", "wait_s": "1"}, InvalidParamType, "'wait_s'"),
-        ("unload", {"version": "v", "wait_s": -0.5}, InvalidParams, ">= 0"),
+        ("unload", {"version": "v@1", "wait_s": "1"}, InvalidParamType, "'wait_s'"),
+        ("unload", {"version": "v@1", "wait_s": -0.5}, InvalidParams, ">= 0"),
         ("journal", {"limit": 0}, InvalidParams, ">= 1"),
         ("journal", {"limit": True}, InvalidParamType, "an integer"),
         ("journal", {"limit": 1.0}, InvalidParamType, "an integer"),
-        ("swap", {"version": "v", "expect": 1}, InvalidParamType, "a string or null"),
+        ("swap", {"version": "v@1", "expect": 1}, InvalidParamType, "a string or null"),
         ("call", {"symbol": "f"}, InvalidParams, "exactly one of 'slot' or 'version'"),
-        ("call", {"slot": "s", "version": "v", "symbol": "f"}, InvalidParams, "exactly one"),
+        ("call", {"slot": "s", "version": "v@1", "symbol": "f"}, InvalidParams, "exactly one"),
         ("call", {"slot": "s", "symbol": "f", "args": {}}, InvalidParamType, "an array"),
         ("call", {"slot": "s", "symbol": "f", "kwargs": []}, InvalidParamType, "an object"),
         ("load", ["s", "src"], InvalidParamType, "use named params"),
@@ -743,11 +789,13 @@ def test_bad_params(method: str, params: Any, exc: type[Exception], needle: str)
 
 def test_good_edge_params() -> None:
     for method, params in [
-        ("swap", {"version": "v", "expect": None}),
-        ("unload", {"version": "v", "wait_s": 0}),
-        ("unload", {"version": "v", "wait_s": 2.5}),
+        ("swap", {"version": "v@1", "expect": None}),
+        ("unload", {"version": "v@1", "wait_s": 0}),
+        ("unload", {"version": "v@1", "wait_s": 2.5}),
         ("journal", {"limit": 1}),
         ("call", {"version": "spam@1", "symbol": "f", "args": [], "kwargs": {}}),
+        ("check", {"version": "spam_2@10"}),
+        ("hello", {"client": "évian \x1b[1m"}),  # shown escaped, never refused
     ]:
         assert validate_params(method, params) == params
         rid, data = ClientConnection().send_request(method, params)
@@ -914,19 +962,32 @@ BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+TEXT_FOR: dict[str, st.SearchStrategy[str]] = {
+    "version": st.from_regex(r"[a-z_][a-z0-9_]{0,5}@[1-9][0-9]{0,5}", fullmatch=True),
+    "slot": st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+    "name": st.text(max_size=20).filter(lambda t: "\0" not in t),
+    "client": st.text(max_size=20),
+}
+
+
 @st.composite
 def valid_params(draw: st.DrawFn, method: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, spec in METHODS[method].items():
         if spec.required or draw(st.booleans()):
             strategy = st.one_of([BY_TYPE[t] for t in spec.types])
+            if spec.text is not None:
+                text = TEXT_FOR[spec.text]
+                strategy = st.one_of([text if t == "string" else BY_TYPE[t] for t in spec.types])
             if spec.minimum is not None:
                 strategy = strategy.filter(functools.partial(operator.le, spec.minimum))
             params[name] = draw(strategy)
     for group in EXACTLY_ONE_OF.get(method, ()):
         for name in group:
             params.pop(name, None)
-        params[draw(st.sampled_from(group))] = draw(st.text(max_size=10))
+        chosen = draw(st.sampled_from(group))
+        text = METHODS[method][chosen].text
+        params[chosen] = draw(TEXT_FOR[text] if text else st.text(max_size=10))
     return params
 
 
