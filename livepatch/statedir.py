@@ -174,12 +174,16 @@ def _take_lock(dir_fd: int, path: Path, engine_name: str) -> int:
         os.close(fd)
         name, pid = [*holder, "?", "?"][:2]
         raise StateDirError(f"state dir {path} is in use by engine {name} (pid {pid})") from None
-    # Who holds it, for the message above. Best effort: on a full disk the
-    # lock still holds, the second engine just cannot say by whom.
+    return fd
+
+
+def _sign_lock(fd: int, engine_name: str) -> None:
+    """Say who holds the lock, for the message above; once the state dir is
+    accepted, so a refused start changes nothing. Best effort: on a full
+    disk the lock still holds, a second engine just cannot say by whom."""
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{engine_name or '?'} {os.getpid()}\n".encode("ascii", "replace"), 0)
-    return fd
 
 
 # -- the store -----------------------------------------------------------------
@@ -446,6 +450,7 @@ class StateDir:
             if strays:
                 warn(f"state dir {path}: removed {strays} temporary file(s) left by a crash")
             self.journal, self._history = self._open_journal(recover, engine_name)
+            _sign_lock(self._lock_fd, engine_name)
         except BaseException:
             self._close_fds()
             raise
