@@ -163,6 +163,9 @@ SPEC_CODES = {
 
 def test_tables_match_the_spec() -> None:
     assert dict(proto.ERROR_CODES) == SPEC_CODES
+    # One class per engine kind, carrying its kind and its code.
+    assert errors.error_for_kind("storage") is errors.StorageError
+    assert proto.code_for_kind(errors.StorageError.kind) == errors.StorageError.code
     assert set(METHODS) == set(VALID_PARAMS)
     assert proto.PROTOCOL_VERSION == 1
     assert MAX_FRAME == 16 * 1024 * 1024
