@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .engine import Engine
 from .errors import LivepatchError, StorageError
+from .model import is_slot_name
 from .native import NativeInterface, is_elf
 from .quarantine import Quarantine
 from .statedir import StateDir
@@ -51,7 +52,7 @@ def _emit_json(value: Any) -> None:
 
 def _parse_slot_spec(spec: str) -> tuple[str, type | NativeInterface | None]:
     name, sep, target = spec.partition("=")
-    if not sep or not name.isidentifier():
+    if not sep or not is_slot_name(name):
         raise UsageError(
             f"--slot {spec!r}: use NAME=module:Protocol, e.g. spam=pkg.rules:SpamRules"
         )

@@ -260,12 +260,16 @@ def test_torn_last_record_is_ignored_with_one_line(runtime_dir: Path, tmp_path: 
     good = journal.read_bytes()
     with open(journal, "ab") as f:
         f.write(b'{"crc":"0badf00d","seq":15,"time":1.0,"op":"sw')  # a crash mid-write
+    stray = state / "sources" / f".{'0' * 64}.py.4242.tmp"  # and mid-store
+    stray.write_bytes(b"half a source")
+    stray.chmod(0o600)
     proc = engine(state)
     with Client.connect() as client:
         assert active(client) == "spam@3"
     err = stop(proc)
     torn = [line for line in err.splitlines() if "torn" in line]
     assert len(torn) == 1 and "never acknowledged" in torn[0]
+    assert not stray.exists() and "removed 1 temporary file" in err
     assert journal.read_bytes().startswith(good)  # cut off, then appended after
     assert len(read_journal(journal)) == len(good.splitlines()) + 1
 
