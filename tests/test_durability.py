@@ -267,7 +267,7 @@ def test_torn_last_record_is_ignored_with_one_line(runtime_dir: Path, tmp_path: 
     with Client.connect() as client:
         assert active(client) == "spam@3"
     err = stop(proc)
-    torn = [line for line in err.splitlines() if "torn" in line]
+    torn = [line for line in err.splitlines() if "torn last record" in line]
     assert len(torn) == 1 and "never acknowledged" in torn[0]
     assert not stray.exists() and "removed 1 temporary file" in err
     assert journal.read_bytes().startswith(good)  # cut off, then appended after
