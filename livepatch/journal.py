@@ -34,6 +34,7 @@ import select
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,8 @@ class Journal:
         self._seq = 0
         self._size = 0
         self._pending: list[JournalEntry] = []
+        #: Called (under the journal's lock) once deferred records are written.
+        self.on_deferred_written: Callable[[], None] | None = None
         self._broken: str | None = None
         if found is not None:
             self._entries.extend(found.entries)
@@ -396,6 +399,8 @@ class Journal:
         ]
         if self._fd is not None:
             self._write(b"".join(encode_record(e) for e in numbered))
+        if self._pending and self.on_deferred_written is not None:
+            self.on_deferred_written()
         self._pending.clear()
         self._seq += len(numbered)
         self._entries.extend(numbered)

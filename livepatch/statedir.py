@@ -36,6 +36,7 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -204,6 +205,9 @@ class SourceStore:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
             dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._fd = dir_fd
+        # Two slots may commit the same source at once: one writer at a time
+        # keeps the temporary names apart and no version id is lost from a .json.
+        self._lock = threading.Lock()
 
     @staticmethod
     def _name(sha256: str, suffix: str) -> str:
@@ -249,6 +253,10 @@ class SourceStore:
     def put(self, source: str | None, filename: str, version: str, sha256: str) -> None:
         """Store ``source`` (``None``: a ready object, ids only) under its
         sha256 and note that ``version`` was committed with it."""
+        with self._lock:
+            self._put(source, filename, version, sha256)
+
+    def _put(self, source: str | None, filename: str, version: str, sha256: str) -> None:
         try:
             if source is not None:
                 data = source.encode("utf-8", "surrogatepass")
@@ -634,6 +642,11 @@ class StateDir:
                 f"state dir {self.path}: serving read-only: {error.message} "
                 "(every change is refused with `storage` until the journal can be written)"
             )
+            self.journal.on_deferred_written = self._writable_again
+
+    def _writable_again(self) -> None:
+        self.read_only = None
+        self.warn(f"state dir {self.path}: writable again; the start is journaled now")
 
     def _restore_one(self, engine: Engine, version: str, sha: str) -> RestoredSlot:
         slot, _ = parse_version_id(version)
