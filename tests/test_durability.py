@@ -407,12 +407,15 @@ def test_nasty_requests_are_refused_and_never_break_a_restart(
         sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"hello","params":{"client":"\\ud800"}}\n')
         reply = json.loads(sock.makefile("rb").readline())
     assert reply["error"]["data"]["kind"] == "bad-params"
+    # Odd but valid text is accepted, journaled escaped, and restored.
+    with Client.connect(client_name="c\x1b[31m\u2028" + "x" * 3000) as client:
+        odd = deploy(client, V2, "we\x1bird\nname\u202e.py")
     stop(proc, kill=True)
     restarted = engine(state)  # it starts
     try:
         with Client.connect() as client:
-            assert active(client) == "spam@1"
-            assert client.load("spam", V2, "spam_v2.py") == "spam@2"  # not spam@100
+            assert active(client) == odd == "spam@2"
+            assert client.load("spam", V2 + "\n# 3\n", "v3.py") == "spam@3"  # not spam@100
     finally:
         stop(restarted)
 
