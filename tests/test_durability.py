@@ -489,17 +489,18 @@ def test_an_engine_name_is_unique_whatever_the_transport(
 @pytest.fixture
 def stranger() -> Iterator[int]:
     """The uid of a throwaway local user (``nobody`` if useradd is not there)."""
+    if os.geteuid() != 0:
+        pytest.skip("a foreign-owned directory needs root (chown) here")
     name = f"lp{uuid.uuid4().hex[:8]}"
-    if shutil.which("useradd") and os.geteuid() == 0:
-        subprocess.run(["useradd", "--no-create-home", name], check=True, capture_output=True)
-        try:
-            yield pwd.getpwnam(name).pw_uid
-        finally:
+    made = shutil.which("useradd") is not None and (
+        subprocess.run(["useradd", "--no-create-home", name], capture_output=True).returncode == 0
+    )
+    try:
+        # /etc/passwd may be locked by someone else's useradd: nobody will do.
+        yield pwd.getpwnam(name if made else "nobody").pw_uid
+    finally:
+        if made:
             subprocess.run(["userdel", name], check=False, capture_output=True)
-    else:
-        if os.geteuid() != 0:
-            pytest.skip("a foreign-owned directory needs root (chown) here")
-        yield pwd.getpwnam("nobody").pw_uid
 
 
 def test_a_state_dir_of_another_user_is_refused(
