@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol
 
 from livepatch.render import (
     color_allowed,
+    printable,
     render_diff,
     render_report,
     render_status,
@@ -659,7 +660,8 @@ class JournalView(View):
             return "(journal is empty)"
         return "\n".join(
             f"{_stamp(e.get('time'))}  {'ok ' if e.get('ok') else 'ERR'} "
-            f"{e.get('op', '?'):<8} {e.get('version') or '-':<10} {_who(e)}: {e.get('result', '')}"
+            f"{e.get('op', '?'):<8} {e.get('version') or '-':<10} "
+            f"{printable(_who(e))}: {printable(str(e.get('result', '')))}"
             for e in self.data
         )
 

@@ -7,7 +7,7 @@ import textwrap
 
 from stdlib_corpus import load_source
 
-from livepatch.render import render_diff, render_report, render_row, render_table
+from livepatch.render import printable, render_diff, render_report, render_row, render_table
 from livepatch.resolve import Problem, ResolveReport, check_module
 from livepatch.symbols import SymbolRow, SymbolTable, build_symbol_table, diff_tables
 
@@ -157,3 +157,9 @@ def test_report_counts_and_warnings() -> None:
     assert lines[2] == "  line -  missing-member  explain: SpamRules requires explain(msg)"
     assert lines[3] == "  line 3  shadowed (warning)  x: x hides a builtin"
     assert render_report(ResolveReport("spam@4", ())) == "spam@4: ok, no problems"
+
+
+def test_printable_escapes_terminal_controls() -> None:
+    # A client name can carry ESC, BEL, CR or a C1 CSI: shown, never obeyed.
+    assert printable("evil\x1b]2;x\x07\r\u009b2J") == "evil\\x1b]2;x\\x07\\r\\x9b2J"
+    assert printable("évian 名前") == "évian 名前"
