@@ -505,10 +505,10 @@ class StateDir:
             if found.damage is not None:
                 if not recover:
                     d = found.damage
+                    kept = f"keep records 1-{d.record - 1} and " if d.record > 1 else ""
                     raise StateDirError(
                         f"state dir {self.path}: {where} line {d.line}: {d.reason}; start with "
-                        f"--recover to keep records 1-{d.record - 1} and set the rest aside "
-                        "in a file"
+                        f"--recover to {kept}set the rest aside in a file"
                     )
                 note = self._set_aside(fd, data, found)
             elif found.torn_bytes:
