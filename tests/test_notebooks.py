@@ -227,6 +227,8 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     # LD_DEBUG prefixes its lines with the pid, right-aligned in ten columns
     # (objdump's "    1030:\tjmp", eight columns, is not one of them).
     (re.compile(r"^(?= {0,9}\d)[ \d]{10}:\t", re.M), "PID:\t"),
+    # A rendered check report links problems to source lines through ids made per render.
+    (re.compile(r"\blp-[0-9a-f]{8}(?=-L\d)"), "lp-ID"),
     (re.compile(r"\bpid \d+"), "pid N"),
     (re.compile(r"\b(ipython|python3?)([-\[])\d+"), r"\1\2N"),
     (re.compile(r"\b0x[0-9a-f]{8,}\b"), "0xADDR"),
