@@ -91,7 +91,7 @@ EXPECTED = {
     ],
     "03-elf-in-depth": [
         "call   1030 <keyword_hits@plt>",
-        "R_X86_64_JUMP_SLO",
+        "R_X86_64_JUMP_SLOT",
         "R_X86_64_GLOB_DAT",
         "call   1120 <keyword_hits>",
         "v2's classify -> 0",
