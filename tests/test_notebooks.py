@@ -247,9 +247,10 @@ def normalise(text: str, *, live: bool = False) -> str:
 
     Only what a rerun changes by itself is touched: pids, runtime addresses
     (``/proc/PID/maps``, ``0x7f…``), temporary directories, this checkout's
-    and this interpreter's paths, dates and times; with ``live``, the call
-    counts of live traffic. Everything a lesson claims (letters, states,
-    ``freed``, permissions, file offsets, exit codes) is left as it is.
+    and any interpreter's paths, dates and times, the anchor ids a check
+    report makes per render; with ``live``, the call counts of live traffic.
+    Everything a lesson claims (letters, states, ``freed``, permissions, file
+    offsets, exit codes) is left as it is.
     """
     for path, name in _path_rules():
         text = text.replace(path, name)
