@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
+from .handoff import check_handoff, hand_over
 from .model import (
     EngineStatus,
     Event,
@@ -381,8 +382,9 @@ class Engine:
                 module, code = self._live(v)
                 with cyclic_gc_paused():
                     report = check_module(v.id, module, code, s.interface)
-                if v.import_threads:
-                    report = ResolveReport(report.version, report.problems + v.import_threads)
+                extra = (*v.import_threads, *check_handoff(module.__dict__))
+                if extra:
+                    report = ResolveReport(report.version, report.problems + extra)
             v.report = report
             self._move(v, Op.CHECK_OK if report.ok else Op.CHECK_FAIL)
         return report
@@ -436,7 +438,14 @@ class Engine:
                     "fix them and load a new version",
                     version=v.id,
                 )
-            self._move(v, Op.SWAP_IN)  # raises BadState before anything changes
+            transition(v.id, v.state, Op.SWAP_IN)  # raises BadState before anything changes
+            handed_over = False
+            if current is not None and current.namespace is not None and v.obj is None:
+                # Erlang's code_change: the new version takes what it wants
+                # of the old one's state before anyone can call it. If the
+                # hook raises, CallFailed and nothing has changed.
+                handed_over = hand_over(v.id, v.namespace or {}, current.namespace)
+            self._move(v, Op.SWAP_IN)
             if current is not None:
                 self._move(current, Op.SWAP_OUT)
                 s.history.append(current)
@@ -447,7 +456,9 @@ class Engine:
             self._fast[v.slot] = (v.namespace, v.calls, v.errors)
             if v in s.history:
                 s.history.remove(v)
-        return SwapResult(v.slot, v.id, current.id if current else None, changed=True)
+        return SwapResult(
+            v.slot, v.id, current.id if current else None, changed=True, handed_over=handed_over
+        )
 
     def rollback(self, slot: str) -> SwapResult:
         """Swap back to the most recently retired version of ``slot``."""
