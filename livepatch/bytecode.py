@@ -29,17 +29,22 @@ them; those are the lookups the check must vouch for.
 from __future__ import annotations
 
 import dis
-import hashlib
 import re
 import sys
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from types import CodeType, FunctionType, MethodType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
 from typing import Final
+
+from livepatch.codehash import code_hash, hash_code_memo, short_hash
+from livepatch.excguard import exception_entries, guarded_by
+
+# Kept importable from here, where callers found them before the split.
+_exception_entries = exception_entries
 
 __all__ = [
     "AttrChain",
@@ -111,8 +116,17 @@ def _byte_class(*opcodes: int) -> re.Pattern[bytes]:
 # Code that runs later only needs its global lookups and bindings; the module
 # body also needs its imports.
 _CODE_OPS: Final = _byte_class(
-    _LOAD_GLOBAL, _LOAD_NAME, _STORE_NAME, _DELETE_NAME, _STORE_GLOBAL, _DELETE_GLOBAL
+    _LOAD_GLOBAL,
+    _LOAD_NAME,
+    _STORE_NAME,
+    _DELETE_NAME,
+    _STORE_GLOBAL,
+    _DELETE_GLOBAL,
+    _IMPORT_NAME,
 )
+# read_sites() wants the global loads only.
+_READ_OPS: Final = _byte_class(_LOAD_GLOBAL, _LOAD_NAME)
+_SETUP_ANNOTATIONS: Final = bytes([_OP["SETUP_ANNOTATIONS"]])
 _MODULE_OPS: Final = _byte_class(
     _LOAD_GLOBAL,
     _LOAD_NAME,
@@ -176,6 +190,7 @@ class CodeFacts:
     chains: tuple[AttrChain, ...]
     probed: frozenset[str]
     children: tuple[CodeFacts, ...]
+    imports: bool = False  # has an ``import`` statement (binding a local name)
 
     def line_at(self, offset: int) -> int | None:
         """The source line of the instruction at ``offset`` in this code."""
@@ -248,6 +263,7 @@ _NO_ORIGINS: Final[dict[str, str]] = {}
 _NO_OFFSETS: Final[dict[str, int]] = {}  # shared, never written: CodeFacts are read-only
 _NO_NAMES: Final[frozenset[str]] = frozenset()
 _NO_STARS: Final[list[tuple[str, int | None]]] = []
+_NO_DELETES: Final[set[str]] = set()  # shared, never written: only module scans add
 
 
 class _RawScan:
@@ -256,9 +272,11 @@ class _RawScan:
     __slots__ = (
         "attr_stores",
         "chains",
+        "deletes",
         "global_binds",
         "global_reads",
         "import_origins",
+        "imports",
         "name_binds",
         "name_reads",
         "probed",
@@ -277,7 +295,9 @@ class _RawScan:
         self.chains: list[AttrChain] | None = None
         self.probed: set[str] | None = None
         self.attr_stores: set[str] | None = None
+        self.imports = False  # an ``import`` statement in code that runs later
         # module body only
+        self.deletes: set[str] = set() if module else _NO_DELETES
         self.store_lines: dict[str, list[int]] = {} if module else _NO_LINES
         self.store_offsets: dict[str, list[int]] = {} if module else _NO_LINES
         self.import_origins: dict[str, str] = {} if module else _NO_ORIGINS
@@ -380,6 +400,8 @@ def _scan(code: CodeType, *, module: bool) -> _RawScan:
             if out.name_binds is None:
                 out.name_binds = {}
             out.name_binds.setdefault(name, i * 2)
+            if module and op == _DELETE_NAME:
+                out.deletes.add(name)
             if module and op == _STORE_NAME and lines is not None:
                 line = lines.at(i * 2)
                 if line is not None:
@@ -398,10 +420,21 @@ def _scan(code: CodeType, *, module: bool) -> _RawScan:
                 out.global_binds = {}
             out.global_binds.setdefault(name, i * 2)
             if module and op == _STORE_GLOBAL and lines is not None:
+                # The module body stores with STORE_GLOBAL a name that some
+                # function declares ``global``; imports bind it that way too.
                 line = lines.at(i * 2)
                 if line is not None:
                     out.store_lines.setdefault(name, []).append(line)
                 out.store_offsets.setdefault(name, []).append(i * 2)
+                p = _previous_instruction(ops, i)
+                if pending is not None and p >= 0 and ops[p] in (_IMPORT_NAME, _IMPORT_FROM):
+                    out.import_origins[name] = _import_origin(
+                        pending, pending_origin if ops[p] == _IMPORT_FROM else None, name
+                    )
+            elif module and op == _DELETE_GLOBAL:
+                out.deletes.add(name)
+        elif op == _IMPORT_NAME and not module:
+            out.imports = True
         elif op == _IMPORT_NAME:
             fromlist, p = _const_before(code, ops, args, i)
             level, _q = _const_before(code, ops, args, p) if p >= 0 else (_MISSING, -1)
@@ -456,71 +489,6 @@ def iter_code_objects(code: CodeType) -> list[CodeType]:
     return out
 
 
-# --- hashing -----------------------------------------------------------------
-
-
-def short_hash(text: str) -> str:
-    """A 12-hex-digit digest of ``text`` (the size of every symbol-table hash)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-
-
-_NESTED: Final = (CodeType, tuple, frozenset)
-
-
-def _const_key(value: object, memo: dict[int, str]) -> object:
-    """A deterministic stand-in for a constant: frozensets are sorted (their
-    order follows string hashing, randomised per process) and nested code
-    objects stand for their own hash. Other constants stand for themselves."""
-    if isinstance(value, CodeType):
-        return "<code " + _hash_code(value, memo) + ">"
-    if isinstance(value, tuple):
-        return tuple(_const_key(v, memo) if isinstance(v, _NESTED) else v for v in value)
-    if isinstance(value, frozenset):
-        return "{" + ",".join(sorted(repr(_const_key(v, memo)) for v in value)) + "}"
-    return value
-
-
-def _hash_code(code: CodeType, memo: dict[int, str]) -> str:
-    cached = memo.get(id(code))
-    if cached is not None:
-        return cached
-    consts = code.co_consts
-    for const in consts:
-        if isinstance(const, _NESTED):
-            consts = _const_key(consts, memo)  # type: ignore[assignment]
-            break
-    # Everything that affects behaviour and nothing that records where the
-    # code sits: co_firstlineno, co_linetable and co_filename are left out so
-    # moving a function does not change its hash. Jumps in co_code and the
-    # exception table are relative offsets, not lines.
-    header = repr(
-        (
-            code.co_name,
-            code.co_argcount,
-            code.co_posonlyargcount,
-            code.co_kwonlyargcount,
-            code.co_flags,
-            code.co_names,
-            code.co_varnames,
-            code.co_freevars,
-            code.co_cellvars,
-            consts,
-        )
-    )
-    h = hashlib.blake2b(header.encode("utf-8", "surrogatepass"), digest_size=6)
-    h.update(code.co_code)
-    h.update(code.co_exceptiontable)
-    digest = h.hexdigest()
-    memo[id(code)] = digest
-    return digest
-
-
-def code_hash(code: CodeType) -> str:
-    """A 12-hex-digit hash of ``code`` and its nested code objects that ignores
-    line and column information."""
-    return _hash_code(code, {})
-
-
 # --- liveness ----------------------------------------------------------------
 
 _MISSING: Final = object()
@@ -544,6 +512,14 @@ def _mark(facts: CodeFacts, dead: set[int]) -> None:
 
 def _own_methods(body: CodeFacts) -> set[int]:
     return {id(c.code) for c in body.children if c.role is CodeRole.FUNCTION}
+
+
+def _foreign_function(value: object, namespace: Mapping[str, object]) -> bool:
+    """Whether ``value`` is a function of another module or of C: a ``def``
+    whose name is bound to it was replaced (``excepthook = _thread._excepthook``)."""
+    if isinstance(value, FunctionType):
+        return value.__globals__ is not namespace
+    return isinstance(value, BuiltinFunctionType)
 
 
 def _code_ids(value: object, namespace: Mapping[str, object]) -> set[int]:
@@ -598,6 +574,7 @@ class ModuleFacts:
         "readers",
         "star_imports",
         "top",
+        "top_deletes",
         "top_store_offsets",
         "top_stores",
         "weak",
@@ -616,6 +593,8 @@ class ModuleFacts:
         self.star_imports: tuple[tuple[str, int | None], ...] = tuple(top_scan.star_imports)
         #: lines where load-time code binds each module-level name
         self.top_stores: dict[str, list[int]] = top_scan.store_lines
+        #: names the module body deletes (``del helper``)
+        self.top_deletes: frozenset[str] = frozenset(top_scan.deletes)
         #: module-body offsets of the instructions binding each name
         self.top_store_offsets: dict[str, list[int]] = top_scan.store_offsets
         #: class bodies sitting directly in the module body, by qualname
@@ -648,6 +627,9 @@ class ModuleFacts:
             # binds can reach the module namespace.
             local = scan.name_binds or _NO_OFFSETS
             reads = {k: v for k, v in (scan.name_reads or {}).items() if k not in local}
+            if "__annotations__" in reads and _SETUP_ANNOTATIONS in code.co_code[::2]:
+                # An annotated class body binds its own ``__annotations__``.
+                del reads["__annotations__"]
             reads.update(scan.global_reads)
             chains = tuple(c for c in scan.chains or () if c.base not in local)
         else:
@@ -664,6 +646,7 @@ class ModuleFacts:
             chains=chains,
             probed=frozenset(scan.probed) if scan.probed else _NO_NAMES,
             children=(),
+            imports=scan.imports,
         )
         if scan.attr_stores:
             self.attr_stores |= scan.attr_stores
@@ -754,7 +737,9 @@ class ModuleFacts:
                 if codes:
                     if id(child.code) not in codes:
                         _mark(child, dead)
-                elif top_level and self._imported(name, value):
+                elif _foreign_function(value, namespace) or (
+                    top_level and self._imported(name, value)
+                ):
                     _mark(child, dead)
             elif child.role is CodeRole.CLASS:
                 value = scope.get(_mangle(name, class_name), _MISSING)
@@ -814,7 +799,7 @@ class ModuleFacts:
     def hash_of(self, code: CodeType) -> str:
         """:func:`code_hash` of ``code``, memoised for this module's code objects."""
         with self._lock:
-            return _hash_code(code, self._hash_memo)
+            return hash_code_memo(code, self._hash_memo)
 
     def statement_lines(self, offset: int) -> tuple[int, int] | None:
         """(first, last) line of the module-body statement whose binding
@@ -880,96 +865,6 @@ def module_facts(code: CodeType) -> ModuleFacts:
     return facts
 
 
-# --- exception guards (consulted only for names that fail to resolve) --------
-
-
-def _varints(table: bytes) -> list[int]:
-    """The exception table's numbers: 6 bits per byte, most significant
-    first, bit 0x40 set while more bytes follow. (Bit 0x80 only marks where
-    an entry starts; every entry is exactly four numbers.)"""
-    out: list[int] = []
-    value = 0
-    for byte in table:
-        value = (value << 6) | (byte & 0x3F)
-        if not byte & 0x40:
-            out.append(value)
-            value = 0
-    return out
-
-
-def _exception_entries(code: CodeType) -> list[tuple[int, int, int]]:
-    """(start, end, handler) byte offsets from ``co_exceptiontable``."""
-    numbers = _varints(code.co_exceptiontable)
-    return [
-        (numbers[i] * 2, (numbers[i] + numbers[i + 1]) * 2, numbers[i + 2] * 2)
-        for i in range(0, len(numbers) - 3, 4)
-    ]
-
-
-def _catches(
-    instructions: dict[int, dis.Instruction],
-    ordered: list[int],
-    handler: int,
-    exceptions: Collection[str],
-) -> bool:
-    """Whether the ``except`` clauses starting at ``handler`` name one of
-    ``exceptions``. A bare ``except:`` or ``except Exception:`` does not
-    count: it would hide a typo rather than expect a missing name."""
-    first = instructions.get(handler)
-    if first is None or first.opname != "PUSH_EXC_INFO":
-        return False
-    index = ordered.index(handler) + 1
-    loaded: list[str] = []
-    while index < len(ordered):
-        instr = instructions[ordered[index]]
-        index += 1
-        if instr.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_DEREF"):
-            loaded.append(str(instr.argval))
-        elif instr.opname == "BUILD_TUPLE":
-            continue
-        elif instr.opname == "CHECK_EXC_MATCH":
-            if any(name in exceptions for name in loaded):
-                return True
-            loaded = []
-            # On no match the next instruction jumps to the following clause.
-            if index >= len(ordered):
-                return False
-            jump = instructions[ordered[index]]
-            if not jump.opname.startswith("POP_JUMP") or jump.argval not in instructions:
-                return False
-            index = ordered.index(jump.argval)
-        else:
-            return False
-    return False
-
-
-def guarded_by(code: CodeType, offset: int, exceptions: Collection[str]) -> bool:
-    """Whether the instruction at ``offset`` runs inside a ``try`` whose
-    ``except`` clause names one of ``exceptions`` (``AttributeError`` for an
-    attribute read, ``NameError`` for a name), looking through enclosing
-    ``with``/``finally`` blocks and non-matching clauses to outer ``try``
-    statements of the same code object."""
-    entries = _exception_entries(code)
-    if not entries:
-        return False
-    instructions = {i.offset: i for i in dis.get_instructions(code)}
-    ordered = sorted(instructions)
-    seen: set[int] = set()
-    position = offset
-    while position not in seen:
-        seen.add(position)
-        handler = next((t for s, e, t in entries if s <= position < e), None)
-        if handler is None:
-            return False
-        if _catches(instructions, ordered, handler, exceptions):
-            return True
-        # Not caught here: the exception leaves this handler (finally, with
-        # cleanup, no matching clause) through code that the next enclosing
-        # table entry covers.
-        position = handler
-    return False
-
-
 def read_sites(code: CodeType, name: str) -> list[tuple[int, int | None]]:
     """(offset, line) of every instruction in ``code`` that loads global
     ``name`` (LOAD_GLOBAL, or LOAD_NAME in a class body)."""
@@ -980,7 +875,7 @@ def read_sites(code: CodeType, name: str) -> list[tuple[int, int | None]]:
     ops = raw[::2]
     args = raw[1::2]
     out: list[tuple[int, int | None]] = []
-    for match in _CODE_OPS.finditer(ops):
+    for match in _READ_OPS.finditer(ops):
         i = match.start()
         op = ops[i]
         arg = _arg(ops, args, i)
