@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .errors import LoadFailed
 from .native_build import BASE_FLAGS, compile_c, find_compiler
 from .native_elf import ElfInfo, ElfSymbol, NotSharedObject, is_elf, read_elf
-from .native_link import RTLD_LOCAL, RTLD_NOW, Scope, dl, dlsym, mappings
+from .native_link import RTLD_LOCAL, RTLD_NOW, MissingVersion, Scope, dl, dlsym, mappings
 from .report import Problem, ResolveReport
 from .symbols import SymbolRow, SymbolTable
 
@@ -543,11 +543,22 @@ class NativeBackend:
                         f"DT_NEEDED library {library} cannot be opened: {_short_dlerror(error)}",
                     )
                 )
+            missing_versions = scope.missing_versions()
+            reported: set[tuple[str, str]] = set()
             for sym in obj.info.symbols:
                 if sym.defined or sym.bind == "WEAK" or sym.bind == "LOCAL":
                     continue
-                if scope.lookup(sym.name) is None:
+                need = (sym.version_library or "", sym.version or "")
+                if need in missing_versions:
+                    reported.add(need)
+                    problems.append(
+                        _missing_version(sym, missing_versions[need], lines.used(sym.name))
+                    )
+                elif scope.lookup(sym.name, sym.version) is None:
                     problems.append(self._unresolved(sym, obj.info, lines.used(sym.name)))
+            for need, missing in missing_versions.items():
+                if need not in reported:  # needed, yet no symbol of ours asks for it
+                    problems.append(_missing_version(None, missing, None))
             problems.extend(self._entry_problems(obj.info, lines))
             if not any(p.severity == "error" for p in problems) and obj.handle is None:
                 problems.extend(self._map(obj, quarantine))
@@ -558,6 +569,15 @@ class NativeBackend:
 
     def _unresolved(self, sym: ElfSymbol, info: ElfInfo, line: int | None) -> Problem:
         where = ", ".join(info.needed) or "no DT_NEEDED libraries"
+        if sym.version is not None:
+            return Problem(
+                "unresolved",
+                f"{sym.name}@{sym.version}",
+                line,
+                f"undefined symbol {sym.name!r} needs version {sym.version} "
+                f"(of {sym.version_library}), which neither the host process nor the object's "
+                f"libraries ({where}) define for it: dlopen would refuse the object",
+            )
         if sym.lazy and not info.bind_now:
             # Called through the PLT: RTLD_LAZY would map the object fine.
             what, later = "function", "with RTLD_LAZY its first call would kill the process"
@@ -683,12 +703,16 @@ class NativeBackend:
                     prefix = "weak, " if sym.bind == "WEAK" else ""
                     detail = f"{prefix}size {sym.size}{extra}{kind}"
                 else:
-                    where = scope.lookup(sym.name)
+                    # The version the dynamic linker would bind: the one the
+                    # reference asks for, and only if its library defines it.
+                    where = scope.lookup(sym.name, sym.version)
                     version_note = f" ({sym.version})" if sym.version and where else ""
+                    if sym.version and not where:
+                        version_note = f" ({sym.version} not defined)"
                     if sym.bind == "WEAK":
                         detail = f"weak undefined: {where or 'absent (allowed)'}{version_note}"
                     else:
-                        detail = f"{where}{version_note}" if where else "?"
+                        detail = f"{where or '?'}{version_note}"
                 rows.append(
                     SymbolRow(
                         name=sym.name,
@@ -736,6 +760,19 @@ class NativeBackend:
         if info.unique:
             return f"STB_GNU_UNIQUE symbols: {', '.join(info.unique)}"
         return "another handle is open (a ctypes.CDLL or dlopen elsewhere) or an object needs it"
+
+
+def _missing_version(sym: ElfSymbol | None, missing: MissingVersion, line: int | None) -> Problem:
+    """A needed symbol version its library does not define: what glibc
+    refuses with "version `VER_3' not found", found before mapping."""
+    what = f"undefined symbol {sym.name!r} needs" if sym is not None else "the object needs"
+    return Problem(
+        "missing-version",
+        f"{sym.name}@{missing.version}" if sym is not None else missing.version,
+        line,
+        f"{what} version {missing.version} of {missing.library}, but {missing.describe()}: "
+        "dlopen would refuse the object",
+    )
 
 
 def _short_dlerror(error: str) -> str:

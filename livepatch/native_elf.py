@@ -59,7 +59,8 @@ class ElfSymbol:
     ``LOCAL``; ``type`` is ``FUNC``, ``OBJECT``, ``NOTYPE``, ``IFUNC``,
     ``TLS`` ...; ``section`` is the section name, or ``UND`` / ``ABS``.
     ``version`` is the symbol version an undefined symbol asks for
-    (``GLIBC_2.2.5``). ``digest`` hashes the symbol's bytes in the file.
+    (``GLIBC_2.2.5``) and ``version_library`` the library it asks it of
+    (``libc.so.6``, from ``.gnu.version_r``). ``digest`` hashes the symbol's bytes in the file.
     ``lazy`` is true for an undefined symbol referenced only through the
     PLT (``JUMP_SLOT`` relocations): ``RTLD_LAZY`` binds it at its first
     call, not when the object is mapped.
@@ -76,6 +77,7 @@ class ElfSymbol:
     version: str | None
     digest: str
     lazy: bool = False
+    version_library: str | None = None
 
     @property
     def defined(self) -> bool:
@@ -100,6 +102,8 @@ class ElfInfo:
     symbols: tuple[ElfSymbol, ...]
     #: Linked with ``-z now``: every symbol is bound when mapped, even lazily.
     bind_now: bool = False
+    #: Every (library, version) the object needs (``.gnu.version_r``).
+    needed_versions: tuple[tuple[str, str], ...] = ()
 
     def symbol(self, name: str) -> ElfSymbol | None:
         """The exported (non-local) symbol ``name``, defined ones first."""
@@ -184,16 +188,37 @@ def _fold(nm: str, section: Any) -> str:
     return nm.upper()
 
 
-def _versions_needed(elf: Any) -> dict[int, str]:
-    """Version index -> name of the versions the object asks its libraries for."""
-    out: dict[int, str] = {}
+def _versions_needed(elf: Any) -> dict[int, tuple[str, str]]:
+    """Version index -> (library, version name) of the versions the object
+    asks its libraries for (``.gnu.version_r``: ``libc.so.6``, ``GLIBC_2.2.5``)."""
+    out: dict[int, tuple[str, str]] = {}
     section = elf.get_section_by_name(".gnu.version_r")
     if section is None:
         return out
-    for _verneed, auxiliaries in section.iter_versions():
+    for verneed, auxiliaries in section.iter_versions():
+        library = str(verneed.name)
         for aux in auxiliaries:
-            out[int(aux["vna_other"])] = str(aux.name)
+            out[int(aux["vna_other"])] = (library, str(aux.name))
     return out
+
+
+def version_definitions(path: str | os.PathLike[str]) -> frozenset[str] | None:
+    """The symbol versions a library defines (``.gnu.version_d``), its base
+    version (the soname) included; ``None`` when it has no version
+    definitions at all (an unversioned library satisfies no version need)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as stream:
+        elf = ELFFile(stream)
+        section: Any = elf.get_section_by_name(".gnu.version_d")
+        if section is None:
+            return None
+        names: set[str] = set()
+        for _verdef, auxiliaries in section.iter_versions():
+            for aux in auxiliaries:
+                names.add(str(aux.name))
+                break  # the first auxiliary names the version; the rest are parents
+        return frozenset(names)
 
 
 def read_elf(path: str | os.PathLike[str], *, shown: str | None = None) -> ElfInfo:
@@ -267,10 +292,10 @@ def _read(elf: Any, stream: BinaryIO, shown: str) -> ElfInfo:
                 bind_now = True
         lazy = _plt_only(elf, dynamic)
     symbols: list[ElfSymbol] = []
+    versions = _versions_needed(elf)
     dynsym = elf.get_section_by_name(".dynsym")
     if dynsym is not None:
         versym = elf.get_section_by_name(".gnu.version")
-        versions = _versions_needed(elf)
         for index, sym in enumerate(dynsym.iter_symbols()):
             if index == 0 or not sym.name:
                 continue
@@ -279,7 +304,14 @@ def _read(elf: Any, stream: BinaryIO, shown: str) -> ElfInfo:
                 continue
             symbols.append(_symbol(elf, stream, sym, index, versym, versions, index in lazy))
     return ElfInfo(
-        machine, soname, tuple(needed), tuple(runpath), nodelete, tuple(symbols), bind_now
+        machine,
+        soname,
+        tuple(needed),
+        tuple(runpath),
+        nodelete,
+        tuple(symbols),
+        bind_now,
+        tuple(dict.fromkeys(versions[k] for k in sorted(versions))),
     )
 
 
@@ -314,7 +346,7 @@ def _symbol(
     sym: Any,
     index: int,
     versym: Any,
-    versions: dict[int, str],
+    versions: dict[int, tuple[str, str]],
     lazy: bool,
 ) -> ElfSymbol:
     # pyelftools names the GNU values by their range: STB_LOOS is
@@ -329,10 +361,11 @@ def _symbol(
     size = int(sym["st_size"])
     value = int(sym["st_value"])
     version = None
+    version_library = None
     if versym is not None and undefined:
         ndx = versym.get_symbol(index)["ndx"]
-        if isinstance(ndx, int):
-            version = versions.get(ndx)
+        if isinstance(ndx, int) and ndx in versions:
+            version_library, version = versions[ndx]
     if undefined:
         digest = _digest(f"U {sym.name} {version or ''}".encode())
         section_name = "UND"
@@ -359,5 +392,6 @@ def _symbol(
         value=value,
         version=version,
         digest=digest,
+        version_library=version_library,
         lazy=lazy and undefined,
     )
