@@ -165,7 +165,11 @@ class _Scope:
                 return False  # registered, aliased, passed somewhere at load
             stack.extend(current.children)
         live = self.live_ids()
-        callers = [r for r in self.facts.readers.get(name, ()) if id(r.code) in live]
+        callers = [
+            r
+            for r in self.facts.readers.get(name, ())
+            if id(r.code) in live and r.code is not code.code  # recursion is no caller
+        ]
         if not callers:
             return False  # called only from elsewhere (``_strptime._strptime_time``)
         for reader in callers:

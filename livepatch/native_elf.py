@@ -202,6 +202,24 @@ def _versions_needed(elf: Any) -> dict[int, tuple[str, str]]:
     return out
 
 
+_VER_FLG_WEAK: Final = 0x2
+
+
+def _strong_needs(elf: Any) -> set[tuple[str, str]]:
+    """The needed versions without ``VER_FLG_WEAK`` (a weak one that is
+    missing is only a warning for glibc)."""
+    out: set[tuple[str, str]] = set()
+    section = elf.get_section_by_name(".gnu.version_r")
+    if section is None:
+        return out
+    for verneed, auxiliaries in section.iter_versions():
+        for aux in auxiliaries:
+            flags = aux["vna_flags"]
+            if not (isinstance(flags, int) and flags & _VER_FLG_WEAK):
+                out.add((str(verneed.name), str(aux.name)))
+    return out
+
+
 def version_definitions(path: str | os.PathLike[str]) -> frozenset[str] | None:
     """The symbol versions a library defines (``.gnu.version_d``), its base
     version (the soname) included; ``None`` when it has no version
@@ -293,6 +311,7 @@ def _read(elf: Any, stream: BinaryIO, shown: str) -> ElfInfo:
         lazy = _plt_only(elf, dynamic)
     symbols: list[ElfSymbol] = []
     versions = _versions_needed(elf)
+    strong = _strong_needs(elf)
     dynsym = elf.get_section_by_name(".dynsym")
     if dynsym is not None:
         versym = elf.get_section_by_name(".gnu.version")
@@ -311,7 +330,7 @@ def _read(elf: Any, stream: BinaryIO, shown: str) -> ElfInfo:
         nodelete,
         tuple(symbols),
         bind_now,
-        tuple(dict.fromkeys(versions[k] for k in sorted(versions))),
+        tuple(n for n in dict.fromkeys(versions[k] for k in sorted(versions)) if n in strong),
     )
 
 

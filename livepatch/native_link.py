@@ -172,7 +172,7 @@ class MissingVersion:
     defined: tuple[str, ...]  # the versions the library does define, base excluded
 
     def describe(self) -> str:
-        """``libver.so defines only VER_1`` (or defines no versions at all)."""
+        """``libver.so (/path) defines only VER_1``."""
         if not self.defined:
             return f"{self.library} ({self.path}) defines no symbol versions"
         return f"{self.library} ({self.path}) defines only {', '.join(self.defined)}"
@@ -258,6 +258,9 @@ class Scope:
             defined = _definitions(path)
             if defined is not None and version in defined:
                 continue
+            # A library without any version definitions passes glibc's version
+            # check, but binding a versioned reference to it then fails an
+            # assertion in ld.so (check_match) that ends the process: refuse.
             shown = tuple(sorted(v for v in (defined or ()) if v != library))
             out[(library, version)] = MissingVersion(library, version, path, shown)
         return out

@@ -134,8 +134,8 @@ def test_a_private_helper_called_only_behind_a_false_guard_is_not_checked() -> N
             return os.only_on_that_platform(fd)
         def _called_here(fd):
             return os.missing_here_too(fd)
-        def _never_called_here():
-            return os.nor_here()
+        def _never_called_here(n):
+            return os.nor_here() if n else _never_called_here(n - 1)
         def public_helper():
             return os.still_checked()
         def copy(fd):
@@ -145,7 +145,7 @@ def test_a_private_helper_called_only_behind_a_false_guard_is_not_checked() -> N
         """
     )
     # _called_here is reachable; _never_called_here has no caller in the
-    # module (another module may call it) and public_helper is public.
+    # module but itself (another module may call it); public_helper is public.
     assert found(report) == {
         ("error", "missing-attribute", "os.missing_here_too"),
         ("error", "missing-attribute", "os.nor_here"),

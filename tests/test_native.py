@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -611,7 +612,7 @@ def versioned(tmp_path: Path) -> dict[str, Path]:
     """Libraries of one soname, libver.so, in three directories: ``v3`` defines
     foo at VER_3 (what the rules link against); ``v1`` defines only VER_1, as
     an older build of the library would; ``v3_elsewhere`` defines VER_3, but
-    foo only at VER_1."""
+    foo only at VER_1; ``plain`` has no symbol versions at all."""
     v3 = versioned_library(
         tmp_path / "v3",
         "VER_1 { global: foo_old; local: *; };\nVER_3 { global: foo; } VER_1;\n",
@@ -627,7 +628,10 @@ def versioned(tmp_path: Path) -> dict[str, Path]:
         "VER_1 { global: foo; local: *; };\nVER_3 { global: bar; } VER_1;\n",
         "int foo(void) { return 1; }\nint bar(void) { return 3; }\n",
     )
-    return {"v3": v3.parent, "v1": v1.parent, "v3_elsewhere": elsewhere.parent}
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    build(plain, "libver.so", "int foo(void) { return 7; }\n", "-Wl,-soname,libver.so")
+    return {"v3": v3.parent, "v1": v1.parent, "v3_elsewhere": elsewhere.parent, "plain": plain}
 
 
 def versioned_backend(link_dir: Path, run_dir: Path) -> NativeBackend:
@@ -702,3 +706,31 @@ def test_a_ready_object_needing_a_missing_version_fails_its_check_in_the_engine(
     assert [(p.kind, p.symbol) for p in report.errors] == [("missing-version", "foo@VER_3")]
     assert mappings(mapped_file(engine, v)) == []
     assert engine.call("n", "classify", "Win") == 1  # the active version keeps serving
+
+
+def test_an_unversioned_library_does_not_satisfy_a_version_need(
+    tmp_path: Path, versioned: dict[str, Path]
+) -> None:
+    # glibc lets the version check pass here, then aborts the whole process
+    # in an assertion when it binds foo@VER_3 (a child shows it); the check
+    # refuses the object instead, without mapping it.
+    backend = versioned_backend(versioned["v3"], versioned["plain"])
+    obj = backend.load("n@1", VERSIONED_USER, "rules.c")
+    try:
+        report, _functions = backend.check("n@1", obj)
+        assert [(p.kind, p.symbol) for p in report.errors] == [("missing-version", "foo@VER_3")]
+        assert "defines no symbol versions" in report.errors[0].message
+        assert obj.handle is None and mappings(obj.path) == []
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import ctypes, os; ctypes.CDLL({str(obj.path)!r}, os.RTLD_NOW)",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert child.returncode != 0 and "check_match" in child.stderr
+    finally:
+        obj.close()
