@@ -102,8 +102,11 @@ def _load(name: str, path: Path) -> tuple[types.ModuleType, types.CodeType]:
     a new namespace (the real module, imported first, stays in place so the
     body's own imports find their siblings)."""
     importlib.import_module(name)
-    source = path.read_bytes()
-    code = compile(source, str(path), "exec", dont_inherit=True)
+    # The compiled code from the bytecode cache when it is fresh (the same
+    # code compile() would make), so the corpus costs little more than its exec.
+    code = importlib.machinery.SourceFileLoader(name, str(path)).get_code(name)
+    if code is None:
+        raise ImportError(f"no code for {name}")
     module = types.ModuleType(name)
     module.__file__ = str(path)
     is_package = path.name == "__init__.py"
