@@ -9,11 +9,13 @@ version; the stdlib and dependency corpus is in ``tests/test_corpus.py``.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Protocol
 
 import pytest
@@ -439,3 +441,99 @@ def test_local_imports_of_modules_not_imported_yet_are_left_alone() -> None:
         """
     )
     assert report.problems == ()
+
+
+def test_handlers_loops_and_nested_definitions_follow_the_guards() -> None:
+    report = check(
+        f"""\
+        import sys
+        def handler(x):
+            try:
+                return int(x)
+            except ValueError:
+                return missing_in_handler
+        def loop(items):
+            while items and sys.platform == {OTHER!r}:
+                items = other_platform_only(items)
+            for item in items:
+                if sys.version_info < (3,):
+                    return py2_only(item)
+            return items
+        def nested():
+            if sys.platform == {OTHER!r}:
+                def helper():
+                    return windows_thing()
+                return helper
+            def here():
+                return typo_in_nested()
+            return here
+        VALUE = _FLAG = sys.platform == {OTHER!r}
+        def assigned(x):
+            y = _FLAG and other_platform_only(x)
+            z = _FLAG or runs_here(x)
+            return y, z
+        """
+    )
+    assert found(report) == {
+        ("error", "unresolved", "missing_in_handler"),
+        ("error", "unresolved", "typo_in_nested"),
+        ("error", "unresolved", "runs_here"),
+    }
+
+
+def test_every_line_that_runs_is_reachable() -> None:
+    # The pruning is sound: run the functions with several arguments and
+    # trace the lines they execute; each must hold a reachable instruction.
+    from livepatch.guards import Reachability
+
+    source = textwrap.dedent(
+        f"""\
+        import os
+        import sys
+        _ON_OTHER = sys.platform == {OTHER!r}
+        _setmode = None
+        def work(flag, items):
+            out = []
+            if _ON_OTHER and flag:
+                out.append(1)
+            elif flag or os.name == {OTHER_OS!r}:
+                out.append(2)
+            for item in items:
+                if sys.version_info >= (3, 0) and item:
+                    out.append(item)
+                else:
+                    out.append(-1)
+            try:
+                out.append(int(flag))
+            except (TypeError, ValueError):
+                out.append(None)
+            if _setmode is not None or hasattr(os, "getpid"):
+                out.append(os.getpid() > 0)
+            return out
+        """
+    )
+    loaded = load_source(source)
+    work = loaded.module.work
+    ran: set[int] = set()
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        if frame.f_code is work.__code__ and event == "line":
+            ran.add(frame.f_lineno)
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for flag in (True, False, "x", 0):
+            work(flag, [0, 1, 2])
+            work(flag, [])
+    finally:
+        sys.settrace(None)
+    ns = loaded.module.__dict__
+    reach = Reachability(ns, vars(builtins), {}, set())
+    reachable_lines = {
+        line
+        for start, end, line in work.__code__.co_lines()
+        if line is not None and any(o in reach.offsets(work.__code__) for o in range(start, end, 2))
+    }
+    assert ran and ran <= reachable_lines
+    assert 8 not in reachable_lines  # ``out.append(1)``: behind _ON_OTHER
