@@ -33,7 +33,7 @@ from typing import Final
 
 from livepatch.codehash import code_hash, hash_code_memo, short_hash
 from livepatch.excguard import exception_entries, guarded_by
-from livepatch.opscan import _SETUP_ANNOTATIONS, AttrChain, RawScan, line_at, read_sites
+from livepatch.opscan import SETUP_ANNOTATIONS, AttrChain, RawScan, line_at, read_sites
 from livepatch.opscan import scan as scan_code
 
 # Kept importable from here, where callers found them before the split.
@@ -257,7 +257,7 @@ class ModuleFacts:
             # binds can reach the module namespace.
             local = scan.name_binds or _NO_OFFSETS
             reads = {k: v for k, v in (scan.name_reads or {}).items() if k not in local}
-            if "__annotations__" in reads and _SETUP_ANNOTATIONS in code.co_code[::2]:
+            if "__annotations__" in reads and SETUP_ANNOTATIONS in code.co_code[::2]:
                 # An annotated class body binds its own ``__annotations__``.
                 del reads["__annotations__"]
             reads.update(scan.global_reads)

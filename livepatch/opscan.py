@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Final
 
-__all__ = ["AttrChain", "RawScan", "line_at", "read_sites", "scan"]
+__all__ = ["SETUP_ANNOTATIONS", "AttrChain", "RawScan", "line_at", "read_sites", "scan"]
 
 _MISSING: Final = object()
 
@@ -90,7 +90,8 @@ _CODE_OPS: Final = _byte_class(
 )
 # read_sites() wants the global loads only.
 _READ_OPS: Final = _byte_class(_LOAD_GLOBAL, _LOAD_NAME)
-_SETUP_ANNOTATIONS: Final = bytes([_OP["SETUP_ANNOTATIONS"]])
+#: The SETUP_ANNOTATIONS opcode as a byte, to find in ``co_code[::2]``.
+SETUP_ANNOTATIONS: Final = bytes([_OP["SETUP_ANNOTATIONS"]])
 _MODULE_OPS: Final = _byte_class(
     _LOAD_GLOBAL,
     _LOAD_NAME,
