@@ -278,6 +278,31 @@ _FOLLOW: Final = frozenset(
 )
 
 
+def _module_store(
+    out: RawScan,
+    name: str,
+    i: int,
+    ops: bytes,
+    lines: _Lines,
+    pending: tuple[str, object, object] | None,
+    pending_origin: str | None,
+) -> None:
+    """Record a store of the module body: where it is, and the import it binds.
+
+    An import binds with a store right after IMPORT_NAME or IMPORT_FROM;
+    ``from m import a, b`` repeats the pair per name.
+    """
+    line = lines.at(i * 2)
+    if line is not None:
+        out.store_lines.setdefault(name, []).append(line)
+    out.store_offsets.setdefault(name, []).append(i * 2)
+    p = _previous_instruction(ops, i)
+    if pending is not None and p >= 0 and ops[p] in (_IMPORT_NAME, _IMPORT_FROM):
+        out.import_origins[name] = _import_origin(
+            pending, pending_origin if ops[p] == _IMPORT_FROM else None, name
+        )
+
+
 def scan(code: CodeType, *, module: bool) -> RawScan:
     """Read ``code``'s global lookups, bindings, attribute chains and (for
     the ``module`` body) imports."""
@@ -324,17 +349,7 @@ def scan(code: CodeType, *, module: bool) -> RawScan:
             if module and op == _DELETE_NAME:
                 out.deletes.add(name)
             if module and op == _STORE_NAME and lines is not None:
-                line = lines.at(i * 2)
-                if line is not None:
-                    out.store_lines.setdefault(name, []).append(line)
-                out.store_offsets.setdefault(name, []).append(i * 2)
-                # An import binds with a store right after IMPORT_NAME or
-                # IMPORT_FROM; ``from m import a, b`` repeats the pair per name.
-                p = _previous_instruction(ops, i)
-                if pending is not None and p >= 0 and ops[p] in (_IMPORT_NAME, _IMPORT_FROM):
-                    out.import_origins[name] = _import_origin(
-                        pending, pending_origin if ops[p] == _IMPORT_FROM else None, name
-                    )
+                _module_store(out, name, i, ops, lines, pending, pending_origin)
         elif op in _GLOBAL_BINDS:
             name = names[arg]
             if out.global_binds is None:
@@ -343,15 +358,7 @@ def scan(code: CodeType, *, module: bool) -> RawScan:
             if module and op == _STORE_GLOBAL and lines is not None:
                 # The module body stores with STORE_GLOBAL a name that some
                 # function declares ``global``; imports bind it that way too.
-                line = lines.at(i * 2)
-                if line is not None:
-                    out.store_lines.setdefault(name, []).append(line)
-                out.store_offsets.setdefault(name, []).append(i * 2)
-                p = _previous_instruction(ops, i)
-                if pending is not None and p >= 0 and ops[p] in (_IMPORT_NAME, _IMPORT_FROM):
-                    out.import_origins[name] = _import_origin(
-                        pending, pending_origin if ops[p] == _IMPORT_FROM else None, name
-                    )
+                _module_store(out, name, i, ops, lines, pending, pending_origin)
             elif module and op == _DELETE_GLOBAL:
                 out.deletes.add(name)
         elif op == _IMPORT_NAME and not module:
