@@ -9,14 +9,7 @@ in one pass over each code object and caches the result per top-level code
 object, so building a table and checking the same version reads the bytecode
 once.
 
-Speed matters here (load + check has a budget, see the design's Performance
-section), so the walk does not build a :class:`dis.Instruction` per opcode.
-In ``co_code`` inline cache entries are zeroed (opcode 0 is ``CACHE``) and
-every opcode sits at an even offset, so the opcode bytes alone
-(``co_code[::2]``) can be searched with a compiled byte pattern for the few
-opcodes of interest, in C. Line numbers are looked up only where they are
-reported. ``tests/test_resolve.py`` cross-checks this reader against
-:mod:`dis` on the stdlib corpus.
+The bytecode itself is read by :mod:`livepatch.opscan`, fast.
 
 *When* code runs matters to the check. The module body, the bodies of
 classes defined at top level and comprehensions sitting directly in those
@@ -28,18 +21,23 @@ them; those are the lookups the check must vouch for.
 
 from __future__ import annotations
 
-import dis
-import hashlib
-import re
 import sys
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from types import CodeType, FunctionType, MethodType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
 from typing import Final
+
+from livepatch.codehash import code_hash, hash_code_memo, short_hash
+from livepatch.excguard import exception_entries, guarded_by
+from livepatch.opscan import SETUP_ANNOTATIONS, AttrChain, RawScan, line_at, read_sites
+from livepatch.opscan import scan as scan_code
+
+# Kept importable from here, where callers found them before the split.
+_exception_entries = exception_entries
 
 __all__ = [
     "AttrChain",
@@ -55,77 +53,9 @@ __all__ = [
     "short_hash",
 ]
 
-# Opcode numbers, looked up once; -1 for opcodes this Python lacks.
-_OP: Final = dis.opmap
-_EXTENDED_ARG: Final = dis.EXTENDED_ARG
-_LOAD_CONST: Final = _OP["LOAD_CONST"]
-_LOAD_GLOBAL: Final = _OP["LOAD_GLOBAL"]
-_LOAD_NAME: Final = _OP["LOAD_NAME"]
-_STORE_NAME: Final = _OP["STORE_NAME"]
-_DELETE_NAME: Final = _OP["DELETE_NAME"]
-_STORE_GLOBAL: Final = _OP["STORE_GLOBAL"]
-_DELETE_GLOBAL: Final = _OP["DELETE_GLOBAL"]
-_LOAD_ATTR: Final = _OP["LOAD_ATTR"]
-_LOAD_METHOD: Final = _OP.get("LOAD_METHOD", -1)  # folded into LOAD_ATTR in 3.12
-_STORE_ATTR: Final = _OP["STORE_ATTR"]
-_DELETE_ATTR: Final = _OP["DELETE_ATTR"]
-_IMPORT_NAME: Final = _OP["IMPORT_NAME"]
-_IMPORT_FROM: Final = _OP["IMPORT_FROM"]
-_IMPORT_STAR: Final = _OP.get("IMPORT_STAR", -1)  # an intrinsic call from 3.12 on
-_CALL_INTRINSIC_1: Final = _OP.get("CALL_INTRINSIC_1", -1)
-_INTRINSIC_IMPORT_STAR: Final = 2
-_GLOBAL_LOADS: Final = frozenset({_LOAD_GLOBAL, _LOAD_NAME})
-_NAME_BINDS: Final = frozenset({_STORE_NAME, _DELETE_NAME})
-_GLOBAL_BINDS: Final = frozenset({_STORE_GLOBAL, _DELETE_GLOBAL})
-_ATTR_LOADS: Final = frozenset({_LOAD_ATTR, _LOAD_METHOD} - {-1})
-_ATTR_STORES: Final = frozenset({_STORE_ATTR, _DELETE_ATTR})
 
-
-def _cache_table() -> list[int]:
-    """Inline cache units after each opcode (``dis`` keeps this as a list
-    indexed by opcode in 3.11/3.12 and as a dict by name later)."""
-    found = getattr(dis, "_inline_cache_entries", None)
-    table = [0] * 256
-    if isinstance(found, list | tuple):
-        for op, count in enumerate(found[:256]):
-            table[op] = count
-    elif isinstance(found, dict):
-        for key, count in found.items():
-            op = _OP.get(key, -1) if isinstance(key, str) else key
-            if isinstance(op, int) and 0 <= op < 256:
-                table[op] = count
-    return table
-
-
-_CACHES: Final = _cache_table()
-
-# LOAD_GLOBAL keeps a "push NULL" flag in the low bit of its argument (3.11+);
-# LOAD_ATTR does the same with a "method" flag from 3.12 on.
-_ATTR_SHIFT: Final = 1 if sys.version_info >= (3, 12) else 0
-
-
-def _byte_class(*opcodes: int) -> re.Pattern[bytes]:
-    return re.compile(b"[" + b"".join(re.escape(bytes([op])) for op in opcodes if op >= 0) + b"]")
-
-
-# Code that runs later only needs its global lookups and bindings; the module
-# body also needs its imports.
-_CODE_OPS: Final = _byte_class(
-    _LOAD_GLOBAL, _LOAD_NAME, _STORE_NAME, _DELETE_NAME, _STORE_GLOBAL, _DELETE_GLOBAL
-)
-_MODULE_OPS: Final = _byte_class(
-    _LOAD_GLOBAL,
-    _LOAD_NAME,
-    _STORE_NAME,
-    _DELETE_NAME,
-    _STORE_GLOBAL,
-    _DELETE_GLOBAL,
-    _IMPORT_NAME,
-    _IMPORT_FROM,
-    _IMPORT_STAR,
-    _CALL_INTRINSIC_1,
-)
-
+_NO_OFFSETS: Final[dict[str, int]] = {}  # shared, never written: CodeFacts are read-only
+_NO_NAMES: Final[frozenset[str]] = frozenset()
 _CO_OPTIMIZED: Final = 0x1
 _COMPREHENSIONS: Final = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
 
@@ -137,18 +67,6 @@ class CodeRole(StrEnum):
     CLASS = "class"  # a class body: runs once, in its own namespace
     FUNCTION = "function"  # def, lambda, method
     COMPREHENSION = "comprehension"  # list/set/dict comprehension, generator expression
-
-
-@dataclass(frozen=True, slots=True)
-class AttrChain:
-    """``base.a.b`` read in code: a global name followed by attribute loads.
-
-    ``attrs`` holds (attribute, bytecode offset) per read, so a problem can
-    point at the exact failing instruction.
-    """
-
-    base: str
-    attrs: tuple[tuple[str, int], ...]
 
 
 @dataclass(slots=True)
@@ -176,266 +94,11 @@ class CodeFacts:
     chains: tuple[AttrChain, ...]
     probed: frozenset[str]
     children: tuple[CodeFacts, ...]
+    imports: bool = False  # has an ``import`` statement (binding a local name)
 
     def line_at(self, offset: int) -> int | None:
         """The source line of the instruction at ``offset`` in this code."""
         return line_at(self.code, offset)
-
-
-def line_at(code: CodeType, offset: int) -> int | None:
-    """The source line of the instruction at byte ``offset`` of ``code``
-    (what ``dis`` reports as ``positions.lineno``)."""
-    for start, end, line in code.co_lines():
-        if start <= offset < end:
-            return line
-    return None
-
-
-class _Lines:
-    """Line lookups for offsets visited in increasing order (one pass over
-    ``co_lines()``), used for the module body's many top-level stores."""
-
-    __slots__ = ("_end", "_it", "_line")
-
-    def __init__(self, code: CodeType) -> None:
-        self._it = iter(code.co_lines())
-        self._end = -1
-        self._line: int | None = None
-
-    def at(self, offset: int) -> int | None:
-        while offset >= self._end:
-            try:
-                _start, self._end, self._line = next(self._it)
-            except StopIteration:
-                return self._line
-        return self._line
-
-
-def _arg(ops: bytes, args: bytes, i: int) -> int:
-    """The full argument of the instruction at unit ``i``, EXTENDED_ARG
-    prefixes included."""
-    arg = args[i]
-    shift = 8
-    i -= 1
-    while i >= 0 and ops[i] == _EXTENDED_ARG:
-        arg |= args[i] << shift
-        shift += 8
-        i -= 1
-    return arg
-
-
-def _next_instruction(ops: bytes, i: int) -> int:
-    """Unit index of the instruction after the one at ``i`` (skipping its
-    cache entries and the next one's EXTENDED_ARG prefixes)."""
-    i += 1 + _CACHES[ops[i]]
-    end = len(ops)
-    while i < end and (ops[i] == _EXTENDED_ARG or ops[i] == 0):
-        i += 1
-    return i
-
-
-def _previous_instruction(ops: bytes, i: int) -> int:
-    """Unit index of the instruction before the one at ``i``, or of a cache
-    entry (opcode 0) when that instruction has caches; -1 at the start."""
-    i -= 1
-    while i >= 0 and ops[i] == _EXTENDED_ARG:
-        i -= 1
-    return i
-
-
-_NO_LINES: Final[dict[str, list[int]]] = {}
-_NO_ORIGINS: Final[dict[str, str]] = {}
-_NO_OFFSETS: Final[dict[str, int]] = {}  # shared, never written: CodeFacts are read-only
-_NO_NAMES: Final[frozenset[str]] = frozenset()
-_NO_STARS: Final[list[tuple[str, int | None]]] = []
-
-
-class _RawScan:
-    """The result of reading one code object's bytecode once."""
-
-    __slots__ = (
-        "attr_stores",
-        "chains",
-        "global_binds",
-        "global_reads",
-        "import_origins",
-        "name_binds",
-        "name_reads",
-        "probed",
-        "star_imports",
-        "store_lines",
-        "store_offsets",
-    )
-
-    def __init__(self, module: bool) -> None:
-        # One of these per code object: containers most code never fills are
-        # created on first use (allocation is most of the cost of a scan).
-        self.global_reads: dict[str, int] = {}
-        self.name_reads: dict[str, int] | None = None
-        self.global_binds: dict[str, int] | None = None
-        self.name_binds: dict[str, int] | None = None
-        self.chains: list[AttrChain] | None = None
-        self.probed: set[str] | None = None
-        self.attr_stores: set[str] | None = None
-        # module body only
-        self.store_lines: dict[str, list[int]] = {} if module else _NO_LINES
-        self.store_offsets: dict[str, list[int]] = {} if module else _NO_LINES
-        self.import_origins: dict[str, str] = {} if module else _NO_ORIGINS
-        self.star_imports: list[tuple[str, int | None]] = [] if module else _NO_STARS
-
-
-def _relative(module: str, level: object) -> str:
-    return ("." * level if isinstance(level, int) else "") + module
-
-
-def _const_before(code: CodeType, ops: bytes, args: bytes, i: int) -> tuple[object, int]:
-    """The constant loaded by the instruction before unit ``i`` if it is a
-    LOAD_CONST (``_MISSING`` otherwise), and that instruction's index."""
-    p = _previous_instruction(ops, i)
-    if p >= 0 and ops[p] == _LOAD_CONST:
-        return code.co_consts[_arg(ops, args, p)], p
-    return _MISSING, p
-
-
-def _follow(
-    out: _RawScan, names: tuple[str, ...], ops: bytes, args: bytes, base: str, j: int
-) -> None:
-    """What the instructions from unit ``j`` do with the global ``base`` just
-    loaded: attribute reads (a chain), an attribute store, or (for
-    ``hasattr``) the global passed to it."""
-    size = len(ops)
-    op = ops[j]
-    if op == _LOAD_GLOBAL:
-        if base == "hasattr":
-            if out.probed is None:
-                out.probed = set()
-            out.probed.add(names[_arg(ops, args, j) >> 1])
-        return
-    attrs: list[tuple[str, int]] = []
-    while op in _ATTR_LOADS:
-        a = _arg(ops, args, j)
-        attrs.append((names[a >> _ATTR_SHIFT if op == _LOAD_ATTR else a], j * 2))
-        j = _next_instruction(ops, j)
-        if j >= size:
-            break
-        op = ops[j]
-    if attrs:
-        if out.chains is None:
-            out.chains = []
-        out.chains.append(AttrChain(base, tuple(attrs)))
-    if j < size and op in _ATTR_STORES:
-        # ``sys.ps1 = ">>> "``: this code gives the module that attribute at
-        # run time, so reading it elsewhere is not a missing attribute.
-        if out.attr_stores is None:
-            out.attr_stores = set()
-        out.attr_stores.add(".".join([base, *(a for a, _off in attrs), names[_arg(ops, args, j)]]))
-
-
-# After a global load, only these next opcodes need a closer look.
-_FOLLOW: Final = frozenset(
-    op for op in (_LOAD_ATTR, _LOAD_METHOD, _STORE_ATTR, _DELETE_ATTR, _LOAD_GLOBAL) if op >= 0
-)
-
-
-def _scan(code: CodeType, *, module: bool) -> _RawScan:
-    """Read ``code``'s global lookups, bindings, attribute chains and (for
-    the ``module`` body) imports."""
-    out = _RawScan(module)
-    names = code.co_names
-    if not names:
-        return out  # every opcode of interest takes its argument from co_names
-    raw = code.co_code
-    ops = raw[::2]
-    args = raw[1::2]
-    size = len(ops)
-    caches = _CACHES
-    follow = _FOLLOW
-    global_reads = out.global_reads
-    lines = _Lines(code) if module else None
-    pending: tuple[str, object, object] | None = None  # (module, level, fromlist)
-    pending_origin: str | None = None
-
-    for match in (_MODULE_OPS if module else _CODE_OPS).finditer(ops):
-        i = match.start()
-        op = ops[i]
-        arg = _arg(ops, args, i) if i and ops[i - 1] == _EXTENDED_ARG else args[i]
-
-        if op in _GLOBAL_LOADS:
-            if op == _LOAD_GLOBAL:
-                name = names[arg >> 1]
-                if name not in global_reads:
-                    global_reads[name] = i * 2
-            else:
-                name = names[arg]
-                if out.name_reads is None:
-                    out.name_reads = {}
-                out.name_reads.setdefault(name, i * 2)
-            j = i + 1 + caches[op]
-            while j < size and (ops[j] == 0 or ops[j] == _EXTENDED_ARG):
-                j += 1
-            if j < size and ops[j] in follow:
-                _follow(out, names, ops, args, name, j)
-        elif op in _NAME_BINDS:
-            name = names[arg]
-            if out.name_binds is None:
-                out.name_binds = {}
-            out.name_binds.setdefault(name, i * 2)
-            if module and op == _STORE_NAME and lines is not None:
-                line = lines.at(i * 2)
-                if line is not None:
-                    out.store_lines.setdefault(name, []).append(line)
-                out.store_offsets.setdefault(name, []).append(i * 2)
-                # An import binds with a store right after IMPORT_NAME or
-                # IMPORT_FROM; ``from m import a, b`` repeats the pair per name.
-                p = _previous_instruction(ops, i)
-                if pending is not None and p >= 0 and ops[p] in (_IMPORT_NAME, _IMPORT_FROM):
-                    out.import_origins[name] = _import_origin(
-                        pending, pending_origin if ops[p] == _IMPORT_FROM else None, name
-                    )
-        elif op in _GLOBAL_BINDS:
-            name = names[arg]
-            if out.global_binds is None:
-                out.global_binds = {}
-            out.global_binds.setdefault(name, i * 2)
-            if module and op == _STORE_GLOBAL and lines is not None:
-                line = lines.at(i * 2)
-                if line is not None:
-                    out.store_lines.setdefault(name, []).append(line)
-                out.store_offsets.setdefault(name, []).append(i * 2)
-        elif op == _IMPORT_NAME:
-            fromlist, p = _const_before(code, ops, args, i)
-            level, _q = _const_before(code, ops, args, p) if p >= 0 else (_MISSING, -1)
-            pending = (
-                names[arg],
-                0 if level is _MISSING else level,
-                None if fromlist is _MISSING else fromlist,
-            )
-            pending_origin = None
-        elif op == _IMPORT_FROM and pending is not None:
-            imported, level, fromlist = pending
-            if fromlist is None:
-                # ``import a.b as c`` fetches the submodule with IMPORT_FROM
-                pending_origin = _relative(imported, level)
-            else:
-                dotted = f"{imported}.{names[arg]}" if imported else names[arg]
-                pending_origin = _relative(dotted, level)
-        elif pending is not None and (
-            op == _IMPORT_STAR or (op == _CALL_INTRINSIC_1 and arg == _INTRINSIC_IMPORT_STAR)
-        ):
-            line = lines.at(i * 2) if lines is not None else None
-            out.star_imports.append((_relative(pending[0], pending[1]), line))
-            pending = None
-    return out
-
-
-def _import_origin(pending: tuple[str, object, object], origin: str | None, bound: str) -> str:
-    """Where the object an import statement bound came from."""
-    if origin is not None:
-        return origin
-    module, level, _fromlist = pending
-    # ``import a.b.c`` binds the top package ``a``; ``import a as x`` binds ``a``.
-    top = module.split(".", 1)[0]
-    return _relative(top if bound == top else module, level)
 
 
 def _role(code: CodeType) -> CodeRole:
@@ -454,71 +117,6 @@ def iter_code_objects(code: CodeType) -> list[CodeType]:
         out.extend(c for c in out[i].co_consts if isinstance(c, CodeType))
         i += 1
     return out
-
-
-# --- hashing -----------------------------------------------------------------
-
-
-def short_hash(text: str) -> str:
-    """A 12-hex-digit digest of ``text`` (the size of every symbol-table hash)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-
-
-_NESTED: Final = (CodeType, tuple, frozenset)
-
-
-def _const_key(value: object, memo: dict[int, str]) -> object:
-    """A deterministic stand-in for a constant: frozensets are sorted (their
-    order follows string hashing, randomised per process) and nested code
-    objects stand for their own hash. Other constants stand for themselves."""
-    if isinstance(value, CodeType):
-        return "<code " + _hash_code(value, memo) + ">"
-    if isinstance(value, tuple):
-        return tuple(_const_key(v, memo) if isinstance(v, _NESTED) else v for v in value)
-    if isinstance(value, frozenset):
-        return "{" + ",".join(sorted(repr(_const_key(v, memo)) for v in value)) + "}"
-    return value
-
-
-def _hash_code(code: CodeType, memo: dict[int, str]) -> str:
-    cached = memo.get(id(code))
-    if cached is not None:
-        return cached
-    consts = code.co_consts
-    for const in consts:
-        if isinstance(const, _NESTED):
-            consts = _const_key(consts, memo)  # type: ignore[assignment]
-            break
-    # Everything that affects behaviour and nothing that records where the
-    # code sits: co_firstlineno, co_linetable and co_filename are left out so
-    # moving a function does not change its hash. Jumps in co_code and the
-    # exception table are relative offsets, not lines.
-    header = repr(
-        (
-            code.co_name,
-            code.co_argcount,
-            code.co_posonlyargcount,
-            code.co_kwonlyargcount,
-            code.co_flags,
-            code.co_names,
-            code.co_varnames,
-            code.co_freevars,
-            code.co_cellvars,
-            consts,
-        )
-    )
-    h = hashlib.blake2b(header.encode("utf-8", "surrogatepass"), digest_size=6)
-    h.update(code.co_code)
-    h.update(code.co_exceptiontable)
-    digest = h.hexdigest()
-    memo[id(code)] = digest
-    return digest
-
-
-def code_hash(code: CodeType) -> str:
-    """A 12-hex-digit hash of ``code`` and its nested code objects that ignores
-    line and column information."""
-    return _hash_code(code, {})
 
 
 # --- liveness ----------------------------------------------------------------
@@ -544,6 +142,14 @@ def _mark(facts: CodeFacts, dead: set[int]) -> None:
 
 def _own_methods(body: CodeFacts) -> set[int]:
     return {id(c.code) for c in body.children if c.role is CodeRole.FUNCTION}
+
+
+def _foreign_function(value: object, namespace: Mapping[str, object]) -> bool:
+    """Whether ``value`` is a function of another module or of C: a ``def``
+    whose name is bound to it was replaced (``excepthook = _thread._excepthook``)."""
+    if isinstance(value, FunctionType):
+        return value.__globals__ is not namespace
+    return isinstance(value, BuiltinFunctionType)
 
 
 def _code_ids(value: object, namespace: Mapping[str, object]) -> set[int]:
@@ -598,6 +204,7 @@ class ModuleFacts:
         "readers",
         "star_imports",
         "top",
+        "top_deletes",
         "top_store_offsets",
         "top_stores",
         "weak",
@@ -609,13 +216,15 @@ class ModuleFacts:
         self._line_ranges: list[tuple[int, int, int | None]] | None = None
         self._range_starts: list[int] = []
         self._lock = threading.Lock()
-        top_scan = _scan(code, module=True)
+        top_scan = scan_code(code, module=True)
         #: the module body's imports: bound name -> origin (``re``, ``os.path``)
         self.import_origins: dict[str, str] = top_scan.import_origins
         #: ``from m import *`` in the module body: (module, line)
         self.star_imports: tuple[tuple[str, int | None], ...] = tuple(top_scan.star_imports)
         #: lines where load-time code binds each module-level name
         self.top_stores: dict[str, list[int]] = top_scan.store_lines
+        #: names the module body deletes (``del helper``)
+        self.top_deletes: frozenset[str] = frozenset(top_scan.deletes)
         #: module-body offsets of the instructions binding each name
         self.top_store_offsets: dict[str, list[int]] = top_scan.store_offsets
         #: class bodies sitting directly in the module body, by qualname
@@ -634,7 +243,7 @@ class ModuleFacts:
     def _build(
         self,
         code: CodeType,
-        scan: _RawScan,
+        scan: RawScan,
         role: CodeRole,
         runs_later: bool,
         later: list[CodeFacts],
@@ -648,6 +257,9 @@ class ModuleFacts:
             # binds can reach the module namespace.
             local = scan.name_binds or _NO_OFFSETS
             reads = {k: v for k, v in (scan.name_reads or {}).items() if k not in local}
+            if "__annotations__" in reads and SETUP_ANNOTATIONS in code.co_code[::2]:
+                # An annotated class body binds its own ``__annotations__``.
+                del reads["__annotations__"]
             reads.update(scan.global_reads)
             chains = tuple(c for c in scan.chains or () if c.base not in local)
         else:
@@ -664,6 +276,7 @@ class ModuleFacts:
             chains=chains,
             probed=frozenset(scan.probed) if scan.probed else _NO_NAMES,
             children=(),
+            imports=scan.imports,
         )
         if scan.attr_stores:
             self.attr_stores |= scan.attr_stores
@@ -694,7 +307,7 @@ class ModuleFacts:
                 self.class_bodies.setdefault(const.co_qualname, []).append(const)
             child_later = runs_later or child_role is CodeRole.FUNCTION
             children.append(
-                self._build(const, _scan(const, module=False), child_role, child_later, later)
+                self._build(const, scan_code(const, module=False), child_role, child_later, later)
             )
         if children:
             facts.children = tuple(children)
@@ -754,7 +367,9 @@ class ModuleFacts:
                 if codes:
                     if id(child.code) not in codes:
                         _mark(child, dead)
-                elif top_level and self._imported(name, value):
+                elif _foreign_function(value, namespace) or (
+                    top_level and self._imported(name, value)
+                ):
                     _mark(child, dead)
             elif child.role is CodeRole.CLASS:
                 value = scope.get(_mangle(name, class_name), _MISSING)
@@ -814,7 +429,7 @@ class ModuleFacts:
     def hash_of(self, code: CodeType) -> str:
         """:func:`code_hash` of ``code``, memoised for this module's code objects."""
         with self._lock:
-            return _hash_code(code, self._hash_memo)
+            return hash_code_memo(code, self._hash_memo)
 
     def statement_lines(self, offset: int) -> tuple[int, int] | None:
         """(first, last) line of the module-body statement whose binding
@@ -878,112 +493,3 @@ def module_facts(code: CodeType) -> ModuleFacts:
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return facts
-
-
-# --- exception guards (consulted only for names that fail to resolve) --------
-
-
-def _varints(table: bytes) -> list[int]:
-    """The exception table's numbers: 6 bits per byte, most significant
-    first, bit 0x40 set while more bytes follow. (Bit 0x80 only marks where
-    an entry starts; every entry is exactly four numbers.)"""
-    out: list[int] = []
-    value = 0
-    for byte in table:
-        value = (value << 6) | (byte & 0x3F)
-        if not byte & 0x40:
-            out.append(value)
-            value = 0
-    return out
-
-
-def _exception_entries(code: CodeType) -> list[tuple[int, int, int]]:
-    """(start, end, handler) byte offsets from ``co_exceptiontable``."""
-    numbers = _varints(code.co_exceptiontable)
-    return [
-        (numbers[i] * 2, (numbers[i] + numbers[i + 1]) * 2, numbers[i + 2] * 2)
-        for i in range(0, len(numbers) - 3, 4)
-    ]
-
-
-def _catches(
-    instructions: dict[int, dis.Instruction],
-    ordered: list[int],
-    handler: int,
-    exceptions: Collection[str],
-) -> bool:
-    """Whether the ``except`` clauses starting at ``handler`` name one of
-    ``exceptions``. A bare ``except:`` or ``except Exception:`` does not
-    count: it would hide a typo rather than expect a missing name."""
-    first = instructions.get(handler)
-    if first is None or first.opname != "PUSH_EXC_INFO":
-        return False
-    index = ordered.index(handler) + 1
-    loaded: list[str] = []
-    while index < len(ordered):
-        instr = instructions[ordered[index]]
-        index += 1
-        if instr.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_DEREF"):
-            loaded.append(str(instr.argval))
-        elif instr.opname == "BUILD_TUPLE":
-            continue
-        elif instr.opname == "CHECK_EXC_MATCH":
-            if any(name in exceptions for name in loaded):
-                return True
-            loaded = []
-            # On no match the next instruction jumps to the following clause.
-            if index >= len(ordered):
-                return False
-            jump = instructions[ordered[index]]
-            if not jump.opname.startswith("POP_JUMP") or jump.argval not in instructions:
-                return False
-            index = ordered.index(jump.argval)
-        else:
-            return False
-    return False
-
-
-def guarded_by(code: CodeType, offset: int, exceptions: Collection[str]) -> bool:
-    """Whether the instruction at ``offset`` runs inside a ``try`` whose
-    ``except`` clause names one of ``exceptions`` (``AttributeError`` for an
-    attribute read, ``NameError`` for a name), looking through enclosing
-    ``with``/``finally`` blocks and non-matching clauses to outer ``try``
-    statements of the same code object."""
-    entries = _exception_entries(code)
-    if not entries:
-        return False
-    instructions = {i.offset: i for i in dis.get_instructions(code)}
-    ordered = sorted(instructions)
-    seen: set[int] = set()
-    position = offset
-    while position not in seen:
-        seen.add(position)
-        handler = next((t for s, e, t in entries if s <= position < e), None)
-        if handler is None:
-            return False
-        if _catches(instructions, ordered, handler, exceptions):
-            return True
-        # Not caught here: the exception leaves this handler (finally, with
-        # cleanup, no matching clause) through code that the next enclosing
-        # table entry covers.
-        position = handler
-    return False
-
-
-def read_sites(code: CodeType, name: str) -> list[tuple[int, int | None]]:
-    """(offset, line) of every instruction in ``code`` that loads global
-    ``name`` (LOAD_GLOBAL, or LOAD_NAME in a class body)."""
-    if name not in code.co_names:
-        return []
-    index = code.co_names.index(name)
-    raw = code.co_code
-    ops = raw[::2]
-    args = raw[1::2]
-    out: list[tuple[int, int | None]] = []
-    for match in _CODE_OPS.finditer(ops):
-        i = match.start()
-        op = ops[i]
-        arg = _arg(ops, args, i)
-        if (op == _LOAD_GLOBAL and arg >> 1 == index) or (op == _LOAD_NAME and arg == index):
-            out.append((i * 2, line_at(code, i * 2)))
-    return out

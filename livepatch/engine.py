@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
+from .handoff import check_handoff, hand_over
 from .model import (
     Change,
     EngineStatus,
@@ -417,8 +418,9 @@ class Engine:
                 module, code = self._live(v)
                 with cyclic_gc_paused():
                     report = check_module(v.id, module, code, s.interface)
-                if v.import_threads:
-                    report = ResolveReport(report.version, report.problems + v.import_threads)
+                extra = (*v.import_threads, *check_handoff(module.__dict__))
+                if extra:
+                    report = ResolveReport(report.version, report.problems + extra)
             op = Op.CHECK_OK if report.ok else Op.CHECK_FAIL
             transition(v.id, v.state, op)  # refuse before the commit, not after
             if commit is not None:
@@ -487,6 +489,13 @@ class Engine:
                     version=v.id,
                 )
             transition(v.id, v.state, Op.SWAP_IN)  # raises BadState before anything changes
+            handed_over = False
+            if current is not None and current.namespace is not None and v.obj is None:
+                # Erlang's code_change: the new version takes what it wants
+                # of the old one's state before anyone can call it. If the
+                # hook raises, CallFailed and nothing has changed.
+                handed_over = hand_over(v.id, v.namespace or {}, current.namespace)
+            # The outcome is decided (the hand-over took): journal it, then publish.
             if commit is not None:
                 commit(Change("swap", v.id, v.sha256, previous=current.id if current else None))
             self._move(v, Op.SWAP_IN)
@@ -500,7 +509,9 @@ class Engine:
             self._fast[v.slot] = (v.namespace, v.calls, v.errors)
             if v in s.history:
                 s.history.remove(v)
-        return SwapResult(v.slot, v.id, current.id if current else None, changed=True)
+        return SwapResult(
+            v.slot, v.id, current.id if current else None, changed=True, handed_over=handed_over
+        )
 
     def rollback(self, slot: str, *, commit: Commit | None = None) -> SwapResult:
         """Swap back to the most recently retired version of ``slot``."""

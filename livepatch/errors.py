@@ -106,6 +106,27 @@ class CallFailed(LivepatchError, RuntimeError):
 
     kind = "call-failed"
 
+    @classmethod
+    def from_exception(cls, version: str, symbol: str, exc: BaseException) -> CallFailed:
+        """``spam@2 classify() raised KeyError: 'x' at spam_v2.py:14``: the rule's
+        own file and line (its innermost frame in the version's code)."""
+        where: dict[str, Any] = {}
+        tb = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_filename.endswith(f"[{version}]"):
+                where = {"filename": code.co_filename.rsplit(" [", 1)[0], "line": tb.tb_lineno}
+            tb = tb.tb_next
+        text = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+        at = f" at {where['filename']}:{where['line']}" if where else ""
+        return cls(
+            f"{version} {symbol}() raised {message}{at}",
+            version=version,
+            exception=type(exc).__name__,
+            **where,
+        )
+
 
 class TooLarge(LivepatchError, ValueError):
     """A request, frame or source is over the size limit."""

@@ -108,6 +108,8 @@ class SwapResult(JsonFields):
     active: str
     previous: str | None
     changed: bool
+    #: True when the new version's ``__livepatch_handoff__`` took over state.
+    handed_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)

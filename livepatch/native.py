@@ -51,17 +51,13 @@ fails the check instead.
 
 from __future__ import annotations
 
-import _ctypes
 import atexit
 import contextlib
 import ctypes
 import hashlib
 import inspect
-import os
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -69,10 +65,13 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .errors import LoadFailed
-from .resolve import Problem, ResolveReport
+from .native_build import BASE_FLAGS, compile_c, find_compiler
+from .native_elf import ElfInfo, ElfSymbol, NotSharedObject, is_elf, read_elf
+from .native_link import RTLD_LOCAL, RTLD_NOW, MissingVersion, Scope, dl, dlsym, mappings
+from .report import Problem, ResolveReport
 from .symbols import SymbolRow, SymbolTable
 
 if TYPE_CHECKING:
@@ -95,8 +94,6 @@ __all__ = [
     "read_elf",
 ]
 
-#: The compiler flags every C source is built with (the design's command).
-BASE_FLAGS: Final = ("-shared", "-fPIC", "-O2")
 
 #: Letters of a native symbol table (``nm -D``'s, folded as README/docs say):
 #: T code, D data, B zero-initialised data, R read-only data, U undefined,
@@ -105,33 +102,6 @@ NATIVE_LETTERS: Final = ("T", "D", "B", "R", "U", "W")
 
 #: Largest ready object accepted, in bytes.
 MAX_OBJECT: Final = 256 * 1024 * 1024
-
-#: Time limit for one compiler run, in seconds.
-COMPILE_TIMEOUT: Final = 120.0
-
-_ELF_MAGIC: Final = b"\x7fELF"
-# ctypes' own dlopen/dlsym/dlclose (typeshed does not know dlopen(NULL)).
-_dl: Any = _ctypes
-_DF_1_NODELETE: Final = 0x8
-_DF_1_NOW: Final = 0x1
-_DF_1_PIE: Final = 0x08000000
-_DF_BIND_NOW: Final = 0x8
-# glibc's values (os.RTLD_* mirror them on Linux).
-_RTLD_LAZY: Final = getattr(os, "RTLD_LAZY", 1)
-_RTLD_NOW: Final = getattr(os, "RTLD_NOW", 2)
-_RTLD_LOCAL: Final = getattr(os, "RTLD_LOCAL", 0)
-
-# The ELF machine each CPU architecture Python reports must load.
-_MACHINES: Final = {
-    "x86_64": "EM_X86_64",
-    "aarch64": "EM_AARCH64",
-    "i686": "EM_386",
-    "i386": "EM_386",
-    "armv7l": "EM_ARM",
-    "ppc64le": "EM_PPC64",
-    "s390x": "EM_S390",
-    "riscv64": "EM_RISCV",
-}
 
 
 # ---------------------------------------------------------------------------
@@ -327,558 +297,6 @@ class NativeInterface:
 
 
 # ---------------------------------------------------------------------------
-# ELF: .dynsym as nm -D sees it
-# ---------------------------------------------------------------------------
-
-
-class NotSharedObject(ValueError):
-    """The file is not an ELF shared object this process can load."""
-
-
-@dataclass(frozen=True, slots=True)
-class ElfSymbol:
-    """One ``.dynsym`` entry.
-
-    ``nm`` is the letter ``nm -D`` prints; ``letter`` is the table's (see
-    :data:`NATIVE_LETTERS`). ``bind`` is ``GLOBAL``, ``WEAK``, ``UNIQUE`` or
-    ``LOCAL``; ``type`` is ``FUNC``, ``OBJECT``, ``NOTYPE``, ``IFUNC``,
-    ``TLS`` ...; ``section`` is the section name, or ``UND`` / ``ABS``.
-    ``version`` is the symbol version an undefined symbol asks for
-    (``GLIBC_2.2.5``). ``digest`` hashes the symbol's bytes in the file.
-    ``lazy`` is true for an undefined symbol referenced only through the
-    PLT (``JUMP_SLOT`` relocations): ``RTLD_LAZY`` binds it at its first
-    call, not when the object is mapped.
-    """
-
-    name: str
-    letter: str
-    nm: str
-    bind: str
-    type: str
-    section: str
-    size: int
-    value: int
-    version: str | None
-    digest: str
-    lazy: bool = False
-
-    @property
-    def defined(self) -> bool:
-        """False for an undefined (``U``, ``w``) symbol."""
-        return self.section != "UND"
-
-    @property
-    def is_function(self) -> bool:
-        """A code symbol: a function or a GNU indirect function."""
-        return self.type in ("FUNC", "IFUNC")
-
-
-@dataclass(frozen=True, slots=True)
-class ElfInfo:
-    """What the dynamic linker reads from an object, before mapping it."""
-
-    machine: str
-    soname: str | None
-    needed: tuple[str, ...]
-    runpath: tuple[str, ...]
-    nodelete: bool
-    symbols: tuple[ElfSymbol, ...]
-    #: Linked with ``-z now``: every symbol is bound when mapped, even lazily.
-    bind_now: bool = False
-
-    def symbol(self, name: str) -> ElfSymbol | None:
-        """The exported (non-local) symbol ``name``, defined ones first."""
-        found = None
-        for sym in self.symbols:
-            if sym.name == name and sym.bind != "LOCAL":
-                if sym.defined:
-                    return sym
-                found = found or sym
-        return found
-
-    @property
-    def unique(self) -> tuple[str, ...]:
-        """Names of the ``STB_GNU_UNIQUE`` symbols (they pin the object in memory)."""
-        return tuple(s.name for s in self.symbols if s.bind == "UNIQUE" and s.defined)
-
-
-def is_elf(data: bytes) -> bool:
-    """True when ``data`` starts with the ELF magic number."""
-    return data[:4] == _ELF_MAGIC
-
-
-def _digest(data: bytes) -> str:
-    # The same 12-hex-digit size as the Python tables' code hashes.
-    return hashlib.blake2b(data, digest_size=6).hexdigest()
-
-
-def _nm_letter(bind: str, stype: str, undefined: bool, section: Any, shndx: Any) -> str:
-    """The letter ``nm`` prints, following binutils' ``bfd_decode_symclass``."""
-    if shndx == "SHN_COMMON":
-        return "C"
-    if undefined:
-        if bind == "WEAK":
-            return "v" if stype == "OBJECT" else "w"
-        return "U"
-    if stype == "IFUNC":
-        return "i"
-    if bind == "WEAK":
-        return "V" if stype == "OBJECT" else "W"
-    if bind == "UNIQUE":
-        return "u"
-    if shndx == "SHN_ABS" or section is None:
-        letter = "a"
-    else:
-        flags = section["sh_flags"]
-        if flags & 0x4:  # SHF_EXECINSTR
-            letter = "t"
-        elif section["sh_type"] == "SHT_NOBITS":
-            letter = "b"
-        elif flags & 0x1:  # SHF_WRITE
-            letter = "d"
-        elif flags & 0x2:  # SHF_ALLOC
-            letter = "r"
-        else:
-            letter = "n"
-    return letter.upper() if bind == "GLOBAL" else letter
-
-
-def _section_letter(section: Any) -> str:
-    if section is None:
-        return "D"
-    flags = section["sh_flags"]
-    if flags & 0x4:
-        return "T"
-    if section["sh_type"] == "SHT_NOBITS":
-        return "B"
-    return "D" if flags & 0x1 else "R"
-
-
-def _fold(nm: str, section: Any) -> str:
-    """nm's letter folded into :data:`NATIVE_LETTERS`: every weak flavour
-    (``W V w v``) is ``W``, an indirect function (``i``) is ``T``, a unique
-    symbol (``u``) takes its section's letter; the rest are nm's own."""
-    if nm in "WVwv":
-        return "W"
-    if nm == "i":
-        return "T"
-    if nm == "u":
-        return _section_letter(section)
-    if nm in ("A", "a", "C"):
-        return "D"
-    return nm.upper()
-
-
-def _versions_needed(elf: Any) -> dict[int, str]:
-    """Version index -> name of the versions the object asks its libraries for."""
-    out: dict[int, str] = {}
-    section = elf.get_section_by_name(".gnu.version_r")
-    if section is None:
-        return out
-    for _verneed, auxiliaries in section.iter_versions():
-        for aux in auxiliaries:
-            out[int(aux["vna_other"])] = str(aux.name)
-    return out
-
-
-def read_elf(path: str | os.PathLike[str], *, shown: str | None = None) -> ElfInfo:
-    """Read an object's dynamic symbol table and dynamic section.
-
-    Raises :class:`NotSharedObject` (a ``ValueError``) with a one-line reason
-    for anything the dynamic linker would refuse: not ELF, not a shared
-    object, built for another machine. ``shown`` is the name to give the
-    file in messages (default: its own).
-    """
-    from elftools.common.exceptions import ELFError  # imported when needed: ~40 ms
-    from elftools.elf.elffile import ELFFile
-
-    name = os.fspath(path)
-    label = shown or Path(name).name
-    with open(name, "rb") as stream:
-        if stream.read(4) != _ELF_MAGIC:
-            raise NotSharedObject(f"{label} is not an ELF file")
-        stream.seek(0)
-        try:
-            elf = ELFFile(stream)
-            return _read(elf, stream, label)
-        except NotSharedObject:
-            raise
-        except (ELFError, Exception) as exc:  # noqa: BLE001 - pyelftools' own errors vary
-            # A truncated or corrupt file: whatever pyelftools tripped on.
-            raise NotSharedObject(f"{label} is a damaged ELF file: {exc}") from None
-
-
-def _read(elf: Any, stream: BinaryIO, shown: str) -> ElfInfo:
-    kind = elf.header["e_type"]
-    if kind != "ET_DYN":
-        what = {"ET_REL": "an object file (.o)", "ET_EXEC": "an executable"}.get(kind, kind)
-        raise NotSharedObject(f"{shown} is {what}, not a shared object: link it with -shared")
-    machine = str(elf.header["e_machine"])
-    wanted = _MACHINES.get(os.uname().machine)
-    if wanted is not None and machine != wanted:
-        raise NotSharedObject(f"{shown} is built for {machine}, this process runs {wanted}")
-    bits = 64 if sys.maxsize > 2**32 else 32
-    if elf.elfclass != bits:
-        raise NotSharedObject(f"{shown} is a {elf.elfclass}-bit object, this process is {bits}-bit")
-    soname = None
-    needed: list[str] = []
-    runpath: list[str] = []
-    nodelete = False
-    bind_now = False
-    lazy: set[int] = set()
-    dynamic = elf.get_section_by_name(".dynamic")
-    if dynamic is not None:
-        for tag in dynamic.iter_tags():
-            d_tag = tag.entry.d_tag
-            if d_tag == "DT_NEEDED":
-                needed.append(str(tag.needed))
-            elif d_tag == "DT_SONAME":
-                soname = str(tag.soname)
-            elif d_tag in ("DT_RUNPATH", "DT_RPATH"):
-                value = tag.runpath if d_tag == "DT_RUNPATH" else tag.rpath
-                runpath.extend(p for p in str(value).split(":") if p)
-            elif d_tag == "DT_FLAGS_1":
-                if tag.entry.d_val & _DF_1_PIE:
-                    # ET_DYN too, but glibc refuses to dlopen an executable.
-                    raise NotSharedObject(
-                        f"{shown} is a position-independent executable, not a shared object: "
-                        "link it with -shared"
-                    )
-                nodelete = bool(tag.entry.d_val & _DF_1_NODELETE)
-                bind_now = bind_now or bool(tag.entry.d_val & _DF_1_NOW)
-            elif d_tag == "DT_FLAGS":
-                bind_now = bind_now or bool(tag.entry.d_val & _DF_BIND_NOW)
-            elif d_tag == "DT_BIND_NOW":
-                bind_now = True
-        lazy = _plt_only(elf, dynamic)
-    symbols: list[ElfSymbol] = []
-    dynsym = elf.get_section_by_name(".dynsym")
-    if dynsym is not None:
-        versym = elf.get_section_by_name(".gnu.version")
-        versions = _versions_needed(elf)
-        for index, sym in enumerate(dynsym.iter_symbols()):
-            if index == 0 or not sym.name:
-                continue
-            stype = sym["st_info"]["type"]
-            if stype in ("STT_SECTION", "STT_FILE"):
-                continue
-            symbols.append(_symbol(elf, stream, sym, index, versym, versions, index in lazy))
-    return ElfInfo(
-        machine, soname, tuple(needed), tuple(runpath), nodelete, tuple(symbols), bind_now
-    )
-
-
-def _plt_only(elf: Any, dynamic: Any) -> set[int]:
-    """Indexes of the symbols referenced only by PLT (``JUMP_SLOT``) relocations."""
-    plt: set[int] = set()
-    other: set[int] = set()
-    try:
-        tables = dynamic.get_relocation_tables()
-    except Exception:  # noqa: BLE001 - unusual dynamic sections: no lazy symbols
-        return plt
-    for kind, table in tables.items():
-        target = plt if kind == "JMPREL" else other
-        for reloc in table.iter_relocations():
-            target.add(int(reloc["r_info_sym"]))
-    return plt - other
-
-
-_BINDS: Final = {"STB_GLOBAL": "GLOBAL", "STB_WEAK": "WEAK", "STB_LOCAL": "LOCAL"}
-_TYPES: Final = {
-    "STT_NOTYPE": "NOTYPE",
-    "STT_OBJECT": "OBJECT",
-    "STT_FUNC": "FUNC",
-    "STT_TLS": "TLS",
-    "STT_COMMON": "COMMON",
-}
-
-
-def _symbol(
-    elf: Any,
-    stream: BinaryIO,
-    sym: Any,
-    index: int,
-    versym: Any,
-    versions: dict[int, str],
-    lazy: bool,
-) -> ElfSymbol:
-    # pyelftools names the GNU values by their range: STB_LOOS is
-    # STB_GNU_UNIQUE and STT_LOOS is STT_GNU_IFUNC on Linux.
-    raw_bind = sym["st_info"]["bind"]
-    bind = "UNIQUE" if raw_bind == "STB_LOOS" else _BINDS.get(raw_bind, str(raw_bind))
-    raw_type = sym["st_info"]["type"]
-    stype = "IFUNC" if raw_type == "STT_LOOS" else _TYPES.get(raw_type, str(raw_type))
-    shndx = sym["st_shndx"]
-    undefined = shndx == "SHN_UNDEF"
-    section = elf.get_section(shndx) if isinstance(shndx, int) else None
-    size = int(sym["st_size"])
-    value = int(sym["st_value"])
-    version = None
-    if versym is not None and undefined:
-        ndx = versym.get_symbol(index)["ndx"]
-        if isinstance(ndx, int):
-            version = versions.get(ndx)
-    if undefined:
-        digest = _digest(f"U {sym.name} {version or ''}".encode())
-        section_name = "UND"
-    elif section is None:
-        digest = _digest(f"{shndx} {value} {size}".encode())
-        section_name = "ABS"
-    else:
-        section_name = str(section.name)
-        if section["sh_type"] == "SHT_NOBITS":
-            digest = _digest(f"bss {size}".encode())
-        else:
-            # The bytes as they are in the file: code, or initial data.
-            stream.seek(value - section["sh_addr"] + section["sh_offset"])
-            digest = _digest(stream.read(size))
-    nm = _nm_letter(bind, stype, undefined, section, shndx)
-    return ElfSymbol(
-        name=str(sym.name),
-        letter=_fold(nm, section),
-        nm=nm,
-        bind=bind,
-        type=stype,
-        section=section_name,
-        size=size,
-        value=value,
-        version=version,
-        digest=digest,
-        lazy=lazy and undefined,
-    )
-
-
-# ---------------------------------------------------------------------------
-# The dynamic linker, through ctypes
-# ---------------------------------------------------------------------------
-
-
-class _DlInfo(ctypes.Structure):
-    _fields_ = (
-        ("dli_fname", ctypes.c_char_p),
-        ("dli_fbase", ctypes.c_void_p),
-        ("dli_sname", ctypes.c_char_p),
-        ("dli_saddr", ctypes.c_void_p),
-    )
-
-
-def _dladdr_function() -> Any:
-    # dladdr lives in libc since glibc 2.34, in libdl before.
-    for name in (None, "libdl.so.2"):
-        with contextlib.suppress(OSError, AttributeError):
-            fn = ctypes.CDLL(name).dladdr
-            fn.argtypes = (ctypes.c_void_p, ctypes.POINTER(_DlInfo))
-            fn.restype = ctypes.c_int
-            return fn
-    return None
-
-
-_dladdr = _dladdr_function() if sys.platform.startswith("linux") else None
-_HOST_EXE: Final = os.path.realpath(sys.executable)
-
-
-def _provider(address: int) -> str:
-    """Which file of the process defines ``address``: ``libc.so.6``, or
-    ``host (python3.11)`` for the program itself."""
-    if _dladdr is None:
-        return "found"
-    info = _DlInfo()
-    if not _dladdr(address, ctypes.byref(info)) or not info.dli_fname:
-        return "host"
-    fname = os.fsdecode(info.dli_fname)
-    if not fname or os.path.realpath(fname) == _HOST_EXE:
-        return f"host ({Path(_HOST_EXE).name})"
-    return Path(fname).name
-
-
-def _dlsym(handle: int, name: str) -> int | None:
-    try:
-        return int(_dl.dlsym(handle, name))
-    except OSError:
-        return None
-
-
-class _Scope:
-    """The lookup scope of an ``RTLD_LOCAL`` object, before it is mapped.
-
-    The dynamic linker binds an object's undefined symbols to the global
-    scope (the program and its libraries) first, then to the object's own
-    dependencies. Each ``DT_NEEDED`` library is opened ``RTLD_LAZY |
-    RTLD_LOCAL`` (honouring the object's ``RUNPATH``, with ``$ORIGIN`` the
-    directory the object came from) and stays open while the scope is: the
-    object's own ``dlopen`` then finds it loaded, by soname.
-    """
-
-    def __init__(self, info: ElfInfo, origin: Path | None) -> None:
-        self.info = info
-        self.origin = origin
-        self.handles: list[int] = []
-        self.missing: list[tuple[str, str]] = []
-        self._host = 0
-
-    def __enter__(self) -> _Scope:
-        self._host = int(_dl.dlopen(None, _RTLD_LAZY))
-        for library in self.info.needed:
-            try:
-                self.handles.append(
-                    int(_dl.dlopen(self._locate(library), _RTLD_LAZY | _RTLD_LOCAL))
-                )
-            except OSError as exc:
-                self.missing.append((library, str(exc)))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for handle in reversed(self.handles):
-            with contextlib.suppress(OSError):
-                _dl.dlclose(handle)
-        self.handles.clear()
-        if self._host:
-            with contextlib.suppress(OSError):
-                _dl.dlclose(self._host)
-            self._host = 0
-
-    def _locate(self, library: str) -> str:
-        if "/" in library:
-            return library
-        for entry in self.info.runpath:
-            if self.origin is not None:
-                entry = entry.replace("$ORIGIN", str(self.origin)).replace(
-                    "${ORIGIN}", str(self.origin)
-                )
-            candidate = Path(entry) / library
-            if "$" not in entry and candidate.is_file():
-                return str(candidate)
-        return library
-
-    def lookup(self, name: str) -> str | None:
-        """Where ``name`` resolves (a file name), or ``None``."""
-        for handle in (self._host, *self.handles):
-            address = _dlsym(handle, name)
-            if address is not None:
-                return _provider(address)
-        return None
-
-
-def mappings(path: str | os.PathLike[str], pid: int | str = "self") -> list[str]:
-    """The lines of ``/proc/PID/maps`` that map the file ``path``."""
-    target = os.path.realpath(path)
-    found = []
-    try:
-        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as maps:
-            for line in maps:
-                parts = line.rstrip("\n").split(None, 5)
-                if len(parts) == 6 and parts[5] in (target, f"{target} (deleted)"):
-                    found.append(line.rstrip("\n"))
-    except OSError:
-        return []
-    return found
-
-
-# ---------------------------------------------------------------------------
-# The compiler
-# ---------------------------------------------------------------------------
-
-
-def find_compiler() -> list[str] | None:
-    """The C compiler command: ``$CC`` if set (and found), else ``cc``,
-    ``gcc`` or ``clang`` on ``PATH``; ``None`` when there is none."""
-    configured = os.environ.get("CC", "").strip()
-    if configured:
-        parts = shlex.split(configured)
-        found = shutil.which(parts[0]) if parts else None
-        return [found, *parts[1:]] if found else None
-    for name in ("cc", "gcc", "clang"):
-        found = shutil.which(name)
-        if found:
-            return [found]
-    return None
-
-
-# file:line:col: [fatal ]error: message  (gcc's and clang's format)
-_DIAGNOSTIC: Final = re.compile(
-    r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?:fatal )?error: (?P<msg>.*)$"
-)
-_MAX_DIAGNOSTICS: Final = 64 * 1024
-
-
-def _safe_name(filename: str) -> str:
-    name = re.sub(r"[^\w.+-]", "_", Path(filename).name).lstrip(".") or "rule.c"
-    return name
-
-
-def compile_c(
-    source: str,
-    filename: str,
-    output: Path,
-    *,
-    compiler: Sequence[str],
-    flags: Sequence[str] = (),
-    include_dir: Path | None = None,
-    timeout: float = COMPILE_TIMEOUT,
-) -> None:
-    """Compile ``source`` into the shared object ``output``.
-
-    The source is compiled under its own file name so that diagnostics name
-    it. A compiler error raises :class:`LoadFailed` whose message is the
-    first error as ``file:line:col: error: ...`` and whose data carries
-    ``filename``, ``line``, ``col`` and the full ``diagnostics``.
-    """
-    output.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lp-cc-", dir=output.parent) as tmp:
-        name = _safe_name(filename)
-        (Path(tmp) / name).write_text(source, encoding="utf-8", errors="surrogateescape")
-        command = [*compiler, *BASE_FLAGS, "-x", "c", name, "-x", "none", *flags, "-o", "out.so"]
-        if include_dir is not None:
-            command[len(compiler) : len(compiler)] = ["-I", str(include_dir)]
-        try:
-            proc = subprocess.run(
-                command,
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                # C locale: plain quotes in messages, the same text everywhere.
-                env={**os.environ, "LC_ALL": "C"},
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise LoadFailed(
-                f"{filename}: the compiler did not finish within {timeout:g} s; nothing was loaded",
-                filename=filename,
-                reason="timeout",
-            ) from None
-        except OSError as exc:
-            raise LoadFailed(
-                f"{filename}: cannot run the C compiler {compiler[0]}: {exc.strerror or exc}",
-                filename=filename,
-                reason="no-compiler",
-            ) from None
-        if proc.returncode != 0:
-            raise _compile_error(filename, name, proc.stderr or proc.stdout)
-        os.replace(Path(tmp) / "out.so", output)
-
-
-def _compile_error(filename: str, compiled_as: str, diagnostics: str) -> LoadFailed:
-    # Diagnostics name the file as compiled; show the name the user gave.
-    text = diagnostics.replace(compiled_as, filename)[:_MAX_DIAGNOSTICS]
-    for line in text.splitlines():
-        match = _DIAGNOSTIC.match(line)
-        if match:
-            lineno, col = int(match["line"]), int(match["col"])
-            return LoadFailed(
-                f"{filename}:{lineno}:{col}: error: {match['msg']}",
-                filename=filename,
-                line=lineno,
-                col=col,
-                diagnostics=text,
-            )
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if "error" in ln), lines[0] if lines else "compiler failed")
-    return LoadFailed(f"{filename}: {first}", filename=filename, diagnostics=text)
-
-
-# ---------------------------------------------------------------------------
 # Build directories
 # ---------------------------------------------------------------------------
 
@@ -952,7 +370,7 @@ class NativeObject:
             self.closed = True
         if handle is not None:
             with contextlib.suppress(OSError):
-                _dl.dlclose(handle)
+                dl.dlclose(handle)
 
 
 _TOKEN: Final = re.compile(r"[A-Za-z_]\w*|[{}]")
@@ -1115,7 +533,7 @@ class NativeBackend:
             # A version the engine let go of is never mapped again.
             problem = Problem("load-error", obj.path.name, None, "the object was closed")
             return ResolveReport(version, (problem,)), {}
-        with _Scope(obj.info, obj.origin) as scope:
+        with Scope(obj.info, obj.origin) as scope:
             for library, error in scope.missing:
                 problems.append(
                     Problem(
@@ -1125,11 +543,22 @@ class NativeBackend:
                         f"DT_NEEDED library {library} cannot be opened: {_short_dlerror(error)}",
                     )
                 )
+            missing_versions = scope.missing_versions()
+            reported: set[tuple[str, str]] = set()
             for sym in obj.info.symbols:
                 if sym.defined or sym.bind == "WEAK" or sym.bind == "LOCAL":
                     continue
-                if scope.lookup(sym.name) is None:
+                need = (sym.version_library or "", sym.version or "")
+                if need in missing_versions:
+                    reported.add(need)
+                    problems.append(
+                        _missing_version(sym, missing_versions[need], lines.used(sym.name))
+                    )
+                elif scope.lookup(sym.name, sym.version) is None:
                     problems.append(self._unresolved(sym, obj.info, lines.used(sym.name)))
+            for need, missing in missing_versions.items():
+                if need not in reported:  # needed, yet no symbol of ours asks for it
+                    problems.append(_missing_version(None, missing, None))
             problems.extend(self._entry_problems(obj.info, lines))
             if not any(p.severity == "error" for p in problems) and obj.handle is None:
                 problems.extend(self._map(obj, quarantine))
@@ -1140,6 +569,15 @@ class NativeBackend:
 
     def _unresolved(self, sym: ElfSymbol, info: ElfInfo, line: int | None) -> Problem:
         where = ", ".join(info.needed) or "no DT_NEEDED libraries"
+        if sym.version is not None:
+            return Problem(
+                "unresolved",
+                f"{sym.name}@{sym.version}",
+                line,
+                f"undefined symbol {sym.name!r} needs version {sym.version} "
+                f"(of {sym.version_library}), which neither the host process nor the object's "
+                f"libraries ({where}) define for it: dlopen would refuse the object",
+            )
         if sym.lazy and not info.bind_now:
             # Called through the PLT: RTLD_LAZY would map the object fine.
             what, later = "function", "with RTLD_LAZY its first call would kill the process"
@@ -1217,7 +655,7 @@ class NativeBackend:
             except LoadFailed as exc:
                 return [Problem("crash", shown, None, exc.message)]
         try:
-            handle = int(_dl.dlopen(str(obj.path), _RTLD_NOW | _RTLD_LOCAL))
+            handle = int(dl.dlopen(str(obj.path), RTLD_NOW | RTLD_LOCAL))
         except OSError as exc:
             error = _short_dlerror(str(exc))
             missing = re.search(r"undefined symbol: (\S+)", error)
@@ -1228,10 +666,10 @@ class NativeBackend:
             return [Problem("load-error", shown, None, f"dlopen refused it: {error}")]
         functions: dict[str, Any] = {}
         for name, spec in self.interface.functions.items():
-            address = _dlsym(handle, name)
+            address = dlsym(handle, name)
             if address is None:  # checked in .dynsym above; a race with the file is all it can be
                 with contextlib.suppress(OSError):
-                    _dl.dlclose(handle)
+                    dl.dlclose(handle)
                 return [Problem("missing-member", name, None, f"dlsym found no {name}")]
             functions[name] = _make_pointer(spec, address, self.interface.name)
         with obj.lock:
@@ -1255,7 +693,7 @@ class NativeBackend:
         lines = _source_lines(obj.source)
         members = self.members()
         rows: list[SymbolRow] = []
-        with _Scope(obj.info, obj.origin) as scope:
+        with Scope(obj.info, obj.origin) as scope:
             for sym in obj.info.symbols:
                 if sym.bind == "LOCAL":
                     continue  # not visible to dlsym or to other objects
@@ -1265,12 +703,16 @@ class NativeBackend:
                     prefix = "weak, " if sym.bind == "WEAK" else ""
                     detail = f"{prefix}size {sym.size}{extra}{kind}"
                 else:
-                    where = scope.lookup(sym.name)
+                    # The version the dynamic linker would bind: the one the
+                    # reference asks for, and only if its library defines it.
+                    where = scope.lookup(sym.name, sym.version)
                     version_note = f" ({sym.version})" if sym.version and where else ""
+                    if sym.version and not where:
+                        version_note = f" ({sym.version} not defined)"
                     if sym.bind == "WEAK":
                         detail = f"weak undefined: {where or 'absent (allowed)'}{version_note}"
                     else:
-                        detail = f"{where}{version_note}" if where else "?"
+                        detail = f"{where or '?'}{version_note}"
                 rows.append(
                     SymbolRow(
                         name=sym.name,
@@ -1318,6 +760,19 @@ class NativeBackend:
         if info.unique:
             return f"STB_GNU_UNIQUE symbols: {', '.join(info.unique)}"
         return "another handle is open (a ctypes.CDLL or dlopen elsewhere) or an object needs it"
+
+
+def _missing_version(sym: ElfSymbol | None, missing: MissingVersion, line: int | None) -> Problem:
+    """A needed symbol version its library does not define: what glibc
+    refuses with "version `VER_3' not found", found before mapping."""
+    what = f"undefined symbol {sym.name!r} needs" if sym is not None else "the object needs"
+    return Problem(
+        "missing-version",
+        f"{sym.name}@{missing.version}" if sym is not None else missing.version,
+        line,
+        f"{what} version {missing.version} of {missing.library}, but {missing.describe()}: "
+        "dlopen would refuse the object",
+    )
 
 
 def _short_dlerror(error: str) -> str:

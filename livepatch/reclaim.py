@@ -86,4 +86,5 @@ def holders(refs: list[weakref.ref[Any]], namespace: dict[str, Any] | None) -> d
             counts[kind] = counts.get(kind, 0) + 1
     obj = None
     alive.clear()
-    return counts
+    # Sorted: the collector's referrer order varies from run to run, a report should not.
+    return dict(sorted(counts.items()))

@@ -31,15 +31,10 @@ from dataclasses import dataclass
 from types import CodeType, FunctionType, ModuleType
 from typing import Any, Final
 
-from livepatch.bytecode import (
-    CodeFacts,
-    CodeRole,
-    ModuleFacts,
-    guarded_by,
-    module_facts,
-    read_sites,
-)
-from livepatch.jsonable import JsonFields
+from livepatch.bytecode import ModuleFacts, module_facts
+from livepatch.namecheck import check_names
+from livepatch.namecheck import first_line as _first_line
+from livepatch.report import PROBLEM_KINDS, Problem, ResolveReport
 from livepatch.symbols import (
     builtin_namespace,
     format_annotation,
@@ -54,83 +49,6 @@ __all__ = [
     "check_module",
     "interface_members",
 ]
-
-#: Every kind :func:`check_module` reports (warnings may add their own).
-PROBLEM_KINDS: Final = (
-    "unresolved",
-    "missing-attribute",
-    "missing-member",
-    "not-callable",
-    "signature-mismatch",
-    "type-mismatch",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Problem(JsonFields):
-    """One finding of the check.
-
-    ``symbol`` is the name at fault (``lenn``, ``re.compil``, ``classify``);
-    ``message`` is one line saying what is wrong and where.
-    """
-
-    kind: str
-    symbol: str
-    line: int | None
-    message: str
-    severity: str = "error"
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Problem:
-        """Rebuild a problem from :meth:`to_json` output."""
-        line = data.get("line")
-        return cls(
-            kind=str(data["kind"]),
-            symbol=str(data["symbol"]),
-            line=int(line) if line is not None else None,
-            message=str(data["message"]),
-            severity=str(data.get("severity", "error")),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ResolveReport:
-    """The outcome of checking one version: ``ok`` when no problem is an error."""
-
-    version: str
-    problems: tuple[Problem, ...]
-
-    @property
-    def ok(self) -> bool:
-        """True when no problem has severity ``"error"``."""
-        return not any(p.severity == "error" for p in self.problems)
-
-    @property
-    def errors(self) -> tuple[Problem, ...]:
-        """The problems that make the version fail its check."""
-        return tuple(p for p in self.problems if p.severity == "error")
-
-    @property
-    def warnings(self) -> tuple[Problem, ...]:
-        """The problems worth reading that do not fail the check."""
-        return tuple(p for p in self.problems if p.severity == "warning")
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict; includes ``ok`` for clients that only want that."""
-        return {
-            "version": self.version,
-            "ok": self.ok,
-            "problems": [p.to_json() for p in self.problems],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ResolveReport:
-        """Rebuild a report from :meth:`to_json` output (``ok`` is recomputed)."""
-        return cls(
-            version=str(data["version"]),
-            problems=tuple(Problem.from_json(p) for p in data.get("problems", ())),
-        )
-
 
 # --- interfaces --------------------------------------------------------------
 
@@ -342,110 +260,6 @@ def boundary_types(interface: type) -> frozenset[type]:
 
 
 # --- the check ---------------------------------------------------------------
-
-_COMPREHENSION_WORDS: Final = {
-    "<listcomp>": "a list comprehension",
-    "<setcomp>": "a set comprehension",
-    "<dictcomp>": "a dict comprehension",
-    "<genexpr>": "a generator expression",
-}
-
-
-def _where(facts: CodeFacts) -> str:
-    """Where a lookup happens, as a reader would say it."""
-    qualname = facts.qualname
-    if facts.role is CodeRole.CLASS:
-        return f"the body of class {qualname}"
-    if facts.role is CodeRole.COMPREHENSION:
-        parent, _sep, _leaf = qualname.rpartition(".<locals>.")
-        word = _COMPREHENSION_WORDS.get(facts.code.co_name, "a comprehension")
-        return f"{word} in {parent}()" if parent else word
-    return f"{qualname}()"
-
-
-def _first_line(facts: ModuleFacts, name: str) -> int | None:
-    lines = facts.top_stores.get(name)
-    return min(lines) if lines else None
-
-
-def _check_names(
-    facts: ModuleFacts, ns: Mapping[str, Any], available: Mapping[str, Any], out: list[Problem]
-) -> None:
-    weak = facts.weak
-    for code in facts.live_later(ns):
-        where: str | None = None
-        for name, offset in code.reads.items():
-            if name in ns or name in available or name in weak:
-                continue
-            line = _unguarded_read(code, name, offset)
-            if line is _GUARDED:
-                continue
-            where = where or _where(code)
-            out.append(
-                Problem(
-                    "unresolved",
-                    name,
-                    line if isinstance(line, int) else None,
-                    f"name {name!r} used in {where} is not defined at module level or in builtins",
-                )
-            )
-        reported: set[str] = set()
-        for chain in code.chains:
-            value = ns.get(chain.base)
-            dotted = chain.base
-            for attr, offset in chain.attrs:
-                if not isinstance(value, ModuleType):
-                    break
-                owner = value
-                dotted = f"{dotted}.{attr}"
-                try:
-                    value = getattr(owner, attr)
-                except AttributeError:
-                    if (
-                        dotted in reported
-                        or dotted in facts.attr_stores
-                        or _attribute_guarded(code, chain.base, offset)
-                    ):
-                        break
-                    reported.add(dotted)
-                    where = where or _where(code)
-                    shown = dotted.rpartition(".")[0]
-                    also = "" if owner.__name__ == shown else f" ({owner.__name__})"
-                    out.append(
-                        Problem(
-                            "missing-attribute",
-                            dotted,
-                            code.line_at(offset),
-                            f"module {shown!r}{also} has no attribute {attr!r}, read in {where}",
-                        )
-                    )
-                    break
-                except Exception:  # noqa: BLE001 - a module __getattr__ that raises oddly
-                    break
-
-
-_GUARDED: Final = object()
-
-
-def _unguarded_read(code: CodeFacts, name: str, first: int) -> object:
-    """The line of the first read of ``name`` not inside ``try: ... except
-    NameError``, or ``_GUARDED`` when every read is (the code expects the
-    name may be missing, as version-compatibility code does)."""
-    if not code.code.co_exceptiontable:
-        return code.line_at(first)
-    for offset, line in read_sites(code.code, name):
-        if not guarded_by(code.code, offset, ("NameError",)):
-            return line
-    return _GUARDED
-
-
-def _attribute_guarded(code: CodeFacts, base: str, offset: int) -> bool:
-    """An attribute read off a module the same code probes with ``hasattr``,
-    or inside ``try: ... except AttributeError``, is expected to fail
-    sometimes (``sys.last_traceback`` exists only after an uncaught error)."""
-    if base in code.probed:
-        return True
-    return bool(code.code.co_exceptiontable) and guarded_by(code.code, offset, ("AttributeError",))
 
 
 def _same_type(host: object, impl: object, globalns: Mapping[str, Any]) -> bool:
@@ -668,7 +482,7 @@ def check_module(
     facts = module_facts(code)
     ns = module.__dict__
     problems: list[Problem] = []
-    _check_names(facts, ns, builtin_namespace(ns), problems)
+    check_names(facts, ns, builtin_namespace(ns), problems)
     if interface is not None:
         _check_interface(interface, ns, facts, problems)
     # Problems without a line (missing members) first, then in file order;

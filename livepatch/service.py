@@ -17,7 +17,6 @@ nothing are recorded afterwards, for the audit only.
 from __future__ import annotations
 
 import contextlib
-import traceback
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -242,7 +241,7 @@ class Service:
         except LivepatchError:
             raise
         except Exception as exc:  # noqa: BLE001 - the rule failed: the caller is told
-            raise _call_failed(version, symbol, exc) from None
+            raise CallFailed.from_exception(version, symbol, exc) from None
         return {"version": version, "result": to_json(result)}
 
     def _hints(self, version: str, symbol: str, fn: Callable[..., Any]) -> dict[str, Any]:
@@ -259,24 +258,6 @@ class Service:
             except Exception:  # noqa: BLE001 - unresolvable annotations: try the next
                 continue
         return {}
-
-
-def _call_failed(version: str, symbol: str, exc: Exception) -> CallFailed:
-    where: dict[str, Any] = {}
-    frames = traceback.extract_tb(exc.__traceback__)
-    for frame in reversed(frames):
-        if frame.filename.endswith(f"[{version}]"):
-            where = {"filename": frame.filename.rsplit(" [", 1)[0], "line": frame.lineno}
-            break
-    text = str(exc).strip().splitlines()
-    message = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-    at = f" at {where['filename']}:{where['line']}" if where else ""
-    return CallFailed(
-        f"{version} {symbol}() raised {message}{at}",
-        version=version,
-        exception=type(exc).__name__,
-        **where,
-    )
 
 
 def _summary(method: str, result: dict[str, Any]) -> str:

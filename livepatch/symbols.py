@@ -10,7 +10,9 @@ tables" section):
 ``I``  imported name, with its origin (``re``, ``dataclasses.dataclass``)
 ``U``  read by code that runs later but not defined at top level: what it
        resolved to (``builtins.len``) or ``?``
-``W``  bound only by a ``global`` statement inside a function
+``W``  bound only by a ``global`` statement inside a function, or a module
+       attribute that exists only at run time (``sys.last_traceback``);
+       ``detail`` says why
 =====  ==============================================================
 
 The rows are plain data (JSON in and out) so the same table feeds the
@@ -32,6 +34,7 @@ from typing import Any, Final
 
 from livepatch.bytecode import ModuleFacts, module_facts, short_hash
 from livepatch.jsonable import JsonFields
+from livepatch.weakattrs import weak_attribute
 
 __all__ = [
     "LETTERS",
@@ -466,7 +469,8 @@ class _Builder:
             return SymbolRow(name, "I", line, None, origin, short_hash(origin))
         if name in self.facts.weak and name not in self.facts.top_stores:
             where, offset = self.facts.weak[name]
-            return SymbolRow(name, "W", where.line_at(offset), None, "", short_hash(""))
+            detail = _weak_detail(where.qualname)
+            return SymbolRow(name, "W", where.line_at(offset), None, detail, short_hash(""))
         return SymbolRow(
             name,
             "D",
@@ -505,9 +509,11 @@ def build_symbol_table(
     weak_hash = short_hash("")
     for name, (where, offset) in facts.weak.items():
         if name not in ns:
-            rows.append(SymbolRow(name, "W", where.line_at(offset), None, "", weak_hash))
+            detail = _weak_detail(where.qualname)
+            rows.append(SymbolRow(name, "W", where.line_at(offset), None, detail, weak_hash))
     available = builtin_namespace(ns)
     dead = facts.dead_code(ns)
+    rows.extend(_weak_attributes(facts, ns, dead))
     for name, readers in facts.readers.items():
         if name in ns or name in facts.weak:
             continue
@@ -520,6 +526,38 @@ def build_symbol_table(
         rows.append(SymbolRow(name, "U", line, None, detail, short_hash(detail)))
     rows.sort(key=lambda r: r.name)
     return SymbolTable(version, tuple(rows))
+
+
+def _weak_detail(qualname: str) -> str:
+    return f"bound by {qualname}() through `global`"
+
+
+def _weak_attributes(facts: ModuleFacts, ns: Mapping[str, Any], dead: set[int]) -> list[SymbolRow]:
+    """``W`` rows for module attributes that live code reads and that exist
+    only at run time (``sys.last_traceback``, ``curses.ACS_VLINE``, a name
+    another module binds through ``global``), with the reason as detail."""
+    rows: dict[str, SymbolRow] = {}
+    for code in facts.later:
+        if not code.chains or id(code.code) in dead:
+            continue
+        for chain in code.chains:
+            value = ns.get(chain.base)
+            dotted = chain.base
+            for attr, offset in chain.attrs:
+                if not isinstance(value, ModuleType):
+                    break
+                dotted = f"{dotted}.{attr}"
+                owner, value = value, getattr(value, attr, _MISSING)
+                if value is not _MISSING:
+                    continue
+                reason = weak_attribute(owner, attr)
+                if reason is not None and dotted not in rows:
+                    detail = f"{owner.__name__}.{attr}: {reason}"
+                    rows[dotted] = SymbolRow(
+                        dotted, "W", code.line_at(offset), None, detail, short_hash(detail)
+                    )
+                break
+    return list(rows.values())
 
 
 # --- diff ------------------------------------------------------------------

@@ -87,19 +87,16 @@ def stdlib_source(name: str) -> tuple[str, str]:
 #   the body again registers process-wide hooks (at-fork handlers, warning
 #   filters, completers, exit handlers) that a test must not leave behind.
 # - this, antigravity, turtle: print, open a browser or a window when run.
-# - shutil, subprocess, tempfile, getpass, sysconfig, _pyio: functions that
-#   are defined on every platform but, behind a run-time platform flag
-#   (``if _mswindows:``, ``if _HAS_FCOPYFILE:``), use names or module
-#   attributes that only exist elsewhere (``msvcrt``, ``os.O_TEMPORARY``,
-#   ``posix._fcopyfile``). The check reports those, correctly: it cannot
-#   evaluate the flag, and on this platform that code would fail if reached.
-# - pdb: ``pm()`` reads ``sys.last_traceback`` unguarded; a real finding
-#   (it raises AttributeError when no uncaught exception happened yet).
+# - getpass: ``win_getpass`` needs ``msvcrt``, which the body imports only
+#   when ``termios`` is missing: a warning ("defined only if"), not nothing.
+#   (shutil, subprocess, tempfile, sysconfig, _pyio and pdb are in: their
+#   platform guards are decided at check time, ``sys.last_traceback`` is weak.)
 # - packages whose ``__init__`` uses relative imports (json, email, html,
 #   asyncio, ...): ``from .x import y`` needs the real package, not a private
 #   name. Their submodules that import absolutely are in the corpus.
 CORPUS: tuple[str, ...] = (
     "_collections_abc",
+    "_pyio",
     "_strptime",
     "abc",
     "argparse",
@@ -162,6 +159,7 @@ CORPUS: tuple[str, ...] = (
     "optparse",
     "os",
     "pathlib",
+    "pdb",
     "pickle",
     "pickletools",
     "platform",
@@ -179,15 +177,19 @@ CORPUS: tuple[str, ...] = (
     "selectors",
     "shelve",
     "shlex",
+    "shutil",
     "socket",
     "stat",
     "statistics",
     "string",
     "stringprep",
     "struct",
+    "subprocess",
     "symtable",
+    "sysconfig",
     "tabnanny",
     "tarfile",
+    "tempfile",
     "textwrap",
     "timeit",
     "token",

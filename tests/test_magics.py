@@ -193,6 +193,7 @@ def test_load_check_diff_swap_call_rollback_purge_unload_journal(
         "active": "spam@2",
         "previous": "spam@1",
         "changed": True,
+        "handed_over": False,
     }
     assert repr(swapped) == "spam: spam@1 -> spam@2"
 

@@ -106,7 +106,7 @@ def test_details() -> None:
     assert table["THRESHOLD"].detail == "float"
     assert table["WORDS"].detail == "list"
     assert table["classify"].detail == "" and table["Verdict"].detail == ""
-    assert table["last_seen"].detail == ""
+    assert table["last_seen"].detail == "bound by classify() through `global`"
 
 
 def test_signatures_for_functions_and_classes_only() -> None:

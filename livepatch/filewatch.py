@@ -1,0 +1,166 @@
+"""Save-to-live: load a rule file and keep loading it as it changes.
+
+On every save: load the file as a new version, check it, diff it against
+the slot's active version and, when asked and the check is clean, swap it
+in (compare-and-swap against the version that was active, so a save never
+overwrites another client's swap). A save that does not compile or fails
+its check leaves the active version serving and says why.
+
+This is the client side only: it speaks the control protocol through a
+:class:`~livepatch.client.Client`, so the same loop serves the CLI
+(``livepatch load FILE --watch``), the shell and ``%hotswap load --watch``.
+Changes are seen with ``watchfiles`` (inotify, debounced), on the file's
+directory so that editors which save through a rename are followed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import LivepatchError
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .resolve import ResolveReport
+    from .symbols import SymbolDiff
+
+__all__ = ["WatchStep", "load_once", "watch_file"]
+
+#: Milliseconds to gather the events of one save (an editor's write, rename
+#: and chmod arrive together) before loading.
+DEBOUNCE_MS = 100
+
+
+@dataclass(frozen=True)
+class WatchStep:
+    """What one save did.
+
+    ``version`` is the version the file now is (an existing one when the
+    source did not change), ``None`` when the load failed (``error`` says
+    why, in one line). ``diff`` compares it with the version active before
+    the save. ``swapped`` is true when it went live; ``active`` is the slot's
+    active version afterwards. ``seconds`` runs from the save being seen to
+    the step's end (the swap, when there is one).
+    """
+
+    path: str
+    slot: str
+    version: str | None
+    new: bool
+    error: str | None
+    report: ResolveReport | None
+    diff: SymbolDiff | None
+    swapped: bool
+    active: str | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the file loaded and passed its check."""
+        return self.error is None and (self.report is None or self.report.ok)
+
+
+def _active(client: Client, slot: str) -> str | None:
+    for info in client.status()["slots"]:
+        if info["name"] == slot:
+            active = info.get("active")
+            return str(active) if active else None
+    return None
+
+
+def load_once(client: Client, path: Path, slot: str, *, swap: bool = False) -> WatchStep:
+    """Load, check, diff and (with ``swap``) swap ``path`` once."""
+    from .client import file_load_params  # the client module imports this one lazily
+
+    started = time.monotonic()
+    before = _active(client, slot)
+
+    def step(**fields: Any) -> WatchStep:
+        base: dict[str, Any] = {
+            "path": str(path),
+            "slot": slot,
+            "version": None,
+            "new": False,
+            "error": None,
+            "report": None,
+            "diff": None,
+            "swapped": False,
+            "active": before,
+        }
+        base.update(fields)
+        return WatchStep(seconds=time.monotonic() - started, **base)
+
+    try:
+        params = {"slot": slot, **file_load_params(path)}
+    except ValueError as exc:
+        return step(error=str(exc))
+    try:
+        loaded = client.request("load", params)
+    except LivepatchError as exc:
+        return step(error=exc.message)
+    version = str(loaded["version"])
+    new = bool(loaded.get("new"))
+    if version == before:
+        return step(version=version, new=new)
+    report = client.check(version)
+    diff = client.diff(before, version) if before else None
+    if not (swap and report.ok):
+        return step(version=version, new=new, report=report, diff=diff)
+    try:
+        result = client.swap(version, expect=before)
+    except LivepatchError as exc:
+        return step(version=version, new=new, report=report, diff=diff, error=exc.message)
+    return step(
+        version=version,
+        new=new,
+        report=report,
+        diff=diff,
+        swapped=bool(result.get("changed")),
+        active=str(result["active"]),
+    )
+
+
+def watch_file(
+    client: Client,
+    path: Path,
+    slot: str,
+    *,
+    swap: bool = False,
+    stop: threading.Event | None = None,
+    debounce_ms: int = DEBOUNCE_MS,
+) -> Iterator[WatchStep]:
+    """Load ``path`` now and again after every save, until ``stop`` is set.
+
+    Yields one :class:`WatchStep` per load. The file's directory is watched
+    (not the file), so a save that writes a new file and renames it over the
+    old one is seen like an in-place write; a deleted file is waited for.
+    """
+    import watchfiles  # imported on first use: only watching needs it
+
+    path = path.absolute()
+    stop = stop or threading.Event()
+    yield load_once(client, path, slot, swap=swap)
+
+    def ours(change: watchfiles.Change, changed: str) -> bool:
+        return change is not watchfiles.Change.deleted and Path(changed) == path
+
+    for _changes in watchfiles.watch(
+        path.parent,
+        watch_filter=ours,
+        debounce=debounce_ms,
+        step=min(50, debounce_ms),
+        stop_event=stop,
+        recursive=False,
+        rust_timeout=500,
+        yield_on_timeout=False,
+        raise_interrupt=False,
+    ):
+        if stop.is_set():
+            return
+        if path.exists():
+            yield load_once(client, path, slot, swap=swap)

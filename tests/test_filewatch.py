@@ -1,0 +1,137 @@
+"""Save-to-live against a real engine, with real file edits (in place and by rename)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EngineProcess
+
+from livepatch.client import Client
+from livepatch.filewatch import WatchStep, watch_file
+
+RULE = """
+from livepatch.examples.spam import Message, Verdict
+
+def classify(msg: Message) -> Verdict:
+    return Verdict(spam={spam}, score={score})
+"""
+
+
+class Watcher:
+    """``watch_file`` on a thread of its own, its steps in a queue."""
+
+    def __init__(self, engine: EngineProcess, path: Path, swap: bool) -> None:
+        self.client = Client.connect(engine.name)
+        self.stop = threading.Event()
+        self.steps: queue.Queue[WatchStep | BaseException] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, args=(path, swap), daemon=True)
+        self.thread.start()
+
+    def _run(self, path: Path, swap: bool) -> None:
+        try:
+            for step in watch_file(self.client, path, "spam", swap=swap, stop=self.stop):
+                self.steps.put(step)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.steps.put(exc)
+
+    def next(self) -> WatchStep:
+        item = self.steps.get(timeout=30)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.client.close()
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def rule_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.py"
+    path.write_text(RULE.format(spam=False, score=0.1))
+    return path
+
+
+@pytest.fixture
+def watcher(engine_proc: EngineProcess, rule_file: Path) -> Iterator[Watcher]:
+    w = Watcher(engine_proc, rule_file, swap=True)
+    yield w
+    w.close()
+
+
+def active(engine: EngineProcess) -> str:
+    with Client.connect(engine.name) as client:
+        return next(s["active"] for s in client.status()["slots"] if s["name"] == "spam")
+
+
+def test_every_save_is_loaded_checked_diffed_and_swapped(
+    engine_proc: EngineProcess, rule_file: Path, watcher: Watcher
+) -> None:
+    first = watcher.next()
+    assert first.ok and first.swapped and first.active == first.version == "spam@2"
+    assert first.diff is not None and first.diff.counts()["~"] >= 1  # against spam@1
+
+    rule_file.write_text(RULE.format(spam=True, score=0.9))
+    second = watcher.next()
+    assert second.swapped and second.version == "spam@3" and active(engine_proc) == "spam@3"
+
+    # an editor that saves by writing a new file and renaming it over the old
+    fresh = rule_file.with_name(".rules.py.swp-new")
+    fresh.write_text(RULE.format(spam=True, score=0.7))
+    os.replace(fresh, rule_file)
+    third = watcher.next()
+    assert third.swapped and third.version == "spam@4"
+
+
+def test_a_broken_save_leaves_the_active_version_serving(
+    engine_proc: EngineProcess, rule_file: Path, watcher: Watcher
+) -> None:
+    assert watcher.next().active == "spam@2"
+
+    rule_file.write_text("def classify(msg:\n")
+    syntax = watcher.next()
+    assert syntax.version is None and not syntax.swapped
+    assert syntax.error is not None
+    assert "rules.py:1" in syntax.error and "SyntaxError" in syntax.error
+
+    rule_file.write_text(RULE.format(spam="undefined_name", score=0.5))
+    unresolved = watcher.next()
+    assert unresolved.report is not None and not unresolved.report.ok
+    assert [p.symbol for p in unresolved.report.errors] == ["undefined_name"]
+    assert not unresolved.swapped and unresolved.active == "spam@2"
+    assert active(engine_proc) == "spam@2"
+
+
+def test_without_swap_a_clean_save_is_loaded_and_checked_only(
+    engine_proc: EngineProcess, rule_file: Path
+) -> None:
+    w = Watcher(engine_proc, rule_file, swap=False)
+    try:
+        step = w.next()
+        assert step.ok and not step.swapped and step.version == "spam@2"
+        assert step.active == "spam@1" and active(engine_proc) == "spam@1"
+    finally:
+        w.close()
+
+
+def test_each_save_is_compared_with_what_is_active_when_it_is_seen(
+    engine_proc: EngineProcess, rule_file: Path, watcher: Watcher
+) -> None:
+    assert watcher.next().active == "spam@2"
+    with Client.connect(engine_proc.name) as other:
+        other.swap("spam@1")  # someone rolls back by hand meanwhile
+        rule_file.write_text(RULE.format(spam=True, score=0.3))
+        step = watcher.next()
+    # diffed against what was active when the save was seen (not what the
+    # watcher swapped last), and the compare-and-swap named that version
+    assert step.swapped and step.diff is not None and step.diff.a == "spam@1"
+    with Client.connect(engine_proc.name) as client:
+        swap = [e for e in client.journal() if e["op"] == "swap"][-1]
+    assert swap["version"] == "spam@3" and "spam@1 -> spam@3" in swap["result"]
