@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "BadResult",
     "BadState",
     "Busy",
     "CallFailed",
@@ -22,6 +23,7 @@ __all__ = [
     "Conflict",
     "LivepatchError",
     "LoadFailed",
+    "Timeout",
     "TooLarge",
     "Unauthenticated",
     "UnknownSlot",
@@ -106,6 +108,22 @@ class CallFailed(LivepatchError, RuntimeError):
     kind = "call-failed"
 
 
+class Timeout(LivepatchError, TimeoutError):
+    """A rule call (or an introspection of loaded code) overran its deadline.
+
+    ``data`` carries ``version``, ``symbol`` and ``timeout_s`` for a call.
+    """
+
+    kind = "timeout"
+
+
+class BadResult(LivepatchError, ValueError):
+    """A rule returned a value the protocol cannot carry (not JSON, an int
+    too long to print, nesting too deep). The rule's fault, not livepatch's."""
+
+    kind = "bad-result"
+
+
 class TooLarge(LivepatchError, ValueError):
     """A request, frame or source is over the size limit."""
 
@@ -128,6 +146,8 @@ _BY_KIND: dict[str, type[LivepatchError]] = {
         Conflict,
         Busy,
         CallFailed,
+        Timeout,
+        BadResult,
         TooLarge,
         Unauthenticated,
     )

@@ -16,16 +16,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .callpool import note_version
 from .convert import ConversionError, arguments_from_json, to_json
 from .engine import Engine
-from .errors import CallFailed, LivepatchError
+from .errors import BadResult, CallFailed, LivepatchError
 from .journal import Journal, Peer
 from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams
 
 if TYPE_CHECKING:
     from .state import SourceStore
 
-__all__ = ["LIFECYCLE_METHODS", "Service"]
+__all__ = ["LIFECYCLE_METHODS", "Service", "bad_result"]
 
 #: Methods that change state: journaled, and announced to subscribers.
 LIFECYCLE_METHODS = frozenset({"load", "check", "swap", "rollback", "purge", "unload"})
@@ -175,6 +176,7 @@ class Service:
         # Pin the slot so the version we convert arguments for is the one that
         # runs, and the reply can say which version that was.
         with self.engine.pin(slot) as rules:
+            note_version(rules.version)  # named if the call gets stuck
             fn = self.engine.function(rules.version, symbol)
             return self._invoke(
                 rules.version,
@@ -205,7 +207,13 @@ class Service:
             raise
         except Exception as exc:  # noqa: BLE001 - the rule failed: the caller is told
             raise _call_failed(version, symbol, exc) from None
-        return {"version": version, "result": to_json(result)}
+        try:
+            shown = to_json(result)
+        except (RecursionError, ValueError) as exc:
+            raise bad_result(f"{version} {symbol}()", exc) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. a __repr__ that raises
+            raise bad_result(f"{version} {symbol}()", exc) from None
+        return {"version": version, "result": shown}
 
     def _hints(self, version: str, symbol: str, fn: Callable[..., Any]) -> dict[str, Any]:
         # The interface's annotations are the contract (host types); the
@@ -221,6 +229,26 @@ class Service:
             except Exception:  # noqa: BLE001 - unresolvable annotations: try the next
                 continue
         return {}
+
+
+def bad_result(what: str, exc: BaseException) -> BadResult:
+    """The ``bad-result`` error for a rule's value that cannot be sent,
+    naming the value's problem in one line."""
+    text = str(exc).strip().splitlines()
+    detail = text[0] if text else type(exc).__name__
+    if isinstance(exc, RecursionError) or "nested too deeply" in detail:
+        problem = "it is nested too deeply to encode"
+    elif "integer string conversion" in detail:
+        problem = "it holds an int with more digits than can be printed (4300)"
+    elif "Circular reference" in detail:
+        problem = "it contains a circular reference"
+    else:
+        problem = f"{type(exc).__name__}: {detail[:200]}"
+    return BadResult(
+        f"{what} returned a value the protocol cannot carry: {problem}; "
+        "return JSON-able data (dataclasses, dicts, lists, str, numbers)",
+        problem=problem,
+    )
 
 
 def _call_failed(version: str, symbol: str, exc: Exception) -> CallFailed:

@@ -152,6 +152,9 @@ SPEC_CODES = {
     "too-large": -32008,
     # Not in the design's list: errors.CallFailed arrived later; next free code.
     "call-failed": -32009,
+    # -32010 is storage (issue 11); then the liveness kinds.
+    "timeout": -32011,
+    "bad-result": -32012,
 }
 
 
@@ -447,6 +450,7 @@ def test_oversize_is_detected_as_soon_as_the_buffer_passes_the_limit() -> None:
     server = ServerConnection()
     server.receive_data(line(request(1, "hello")))
     assert isinstance(server.next_event(), Request)
+    server.mark_authenticated()
     mib = b"x" * (1024 * 1024)
     for _ in range(16):
         server.receive_data(mib)
@@ -922,6 +926,8 @@ def valid_params(draw: st.DrawFn, method: str) -> dict[str, Any]:
             strategy = st.one_of([BY_TYPE[t] for t in spec.types])
             if spec.minimum is not None:
                 strategy = strategy.filter(functools.partial(operator.le, spec.minimum))
+            if spec.maximum is not None:
+                strategy = strategy.filter(functools.partial(operator.ge, spec.maximum))
             params[name] = draw(strategy)
     for group in EXACTLY_ONE_OF.get(method, ()):
         for name in group:
