@@ -299,13 +299,18 @@ class Client:
         symbol: str,
         args: list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """Call a rule: ``target`` is a slot (``spam``) or a version (``spam@2``).
 
-        Returns ``{"version": ..., "result": ...}`` (JSON values).
+        Returns ``{"version": ..., "result": ...}`` (JSON values). ``timeout_s``
+        is the call's deadline in the engine (its default if not given).
         """
         params: dict[str, Any] = {"symbol": symbol, "args": args or [], "kwargs": kwargs or {}}
         params["version" if "@" in target else "slot"] = target
+        if timeout_s is not None:
+            params["timeout_s"] = timeout_s
         result: dict[str, Any] = self.request("call", params)
         return result
 
