@@ -9,6 +9,7 @@ and the read has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -48,15 +49,12 @@ def read_regular_file(
         # O_NONBLOCK: opening a FIFO must not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
+        with contextlib.suppress(OSError):  # a socket cannot be opened at all
+            _refuse_irregular(path, os.stat(path).st_mode, name)
         raise LoadFailed(f"cannot read {path}: {exc.strerror or exc}", filename=name) from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LoadFailed(
-                f"{path} is {_kind(st.st_mode)}, not a regular file: "
-                "load a source file or a shared object",
-                filename=name,
-            )
+        _refuse_irregular(path, st.st_mode, name)
         if st.st_dev in _pseudo_devices():
             raise LoadFailed(
                 f"{path} is in /proc or /sys (generated as it is read): "
@@ -86,6 +84,14 @@ def read_regular_file(
         raise LoadFailed(f"cannot read {path}: {exc.strerror or exc}", filename=name) from None
     finally:
         os.close(fd)
+
+
+def _refuse_irregular(path: str, mode: int, name: str) -> None:
+    if not stat.S_ISREG(mode):
+        raise LoadFailed(
+            f"{path} is {_kind(mode)}, not a regular file: load a source file or a shared object",
+            filename=name,
+        )
 
 
 def _kind(mode: int) -> str:

@@ -85,7 +85,7 @@ HELLO_TIMEOUT_S = float(os.environ.get("LIVEPATCH_HELLO_TIMEOUT", str(FRAME_TIME
 MAX_UNAUTHENTICATED = int(os.environ.get("LIVEPATCH_MAX_UNAUTHENTICATED", "32"))
 #: ``symbols`` and ``diff`` run code of the loaded module (a ``__signature__``,
 #: a default's ``__repr__``): interrupted after this.
-INTROSPECTION_TIMEOUT_S = 10.0
+INTROSPECTION_TIMEOUT_S = float(os.environ.get("LIVEPATCH_INTROSPECTION_TIMEOUT", "10"))
 #: Methods served by the control threads: quick, never behind calls or loads.
 CONTROL_METHODS = frozenset({"status", "swap", "rollback", "purge", "journal", "source"})
 #: Read-only methods that run the loaded module's code: under a deadline.
