@@ -4,6 +4,7 @@ a real ``livepatch engine`` process on its real socket."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -17,7 +18,7 @@ import pytest
 from conftest import start_engine
 
 from livepatch.client import Client
-from livepatch.errors import BadResult, Busy, LoadFailed, Timeout
+from livepatch.errors import BadResult, Busy, LivepatchError, LoadFailed, Timeout
 from livepatch.examples.spam import rule_source
 
 HANGING = (
@@ -259,3 +260,102 @@ def test_introspection_that_never_ends_is_bounded(runtime_dir: Path) -> None:
             client.load("spam", METACLASS_SIGNATURE, "endless.py")
     finally:
         proc.stop()
+
+
+# -- before hello ------------------------------------------------------------------
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _dropped(sock: socket.socket, timeout: float = 30.0) -> bool:
+    """True once the engine hangs up on ``sock`` (after any error line it sent)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return True
+
+
+def test_pre_hello_clients_are_small_quick_and_few(runtime_dir: Path) -> None:
+    env = {"LIVEPATCH_HELLO_TIMEOUT": "2", "LIVEPATCH_MAX_UNAUTHENTICATED": "8"}
+    proc = start_engine("--listen", "tcp://127.0.0.1:0", name="tcp", env=env)
+    try:
+        address = proc.ready["address"]
+        host, _, port = address.rpartition(":")
+        endpoint = (host, int(port))
+        pid = proc.ready["pid"]
+        before = _rss_kb(pid)
+
+        # Twenty clients each start a 15 MiB frame before hello: each is
+        # refused once past the small pre-hello limit, and dropped.
+        def oversized(_: int) -> bytes:
+            with socket.create_connection(endpoint, timeout=30) as sock:
+                chunk = b"x" * (1 << 20)
+                with contextlib.suppress(OSError):  # the engine hangs up mid-send
+                    for _ in range(15):
+                        sock.sendall(chunk)
+                reply = b""
+                with contextlib.suppress(OSError):
+                    while chunk := sock.recv(65536):
+                        reply += chunk
+                return reply
+
+        with ThreadPoolExecutor(4) as threads:
+            replies = list(threads.map(oversized, range(20)))
+        for reply in replies:
+            # The refusal may be lost to a reset while we were still sending.
+            assert not reply or b"before hello" in reply
+        assert any(b"too-large" in reply for reply in replies)
+        assert _rss_kb(pid) - before < 64 * 1024  # nothing like 20 x 15 MiB was kept
+
+        # A client trickling a hello one byte at a time is dropped at the
+        # deadline of the whole frame, though every read brings something.
+        with socket.create_connection(endpoint, timeout=30) as sock:
+            hello = b'{"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"token": "'
+            sent = 0
+            with contextlib.suppress(OSError):
+                for byte in hello * 100:
+                    sock.sendall(bytes([byte]))
+                    sent += 1
+                    time.sleep(0.05)
+            assert sent < len(hello) * 100  # cut off while still trickling
+            assert _dropped(sock)
+
+        # Idle connections that never say hello: only eight are kept...
+        idle = [socket.create_connection(endpoint, timeout=30) for _ in range(8)]
+        try:
+            poll(lambda: _waiting_refused(endpoint))
+        finally:
+            for sock in idle:
+                sock.close()
+        # ...and an authenticated client gets in once they are gone.
+        poll(lambda: _can_connect("tcp"))
+        with Client.connect("tcp") as client:
+            # Past hello, frames may be big again (16 MiB): a 1 MiB source loads.
+            padded = rule_source("spam_v2.py") + "#" * (1 << 20) + "\n"
+            assert client.load("spam", padded, "padded.py") == "spam@2"
+        assert proc.proc.poll() is None
+    finally:
+        proc.stop()
+
+
+def _waiting_refused(endpoint: tuple[str, int]) -> bool:
+    with socket.create_connection(endpoint, timeout=30) as sock:
+        reply = sock.recv(65536)
+    return b'"busy"' in reply and b"waiting for their hello" in reply
+
+
+def _can_connect(name: str) -> bool:
+    try:
+        with Client.connect(name) as client:
+            return bool(client.status())
+    except (LivepatchError, OSError):
+        return False
