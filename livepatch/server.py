@@ -40,7 +40,8 @@ import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,11 @@ MAX_UNAUTHENTICATED = int(os.environ.get("LIVEPATCH_MAX_UNAUTHENTICATED", "32"))
 #: ``symbols`` and ``diff`` run code of the loaded module (a ``__signature__``,
 #: a default's ``__repr__``): interrupted after this.
 INTROSPECTION_TIMEOUT_S = float(os.environ.get("LIVEPATCH_INTROSPECTION_TIMEOUT", "10"))
+#: How long the event loop blocks on a control request or a rule call before
+#: it awaits the rest (see Server._quick): long enough for the common case,
+#: short enough that a slow one never holds up other connections.
+CONTROL_WAIT_S = 0.02
+CALL_WAIT_S = 0.002
 #: Methods served by the control threads: quick, never behind calls or loads.
 CONTROL_METHODS = frozenset({"status", "swap", "rollback", "purge", "journal", "source"})
 #: Read-only methods that run the loaded module's code: under a deadline.
@@ -403,10 +409,14 @@ class Server:
             job = functools.partial(self._status, client.peer)
         elif method in INTROSPECTION_METHODS:
             job = functools.partial(self._introspect, job, method, params)
-        pool = self._control if method in CONTROL_METHODS else self._lifecycle
-        work: Awaitable[Any] = loop.run_in_executor(pool, job)
         try:
-            result = await work
+            if method in CONTROL_METHODS:
+                result = await self._quick(
+                    self._control.submit(job), CONTROL_WAIT_S, events_first=True
+                )
+            else:
+                work: Awaitable[Any] = loop.run_in_executor(self._lifecycle, job)
+                result = await work
         except LivepatchError as exc:
             return conn.send_error(request.id, exc)
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
@@ -430,7 +440,7 @@ class Server:
                 symbol=symbol,
                 timeout_s=timeout_s,
             )
-            result = await asyncio.wrap_future(future)
+            result = await self._quick(future, CALL_WAIT_S)
         except Exception as exc:  # noqa: BLE001 - LivepatchError or not, never a traceback
             return conn.send_error(request.id, exc)
         try:
@@ -441,6 +451,27 @@ class Server:
             return conn.send_error(request.id, bad_result(f"{target} {symbol}()", cause))
         except LivepatchError as exc:  # over the frame limit
             return conn.send_error(request.id, exc)
+
+    @staticmethod
+    async def _quick(future: Future[Any], wait_s: float, *, events_first: bool = False) -> Any:
+        """The future's result, waited for *blocking* the loop at first.
+
+        Waiting on the future releases the GIL, so the thread doing the work
+        takes it at once instead of queueing behind the event loop's next
+        frames (a thread waiting for the GIL can wait a whole switch
+        interval, 5 ms, per hand-off). Work that takes longer than
+        ``wait_s`` is awaited without blocking, so the loop is never held
+        up for more than that.
+        """
+        try:
+            result = future.result(timeout=wait_s)
+        except FutureTimeout:
+            return await asyncio.wrap_future(future)
+        if events_first:
+            # The change's event notifications were queued on the loop while
+            # the work ran: let them out before the reply, as they happened.
+            await asyncio.sleep(0)
+        return result
 
     def _status(self, peer: Peer) -> Any:
         result = self.service.handle("status", {}, peer)

@@ -56,6 +56,8 @@ class Service:
             "call": self._call,
             "journal": self._journal,
         }
+        #: (slot, member) -> (the interface's member, its resolved hints).
+        self._interface_hints: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
 
     @property
     def methods(self) -> list[str]:
@@ -221,13 +223,19 @@ class Service:
         slot = version.rpartition("@")[0]
         interface = self.engine.interface(slot)
         member = getattr(interface, symbol, None) if interface else None
+        cached = self._interface_hints.get((slot, symbol))
+        if member is not None and cached is not None and cached[0] is member:
+            return cached[1]  # the host's interface does not change: resolved once
         for source in (member, fn):
             if source is None:
                 continue
             try:
-                return typing.get_type_hints(source)
+                hints = typing.get_type_hints(source)
             except Exception:  # noqa: BLE001 - unresolvable annotations: try the next
                 continue
+            if source is member:
+                self._interface_hints[(slot, symbol)] = (member, hints)
+            return hints
         return {}
 
 
