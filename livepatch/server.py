@@ -87,11 +87,12 @@ MAX_UNAUTHENTICATED = int(os.environ.get("LIVEPATCH_MAX_UNAUTHENTICATED", "32"))
 #: ``symbols`` and ``diff`` run code of the loaded module (a ``__signature__``,
 #: a default's ``__repr__``): interrupted after this.
 INTROSPECTION_TIMEOUT_S = float(os.environ.get("LIVEPATCH_INTROSPECTION_TIMEOUT", "10"))
-#: How long the event loop blocks on a control request or a rule call before
-#: it awaits the rest (see Server._quick): long enough for the common case,
-#: short enough that a slow one never holds up other connections.
+#: How long the event loop blocks on a control request before it awaits the
+#: rest (see Server._quick): long enough for the common case, short enough
+#: that a slow one never holds up other connections. Rule calls are always
+#: awaited: blocking on them serialised calls and measured slower for both
+#: throughput and swap latency (benchmarks/control_plane.py).
 CONTROL_WAIT_S = 0.02
-CALL_WAIT_S = 0.002
 #: Methods served by the control threads: quick, never behind calls or loads.
 CONTROL_METHODS = frozenset({"status", "swap", "rollback", "purge", "journal", "source"})
 #: Read-only methods that run the loaded module's code: under a deadline.
@@ -440,7 +441,7 @@ class Server:
                 symbol=symbol,
                 timeout_s=timeout_s,
             )
-            result = await self._quick(future, CALL_WAIT_S)
+            result = await asyncio.wrap_future(future)
         except Exception as exc:  # noqa: BLE001 - LivepatchError or not, never a traceback
             return conn.send_error(request.id, exc)
         try:
