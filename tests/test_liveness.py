@@ -20,6 +20,7 @@ from conftest import start_engine
 from livepatch.client import Client
 from livepatch.errors import BadResult, Busy, LivepatchError, LoadFailed, Timeout
 from livepatch.examples.spam import rule_source
+from livepatch.render import render_status
 
 HANGING = (
     rule_source("spam_v2.py")
@@ -125,6 +126,8 @@ def test_hung_calls_from_many_connections_never_block_swap_status_rollback(
             assert rolled["active"] == hanging
             status, status_ms = timed(admin.status)
             assert len(status["calls"]["stuck"]) == 6
+            shown = render_status(status)
+            assert "stuck calls: 6" in shown and f"{hanging} hang()" in shown
             print(
                 f"6 stuck calls: swap {swap_ms:.1f} ms, rollback {rollback_ms:.1f} ms, "
                 f"status {status_ms:.1f} ms"
