@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import start_engine
+from conftest import run_cli, start_engine
 
 from livepatch.client import Client
 from livepatch.errors import BadResult, Busy, LivepatchError, LoadFailed, Timeout
@@ -362,3 +362,14 @@ def _can_connect(name: str) -> bool:
             return bool(client.status())
     except (LivepatchError, OSError):
         return False
+
+
+def test_engine_call_pool_options_are_validated(runtime_dir: Path) -> None:
+    for option, value in (
+        ("--call-timeout", "0"),
+        ("--call-workers", "-1"),
+        ("--call-queue", "x"),
+    ):
+        result = run_cli("engine", option, value)
+        assert result.returncode == 2, (option, result.stderr)
+        assert option in result.stderr and "Traceback" not in result.stderr
