@@ -250,8 +250,14 @@ class _Answer:
         self.send(
             {
                 "ok": False,
-                "error": f"{request['filename']}: the module body did not finish within "
-                f"{timeout_s:g} s in quarantine (an endless loop at import?); nothing was loaded",
+                "error": f"{request['filename']}: "
+                + (
+                    f"mapping the object did not finish within {timeout_s:g} s in quarantine "
+                    "(a constructor that never returns?); it was not mapped here"
+                    if "native" in request
+                    else f"the module body did not finish within {timeout_s:g} s in "
+                    "quarantine (an endless loop at import?); nothing was loaded"
+                ),
                 "data": {"reason": "timeout"},
             }
         )
