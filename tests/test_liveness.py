@@ -369,6 +369,7 @@ def test_engine_call_pool_options_are_validated(runtime_dir: Path) -> None:
         ("--call-timeout", "0"),
         ("--call-workers", "-1"),
         ("--call-queue", "x"),
+        ("--switch-interval", "0"),
     ):
         result = run_cli("engine", option, value)
         assert result.returncode == 2, (option, result.stderr)
