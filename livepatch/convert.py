@@ -128,15 +128,21 @@ def _dataclass_from_json(value: Any, cls: type, where: str) -> Any:
 
 
 def arguments_from_json(
-    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], hints: Mapping[str, Any]
+    fn: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    hints: Mapping[str, Any],
+    signature: inspect.Signature | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
     """Convert JSON ``args``/``kwargs`` for ``fn`` using annotations ``hints``.
 
-    Raises :class:`ConversionError` naming the parameter when a value does not
-    fit, or when the arguments do not bind to the signature at all.
+    ``signature`` is ``fn``'s, if the caller has it already. Raises
+    :class:`ConversionError` naming the parameter when a value does not fit,
+    or when the arguments do not bind to the signature at all.
     """
     try:
-        signature = inspect.signature(fn)
+        if signature is None:
+            signature = inspect.signature(fn)
         bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConversionError(

@@ -10,6 +10,7 @@ that asked for them, success or failure alike.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import traceback
 import typing
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .callpool import note_version
 from .convert import ConversionError, arguments_from_json, to_json
-from .engine import Engine
+from .engine import Engine, Event
 from .errors import BadResult, CallFailed, LivepatchError
 from .journal import Journal, Peer
 from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams
@@ -58,6 +59,10 @@ class Service:
         }
         #: (slot, member) -> (the interface's member, its resolved hints).
         self._interface_hints: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        #: (version, symbol) -> (function, its signature), for calls. Dropped
+        #: when the version is purged or unloaded, so it never keeps one alive.
+        self._signatures: dict[tuple[str, str], tuple[Callable[..., Any], inspect.Signature]] = {}
+        engine.subscribe(self._forget_signatures)
 
     @property
     def methods(self) -> list[str]:
@@ -200,7 +205,9 @@ class Service:
     ) -> dict[str, Any]:
         hints = self._hints(version, symbol, fn)
         try:
-            py_args, py_kwargs = arguments_from_json(fn, args, kwargs, hints)
+            py_args, py_kwargs = arguments_from_json(
+                fn, args, kwargs, hints, self._signature(version, symbol, fn)
+            )
         except ConversionError as exc:
             raise InvalidParams(f"{version} {symbol}: {exc}", param="args") from None
         try:
@@ -216,6 +223,24 @@ class Service:
         except Exception as exc:  # noqa: BLE001 - e.g. a __repr__ that raises
             raise bad_result(f"{version} {symbol}()", exc) from None
         return {"version": version, "result": shown}
+
+    def _signature(
+        self, version: str, symbol: str, fn: Callable[..., Any]
+    ) -> inspect.Signature | None:
+        cached = self._signatures.get((version, symbol))
+        if cached is not None and cached[0] is fn:
+            return cached[1]
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None  # arguments_from_json says why
+        self._signatures[(version, symbol)] = (fn, signature)
+        return signature
+
+    def _forget_signatures(self, event: Event) -> None:
+        if event.op in ("purge", "unload"):
+            for key in [k for k in self._signatures if k[0] == event.version]:
+                self._signatures.pop(key, None)
 
     def _hints(self, version: str, symbol: str, fn: Callable[..., Any]) -> dict[str, Any]:
         # The interface's annotations are the contract (host types); the
