@@ -311,7 +311,16 @@ class Client:
         params["version" if "@" in target else "slot"] = target
         if timeout_s is not None:
             params["timeout_s"] = timeout_s
-        result: dict[str, Any] = self.request("call", params)
+        sock = self._sock
+        if timeout_s is None or sock is None or timeout_s + 5 <= self.timeout:
+            result: dict[str, Any] = self.request("call", params)
+            return result
+        # The engine answers `timeout` at the deadline: wait a little past it.
+        sock.settimeout(timeout_s + 5)
+        try:
+            result = self.request("call", params)
+        finally:
+            sock.settimeout(self.timeout)
         return result
 
     def journal(self, limit: int | None = None) -> list[dict[str, Any]]:
