@@ -299,14 +299,28 @@ class Client:
         symbol: str,
         args: list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """Call a rule: ``target`` is a slot (``spam``) or a version (``spam@2``).
 
-        Returns ``{"version": ..., "result": ...}`` (JSON values).
+        Returns ``{"version": ..., "result": ...}`` (JSON values). ``timeout_s``
+        is the call's deadline in the engine (its default if not given).
         """
         params: dict[str, Any] = {"symbol": symbol, "args": args or [], "kwargs": kwargs or {}}
         params["version" if "@" in target else "slot"] = target
-        result: dict[str, Any] = self.request("call", params)
+        if timeout_s is not None:
+            params["timeout_s"] = timeout_s
+        sock = self._sock
+        if timeout_s is None or sock is None or timeout_s + 5 <= self.timeout:
+            result: dict[str, Any] = self.request("call", params)
+            return result
+        # The engine answers `timeout` at the deadline: wait a little past it.
+        sock.settimeout(timeout_s + 5)
+        try:
+            result = self.request("call", params)
+        finally:
+            sock.settimeout(self.timeout)
         return result
 
     def journal(self, limit: int | None = None) -> list[dict[str, Any]]:

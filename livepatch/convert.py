@@ -14,6 +14,7 @@ import inspect
 import math
 import types
 import typing
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -83,15 +84,25 @@ def from_json(value: Any, annotation: Any, where: str = "value") -> Any:
     return value
 
 
+_host_hints: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def _dataclass_from_json(value: Any, cls: type, where: str) -> Any:
     if isinstance(value, cls):
         return value
     if not isinstance(value, dict):
         raise ConversionError(f"{where} must be a JSON object with the fields of {cls.__name__}")
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 - unresolvable hints: pass fields through
-        hints = {}
+    hints = _host_hints.get(cls)
+    if hints is None:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 - unresolvable hints: pass fields through
+            hints = {}
+        if not cls.__module__.startswith("livepatch.loaded."):
+            # The host's types live as long as the host: resolve them once
+            # (string annotations cost a compile each). A loaded version's
+            # own classes are not kept: unload must be able to free them.
+            _host_hints[cls] = hints
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(value) - set(fields))
     if unknown:
@@ -117,15 +128,21 @@ def _dataclass_from_json(value: Any, cls: type, where: str) -> Any:
 
 
 def arguments_from_json(
-    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], hints: Mapping[str, Any]
+    fn: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    hints: Mapping[str, Any],
+    signature: inspect.Signature | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
     """Convert JSON ``args``/``kwargs`` for ``fn`` using annotations ``hints``.
 
-    Raises :class:`ConversionError` naming the parameter when a value does not
-    fit, or when the arguments do not bind to the signature at all.
+    ``signature`` is ``fn``'s, if the caller has it already. Raises
+    :class:`ConversionError` naming the parameter when a value does not fit,
+    or when the arguments do not bind to the signature at all.
     """
     try:
-        signature = inspect.signature(fn)
+        if signature is None:
+            signature = inspect.signature(fn)
         bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConversionError(

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
+from .files import read_regular_file
 from .handoff import check_handoff, hand_over
 from .model import (
     Change,
@@ -265,16 +266,8 @@ class Engine:
         """
         given = os.fspath(path)
         name = filename or os.path.basename(given) or given
-        try:
-            size = os.stat(given).st_size
-            if size > MAX_OBJECT:
-                raise LoadFailed(
-                    f"{name} is {size} bytes, over the {MAX_OBJECT}-byte limit", filename=name
-                )
-            with open(given, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise LoadFailed(f"cannot read {given}: {exc.strerror or exc}", filename=name) from None
+        # Regular files only, the cap enforced while reading, with a deadline.
+        data = read_regular_file(given, MAX_OBJECT, name=name)
         origin = os.path.dirname(os.path.abspath(given))
         if is_elf(data):
             if self._slot(slot).backend is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "BadResult",
     "BadState",
     "Busy",
     "CallFailed",
@@ -23,6 +24,7 @@ __all__ = [
     "LivepatchError",
     "LoadFailed",
     "StorageError",
+    "Timeout",
     "TooLarge",
     "Unauthenticated",
     "UnknownSlot",
@@ -128,6 +130,22 @@ class CallFailed(LivepatchError, RuntimeError):
         )
 
 
+class Timeout(LivepatchError, TimeoutError):
+    """A rule call (or an introspection of loaded code) overran its deadline.
+
+    ``data`` carries ``version``, ``symbol`` and ``timeout_s`` for a call.
+    """
+
+    kind = "timeout"
+
+
+class BadResult(LivepatchError, ValueError):
+    """A rule returned a value the protocol cannot carry (not JSON, an int
+    too long to print, nesting too deep). The rule's fault, not livepatch's."""
+
+    kind = "bad-result"
+
+
 class TooLarge(LivepatchError, ValueError):
     """A request, frame or source is over the size limit."""
 
@@ -139,11 +157,11 @@ class StorageError(LivepatchError, OSError):
     read-only file system): the change was not made, nothing else changed, and
     the engine keeps serving. The message says what to do.
 
-    JSON-RPC code -32020 (kept clear of the codes other kinds take next).
+    JSON-RPC code -32010.
     """
 
     kind = "storage"
-    code = -32020
+    code = -32010
 
 
 class Unauthenticated(LivepatchError, PermissionError):
@@ -162,6 +180,8 @@ _BY_KIND: dict[str, type[LivepatchError]] = {
         Conflict,
         Busy,
         CallFailed,
+        Timeout,
+        BadResult,
         TooLarge,
         StorageError,
         Unauthenticated,

@@ -55,8 +55,9 @@ import enum
 import hmac
 import json
 import math
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, NoReturn, TypeAlias
@@ -65,6 +66,7 @@ from livepatch.errors import LivepatchError, TooLarge, Unauthenticated, error_fo
 from livepatch.model import is_slot_name, parse_version_id
 
 __all__ = [
+    "BAD_RESULT",
     "BAD_STATE",
     "BUSY",
     "CALL_FAILED",
@@ -72,6 +74,8 @@ __all__ = [
     "CONFLICT",
     "ERROR_CODES",
     "EXACTLY_ONE_OF",
+    "FRAME_TIMEOUT_S",
+    "HELLO_TIMEOUT_S",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
@@ -84,13 +88,16 @@ __all__ = [
     "NEED_DATA",
     "NOTIFICATIONS",
     "PARSE_ERROR",
+    "PRE_AUTH_MAX_FRAME",
     "PROTOCOL_VERSION",
     "STORAGE",
+    "TIMEOUT",
     "TOO_LARGE",
     "UNAUTHENTICATED",
     "UNKNOWN_VERSION",
     "ClientConnection",
     "ClientEvent",
+    "ConnState",
     "ConnectionClosed",
     "ErrorResponse",
     "InternalError",
@@ -124,6 +131,13 @@ PROTOCOL_VERSION: Final = 1
 JSONRPC_VERSION: Final = "2.0"
 #: Largest frame, in bytes of UTF-8 without the terminating newline.
 MAX_FRAME: Final = 16 * 1024 * 1024
+#: Largest frame before a good ``hello``: a hello is a few hundred bytes, and
+#: nothing bigger is parsed for a peer that has not shown the token.
+PRE_AUTH_MAX_FRAME: Final = 8 * 1024
+#: A connection must have sent a good ``hello`` this long after it opened.
+HELLO_TIMEOUT_S: Final = 10.0
+#: After ``hello``, each frame must arrive whole this long after its first byte.
+FRAME_TIMEOUT_S: Final = 10.0
 
 # JSON-RPC 2.0's own codes.
 PARSE_ERROR: Final = -32700
@@ -143,7 +157,11 @@ TOO_LARGE: Final = -32008
 #: ``errors.CallFailed``: a rule raised while serving ``call``.
 CALL_FAILED: Final = -32009
 #: ``errors.StorageError``: the state directory could not be written; nothing changed.
-STORAGE: Final = -32020
+STORAGE: Final = -32010
+#: ``errors.Timeout``: a rule call overran its deadline.
+TIMEOUT: Final = -32011
+#: ``errors.BadResult``: a rule returned a value the protocol cannot carry.
+BAD_RESULT: Final = -32012
 
 #: ``error.data.kind`` -> ``error.code``. The kinds are the stable part: clients
 #: should switch on the kind, not on the number.
@@ -164,6 +182,8 @@ ERROR_CODES: Final[Mapping[str, int]] = MappingProxyType(
         "too-large": TOO_LARGE,
         "call-failed": CALL_FAILED,
         "storage": STORAGE,
+        "timeout": TIMEOUT,
+        "bad-result": BAD_RESULT,
     }
 )
 _KINDS_BY_CODE: Final[Mapping[int, str]] = {code: kind for kind, code in ERROR_CODES.items()}
@@ -178,7 +198,7 @@ JsonType: TypeAlias = Literal["string", "integer", "number", "boolean", "array",
 class Param(NamedTuple):
     """One named parameter: the JSON types it accepts and whether it is required.
 
-    ``minimum`` bounds a number or integer from below (inclusive). ``text``
+    ``minimum`` and ``maximum`` bound a number or integer (inclusive). ``text``
     says what a string must be: ``"version"`` (``SLOT@N``: ASCII digits, no
     leading zero), ``"slot"`` (an ASCII identifier of at most 64
     characters), ``"name"`` (a file name or path: no NUL, at most
@@ -190,6 +210,7 @@ class Param(NamedTuple):
     required: bool = False
     minimum: float | None = None
     text: Literal["version", "slot", "name", "client"] | None = None
+    maximum: float | None = None
 
 
 _STR: Final = ("string",)
@@ -225,6 +246,8 @@ METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
                 "symbol": Param(_STR, True),
                 "args": Param(("array",)),
                 "kwargs": Param(("object",)),
+                # The call's deadline; the engine's default (a few seconds) if omitted.
+                "timeout_s": Param(("number",), minimum=0.001, maximum=3600),
             },
             "subscribe": {},
             "journal": {"limit": Param(("integer",), minimum=1)},
@@ -635,6 +658,12 @@ def validate_params(method: str, params: object) -> dict[str, Any]:
                 method=method,
                 param=name,
             )
+        if spec.maximum is not None and isinstance(value, int | float) and value > spec.maximum:
+            raise InvalidParams(
+                f"param {name!r} of {method!r} must be <= {spec.maximum:g}, got {_short(value)}",
+                method=method,
+                param=name,
+            )
     for group in EXACTLY_ONE_OF.get(method, ()):
         given = [name for name in group if name in params]
         if len(given) != 1:
@@ -753,6 +782,8 @@ class _Framer:
         self._partial = bytearray()
         self.overflowed = False
         self.eof = False
+        #: Frames split off so far (lets the connection see a new frame begin).
+        self.frames_completed = 0
 
     @property
     def partial_size(self) -> int:
@@ -779,6 +810,7 @@ class _Framer:
             else:
                 frame = bytes(view[start:newline])
             start = newline + 1
+            self.frames_completed += 1
             # Blank lines (and a lone "\r" from CRLF senders) are ignored.
             if frame.strip(b" \t\r"):
                 self._frames.append(frame)
@@ -831,6 +863,28 @@ def _error_message(
 # Server side
 
 
+class ConnState(enum.Enum):
+    """The life of a server connection; each live state has its own limits."""
+
+    #: Only ``hello`` is served; small frames, and a deadline from connect.
+    AWAITING_HELLO = "awaiting-hello"
+    #: Authenticated: every method; big frames, each with its own deadline.
+    OPEN = "open"
+    #: An oversize frame was refused: write the reply and drop the peer.
+    DEAD = "dead"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_frame: int
+    timeout_s: float
+    #: The deadline runs from the connection's opening, not a frame's first byte.
+    from_connect: bool
+
+
 _UNLIMITED: Final = 2**62
 _REQUEST_MEMBERS: Final = frozenset({"jsonrpc", "id", "method", "params"})
 
@@ -847,21 +901,65 @@ class ServerConnection:
     dropped.
     """
 
-    def __init__(self, *, max_frame: int = MAX_FRAME) -> None:
-        self._framer = _Framer(max_frame)
-        self._authenticated = False
+    def __init__(
+        self,
+        *,
+        max_frame: int = MAX_FRAME,
+        pre_auth_max_frame: int = PRE_AUTH_MAX_FRAME,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+        frame_timeout_s: float = FRAME_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        # States and their limits as data: the table decides, not flags.
+        self._limits: Mapping[ConnState, _Limits] = {
+            ConnState.AWAITING_HELLO: _Limits(
+                min(pre_auth_max_frame, max_frame), hello_timeout_s, from_connect=True
+            ),
+            ConnState.OPEN: _Limits(max_frame, frame_timeout_s, from_connect=False),
+        }
+        self._state = ConnState.AWAITING_HELLO
+        self._opened = clock()
+        self._frame_started: float | None = None
+        self._max_frame = max_frame
+        self._framer = _Framer(self._limits[self._state].max_frame)
         self._in_flight: set[RequestId] = set()
-        self._dead = False
+
+    @property
+    def state(self) -> ConnState:
+        """Where the connection is in its life (see :class:`ConnState`)."""
+        return self._state
 
     @property
     def max_frame(self) -> int:
-        """The frame limit in bytes (both directions)."""
+        """The frame limit in bytes once authenticated (both directions)."""
+        return self._max_frame
+
+    @property
+    def frame_limit(self) -> int:
+        """The frame limit in bytes that applies to what arrives now."""
         return self._framer.max_frame
 
     @property
     def authenticated(self) -> bool:
         """Whether a ``hello`` has been accepted on this connection."""
-        return self._authenticated
+        return self._state is ConnState.OPEN
+
+    def read_deadline(self) -> float | None:
+        """When (on the connection's clock) to give up waiting for bytes, or
+        ``None`` to wait for ever. Before ``hello`` the whole hello must have
+        arrived within the hello timeout of the connection opening; after it,
+        each frame must arrive whole within the frame timeout of its first
+        byte (not of the last read: a client trickling a byte at a time is
+        still dropped). A loop that passes the deadline drops the client."""
+        limits = self._limits.get(self._state)
+        if limits is None:
+            return None
+        if limits.from_connect:
+            return self._opened + limits.timeout_s
+        if self._frame_started is None:
+            return None
+        return self._frame_started + limits.timeout_s
 
     @property
     def in_flight(self) -> frozenset[RequestId]:
@@ -877,8 +975,14 @@ class ServerConnection:
     def mark_authenticated(self) -> None:
         """Record that the client's ``hello`` was good (the server checked the
         token, e.g. with :func:`tokens_match`). Call it before answering the
-        hello and before asking for the next event."""
-        self._authenticated = True
+        hello and before asking for the next event. The frame limit grows
+        from :data:`PRE_AUTH_MAX_FRAME` to ``max_frame`` for frames that
+        arrive from now on (a client waits for the hello's answer before it
+        sends a big request)."""
+        if self._state is ConnState.DEAD:
+            raise LocalProtocolError("mark_authenticated() on a connection that is dead")
+        self._state = ConnState.OPEN
+        self._framer.max_frame = self._limits[ConnState.OPEN].max_frame
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the socket; ``b""`` means the client closed its end.
@@ -886,11 +990,16 @@ class ServerConnection:
         Raises :class:`LocalProtocolError` (your fault) if the connection was
         already closed by EOF or by a fatal :class:`Rejected` event.
         """
-        if self._dead:
+        if self._state is ConnState.DEAD:
             raise LocalProtocolError("connection was closed after an oversize frame; drop it")
         if self._framer.eof:
             raise LocalProtocolError("receive_data() after EOF (receive_data(b''))")
+        completed = self._framer.frames_completed
         self._framer.feed(data)
+        if not self._framer.partial_size:
+            self._frame_started = None
+        elif self._frame_started is None or self._framer.frames_completed != completed:
+            self._frame_started = self._clock()  # a new frame began in this chunk
 
     def next_event(self) -> ServerEvent:
         """The next :class:`Request`, :class:`Notification`, :class:`Rejected`
@@ -900,7 +1009,7 @@ class ServerConnection:
         :class:`LocalProtocolError` if called again after a ``Rejected`` event
         with ``close=True``.
         """
-        if self._dead:
+        if self._state is ConnState.DEAD:
             raise LocalProtocolError("connection was closed after an oversize frame; drop it")
         while True:
             item = self._framer.pop()
@@ -909,10 +1018,13 @@ class ServerConnection:
             if item is _Mark.EOF:
                 return ConnectionClosed(truncated=self._framer.partial_size > 0)
             if item is _Mark.OVERFLOW:
-                self._dead = True
+                limit = self.frame_limit
+                before_hello = self._state is ConnState.AWAITING_HELLO
+                self._state = ConnState.DEAD
                 error = TooLarge(
-                    f"frame is over the {self.max_frame}-byte limit; closing the connection",
-                    limit=self.max_frame,
+                    f"frame is over the {limit}-byte limit"
+                    f"{' before hello' if before_hello else ''}; closing the connection",
+                    limit=limit,
                 )
                 return self._reject(None, error, close=True)
             event = self._parse(item)
@@ -978,7 +1090,7 @@ class ServerConnection:
         if reply_id is None:
             # JSON-RPC never answers a notification; one that cannot be served
             # (before hello, unknown method, bad params) is simply dropped.
-            if not self._authenticated:
+            if not self.authenticated:
                 return None
             try:
                 return Notification(method, validate_params(method, params))
@@ -993,7 +1105,7 @@ class ServerConnection:
                     f"id {_short(reply_id)} is already used by a request that has not been answered"
                 ),
             )
-        if method != "hello" and not self._authenticated:
+        if method != "hello" and not self.authenticated:
             return self._reject(
                 reply_id,
                 Unauthenticated("not authenticated: the first request must be 'hello'"),
@@ -1097,7 +1209,7 @@ class ServerConnection:
         or for a method not in :data:`NOTIFICATIONS`; ``TypeError``/
         ``ValueError``/``TooLarge`` if ``params`` cannot be sent (your fault).
         """
-        if not self._authenticated:
+        if not self.authenticated:
             raise LocalProtocolError("cannot send notifications before the client is authenticated")
         if method not in NOTIFICATIONS:
             raise LocalProtocolError(f"unknown notification {method!r}; see NOTIFICATIONS")

@@ -12,6 +12,19 @@ For a native slot the same child maps the shared object (``dlopen``, which
 runs its constructors) before the engine does, as the last step of a clean
 check (:meth:`Quarantine.run_native`).
 
+The child compares the process and the interpreter before and after the
+body (:class:`~livepatch.processstate.ProcessState`): a body that leaves
+processes running (detached ones too: the child is their subreaper), closes
+or replaces fds 0-2, rebinds ``builtins`` or a host module's attribute,
+replaces a host module in ``sys.modules``, or changes the recursion limit,
+the switch interval or a signal handler fails the load with one line naming
+the change, because in the engine no unload or rollback could undo it.
+
+The child dies with its engine (``PR_SET_PDEATHSIG``), has a CPU limit of
+its own (``RLIMIT_CPU``) and kills what the body left behind, also when its
+own deadline passes; on the engine's side a child past its time is killed
+with its process group and reaped.
+
 Consequence worth knowing: a module body runs twice (once here, once in the
 engine), so module bodies should have no side effects beyond defining
 things. The check report warns about threads started at import.
@@ -19,17 +32,35 @@ things. The check report warns about threads started at import.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import LoadFailed
+from .processstate import (
+    ProcessState,
+    become_subreaper,
+    descendants,
+    die_with_parent,
+    kill_descendants,
+)
 
 __all__ = ["Quarantine", "interface_spec", "main"]
+
+_PARENT_ENV = "LIVEPATCH_QUARANTINE_PARENT"
+_TIMEOUT_ENV = "LIVEPATCH_QUARANTINE_TIMEOUT"
+#: Exit status of a child that could not write its result (the body closed it).
+_NO_RESULT = 97
+#: Bound at import, before any body runs: a body that rebinds json.dumps must
+#: not garble our answer (the comparison reports it instead).
+_dumps = json.dumps
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +99,19 @@ class Quarantine:
         )
 
     def _child(self, request: dict[str, Any], filename: str, timeout_hint: str, what: str) -> None:
+        env = {
+            **os.environ,
+            # The child's own safety nets: die with us, and a CPU budget.
+            _PARENT_ENV: str(os.getpid()),
+            _TIMEOUT_ENV: repr(self.timeout_s),
+        }
         proc = subprocess.Popen(
             [sys.executable, "-m", "livepatch.quarantine"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # so a body that forks can be killed as a group
+            env=env,
         )
         try:
             out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
@@ -112,6 +150,13 @@ def _raise_for(returncode: int, out: bytes, filename: str, what: str = "the modu
     if result is not None and "error" in result:
         data = {k: v for k, v in result.get("data", {}).items() if k != "kind"}
         raise LoadFailed(str(result["error"]), **data)
+    if returncode == _NO_RESULT and not lines:
+        raise LoadFailed(
+            f"{filename}: {what} closed the quarantine's result pipe (closed every fd?); "
+            "nothing was loaded",
+            filename=filename,
+            reason="side-effect",
+        )
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -152,6 +197,11 @@ def _import_interface(spec: str | None) -> type | None:
 
 def main() -> None:
     """The child: read a request on stdin, load and check, one JSON line out."""
+    parent = int(os.environ.get(_PARENT_ENV, "0") or 0)
+    if parent:
+        die_with_parent(parent)
+    become_subreaper()
+    timeout_s = float(os.environ.get(_TIMEOUT_ENV, "0") or 0)
     # The module body may print or write to fd 1: keep the real stdout for
     # our one result line and point fd 1 (and sys.stdout) at stderr.
     result_fd = os.dup(1)
@@ -163,13 +213,54 @@ def main() -> None:
 
         limit = int(request["memory_mb"]) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if timeout_s > 0:
+            # Should the engine die between PDEATHSIG's cracks, the CPU runs out.
+            cpu = math.ceil(timeout_s) + 1
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     except (ImportError, ValueError, OSError):
         pass  # no limit available here: the time limit still applies
+    answer = _Answer(result_fd)
+    if timeout_s > 0:
+        # Before the engine kills us (and so cannot reach what the body
+        # detached), clean up and say so ourselves.
+        watchdog = threading.Timer(timeout_s * 0.9, answer.out_of_time, args=(request, timeout_s))
+        watchdog.daemon = True
+        watchdog.start()
     result = _map_native(request) if "native" in request else _load_python(request)
-    with os.fdopen(result_fd, "w", encoding="utf-8") as out:
-        out.write(json.dumps(result) + "\n")
-        out.flush()
-    os._exit(0)  # skip interpreter teardown: threads the body started must not hang us
+    answer.send(result)
+
+
+class _Answer:
+    """The one result line, written once (by the load or by the watchdog)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, result: dict[str, Any]) -> None:
+        with self.lock:
+            kill_descendants()
+            try:
+                os.write(self.fd, (_dumps(result) + "\n").encode("utf-8"))
+            except OSError:
+                os._exit(_NO_RESULT)
+            os._exit(0)  # skip interpreter teardown: threads the body started must not hang us
+
+    def out_of_time(self, request: dict[str, Any], timeout_s: float) -> None:
+        self.send(
+            {
+                "ok": False,
+                "error": f"{request['filename']}: "
+                + (
+                    f"mapping the object did not finish within {timeout_s:g} s in quarantine "
+                    "(a constructor that never returns?); it was not mapped here"
+                    if "native" in request
+                    else f"the module body did not finish within {timeout_s:g} s in "
+                    "quarantine (an endless loop at import?); nothing was loaded"
+                ),
+                "data": {"reason": "timeout"},
+            }
+        )
 
 
 def _map_native(request: dict[str, Any]) -> dict[str, Any]:
@@ -193,9 +284,26 @@ def _load_python(request: dict[str, Any]) -> dict[str, Any]:
         interface = _import_interface(request["interface"])
         engine = Engine(name="quarantine")
         engine.add_slot("quarantine", interface)
+        before = ProcessState.capture()
         version = engine.load("quarantine", request["source"], request["filename"])
         report = engine.check(version)
-        result = {"ok": True, "report": report.to_json()}
+        # Build the symbol table too: introspection that never ends (a
+        # metaclass __signature__) then fails the load here, by the time limit.
+        with contextlib.suppress(Exception):
+            engine.symbols(version)
+        changes = before.changes(descendants())
+        if changes:
+            shown = "; ".join(changes[:4]) + (
+                f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
+            )
+            result = {
+                "ok": False,
+                "error": f"{request['filename']}: the module body changed the process ({shown}); "
+                "nothing was loaded: a module body should only define things",
+                "data": {"reason": "side-effect", "changes": changes},
+            }
+        else:
+            result = {"ok": True, "report": report.to_json()}
     except LivepatchError as exc:
         result = {"ok": False, "error": exc.message, "data": exc.to_data()}
     except MemoryError:

@@ -211,6 +211,16 @@ def render_status(status: Mapping[str, Any]) -> str:
             )
         if not slot["versions"]:
             lines.append("    (no versions)")
+    # Only when there is something to see: calls past their deadline that
+    # Python could not stop (blocked in C) and that still hold a worker.
+    stuck = (status.get("calls") or {}).get("stuck") or []
+    if stuck:
+        lines.append(f"stuck calls: {len(stuck)} (past their deadline, still running)")
+        lines.extend(
+            f"  {c['version']} {c['symbol']}()  for {c['age_s']:.1f} s" for c in stuck[:10]
+        )
+        if len(stuck) > 10:
+            lines.append(f"  ... and {len(stuck) - 10} more")
     return "\n".join(lines)
 
 

@@ -2,9 +2,23 @@
 
 A thin I/O loop around :class:`livepatch.protocol.ServerConnection` (framing,
 validation, errors) and :class:`livepatch.service.Service` (what each method
-does). Engine operations run in worker threads so that a slow module body on
-one connection never stalls the others; requests on one connection are
-answered in order.
+does). Requests on one connection are answered in order. Nothing the engine
+does runs on the event loop itself, and work is split three ways so that no
+kind of request waits behind another:
+
+* control requests (``status``, ``swap``, ``rollback``, ``purge``,
+  ``journal``, ``source``) run on their own small thread pool: quick, and
+  never queued behind a rule call or a load;
+* lifecycle and introspection (``load``, ``check``, ``unload``, ``symbols``,
+  ``diff``) run on another, bounded by the quarantine's time limit or by an
+  introspection deadline;
+* rule calls (``call``) run in a :class:`~livepatch.callpool.CallPool`:
+  fixed workers, a capped queue (``busy`` beyond it), a deadline per call
+  (``timeout``, and the call is interrupted or shown as stuck in ``status``).
+
+Before ``hello`` a connection may send only a small frame, must have sent its
+hello within a deadline of connecting, and only so many such connections are
+kept at once (the limits live in :class:`~livepatch.protocol.ServerConnection`).
 
 Access: by default a Unix socket in the private runtime directory (0600,
 created under a 0177 umask, never through a symlink, never over a live
@@ -16,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
 import secrets
@@ -23,18 +38,24 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .callpool import CallPool
 from .engine import Engine, Event
-from .errors import LivepatchError, Unauthenticated
+from .errors import Busy, LivepatchError, Timeout, Unauthenticated
+from .interrupt import Interrupted, run_with_deadline
 from .journal import Journal, Peer
 from .protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     ConnectionClosed,
+    InternalError,
     LocalProtocolError,
     Notification,
     Rejected,
@@ -54,13 +75,30 @@ from .runtime import (
     validate_name,
     write_connection_file,
 )
-from .service import Service
+from .service import Service, bad_result
 from .statedir import SourceStore
 
 __all__ = ["Listen", "Server", "parse_listen"]
 
-#: A client that stops sending in the middle of a frame is dropped after this.
+#: A frame must arrive whole within this many seconds of its first byte.
 FRAME_TIMEOUT_S = float(os.environ.get("LIVEPATCH_FRAME_TIMEOUT", "10"))
+#: A new connection must have sent a good ``hello`` within this.
+HELLO_TIMEOUT_S = float(os.environ.get("LIVEPATCH_HELLO_TIMEOUT", str(FRAME_TIMEOUT_S)))
+#: Connections not yet past ``hello`` kept at once; more are refused ``busy``.
+MAX_UNAUTHENTICATED = int(os.environ.get("LIVEPATCH_MAX_UNAUTHENTICATED", "32"))
+#: ``symbols`` and ``diff`` run code of the loaded module (a ``__signature__``,
+#: a default's ``__repr__``): interrupted after this.
+INTROSPECTION_TIMEOUT_S = float(os.environ.get("LIVEPATCH_INTROSPECTION_TIMEOUT", "10"))
+#: How long the event loop blocks on a control request before it awaits the
+#: rest (see Server._quick): long enough for the common case, short enough
+#: that a slow one never holds up other connections. Rule calls are always
+#: awaited: blocking on them serialised calls and measured slower for both
+#: throughput and swap latency (benchmarks/control_plane.py).
+CONTROL_WAIT_S = 0.02
+#: Methods served by the control threads: quick, never behind calls or loads.
+CONTROL_METHODS = frozenset({"status", "swap", "rollback", "purge", "journal", "source"})
+#: Read-only methods that run the loaded module's code: under a deadline.
+INTROSPECTION_METHODS = frozenset({"symbols", "diff"})
 #: A subscriber whose unread events pile up past this many bytes is dropped.
 MAX_BACKLOG = 16 * 1024 * 1024
 
@@ -100,7 +138,9 @@ class _Client:
     """One connected client, as the loop sees it."""
 
     def __init__(self, writer: asyncio.StreamWriter, peer: Peer) -> None:
-        self.conn = ServerConnection()
+        self.conn = ServerConnection(
+            hello_timeout_s=HELLO_TIMEOUT_S, frame_timeout_s=FRAME_TIMEOUT_S
+        )
         self.writer = writer
         self.peer = peer
         self.subscribed = False
@@ -125,6 +165,7 @@ class Server:
         journal: Journal | None = None,
         store: SourceStore | None = None,
         name_claim: NameClaim | None = None,
+        calls: CallPool | None = None,
     ) -> None:
         """``name_claim``: the engine's name, taken already (see
         :func:`~livepatch.runtime.claim_name`); else :meth:`start` takes it."""
@@ -140,6 +181,9 @@ class Server:
         self.token = token or secrets.token_urlsafe(32)
         self.directory = directory
         self.service = Service(engine, journal, store)
+        self.calls = calls or CallPool()
+        self._control = ThreadPoolExecutor(2, thread_name_prefix="livepatch-control")
+        self._lifecycle = ThreadPoolExecutor(4, thread_name_prefix="livepatch-lifecycle")
         self.info: ConnectionInfo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -182,6 +226,10 @@ class Server:
         self._cleanup_files()
         if self._claim is not None:
             self._claim.release()
+        self.calls.close()
+        # Idle threads go; a stuck call's or a hung load's thread is a daemon.
+        self._control.shutdown(wait=False, cancel_futures=True)
+        self._lifecycle.shutdown(wait=False, cancel_futures=True)
 
     def _cleanup_files(self) -> None:
         if self.info is not None:
@@ -303,6 +351,16 @@ class Server:
             writer.write(conn.send_error(None, Unauthenticated("peer uid is not the engine's")))
             writer.close()
             return
+        waiting = sum(1 for c in self._clients if not c.conn.authenticated)
+        if waiting >= MAX_UNAUTHENTICATED:
+            # Cheap to refuse: nothing of the peer's is read or parsed.
+            busy = Busy(
+                f"{waiting} connections are waiting for their hello: retry in a few seconds",
+                limit=MAX_UNAUTHENTICATED,
+            )
+            writer.write(ServerConnection().send_error(None, busy))
+            writer.close()
+            return
         client = _Client(writer, peer)
         self._clients.add(client)
         try:
@@ -318,11 +376,16 @@ class Server:
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                timeout = FRAME_TIMEOUT_S if conn.partial_frame_size else None
+                # One deadline for a whole frame (or, before hello, for the
+                # whole hello), however the bytes trickle in.
+                deadline = conn.read_deadline()
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    return  # too slow: drop this client only
                 try:
                     data = await asyncio.wait_for(reader.read(1 << 16), timeout)
                 except TimeoutError:
-                    return  # silent mid-frame: drop this client only
+                    return  # silent or trickling: drop this client only
                 conn.receive_data(data)
                 continue
             if isinstance(event, ConnectionClosed):
@@ -351,12 +414,22 @@ class Server:
         if method == "subscribe":
             client.subscribed = True
             return conn.send_result(request.id, {"subscribed": True})
+        if method == "call":
+            return await self._call(client, request)
         loop = asyncio.get_running_loop()
-        work: Awaitable[Any] = loop.run_in_executor(
-            None, self.service.handle, method, params, client.peer
-        )
+        job: Callable[[], Any] = functools.partial(self.service.handle, method, params, client.peer)
+        if method == "status":
+            job = functools.partial(self._status, client.peer)
+        elif method in INTROSPECTION_METHODS:
+            job = functools.partial(self._introspect, job, method, params)
         try:
-            result = await work
+            if method in CONTROL_METHODS:
+                result = await self._quick(
+                    self._control.submit(job), CONTROL_WAIT_S, events_first=True
+                )
+            else:
+                work: Awaitable[Any] = loop.run_in_executor(self._lifecycle, job)
+                result = await work
         except LivepatchError as exc:
             return conn.send_error(request.id, exc)
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
@@ -365,6 +438,71 @@ class Server:
             return conn.send_result(request.id, result)
         except LivepatchError as exc:  # a result over the frame limit, or not JSON
             return conn.send_error(request.id, exc)
+
+    async def _call(self, client: _Client, request: Request) -> bytes:
+        """A rule call, in the call pool under its deadline."""
+        conn = client.conn
+        params = dict(request.params)
+        timeout_s = params.pop("timeout_s", None)
+        target = str(params.get("version") or params.get("slot"))
+        symbol = str(params["symbol"])
+        try:
+            future = self.calls.submit(
+                functools.partial(self.service.handle, "call", params, client.peer),
+                target=target,
+                symbol=symbol,
+                timeout_s=timeout_s,
+            )
+            result = await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001 - LivepatchError or not, never a traceback
+            return conn.send_error(request.id, exc)
+        try:
+            return conn.send_result(request.id, result)
+        except InternalError as exc:
+            # The result came from the rule: its value is at fault, not us.
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            return conn.send_error(request.id, bad_result(f"{target} {symbol}()", cause))
+        except LivepatchError as exc:  # over the frame limit
+            return conn.send_error(request.id, exc)
+
+    @staticmethod
+    async def _quick(future: Future[Any], wait_s: float, *, events_first: bool = False) -> Any:
+        """The future's result, waited for *blocking* the loop at first.
+
+        Waiting on the future releases the GIL, so the thread doing the work
+        takes it at once instead of queueing behind the event loop's next
+        frames (a thread waiting for the GIL can wait a whole switch
+        interval, 5 ms, per hand-off). Work that takes longer than
+        ``wait_s`` is awaited without blocking, so the loop is never held
+        up for more than that.
+        """
+        try:
+            result = future.result(timeout=wait_s)
+        except FutureTimeout:
+            return await asyncio.wrap_future(future)
+        if events_first:
+            # The change's event notifications were queued on the loop while
+            # the work ran: let them out before the reply, as they happened.
+            await asyncio.sleep(0)
+        return result
+
+    def _status(self, peer: Peer) -> Any:
+        result = self.service.handle("status", {}, peer)
+        result["calls"] = self.calls.snapshot()
+        return result
+
+    @staticmethod
+    def _introspect(job: Callable[[], Any], method: str, params: dict[str, Any]) -> Any:
+        try:
+            return run_with_deadline(job, INTROSPECTION_TIMEOUT_S)
+        except Interrupted:
+            what = " ".join(str(v) for v in params.values())
+            raise Timeout(
+                f"{method} {what}: reading the loaded code did not finish within "
+                f"{INTROSPECTION_TIMEOUT_S:g} s (a __signature__ or __repr__ that never "
+                "returns?); it was interrupted",
+                timeout_s=INTROSPECTION_TIMEOUT_S,
+            ) from None
 
     def _hello(self, client: _Client, request: Request) -> bytes:
         conn = client.conn

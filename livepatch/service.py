@@ -17,14 +17,16 @@ nothing are recorded afterwards, for the audit only.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .callpool import note_version
 from .convert import ConversionError, arguments_from_json, to_json
-from .engine import Commit, Engine
-from .errors import CallFailed, LivepatchError, StorageError
+from .engine import Commit, Engine, Event
+from .errors import BadResult, CallFailed, LivepatchError, StorageError
 from .journal import Journal, Peer
 from .model import Change
 from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams
@@ -32,7 +34,7 @@ from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams
 if TYPE_CHECKING:
     from .statedir import SourceStore
 
-__all__ = ["LIFECYCLE_METHODS", "Service"]
+__all__ = ["LIFECYCLE_METHODS", "Service", "bad_result"]
 
 #: Methods that change state: journaled, and announced to subscribers.
 LIFECYCLE_METHODS = frozenset({"load", "check", "swap", "rollback", "purge", "unload"})
@@ -63,6 +65,12 @@ class Service:
             "call": self._call,
             "journal": self._journal,
         }
+        #: (slot, member) -> (the interface's member, its resolved hints).
+        self._interface_hints: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        #: (version, symbol) -> (function, its signature), for calls. Dropped
+        #: when the version is purged or unloaded, so it never keeps one alive.
+        self._signatures: dict[tuple[str, str], tuple[Callable[..., Any], inspect.Signature]] = {}
+        engine.subscribe(self._forget_signatures)
 
     @property
     def methods(self) -> list[str]:
@@ -212,6 +220,7 @@ class Service:
         # Pin the slot so the version we convert arguments for is the one that
         # runs, and the reply can say which version that was.
         with self.engine.pin(slot) as rules:
+            note_version(rules.version)  # named if the call gets stuck
             fn = self.engine.function(rules.version, symbol)
             return self._invoke(
                 rules.version,
@@ -233,7 +242,9 @@ class Service:
     ) -> dict[str, Any]:
         hints = self._hints(version, symbol, fn)
         try:
-            py_args, py_kwargs = arguments_from_json(fn, args, kwargs, hints)
+            py_args, py_kwargs = arguments_from_json(
+                fn, args, kwargs, hints, self._signature(version, symbol, fn)
+            )
         except ConversionError as exc:
             raise InvalidParams(f"{version} {symbol}: {exc}", param="args") from None
         try:
@@ -242,7 +253,31 @@ class Service:
             raise
         except Exception as exc:  # noqa: BLE001 - the rule failed: the caller is told
             raise CallFailed.from_exception(version, symbol, exc) from None
-        return {"version": version, "result": to_json(result)}
+        try:
+            shown = to_json(result)
+        except (RecursionError, ValueError) as exc:
+            raise bad_result(f"{version} {symbol}()", exc) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. a __repr__ that raises
+            raise bad_result(f"{version} {symbol}()", exc) from None
+        return {"version": version, "result": shown}
+
+    def _signature(
+        self, version: str, symbol: str, fn: Callable[..., Any]
+    ) -> inspect.Signature | None:
+        cached = self._signatures.get((version, symbol))
+        if cached is not None and cached[0] is fn:
+            return cached[1]
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None  # arguments_from_json says why
+        self._signatures[(version, symbol)] = (fn, signature)
+        return signature
+
+    def _forget_signatures(self, event: Event) -> None:
+        if event.op in ("purge", "unload"):
+            for key in [k for k in self._signatures if k[0] == event.version]:
+                self._signatures.pop(key, None)
 
     def _hints(self, version: str, symbol: str, fn: Callable[..., Any]) -> dict[str, Any]:
         # The interface's annotations are the contract (host types); the
@@ -250,14 +285,40 @@ class Service:
         slot = version.rpartition("@")[0]
         interface = self.engine.interface(slot)
         member = getattr(interface, symbol, None) if interface else None
+        cached = self._interface_hints.get((slot, symbol))
+        if member is not None and cached is not None and cached[0] is member:
+            return cached[1]  # the host's interface does not change: resolved once
         for source in (member, fn):
             if source is None:
                 continue
             try:
-                return typing.get_type_hints(source)
+                hints = typing.get_type_hints(source)
             except Exception:  # noqa: BLE001 - unresolvable annotations: try the next
                 continue
+            if source is member:
+                self._interface_hints[(slot, symbol)] = (member, hints)
+            return hints
         return {}
+
+
+def bad_result(what: str, exc: BaseException) -> BadResult:
+    """The ``bad-result`` error for a rule's value that cannot be sent,
+    naming the value's problem in one line."""
+    text = str(exc).strip().splitlines()
+    detail = text[0] if text else type(exc).__name__
+    if isinstance(exc, RecursionError) or "nested too deeply" in detail:
+        problem = "it is nested too deeply to encode"
+    elif "integer string conversion" in detail:
+        problem = "it holds an int with more digits than can be printed (4300)"
+    elif "Circular reference" in detail:
+        problem = "it contains a circular reference"
+    else:
+        problem = f"{type(exc).__name__}: {detail[:200]}"
+    return BadResult(
+        f"{what} returned a value the protocol cannot carry: {problem}; "
+        "return JSON-able data (dataclasses, dicts, lists, str, numbers)",
+        problem=problem,
+    )
 
 
 def _summary(method: str, result: dict[str, Any]) -> str:

@@ -21,8 +21,10 @@ from livepatch.protocol import (
     MAX_FRAME,
     METHODS,
     NEED_DATA,
+    PRE_AUTH_MAX_FRAME,
     ClientConnection,
     ConnectionClosed,
+    ConnState,
     ErrorResponse,
     InvalidParams,
     InvalidParamType,
@@ -152,8 +154,10 @@ SPEC_CODES = {
     "too-large": -32008,
     # Not in the design's list: errors.CallFailed arrived later; next free code.
     "call-failed": -32009,
-    # errors.StorageError (issue 11): clear of the codes the next kinds take.
-    "storage": -32020,
+    # Durable state (storage), then the liveness kinds.
+    "storage": -32010,
+    "timeout": -32011,
+    "bad-result": -32012,
 }
 
 
@@ -457,6 +461,7 @@ def test_oversize_is_detected_as_soon_as_the_buffer_passes_the_limit() -> None:
     server = ServerConnection()
     server.receive_data(line(request(1, "hello")))
     assert isinstance(server.next_event(), Request)
+    server.mark_authenticated()
     mib = b"x" * (1024 * 1024)
     for _ in range(16):
         server.receive_data(mib)
@@ -984,6 +989,8 @@ def valid_params(draw: st.DrawFn, method: str) -> dict[str, Any]:
                 strategy = st.one_of([text if t == "string" else BY_TYPE[t] for t in spec.types])
             if spec.minimum is not None:
                 strategy = strategy.filter(functools.partial(operator.le, spec.minimum))
+            if spec.maximum is not None:
+                strategy = strategy.filter(functools.partial(operator.ge, spec.maximum))
             params[name] = draw(strategy)
     for group in EXACTLY_ONE_OF.get(method, ()):
         for name in group:
@@ -1120,3 +1127,55 @@ def test_client_never_puts_an_invalid_request_on_the_wire(method: str, params: A
         return
     assert data.endswith(b"\n") and data.count(b"\n") == 1
     assert one_event(authed(), data) == Request(rid, method, dict(params or {}))
+
+
+# --------------------------------------------------------------------------
+# limits by connection state: before hello small and quick, after it big
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_before_hello_frames_are_small_and_the_hello_has_one_deadline() -> None:
+    clock = FakeClock()
+    server = ServerConnection(hello_timeout_s=5, frame_timeout_s=7, clock=clock)
+    assert server.state is ConnState.AWAITING_HELLO
+    assert server.frame_limit == PRE_AUTH_MAX_FRAME and server.max_frame == MAX_FRAME
+    assert server.read_deadline() == 105.0  # from connect, even with nothing sent
+    hello = line(request(1, "hello", {"client": "t"}))
+    for byte in hello[:-1]:  # trickled: every read brings a byte, the deadline stays
+        clock.now += 1
+        server.receive_data(bytes([byte]))
+        assert server.read_deadline() == 105.0
+    server.receive_data(b"\n")
+    assert isinstance(server.next_event(), Request)
+    server.mark_authenticated()
+    assert server.state is ConnState.OPEN and server.frame_limit == MAX_FRAME
+    assert server.read_deadline() is None  # idle between frames is fine
+    # After hello: each frame has its own deadline, from its first byte.
+    clock.now = 200.0
+    server.receive_data(b'{"jsonrpc": "2.0", ')
+    assert server.read_deadline() == 207.0
+    clock.now = 206.0
+    server.receive_data(b'"id": 2, ')
+    assert server.read_deadline() == 207.0  # not extended by the read
+    clock.now = 206.5
+    server.receive_data(b'"method": "status"}\n{"jsonrpc"')  # one ends, the next begins
+    assert server.read_deadline() == 213.5
+    assert server.next_event() == Request(2, "status", {})
+
+
+def test_a_frame_over_the_pre_hello_limit_is_refused_and_closes() -> None:
+    server = ServerConnection()
+    server.receive_data(b"x" * (PRE_AUTH_MAX_FRAME + 1))
+    event = server.next_event()
+    assert isinstance(event, Rejected) and event.close and event.error.kind == "too-large"
+    assert "before hello" in event.error.message and server.state is ConnState.DEAD
+    assert server.partial_frame_size == 0
+    with pytest.raises(LocalProtocolError):
+        server.mark_authenticated()

@@ -1,0 +1,70 @@
+"""The call pool on its own: deadlines, interruption, stuck calls, busy."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from livepatch.callpool import CallPool, note_version
+from livepatch.errors import Busy, Timeout
+from livepatch.interrupt import Interrupted, run_with_deadline
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_results_errors_timeouts_stuck_and_busy() -> None:
+    pool = CallPool(workers=2, queue_size=1, timeout_s=5)
+    release = threading.Event()
+    try:
+        assert pool.submit(lambda: 41 + 1, target="s", symbol="f").result(10) == 42
+        with pytest.raises(ZeroDivisionError):
+            pool.submit(lambda: 1 / 0, target="s", symbol="f").result(10)
+
+        def spin() -> None:
+            note_version("s@2")
+            while True:
+                pass
+
+        future = pool.submit(spin, target="s", symbol="spin", timeout_s=0.2)
+        with pytest.raises(Timeout, match=r"s@2 spin\(\) did not return within 0.2 s"):
+            future.result(10)
+        wait_until(lambda: pool.snapshot()["running"] == 0)  # interrupted: worker back
+
+        def block() -> None:
+            note_version("s@3")
+            release.wait()  # in C: the interrupt waits until it returns
+
+        stuck = [pool.submit(block, target="s", symbol="block", timeout_s=0.2) for _ in range(2)]
+        for f in stuck:
+            with pytest.raises(Timeout):
+                f.result(10)
+        snap = pool.snapshot()
+        assert [(c["version"], c["symbol"]) for c in snap["stuck"]] == [("s@3", "block")] * 2
+        queued = pool.submit(lambda: "late", target="s", symbol="q", timeout_s=0.2)
+        with pytest.raises(Busy, match="2 stuck"):
+            pool.submit(lambda: None, target="s", symbol="f")
+        with pytest.raises(Timeout):
+            queued.result(10)  # never started: both workers are stuck
+    finally:
+        release.set()
+        pool.close()
+    wait_until(lambda: pool.snapshot()["stuck"] == [])  # returned: no longer stuck
+
+
+def test_run_with_deadline_interrupts_python_and_leaves_nothing_pending() -> None:
+    def forever() -> None:
+        while True:
+            pass
+
+    with pytest.raises(Interrupted):
+        run_with_deadline(forever, 0.1)
+    assert run_with_deadline(lambda: sum(range(10)), 5) == 45
+    assert sum(range(1000)) == 499500  # the cancelled deadline left nothing pending
