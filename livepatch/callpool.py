@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Busy, Timeout
-from .interrupt import Interrupted, clear_interrupt, interrupt_thread
+from .interrupt import Interrupted, absorb_interrupt, interrupt_thread
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -204,8 +204,9 @@ class CallPool:
             _current.call = None
             with call.lock:
                 call.finished = True
-                if call.expired:
-                    clear_interrupt(ident)  # one not yet raised must not hit the next call
+                expired = call.expired
+            if expired:
+                absorb_interrupt()  # one not yet raised must not hit the next call
             self._forget(call)
 
     def _forget(self, call: _Call) -> None:

@@ -12,20 +12,18 @@ returns. What cannot be stopped is reported, never waited for.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["Interrupted", "clear_interrupt", "interrupt_thread", "run_with_deadline"]
+__all__ = ["Interrupted", "absorb_interrupt", "interrupt_thread", "run_with_deadline"]
 
 T = TypeVar("T")
 
-# Two prototypes of one C function: raise (an exception type) and clear (NULL).
 _PROTO_RAISE = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)
-_PROTO_CLEAR = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _set_async_exc = _PROTO_RAISE(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
-_clear_async_exc = _PROTO_CLEAR(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
 
 
 class Interrupted(BaseException):
@@ -37,9 +35,19 @@ def interrupt_thread(ident: int) -> bool:
     return bool(_set_async_exc(ident, Interrupted))
 
 
-def clear_interrupt(ident: int) -> None:
-    """Withdraw a pending :class:`Interrupted` that was not raised yet."""
-    _clear_async_exc(ident, None)
+def absorb_interrupt() -> None:
+    """Take delivery of an :class:`Interrupted` that may still be pending for
+    the calling thread, and drop it.
+
+    Withdrawing it instead (``PyThreadState_SetAsyncExc(id, NULL)``) leaves
+    CPython 3.11's eval breaker signalled for good, and the next traced frame
+    of that thread then spins at its first instruction forever. A pending
+    exception arrives at the next eval-breaker check, which a loop's backward
+    jump makes.
+    """
+    with contextlib.suppress(Interrupted):
+        for _ in range(64):
+            pass
 
 
 class _Watch:
@@ -56,11 +64,11 @@ class _Watch:
             if not self.done:
                 self.fired = interrupt_thread(self.ident)
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
+        """No firing from now on; True if it fired (the caller absorbs it)."""
         with self.lock:
             self.done = True
-            if self.fired:
-                clear_interrupt(self.ident)
+            return self.fired
 
 
 def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
@@ -78,4 +86,5 @@ def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
         return fn()
     finally:
         timer.cancel()
-        watch.finish()
+        if watch.finish():
+            absorb_interrupt()

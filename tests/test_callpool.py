@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,3 +70,30 @@ def test_run_with_deadline_interrupts_python_and_leaves_nothing_pending() -> Non
         run_with_deadline(forever, 0.1)
     assert run_with_deadline(lambda: sum(range(10)), 5) == 45
     assert sum(range(1000)) == 499500  # the cancelled deadline left nothing pending
+
+
+def test_an_absorbed_interrupt_leaves_the_thread_healthy_even_when_traced() -> None:
+    # Withdrawing a pending interrupt with SetAsyncExc(NULL) left CPython 3.11's
+    # eval breaker set, and the thread's next traced call spun forever (found
+    # when pytest ran a tracing test after this file). In a child, so a
+    # regression fails by deadline instead of hanging the suite.
+    script = (
+        "import sys\n"
+        "from livepatch.interrupt import run_with_deadline\n"
+        "def forever():\n"
+        "    while True:\n"
+        "        pass\n"
+        "try:\n"
+        "    run_with_deadline(forever, 0.05)\n"
+        "except BaseException as exc:\n"
+        "    print(type(exc).__name__)\n"
+        "def work(n):\n"
+        "    return [i for i in range(n)]\n"
+        "sys.settrace(lambda frame, event, arg: None)\n"
+        "print(work(3))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["Interrupted", "[0, 1, 2]"]
