@@ -23,21 +23,26 @@
  *   fast       dict, slot name -> the Rules of its active version. The engine
  *              stores a new one when it swaps (one dict store, atomic under
  *              the GIL, like its own _active dict) and removes it on close.
- *   pins       the engine's contextvars.ContextVar: None, or the innermost
- *              open Pin of this context. Each open Pin links to the one that
- *              was innermost when it opened (`parent`), so the variable's value
- *              is the stack of this context's open pins, and contextvars give
- *              threads and asyncio tasks each their own stack (a task starts
- *              with a copy of its creator's, as contextvars do).
+ *   pins       the engine's contextvars.ContextVar: None, or the PinStack of
+ *              this context: its open pins, innermost last. A context gets
+ *              its own stack once, by its first pin (one ContextVar.set);
+ *              after that opening and closing a pin pushes and pops in place,
+ *              which is what makes a pin cheap (a set and a reset per block
+ *              cost a third of it: two immutable-map updates, a token, four
+ *              allocations). A stack knows the context it belongs to (it
+ *              holds it), so a context that inherited another's stack (an
+ *              asyncio task, copy_context) never changes it: it takes its own
+ *              copy at its first pin or pinned call. Threads and tasks so
+ *              each see their own pins, across await.
  *   fallback   the bound Python Engine.call.
  *   no_active  the engine's _no_active(slot): the exception a pin of a slot
  *              without an active version raises.
  *
- * Pin counts: every open Pin is linked into a list owned by the Rules it pinned
- * (intrusive, so opening a pin allocates nothing but the Pin), with the id of
- * the thread that opened it; Rules.open_pins() counts them per thread for the
- * engine's in-flight figure. All of it runs under the GIL, which makes every
- * link and unlink atomic for other threads.
+ * Pin counts: every stack entry a context pushed itself records the thread
+ * that opened it, and every live stack is on one list (the module's);
+ * Rules.open_pins() walks them for the engine's in-flight figure, which is
+ * rare (unload, status), so that opening a pin keeps no other count. All of
+ * it runs under the GIL, which makes every push and pop atomic for others.
  *
  * Reference cycles: the engine owns the dispatcher, which owns the bound
  * method, which owns the engine; a Version owns its Rules, which own the
@@ -58,6 +63,8 @@
 #define Py_READONLY READONLY
 #endif
 
+typedef struct PinStack PinStack;
+
 /* The module's types, found from any of their instances' types. */
 typedef struct {
     PyTypeObject *dispatcher;
@@ -66,9 +73,9 @@ typedef struct {
     PyTypeObject *counted;
     PyTypeObject *pin;
     PyTypeObject *hook;
+    PinStack *stacks; /* borrowed: every live PinStack, for open_pins */
 } speedups_state;
 
-typedef struct PinObject PinObject;
 
 typedef struct {
     PyObject_HEAD
@@ -78,7 +85,7 @@ typedef struct {
     PyObject *fallback;        /* strong: callable, the Python Engine.call */
     PyObject *no_active;       /* strong: callable slot -> exception */
     PyTypeObject *rules_type;  /* strong: exact-type checks on the hot path */
-    PyTypeObject *pin_type;    /* strong */
+    PyTypeObject *stack_type;  /* strong */
     PyTypeObject *hook_type;   /* strong */
     PyObject *pinners;         /* strong: dict slot -> what pin(slot) returns */
 } Dispatcher;
@@ -105,7 +112,6 @@ typedef struct {
     PyObject *calls;     /* strong: counter */
     PyObject *errors;    /* strong: counter */
     PyObject *cache;     /* strong: dict name -> Counted */
-    PinObject *open;     /* borrowed: first open Pin of this version */
     PyObject *weakreflist;
 } Rules;
 
@@ -119,20 +125,24 @@ typedef struct {
     PyObject *name;   /* strong: str */
 } Counted;
 
-/* Pin: one open `with engine.pin(slot)` block, made by __enter__ and closed
- * by __exit__ (then rules == NULL). While open it is the value of the
- * engine's context variable (or the parent of a later Pin), and linked
- * into rules->open. */
-struct PinObject {
-    PyObject_HEAD
-    PyObject *dispatcher; /* strong: the Dispatcher */
+/* One open pin block of a context. */
+typedef struct {
     PyObject *slot;       /* strong */
-    PyObject *rules;      /* strong while open: the pinned Rules */
-    PyObject *parent;     /* strong while open: the Pin innermost before, or NULL */
-    PyObject *token;      /* strong while open: undoes our ContextVar.set */
-    PinObject *prev;      /* borrowed: neighbours in rules->open */
-    PinObject *next;
+    PyObject *rules;      /* strong: the pinned Rules */
     unsigned long thread; /* threading.get_ident() of the opener */
+    int counted;          /* pushed here (1), or inherited from another context (0) */
+} PinEntry;
+
+/* PinStack: the open pins of one context, innermost last. */
+struct PinStack {
+    PyObject_HEAD
+    PyObject *owner;       /* strong: the context it belongs to, or NULL */
+    Py_ssize_t depth;
+    Py_ssize_t capacity;
+    PinEntry *entries;     /* PyMem */
+    speedups_state *state; /* the module's, for the list of stacks */
+    PinStack *prev;        /* borrowed: neighbours on state->stacks */
+    PinStack *next;
 };
 
 /* PinHook: the __enter__ (slot set) or __exit__ (slot NULL) of what
@@ -229,42 +239,101 @@ same_slot(PyObject *a, PyObject *b)
     return PyObject_RichCompareBool(a, b, Py_EQ);
 }
 
-/* The Rules this context has pinned for `slot`, borrowed from `top` (the
- * variable's value, a Pin), or NULL with no error when there is none, or
- * NULL with an error set. */
+/* The Rules `stack` has pinned for `slot` (the innermost), borrowed; NULL
+ * with no error when there is none, NULL with an error set on error. */
 static PyObject *
-pinned_rules(PyObject *top, PyObject *slot)
+stack_find(PinStack *stack, PyObject *slot)
 {
-    PinObject *frame = (PinObject *)top;
-    while (frame != NULL) {
-        if (frame->rules != NULL) {
-            int same = same_slot(frame->slot, slot);
-            if (same < 0) {
-                return NULL;
-            }
-            if (same) {
-                return frame->rules;
-            }
+    Py_ssize_t i;
+    for (i = stack->depth - 1; i >= 0; i--) {
+        int same = same_slot(stack->entries[i].slot, slot);
+        if (same < 0) {
+            return NULL;
         }
-        frame = (PinObject *)frame->parent;
+        if (same) {
+            return stack->entries[i].rules;
+        }
     }
     return NULL;
 }
 
-static void
-pin_unlink(PinObject *self)
+/* The running context, or NULL when this thread has none yet. The field is
+ * part of CPython's (non-limited) thread state in 3.11 to 3.13. */
+static inline PyObject *
+current_context(void)
 {
-    Rules *rules = (Rules *)self->rules;
-    if (self->prev != NULL) {
-        self->prev->next = self->next;
+    return PyThreadState_Get()->context;
+}
+
+static PinStack *stack_new(PyTypeObject *type, PinStack *inherited);
+
+/* This context's own stack: `value` (the variable's, a new reference that is
+ * consumed) when it belongs here, else a new one copying what `value` holds,
+ * made this context's with one ContextVar.set. NULL with an error set. */
+static PinStack *
+own_stack(Dispatcher *d, PyObject *value)
+{
+    PyObject *token;
+    PinStack *stack, *inherited = NULL;
+    PyObject *ctx = current_context();
+    if (value != NULL && Py_IS_TYPE(value, d->stack_type)) {
+        inherited = (PinStack *)value;
+        if (ctx != NULL && inherited->owner == ctx) {
+            return inherited;
+        }
     }
-    else if (rules != NULL && rules->open == self) {
-        rules->open = self->next;
+    stack = stack_new(d->stack_type, inherited);
+    Py_XDECREF(value);
+    if (stack == NULL) {
+        return NULL;
     }
-    if (self->next != NULL) {
-        self->next->prev = self->prev;
+    token = PyContextVar_Set(d->pins, (PyObject *)stack);
+    if (token == NULL) {
+        Py_DECREF(stack);
+        return NULL;
     }
-    self->prev = self->next = NULL;
+    Py_DECREF(token); /* a stack is never reset: it is emptied in place */
+    ctx = current_context(); /* set made one if the thread had none */
+    if (ctx == NULL) {
+        Py_DECREF(stack);
+        PyErr_SetString(PyExc_SystemError, "no current context after ContextVar.set");
+        return NULL;
+    }
+    stack->owner = Py_NewRef(ctx);
+    return stack; /* the variable holds it; this reference is the caller's */
+}
+
+static int
+stack_push(PinStack *stack, PyObject *slot, PyObject *rules, int counted)
+{
+    PinEntry *entry;
+    if (stack->depth == stack->capacity) {
+        Py_ssize_t capacity = stack->capacity ? stack->capacity * 2 : 4;
+        PinEntry *entries = PyMem_Realloc(stack->entries, (size_t)capacity * sizeof(PinEntry));
+        if (entries == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        stack->entries = entries;
+        stack->capacity = capacity;
+    }
+    entry = &stack->entries[stack->depth];
+    entry->slot = Py_NewRef(slot);
+    entry->rules = Py_NewRef(rules);
+    entry->thread = counted ? PyThread_get_thread_ident() : 0;
+    entry->counted = counted;
+    stack->depth++; /* last: a GC pass in between sees only whole entries */
+    return 0;
+}
+
+static void
+stack_pop(PinStack *stack)
+{
+    PinEntry *entry = &stack->entries[--stack->depth];
+    PyObject *slot = entry->slot, *rules = entry->rules;
+    entry->slot = entry->rules = NULL;
+    Py_DECREF(slot);
+    Py_DECREF(rules); /* may free the version: after the entry is gone */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -300,18 +369,34 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
     }
     rules = NULL;
     if (top != NULL && top != Py_None) {
-        if (!Py_IS_TYPE(top, self->pin_type)) {
+        PinStack *stack;
+        if (!Py_IS_TYPE(top, self->stack_type)) {
             Py_DECREF(top);
             goto fallback; /* not what the C pin stores: let Python decide */
         }
-        rules = pinned_rules(top, args[0]);
-        if (rules == NULL && PyErr_Occurred()) {
+        stack = (PinStack *)top;
+        if (stack->depth == 0) {
             Py_DECREF(top);
-            return NULL;
         }
-        Py_XINCREF(rules); /* before `top`, which holds it, may go */
+        else {
+            if (stack->owner != current_context()) {
+                /* Inherited pins: from the first pinned call on, this
+                 * context keeps its own copy, so its calls never change
+                 * version when the context it came from closes its pins. */
+                stack = own_stack(self, top);
+                if (stack == NULL) {
+                    return NULL;
+                }
+            }
+            rules = stack_find(stack, args[0]);
+            if (rules == NULL && PyErr_Occurred()) {
+                Py_DECREF(stack);
+                return NULL;
+            }
+            Py_XINCREF(rules); /* before the stack, which holds it, may go */
+            Py_DECREF(stack);
+        }
     }
-    Py_XDECREF(top);
 
     if (rules == NULL) {
         /* Borrowed from `fast`; taken strongly at once, before anything that
@@ -408,7 +493,7 @@ dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->fallback = Py_NewRef(fallback);
     self->no_active = Py_NewRef(no_active);
     self->rules_type = (PyTypeObject *)Py_NewRef((PyObject *)state->rules);
-    self->pin_type = (PyTypeObject *)Py_NewRef((PyObject *)state->pin);
+    self->stack_type = (PyTypeObject *)Py_NewRef((PyObject *)state->pin);
     self->hook_type = (PyTypeObject *)Py_NewRef((PyObject *)state->hook);
     self->pinners = PyDict_New();
     if (self->pinners == NULL) {
@@ -428,7 +513,7 @@ dispatcher_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->fallback);
     Py_VISIT(self->no_active);
     Py_VISIT(self->rules_type);
-    Py_VISIT(self->pin_type);
+    Py_VISIT(self->stack_type);
     Py_VISIT(self->hook_type);
     Py_VISIT(self->pinners);
     return 0;
@@ -446,7 +531,7 @@ dispatcher_clear(PyObject *op)
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->no_active);
     Py_CLEAR(self->rules_type);
-    Py_CLEAR(self->pin_type);
+    Py_CLEAR(self->stack_type);
     Py_CLEAR(self->hook_type);
     Py_CLEAR(self->pinners);
     return 0;
@@ -852,35 +937,53 @@ static PyObject *
 rules_open_pins(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     Rules *self = (Rules *)op;
-    PyObject *counts = PyDict_New();
-    PinObject *pin;
-    if (counts == NULL) {
+    speedups_state *state = PyType_GetModuleState(Py_TYPE(op));
+    PyObject *counts;
+    PinStack *stack;
+    unsigned long *threads = NULL;
+    Py_ssize_t n = 0, cap = 0, i, k;
+    if (state == NULL) {
         return NULL;
     }
-    /* No Python code runs in this loop except int and dict operations on
-     * exact types, which cannot release the GIL: the list stays still. */
-    for (pin = self->open; pin != NULL; pin = pin->next) {
-        PyObject *key = PyLong_FromUnsignedLong(pin->thread);
+    /* First into a C array: creating ints and dicts may run the GC, which
+     * may free a stack, and the list must stay still while it is walked. */
+    for (stack = state->stacks; stack != NULL; stack = stack->next) {
+        for (i = 0; i < stack->depth; i++) {
+            if (stack->entries[i].rules != op || !stack->entries[i].counted) {
+                continue;
+            }
+            if (n == cap) {
+                unsigned long *grown;
+                cap = cap ? cap * 2 : 8;
+                grown = PyMem_Realloc(threads, (size_t)cap * sizeof(unsigned long));
+                if (grown == NULL) {
+                    PyMem_Free(threads);
+                    return PyErr_NoMemory();
+                }
+                threads = grown;
+            }
+            threads[n++] = stack->entries[i].thread;
+        }
+    }
+    (void)self;
+    counts = PyDict_New();
+    for (k = 0; counts != NULL && k < n; k++) {
+        PyObject *key = PyLong_FromUnsignedLong(threads[k]);
         PyObject *old, *new;
-        long n;
         if (key == NULL) {
-            goto error;
+            Py_CLEAR(counts);
+            break;
         }
         old = PyDict_GetItemWithError(counts, key);
-        n = old != NULL ? PyLong_AsLong(old) : 0;
-        new = PyLong_FromLong(n + 1);
+        new = PyLong_FromLong((old != NULL ? PyLong_AsLong(old) : 0) + 1);
         if (new == NULL || PyDict_SetItem(counts, key, new) < 0) {
-            Py_XDECREF(new);
-            Py_DECREF(key);
-            goto error;
+            Py_CLEAR(counts);
         }
-        Py_DECREF(new);
+        Py_XDECREF(new);
         Py_DECREF(key);
     }
+    PyMem_Free(threads);
     return counts;
-error:
-    Py_DECREF(counts);
-    return NULL;
 }
 
 static int
@@ -1002,49 +1105,58 @@ static PyType_Spec rules_spec = {
 /* ------------------------------------------------------------------------ */
 /* Pin: with engine.pin(slot) as rules */
 
-/* __enter__ of engine.pin(slot): open a Pin and make it this context's
- * innermost; returns the pinned Rules. */
+/* __enter__ of engine.pin(slot): push the slot's version on this context's
+ * stack (a nested pin of the slot keeps the outer one's); returns its Rules. */
 static PyObject *
 hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
            PyObject *kwnames)
 {
     PinHook *hook = (PinHook *)op;
     Dispatcher *d = (Dispatcher *)hook->dispatcher;
-    PyObject *top, *rules = NULL, *token;
-    PinObject *self;
-    Rules *r;
+    PyObject *value, *rules;
+    PinStack *stack;
 
     if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
         PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
         return NULL;
     }
-    if (d->pins == NULL || d->fast == NULL || d->pin_type == NULL) {
+    if (d->pins == NULL || d->fast == NULL || d->stack_type == NULL) {
         PyErr_SetString(PyExc_ReferenceError, "the engine of this pin is gone");
         return NULL;
     }
-    if (PyContextVar_Get(d->pins, NULL, &top) < 0) {
+    if (PyContextVar_Get(d->pins, NULL, &value) < 0) {
         return NULL;
     }
-    if (top == Py_None) {
-        Py_CLEAR(top);
+    if (value == Py_None) {
+        Py_CLEAR(value);
     }
-    if (top != NULL && Py_IS_TYPE(top, d->pin_type)) {
-        /* Nested: a pin of this slot already open in this context keeps
-         * its version. */
-        rules = pinned_rules(top, hook->slot);
-        if (rules == NULL && PyErr_Occurred()) {
-            Py_DECREF(top);
+    /* The common case, inline: this context's own stack. */
+    if (value != NULL && Py_IS_TYPE(value, d->stack_type) &&
+        ((PinStack *)value)->owner == current_context()) {
+        stack = (PinStack *)value;
+    }
+    else {
+        if (value != NULL && !Py_IS_TYPE(value, d->stack_type)) {
+            Py_CLEAR(value); /* not ours (a Python Pin's dict): nothing to inherit */
+        }
+        stack = own_stack(d, value);
+        if (stack == NULL) {
             return NULL;
         }
     }
-    else if (top != NULL) {
-        Py_CLEAR(top); /* not ours (a Python Pin's dict): not a parent */
-    }
+    rules = stack_find(stack, hook->slot);
     if (rules == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(stack);
+            return NULL;
+        }
         rules = PyDict_GetItemWithError(d->fast, hook->slot);
-        if (rules == NULL) {
-            Py_XDECREF(top);
-            if (!PyErr_Occurred()) {
+        if (rules == NULL || !Py_IS_TYPE(rules, d->rules_type)) {
+            Py_DECREF(stack);
+            if (rules != NULL) {
+                PyErr_SetString(PyExc_TypeError, "the engine published something not Rules");
+            }
+            else if (!PyErr_Occurred()) {
                 /* The engine words it: unknown slot, or nothing active. */
                 PyObject *exc = PyObject_CallOneArg(d->no_active, hook->slot);
                 if (exc != NULL) {
@@ -1054,146 +1166,144 @@ hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
             }
             return NULL;
         }
-        if (!Py_IS_TYPE(rules, d->rules_type)) {
-            Py_XDECREF(top);
-            PyErr_SetString(PyExc_TypeError, "the engine published something that is not Rules");
-            return NULL;
-        }
     }
-    Py_INCREF(rules); /* allocating the Pin may run the GC, and a swap */
-    self = PyObject_GC_New(PinObject, d->pin_type);
-    if (self == NULL) {
-        Py_DECREF(rules);
-        Py_XDECREF(top);
-        return NULL;
-    }
-    /* From here on nothing runs Python code before the Pin is linked, so an
+    /* Between reading `fast` and the push nothing runs Python code, so an
      * unload on another thread either sees this pin or ran before it. */
-    r = (Rules *)rules;
-    self->dispatcher = Py_NewRef((PyObject *)d);
-    self->slot = Py_NewRef(hook->slot);
-    self->rules = rules; /* our reference */
-    self->parent = top;  /* our reference */
-    self->token = NULL;
-    self->thread = PyThread_get_thread_ident();
-    self->prev = NULL;
-    self->next = r->open;
-    if (r->open != NULL) {
-        r->open->prev = self;
-    }
-    r->open = self;
-    PyObject_GC_Track((PyObject *)self);
-    token = PyContextVar_Set(d->pins, (PyObject *)self);
-    if (token == NULL) {
-        pin_unlink(self);
-        Py_DECREF(self);
+    Py_INCREF(rules);
+    if (stack_push(stack, hook->slot, rules, 1) < 0) {
+        Py_DECREF(rules);
+        Py_DECREF(stack);
         return NULL;
     }
-    self->token = token;
-    Py_DECREF(self); /* the context (and the token) hold it now */
-    return Py_NewRef(rules);
+    Py_DECREF(stack);
+    return rules; /* our reference */
 }
 
-/* Close an open pin: the variable back to what it was, unlinked, released.
- * Returns -1 with an error set when the variable cannot be reset (the block
- * was closed in another context than it opened in); the pin is closed. */
-static int
-pin_close(PinObject *self)
-{
-    Dispatcher *d = (Dispatcher *)self->dispatcher;
-    PyObject *token = self->token;
-    int rc = 0;
-    self->token = NULL;
-    if (token != NULL && d != NULL && d->pins != NULL) {
-        rc = PyContextVar_Reset(d->pins, token);
-    }
-    pin_unlink(self);
-    Py_XDECREF(token);
-    Py_CLEAR(self->parent);
-    Py_CLEAR(self->rules);
-    return rc;
-}
-
-/* __exit__ of engine.pin(slot): close this context's innermost pin, the
- * one this block opened (`with` blocks nest within a context). */
+/* __exit__ of engine.pin(slot): pop this context's innermost pin, the one
+ * this block pushed (`with` blocks nest within a context). */
 static PyObject *
 hook_exit(PyObject *op, PyObject *const *Py_UNUSED(args), size_t Py_UNUSED(nargsf),
           PyObject *Py_UNUSED(kwnames))
 {
     PinHook *hook = (PinHook *)op;
     Dispatcher *d = (Dispatcher *)hook->dispatcher;
-    PyObject *top;
-    int rc = 0;
-    if (d->pins == NULL || d->pin_type == NULL) {
+    PyObject *value;
+    if (d->pins == NULL || d->stack_type == NULL) {
         Py_RETURN_NONE;
     }
-    if (PyContextVar_Get(d->pins, NULL, &top) < 0) {
+    if (PyContextVar_Get(d->pins, NULL, &value) < 0) {
         return NULL;
     }
-    if (top != NULL && Py_IS_TYPE(top, d->pin_type) && ((PinObject *)top)->rules != NULL) {
-        rc = pin_close((PinObject *)top);
+    if (value != NULL && Py_IS_TYPE(value, d->stack_type)) {
+        PinStack *stack = (PinStack *)value;
+        if (stack->depth > 0 && stack->owner == current_context()) {
+            stack_pop(stack);
+        }
     }
-    Py_XDECREF(top);
-    if (rc < 0) {
-        return NULL;
-    }
+    Py_XDECREF(value);
     Py_RETURN_NONE; /* never swallows the block's exception */
 }
 
-static int
-pin_traverse(PyObject *op, visitproc visit, void *arg)
+static PinStack *
+stack_new(PyTypeObject *type, PinStack *inherited)
 {
-    PinObject *self = (PinObject *)op;
+    speedups_state *state = PyType_GetModuleState(type);
+    PinStack *self;
+    Py_ssize_t i;
+    if (state == NULL) {
+        return NULL;
+    }
+    self = PyObject_GC_New(PinStack, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->owner = NULL;
+    self->depth = self->capacity = 0;
+    self->entries = NULL;
+    self->state = state;
+    self->prev = NULL;
+    self->next = state->stacks;
+    if (state->stacks != NULL) {
+        state->stacks->prev = self;
+    }
+    state->stacks = self;
+    PyObject_GC_Track((PyObject *)self);
+    /* What the other context had open is visible here too, but counted
+     * there: its blocks are the ones in flight. */
+    for (i = 0; inherited != NULL && i < inherited->depth; i++) {
+        if (stack_push(self, inherited->entries[i].slot, inherited->entries[i].rules, 0) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    return self;
+}
+
+static int
+stack_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    PinStack *self = (PinStack *)op;
+    Py_ssize_t i;
     Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->dispatcher);
-    Py_VISIT(self->slot);
-    Py_VISIT(self->rules);
-    Py_VISIT(self->parent);
-    Py_VISIT(self->token);
+    Py_VISIT(self->owner);
+    for (i = 0; i < self->depth; i++) {
+        Py_VISIT(self->entries[i].slot);
+        Py_VISIT(self->entries[i].rules);
+    }
     return 0;
 }
 
 static int
-pin_clear(PyObject *op)
+stack_clear(PyObject *op)
 {
-    PinObject *self = (PinObject *)op;
-    /* An abandoned open pin (its context is garbage): unlinked so that the
-     * version's pin count drops, without touching the dying context. */
-    pin_unlink(self);
-    Py_CLEAR(self->token);
-    Py_CLEAR(self->parent);
-    Py_CLEAR(self->rules);
-    Py_CLEAR(self->slot);
-    Py_CLEAR(self->dispatcher);
+    PinStack *self = (PinStack *)op;
+    /* An abandoned context (garbage with pins still open): its pins end. */
+    while (self->depth > 0) {
+        stack_pop(self);
+    }
+    Py_CLEAR(self->owner);
     return 0;
 }
 
 static void
-pin_dealloc(PyObject *op)
+stack_dealloc(PyObject *op)
 {
     PyTypeObject *type = Py_TYPE(op);
+    PinStack *self = (PinStack *)op;
     PyObject_GC_UnTrack(op);
-    (void)pin_clear(op);
+    (void)stack_clear(op);
+    if (self->prev != NULL) {
+        self->prev->next = self->next;
+    }
+    else if (self->state->stacks == self) {
+        self->state->stacks = self->next;
+    }
+    if (self->next != NULL) {
+        self->next->prev = self->prev;
+    }
+    PyMem_Free(self->entries);
     type->tp_free(op);
     Py_DECREF(type);
 }
 
 static PyObject *
-pin_repr(PyObject *op)
+stack_repr(PyObject *op)
 {
-    PinObject *self = (PinObject *)op;
-    if (self->rules != NULL) {
-        return PyUnicode_FromFormat("<Pin %R: open on %U>", self->slot, ((Rules *)self->rules)->vid);
-    }
-    return PyUnicode_FromFormat("<Pin %R: closed>", self->slot ? self->slot : Py_None);
+    return PyUnicode_FromFormat("<PinStack depth=%zd>", ((PinStack *)op)->depth);
+}
+
+static Py_ssize_t
+stack_len(PyObject *op)
+{
+    return ((PinStack *)op)->depth;
 }
 
 /* pins.get(slot): what the Python Engine.call asks of the variable's value,
- * a dict on the Python path and a Pin here: the pinned rules, or None. */
+ * a dict on the Python path and a PinStack here: the pinned rules, or None. */
 static PyObject *
-pin_get(PyObject *op, PyObject *slot)
+stack_get(PyObject *op, PyObject *slot)
 {
-    PyObject *rules = pinned_rules(op, slot);
+    PyObject *rules = stack_find((PinStack *)op, slot);
     if (rules == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
@@ -1203,47 +1313,29 @@ pin_get(PyObject *op, PyObject *slot)
     return Py_NewRef(rules);
 }
 
-static PyObject *
-pin_get_slot(PyObject *op, void *Py_UNUSED(closure))
-{
-    return field_or_none(((PinObject *)op)->slot);
-}
-
-static PyObject *
-pin_get_rules(PyObject *op, void *Py_UNUSED(closure))
-{
-    return field_or_none(((PinObject *)op)->rules);
-}
-
-static PyGetSetDef pin_getset[] = {
-    {"slot", pin_get_slot, NULL, NULL, NULL},
-    {"rules", pin_get_rules, NULL, PyDoc_STR("The pinned rules while open, else None."), NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyMethodDef pin_methods[] = {
-    {"get", pin_get, METH_O,
+    {"get", stack_get, METH_O,
      PyDoc_STR("get(slot)\n--\n\nThe rules this context has pinned for slot, or None.")},
     {NULL, NULL, 0, NULL},
 };
 
-PyDoc_STRVAR(pin_doc, "One open `with engine.pin(slot)` block: the value of the engine's context "
-                      "variable while it is the innermost.");
+PyDoc_STRVAR(pin_doc, "The open pins of one context (the engine's context variable's value); "
+                      "len() is how many.");
 
 static PyType_Slot pin_slots[] = {
     {Py_tp_doc, (void *)pin_doc},
-    {Py_tp_dealloc, pin_dealloc},
-    {Py_tp_traverse, pin_traverse},
-    {Py_tp_clear, pin_clear},
-    {Py_tp_repr, pin_repr},
-    {Py_tp_getset, pin_getset},
+    {Py_tp_dealloc, stack_dealloc},
+    {Py_tp_traverse, stack_traverse},
+    {Py_tp_clear, stack_clear},
+    {Py_tp_repr, stack_repr},
+    {Py_sq_length, stack_len},
     {Py_tp_methods, pin_methods},
     {0, NULL},
 };
 
 static PyType_Spec pin_spec = {
-    .name = "livepatch._speedups.OpenPin",
-    .basicsize = sizeof(PinObject),
+    .name = "livepatch._speedups.PinStack",
+    .basicsize = sizeof(PinStack),
     .itemsize = 0,
     .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
               Py_TPFLAGS_DISALLOW_INSTANTIATION),
@@ -1412,7 +1504,7 @@ speedups_exec(PyObject *module)
     speedups_state *state = PyModule_GetState(module);
     if (add_type(module, &rules_spec, "Rules", &state->rules) < 0 ||
         add_type(module, &counted_spec, "Counted", &state->counted) < 0 ||
-        add_type(module, &pin_spec, "OpenPin", &state->pin) < 0 ||
+        add_type(module, &pin_spec, "PinStack", &state->pin) < 0 ||
         add_type(module, &hook_spec, "PinHook", &state->hook) < 0 ||
         add_type(module, &counter_spec, "Counter", &state->counter) < 0 ||
         add_type(module, &dispatcher_spec, "Dispatcher", &state->dispatcher) < 0) {
