@@ -3,31 +3,42 @@
 Every figure is measured side by side on the same machine in the same run,
 as a ratio or a distribution (never a timed test):
 
-``hot_path``
+Each section is a module of this package:
+
+``hot_path`` (:mod:`.hot_path`)
     ``engine.call``, a call inside an open ``pin`` block and a whole ``pin``
     block against calling the function directly, on a trivial rule and on the
     bundled spam ``classify``.
+``callgrind`` (:mod:`.hot_path_callgrind`)
+    The same statements in instructions per call, counted by valgrind's
+    callgrind: figures that hold still on a busy machine. Skipped by
+    ``--quick`` unless asked for with ``--section callgrind``.
 ``swap_under_load``
     Caller threads run requests through ``pin`` (each request calls two
     functions and records the version marker each returned) while the main
     thread swaps back and forth between two versions: failed and
     mixed-version requests, request latency with and without swaps, swap
     latency in-process; then swaps over the control socket of a real engine
-    process, request to reply.
-``load_check``
+    process, request to reply (:mod:`.swap`).
+``control_plane`` (:mod:`.control_plane`)
+    8 clients calling rules over the socket flat out while another swaps:
+    swap latency and call throughput, next to a bare asyncio JSON-lines
+    server answering the same frames, in the same run.
+``load_check`` (:mod:`.load_check`)
     ``load`` + ``check`` of generated modules of 100, 1,000 and 10,000
     functions, next to CPython's own ``compile`` + ``exec`` of the same source.
-``memory``
+``memory`` (:mod:`.memory`)
     load/check/swap/purge/unload cycles: how many unloaded versions were
     freed, and the growth of resident memory.
-``peers``
+``peers`` (:mod:`.peers`)
     ``importlib.reload``, IPython's ``%autoreload 2`` and jurigged on the
     same module under the same caller threads, next to livepatch: reload
     time, and how many requests saw a mix of old and new code.
 
 The results print as a table and, with ``--json FILE``, are written as JSON
 of a stable shape (``schema`` 1): ``machine``, ``settings``, ``goals`` (each
-with its limit, measured value and ``met``), and one block per section.
+with its limit, measured value and ``met``, :mod:`.goals`), and one block
+per section; :mod:`.report` runs them and prints the table.
 
 IPython and jurigged are imported only inside the peer measurement.
 """
