@@ -1116,7 +1116,10 @@ hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
     PyObject *value, *rules;
     PinStack *stack;
 
-    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+    /* pin.__enter__() passes nothing; type(pin).__enter__(pin), as
+     * contextlib.ExitStack calls it, passes the manager, which is ignored:
+     * the hook knows its slot. */
+    if (PyVectorcall_NARGS(nargsf) > 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
         PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
         return NULL;
     }

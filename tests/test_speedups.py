@@ -526,6 +526,18 @@ def test_a_pin_object_serves_nested_and_repeated_blocks(engine: Engine) -> None:
     assert engine.info("rules@1").in_flight == 0
 
 
+def test_a_pin_in_an_exit_stack(engine: Engine) -> None:
+    import contextlib
+
+    # ExitStack calls type(cm).__enter__(cm) and type(cm).__exit__(cm, ...)
+    with contextlib.ExitStack() as stack:
+        rules = stack.enter_context(engine.pin("rules"))
+        assert rules.which() == 1
+        assert engine.info("rules@1").in_flight == 1
+    assert engine.info("rules@1").in_flight == 0
+    assert isinstance(engine.pin("rules"), contextlib.AbstractContextManager)
+
+
 def test_pinned_rules_attributes(engine: Engine) -> None:
     with engine.pin("rules") as rules:
         assert repr(rules) == "<PinnedRules rules@1>"
