@@ -10,9 +10,11 @@
  *               active one; every error case is handed, with the original
  *               arguments, to the Python Engine.call, so errors read exactly
  *               as the Python code words them.
- *   Pin         what engine.pin(slot) returns (dispatcher.pin): a context
- *               manager whose __enter__ pins the slot's active version (or,
- *               nested, keeps the outer pin's) and returns its Rules.
+ *   Pin         what engine.pin(slot) returns (dispatcher.pin): one context
+ *               manager per slot, of a class made for it whose __enter__ and
+ *               __exit__ are PinHook objects; __enter__ pins the slot's active
+ *               version (or, nested, keeps the outer pin's) on this context's
+ *               PinStack and returns its Rules.
  *   Rules       the bound rules of one version (the C PinnedRules):
  *               rules.f(...) calls f of that version, counted.
  *   Counted     what rules.f is: f with the version's counters around it.
@@ -46,8 +48,8 @@
  *
  * Reference cycles: the engine owns the dispatcher, which owns the bound
  * method, which owns the engine; a Version owns its Rules, which own the
- * Version; an open Pin owns its contextvars token, which owns the context,
- * which owns the Pin. Hence the GC support of every container type below.
+ * Version; a PinStack owns its context, which owns the stack (through the
+ * variable). Hence the GC support of every container type below.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -59,7 +61,6 @@
  * moved them, with a Py_ prefix, into Python.h. */
 #include <structmember.h>
 #define Py_T_PYSSIZET T_PYSSIZET
-#define Py_T_OBJECT_EX T_OBJECT_EX
 #define Py_READONLY READONLY
 #endif
 
