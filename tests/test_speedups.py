@@ -813,4 +813,5 @@ def test_stats_read_the_same_whatever_the_counter(accelerate: bool) -> None:
     with engine.pin("rules") as rules:
         rules.which()
     info = engine.info("rules@1")
+    engine.close()
     assert (info.calls, info.errors) == (8, 0)
