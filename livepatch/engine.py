@@ -73,12 +73,10 @@ if typing.TYPE_CHECKING:
 # (livepatch/_speedups.c), built at install time when a compiler is there;
 # without it the Python path serves.
 _Dispatcher: type[Dispatcher] | None
-_Rules: type[Rules] | None
 try:
     from ._speedups import Dispatcher as _Dispatcher
-    from ._speedups import Rules as _Rules
 except ImportError:
-    _Dispatcher = _Rules = None
+    _Dispatcher = None
 
 __all__ = [
     "MAX_SOURCE",
@@ -130,8 +128,8 @@ class Engine:
         self._fast: dict[str, Rules] = {}
         self._lock = threading.RLock()
         # This context's open pins: a dict slot -> PinnedRules on the Python
-        # path, the innermost open C Pin (which chains to the outer ones)
-        # with the accelerator. Both answer .get(slot).
+        # path (see pinning.py), the context's PinStack with the accelerator.
+        # Both answer .get(slot).
         self._pins: contextvars.ContextVar[Any] = contextvars.ContextVar(
             f"livepatch-pins-{name}-{id(self)}", default=None
         )
