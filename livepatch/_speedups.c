@@ -1,30 +1,55 @@
 /*
- * livepatch._speedups: the optional C accelerator of Engine.call.
+ * livepatch._speedups: the optional C accelerator of the engine's hot path.
  *
- * Engine.call (livepatch/engine.py) is the reference implementation and stays
- * the fallback: a Dispatcher serves only the common case -- an unpinned call
- * of a callable symbol of a slot's active version -- and hands every other
- * call, with its original arguments, to that Python method, so that errors,
- * pinned calls and anything unusual behave exactly as the Python code says.
+ * Engine.call and Engine.pin (livepatch/engine.py, livepatch/pinning.py) are
+ * the reference implementations and stay the fallback. This module serves
+ * the common cases in C with the same semantics:
+ *
+ *   Dispatcher  engine.call(slot, symbol, *args, **kwargs): the slot's pinned
+ *               version if this context has a pin of the slot open, else its
+ *               active one; every error case is handed, with the original
+ *               arguments, to the Python Engine.call, so errors read exactly
+ *               as the Python code words them.
+ *   Pin         what engine.pin(slot) returns (dispatcher.pin): one context
+ *               manager per slot, of a class made for it whose __enter__ and
+ *               __exit__ are PinHook objects; __enter__ pins the slot's active
+ *               version (or, nested, keeps the outer pin's) on this context's
+ *               PinStack and returns its Rules.
+ *   Rules       the bound rules of one version (the C PinnedRules):
+ *               rules.f(...) calls f of that version, counted.
+ *   Counted     what rules.f is: f with the version's counters around it.
+ *   Counter     a call counter advanced in place.
  *
  * What the dispatcher reads (all maintained by the engine, in Python):
  *
- *   fast     dict, slot name -> record of the active version, a 3-tuple
- *            (namespace: dict, calls: itertools.count, errors: itertools.count).
- *            The engine stores a new record when it swaps (one dict store,
- *            atomic under the GIL, like its own _active dict) and removes it
- *            on close. A tuple is the cheapest record to read from C, and it
- *            is immutable, so holding the tuple keeps its three items alive.
- *   pins     the engine's contextvars.ContextVar of pinned versions
- *            (None, or a dict slot -> version).
- *   pinning  the number of pin blocks open anywhere, kept equal to
- *            Engine._pinning by _Pin under the engine's pin lock. While it is
- *            zero no call can be pinned, and the context variable is not read.
- *   fallback the bound Python Engine.call.
+ *   fast       dict, slot name -> the Rules of its active version. The engine
+ *              stores a new one when it swaps (one dict store, atomic under
+ *              the GIL, like its own _active dict) and removes it on close.
+ *   pins       the engine's contextvars.ContextVar: None, or the PinStack of
+ *              this context: its open pins, innermost last. A context gets
+ *              its own stack once, by its first pin (one ContextVar.set);
+ *              after that opening and closing a pin pushes and pops in place,
+ *              which is what makes a pin cheap (a set and a reset per block
+ *              cost a third of it: two immutable-map updates, a token, four
+ *              allocations). A stack knows the context it belongs to (it
+ *              holds it), so a context that inherited another's stack (an
+ *              asyncio task, copy_context) never changes it: it takes its own
+ *              copy at its first pin or pinned call. Threads and tasks so
+ *              each see their own pins, across await.
+ *   fallback   the bound Python Engine.call.
+ *   no_active  the engine's _no_active(slot): the exception a pin of a slot
+ *              without an active version raises.
  *
- * The engine owns the dispatcher (as its instance attribute `call`) and the
- * dispatcher owns the bound method, which owns the engine: a reference cycle,
- * hence the GC support below.
+ * Pin counts: every stack entry a context pushed itself records the thread
+ * that opened it, and every live stack is on one list (the module's);
+ * Rules.open_pins() walks them for the engine's in-flight figure, which is
+ * rare (unload, status), so that opening a pin keeps no other count. All of
+ * it runs under the GIL, which makes every push and pop atomic for others.
+ *
+ * Reference cycles: the engine owns the dispatcher, which owns the bound
+ * method, which owns the engine; a Version owns its Rules, which own the
+ * Version; a PinStack owns its context, which owns the stack (through the
+ * variable). Hence the GC support of every container type below.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -39,13 +64,31 @@
 #define Py_READONLY READONLY
 #endif
 
+typedef struct PinStack PinStack;
+
+/* The module's types, found from any of their instances' types. */
+typedef struct {
+    PyTypeObject *dispatcher;
+    PyTypeObject *counter;
+    PyTypeObject *rules;
+    PyTypeObject *counted;
+    PyTypeObject *pin;
+    PyTypeObject *hook;
+    PinStack *stacks; /* borrowed: every live PinStack, for open_pins */
+} speedups_state;
+
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall; /* what makes instances vectorcall-able */
-    PyObject *fast;            /* strong: dict slot -> record tuple */
+    PyObject *fast;            /* strong: dict slot -> Rules */
     PyObject *pins;            /* strong: contextvars.ContextVar */
     PyObject *fallback;        /* strong: callable, the Python Engine.call */
-    Py_ssize_t pinning;        /* open pin blocks anywhere; 0 = none */
+    PyObject *no_active;       /* strong: callable slot -> exception */
+    PyTypeObject *rules_type;  /* strong: exact-type checks on the hot path */
+    PyTypeObject *stack_type;  /* strong */
+    PyTypeObject *hook_type;   /* strong */
+    PyObject *pinners;         /* strong: dict slot -> what pin(slot) returns */
 } Dispatcher;
 
 /* Counter: the engine's per-version call and error counter when this module
@@ -58,6 +101,63 @@ typedef struct {
     PyObject_HEAD
     unsigned long long value;
 } Counter;
+
+/* Rules: one version's functions, as `pin` hands them out. One per version
+ * (the engine makes it when it first publishes the version), so the
+ * Counted wrappers are built once per name. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *version;   /* strong: the engine's Version record (`_v`) */
+    PyObject *vid;       /* strong: str, "slot@N" */
+    PyObject *namespace; /* strong: dict, the version's globals (`_ns`) */
+    PyObject *calls;     /* strong: counter */
+    PyObject *errors;    /* strong: counter */
+    PyObject *cache;     /* strong: dict name -> Counted */
+    PyObject *weakreflist;
+} Rules;
+
+/* Counted: rules.NAME, the function with its version's counters. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fn;     /* strong */
+    PyObject *calls;  /* strong */
+    PyObject *errors; /* strong */
+    PyObject *name;   /* strong: str */
+} Counted;
+
+/* One open pin block of a context. */
+typedef struct {
+    PyObject *slot;       /* strong */
+    PyObject *rules;      /* strong: the pinned Rules */
+    unsigned long thread; /* threading.get_ident() of the opener */
+    int counted;          /* pushed here (1), or inherited from another context (0) */
+} PinEntry;
+
+/* PinStack: the open pins of one context, innermost last. */
+struct PinStack {
+    PyObject_HEAD
+    PyObject *owner;       /* strong: the context it belongs to, or NULL */
+    Py_ssize_t depth;
+    Py_ssize_t capacity;
+    PinEntry *entries;     /* PyMem */
+    speedups_state *state; /* the module's, for the list of stacks */
+    PinStack *prev;        /* borrowed: neighbours on state->stacks */
+    PinStack *next;
+};
+
+/* PinHook: the __enter__ (slot set) or __exit__ (slot NULL) of what
+ * engine.pin(slot) returns. See dispatcher_pin for why these are not
+ * methods. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *dispatcher; /* strong */
+    PyObject *slot;       /* strong, or NULL for __exit__ */
+} PinHook;
+
+/* ------------------------------------------------------------------------ */
+/* Counters */
 
 static PyObject *
 counter_next(PyObject *op)
@@ -107,17 +207,151 @@ count_error(PyObject *errors)
 #endif
 }
 
+/* Call fn with the version's counters around it: the one body of every
+ * counted call (engine.call, pinned or not, and rules.NAME). */
+static inline PyObject *
+counted_call(PyObject *fn, PyObject *calls, PyObject *errors, PyObject *const *args,
+             size_t nargsf, PyObject *kwnames)
+{
+    PyObject *result;
+    if (tick(calls) < 0) {
+        return NULL;
+    }
+    result = PyObject_Vectorcall(fn, args, nargsf, kwnames);
+    if (result == NULL) {
+        count_error(errors);
+    }
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pin stacks */
+
+/* Is `a` the slot `b`? Slots are nearly always the same interned str. */
+static inline int
+same_slot(PyObject *a, PyObject *b)
+{
+    if (a == b) {
+        return 1;
+    }
+    if (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b)) {
+        return PyUnicode_Compare(a, b) == 0;
+    }
+    return PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
+/* The Rules `stack` has pinned for `slot` (the innermost), borrowed; NULL
+ * with no error when there is none, NULL with an error set on error. */
+static PyObject *
+stack_find(PinStack *stack, PyObject *slot)
+{
+    Py_ssize_t i;
+    for (i = stack->depth - 1; i >= 0; i--) {
+        int same = same_slot(stack->entries[i].slot, slot);
+        if (same < 0) {
+            return NULL;
+        }
+        if (same) {
+            return stack->entries[i].rules;
+        }
+    }
+    return NULL;
+}
+
+/* The running context, or NULL when this thread has none yet. The field is
+ * part of CPython's (non-limited) thread state in 3.11 to 3.13. */
+static inline PyObject *
+current_context(void)
+{
+    return PyThreadState_Get()->context;
+}
+
+static PinStack *stack_new(PyTypeObject *type, PinStack *inherited);
+
+/* This context's own stack: `value` (the variable's, a new reference that is
+ * consumed) when it belongs here, else a new one copying what `value` holds,
+ * made this context's with one ContextVar.set. NULL with an error set. */
+static PinStack *
+own_stack(Dispatcher *d, PyObject *value)
+{
+    PyObject *token;
+    PinStack *stack, *inherited = NULL;
+    PyObject *ctx = current_context();
+    if (value != NULL && Py_IS_TYPE(value, d->stack_type)) {
+        inherited = (PinStack *)value;
+        if (ctx != NULL && inherited->owner == ctx) {
+            return inherited;
+        }
+    }
+    stack = stack_new(d->stack_type, inherited);
+    Py_XDECREF(value);
+    if (stack == NULL) {
+        return NULL;
+    }
+    token = PyContextVar_Set(d->pins, (PyObject *)stack);
+    if (token == NULL) {
+        Py_DECREF(stack);
+        return NULL;
+    }
+    Py_DECREF(token); /* a stack is never reset: it is emptied in place */
+    ctx = current_context(); /* set made one if the thread had none */
+    if (ctx == NULL) {
+        Py_DECREF(stack);
+        PyErr_SetString(PyExc_SystemError, "no current context after ContextVar.set");
+        return NULL;
+    }
+    stack->owner = Py_NewRef(ctx);
+    return stack; /* the variable holds it; this reference is the caller's */
+}
+
+static int
+stack_push(PinStack *stack, PyObject *slot, PyObject *rules, int counted)
+{
+    PinEntry *entry;
+    if (stack->depth == stack->capacity) {
+        Py_ssize_t capacity = stack->capacity ? stack->capacity * 2 : 4;
+        PinEntry *entries = PyMem_Realloc(stack->entries, (size_t)capacity * sizeof(PinEntry));
+        if (entries == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        stack->entries = entries;
+        stack->capacity = capacity;
+    }
+    entry = &stack->entries[stack->depth];
+    entry->slot = Py_NewRef(slot);
+    entry->rules = Py_NewRef(rules);
+    entry->thread = counted ? PyThread_get_thread_ident() : 0;
+    entry->counted = counted;
+    stack->depth++; /* last: a GC pass in between sees only whole entries */
+    return 0;
+}
+
+static void
+stack_pop(PinStack *stack)
+{
+    PinEntry *entry = &stack->entries[--stack->depth];
+    PyObject *slot = entry->slot, *rules = entry->rules;
+    entry->slot = entry->rules = NULL;
+    Py_DECREF(slot);
+    Py_DECREF(rules); /* may free the version: after the entry is gone */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Dispatcher */
+
 /* The hot path: dispatcher(slot, symbol, *args, **kwargs).
  *
  * Every `goto fallback` hands the call, untouched, to the Python Engine.call.
- * Before the record is found nothing is owned; after it, `record` and then
- * `fn` are owned and released on every way out. */
+ * Before the Rules are found nothing is owned; after, `rules` and then `fn`
+ * are owned and released on every way out. */
 static PyObject *
 dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Dispatcher *self = (Dispatcher *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *record, *namespace, *calls, *errors, *fn, *result;
+    PyObject *top, *rules, *fn, *result;
+    Rules *r;
 
     if (self->fast == NULL || self->pins == NULL) {
         goto fallback; /* being cleared by the GC (see dispatcher_clear) */
@@ -126,88 +360,82 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         goto fallback; /* Python raises the right TypeError or lookup error */
     }
 
-    if (self->pinning != 0) {
-        /* Some pin block is open somewhere: is this call inside one for
-         * this slot? PyContextVar_Get returns a new reference (the variable's
-         * default, None, when this context never set it). */
-        PyObject *pins;
-        int pinned;
-        if (PyContextVar_Get(self->pins, NULL, &pins) < 0) {
-            return NULL;
+    /* Is this call inside a pin of its slot? Reading the variable costs a
+     * few compares while no variable of this thread changed since the last
+     * read (CPython caches the last value per variable); the value is None
+     * until this context opens a pin, so pins elsewhere, or long closed,
+     * cost nothing here. */
+    if (PyContextVar_Get(self->pins, NULL, &top) < 0) {
+        return NULL;
+    }
+    rules = NULL;
+    if (top != NULL && top != Py_None) {
+        PinStack *stack;
+        if (!Py_IS_TYPE(top, self->stack_type)) {
+            Py_DECREF(top);
+            goto fallback; /* not what the C pin stores: let Python decide */
         }
-        if (pins == NULL || pins == Py_None) {
-            pinned = 0;
-        }
-        else if (PyDict_CheckExact(pins)) {
-            pinned = PyDict_Contains(pins, args[0]);
+        stack = (PinStack *)top;
+        if (stack->depth == 0) {
+            Py_DECREF(top);
         }
         else {
-            pinned = 1; /* not what the engine stores: let Python decide */
-        }
-        Py_XDECREF(pins);
-        if (pinned < 0) {
-            return NULL;
-        }
-        if (pinned) {
-            goto fallback; /* pinned calls run in Python, on the pinned version */
+            if (stack->owner != current_context()) {
+                /* Inherited pins: from the first pinned call on, this
+                 * context keeps its own copy, so its calls never change
+                 * version when the context it came from closes its pins. */
+                stack = own_stack(self, top);
+                if (stack == NULL) {
+                    return NULL;
+                }
+            }
+            rules = stack_find(stack, args[0]);
+            if (rules == NULL && PyErr_Occurred()) {
+                Py_DECREF(stack);
+                return NULL;
+            }
+            Py_XINCREF(rules); /* before the stack, which holds it, may go */
+            Py_DECREF(stack);
         }
     }
 
-    /* Borrowed from `fast`; taken strongly at once, before anything that could
-     * run Python code (a swap on another thread may replace the record while
-     * the rule runs, and the callee may itself swap). */
-    record = PyDict_GetItemWithError(self->fast, args[0]);
-    if (record == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
+    if (rules == NULL) {
+        /* Borrowed from `fast`; taken strongly at once, before anything that
+         * could run Python code (a swap on another thread may replace it
+         * while the rule runs, and the callee may itself swap). */
+        rules = PyDict_GetItemWithError(self->fast, args[0]);
+        if (rules == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            goto fallback; /* no such slot, or no active version */
         }
-        goto fallback; /* no such slot, or no active version */
+        if (!Py_IS_TYPE(rules, self->rules_type)) {
+            goto fallback;
+        }
+        Py_INCREF(rules);
     }
-    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3) {
-        goto fallback;
-    }
-    Py_INCREF(record);
-    /* The three items are borrowed from the tuple, which we now hold. */
-    namespace = PyTuple_GET_ITEM(record, 0);
-    calls = PyTuple_GET_ITEM(record, 1);
-    errors = PyTuple_GET_ITEM(record, 2);
-    if (!PyDict_CheckExact(namespace) || !PyIter_Check(calls) || !PyIter_Check(errors)) {
-        Py_DECREF(record);
-        goto fallback;
-    }
+    r = (Rules *)rules;
 
     /* Borrowed from the namespace, which the callee is free to mutate (a rule
      * may rebind its own globals): hold the function for the call. */
-    fn = PyDict_GetItemWithError(namespace, args[1]);
-    if (fn == NULL) {
-        Py_DECREF(record);
+    fn = PyDict_GetItemWithError(r->namespace, args[1]);
+    if (fn == NULL || !PyCallable_Check(fn)) {
+        Py_DECREF(rules);
         if (PyErr_Occurred()) {
             return NULL;
         }
         goto fallback; /* Python names the version in its error */
     }
-    if (!PyCallable_Check(fn)) {
-        Py_DECREF(record);
-        goto fallback;
-    }
     Py_INCREF(fn);
-
-    if (tick(calls) < 0) {
-        result = NULL;
-    }
-    else {
-        /* Pass the caller's array on, minus slot and symbol; keyword values
-         * follow the positional ones there, so kwnames is passed unchanged.
-         * PY_VECTORCALL_ARGUMENTS_OFFSET is deliberately not passed: it
-         * would let the callee overwrite args[1], and the caller's array may
-         * be a tuple shared with other threads (PyVectorcall_Call). */
-        result = PyObject_Vectorcall(fn, args + 2, (size_t)(nargs - 2), kwnames);
-        if (result == NULL) {
-            count_error(errors);
-        }
-    }
+    /* Pass the caller's array on, minus slot and symbol; keyword values
+     * follow the positional ones there, so kwnames is passed unchanged.
+     * PY_VECTORCALL_ARGUMENTS_OFFSET is deliberately not passed: it would
+     * let the callee overwrite args[1], and the caller's array may be a
+     * tuple shared with other threads (PyVectorcall_Call). */
+    result = counted_call(fn, r->calls, r->errors, args + 2, (size_t)(nargs - 2), kwnames);
     Py_DECREF(fn);
-    Py_DECREF(record);
+    Py_DECREF(rules);
     return result;
 
 fallback:
@@ -229,12 +457,16 @@ fallback:
 static PyObject *
 dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fast", "pins", "fallback", NULL};
-    PyObject *fast, *pins, *fallback;
+    static char *kwlist[] = {"fast", "pins", "fallback", "no_active", NULL};
+    PyObject *fast, *pins, *fallback, *no_active;
+    speedups_state *state = PyType_GetModuleState(type);
     Dispatcher *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Dispatcher", kwlist, &fast, &pins,
-                                     &fallback)) {
+    if (state == NULL) {
+        return NULL;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:Dispatcher", kwlist, &fast, &pins,
+                                     &fallback, &no_active)) {
         return NULL;
     }
     /* Exact types only: the hot path reads them with the concrete C API, which
@@ -248,9 +480,8 @@ dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                      Py_TYPE(pins)->tp_name);
         return NULL;
     }
-    if (!PyCallable_Check(fallback)) {
-        PyErr_Format(PyExc_TypeError, "fallback must be callable, not %.200s",
-                     Py_TYPE(fallback)->tp_name);
+    if (!PyCallable_Check(fallback) || !PyCallable_Check(no_active)) {
+        PyErr_SetString(PyExc_TypeError, "fallback and no_active must be callable");
         return NULL;
     }
     self = (Dispatcher *)type->tp_alloc(type, 0); /* zeroed, and GC-tracked */
@@ -261,7 +492,15 @@ dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->fast = Py_NewRef(fast);
     self->pins = Py_NewRef(pins);
     self->fallback = Py_NewRef(fallback);
-    self->pinning = 0;
+    self->no_active = Py_NewRef(no_active);
+    self->rules_type = (PyTypeObject *)Py_NewRef((PyObject *)state->rules);
+    self->stack_type = (PyTypeObject *)Py_NewRef((PyObject *)state->pin);
+    self->hook_type = (PyTypeObject *)Py_NewRef((PyObject *)state->hook);
+    self->pinners = PyDict_New();
+    if (self->pinners == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -273,6 +512,11 @@ dispatcher_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->fast);
     Py_VISIT(self->pins);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->no_active);
+    Py_VISIT(self->rules_type);
+    Py_VISIT(self->stack_type);
+    Py_VISIT(self->hook_type);
+    Py_VISIT(self->pinners);
     return 0;
 }
 
@@ -286,6 +530,11 @@ dispatcher_clear(PyObject *op)
     Py_CLEAR(self->fast);
     Py_CLEAR(self->pins);
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->no_active);
+    Py_CLEAR(self->rules_type);
+    Py_CLEAR(self->stack_type);
+    Py_CLEAR(self->hook_type);
+    Py_CLEAR(self->pinners);
     return 0;
 }
 
@@ -304,39 +553,90 @@ dispatcher_repr(PyObject *op)
 {
     Dispatcher *self = (Dispatcher *)op;
     Py_ssize_t slots = self->fast != NULL ? PyDict_GET_SIZE(self->fast) : 0;
-    return PyUnicode_FromFormat("<livepatch._speedups.Dispatcher active_slots=%zd pinning=%zd>",
-                                slots, self->pinning);
+    return PyUnicode_FromFormat("<livepatch._speedups.Dispatcher active_slots=%zd>", slots);
 }
+
+static PyObject *hook_enter(PyObject *, PyObject *const *, size_t, PyObject *);
+static PyObject *hook_exit(PyObject *, PyObject *const *, size_t, PyObject *);
 
 static PyObject *
-get_pinning(PyObject *op, void *Py_UNUSED(closure))
+new_hook(Dispatcher *self, PyObject *slot)
 {
-    return PyLong_FromSsize_t(((Dispatcher *)op)->pinning);
+    PinHook *hook = PyObject_GC_New(PinHook, self->hook_type);
+    if (hook == NULL) {
+        return NULL;
+    }
+    hook->vectorcall = slot != NULL ? hook_enter : hook_exit;
+    hook->dispatcher = Py_NewRef((PyObject *)self);
+    hook->slot = Py_XNewRef(slot);
+    PyObject_GC_Track((PyObject *)hook);
+    return (PyObject *)hook;
 }
 
-static int
-set_pinning(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+/* dispatcher.pin(slot), i.e. engine.pin(slot): the context manager.
+ *
+ * A `with` statement looks __enter__ and __exit__ up on the manager's type
+ * and binds them to the manager: for methods, two bound-method objects made
+ * and freed per block, about a sixth of a pin block's instructions. So the
+ * manager is one object per slot, of a class of its own whose __enter__ and
+ * __exit__ are PinHook objects, which are not descriptors: the lookup
+ * returns them as they are, and no binding is made. It holds no state (what
+ * a block opens lives in the context variable), so one serves every block
+ * of its slot in every thread. Made on the first pin of a slot that has an
+ * active version; a slot without one raises here, as __enter__ would. */
+static PyObject *
+dispatcher_pin(PyObject *op, PyObject *slot)
 {
-    Py_ssize_t n;
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "pinning cannot be deleted");
-        return -1;
+    Dispatcher *self = (Dispatcher *)op;
+    PyObject *pinner, *enter = NULL, *exit = NULL, *ns = NULL, *cls = NULL;
+
+    if (self->pinners == NULL || self->fast == NULL) {
+        PyErr_SetString(PyExc_ReferenceError, "the engine of this dispatcher is gone");
+        return NULL;
     }
-    if (!PyLong_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "pinning must be an int, not %.200s",
-                     Py_TYPE(value)->tp_name);
-        return -1;
+    pinner = PyDict_GetItemWithError(self->pinners, slot);
+    if (pinner != NULL) {
+        return Py_NewRef(pinner);
     }
-    n = PyLong_AsSsize_t(value);
-    if (n == -1 && PyErr_Occurred()) {
-        return -1;
+    if (PyErr_Occurred()) {
+        return NULL;
     }
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "pinning cannot be negative");
-        return -1;
+    if (!PyUnicode_CheckExact(slot) || PyDict_GetItemWithError(self->fast, slot) == NULL) {
+        if (!PyErr_Occurred()) {
+            PyObject *exc = PyObject_CallOneArg(self->no_active, slot);
+            if (exc != NULL) {
+                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+            }
+        }
+        return NULL;
     }
-    ((Dispatcher *)op)->pinning = n;
-    return 0;
+    enter = new_hook(self, slot);
+    exit = new_hook(self, NULL);
+    if (enter == NULL || exit == NULL) {
+        goto done;
+    }
+    ns = Py_BuildValue("{sOsOs()sssssO}", "__enter__", enter, "__exit__", exit, "__slots__",
+                       "__module__", "livepatch._speedups", "__doc__",
+                       "with engine.pin(slot) as rules: one version for the whole block.",
+                       "slot", slot);
+    if (ns == NULL) {
+        goto done;
+    }
+    cls = PyObject_CallFunction((PyObject *)&PyType_Type, "s()O", "Pin", ns);
+    if (cls == NULL) {
+        goto done;
+    }
+    pinner = PyObject_CallNoArgs(cls);
+    if (pinner != NULL && PyDict_SetItem(self->pinners, slot, pinner) < 0) {
+        Py_CLEAR(pinner);
+    }
+done:
+    Py_XDECREF(enter);
+    Py_XDECREF(exit);
+    Py_XDECREF(ns);
+    Py_XDECREF(cls);
+    return pinner;
 }
 
 /* Read-only views of the fields, for tests and introspection. */
@@ -365,17 +665,19 @@ get_fallback(PyObject *op, void *Py_UNUSED(closure))
 }
 
 static PyGetSetDef dispatcher_getset[] = {
-    {"pinning", get_pinning, set_pinning,
-     PyDoc_STR("Open pin blocks anywhere (kept equal to Engine._pinning); "
-               "0 means no call can be pinned."),
-     NULL},
-    {"fast", get_fast, NULL, PyDoc_STR("The dict slot -> (namespace, calls, errors)."), NULL},
-    {"pins", get_pins, NULL, PyDoc_STR("The engine's context variable of pinned versions."),
-     NULL},
+    {"fast", get_fast, NULL, PyDoc_STR("The dict slot -> Rules of the active version."), NULL},
+    {"pins", get_pins, NULL, PyDoc_STR("The engine's context variable of open pins."), NULL},
     {"fallback", get_fallback, NULL, PyDoc_STR("The Python Engine.call, bound."), NULL},
     /* inspect.signature() and help() follow __wrapped__ to the Python method. */
     {"__wrapped__", get_fallback, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef dispatcher_methods[] = {
+    {"pin", dispatcher_pin, METH_O,
+     PyDoc_STR("pin(slot)\n--\n\nA context manager that runs a block on one version of slot "
+               "(Engine.pin in C).")},
+    {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef dispatcher_members[] = {
@@ -385,14 +687,14 @@ static PyMemberDef dispatcher_members[] = {
 };
 
 PyDoc_STRVAR(dispatcher_doc,
-             "Dispatcher(fast, pins, fallback)\n"
+             "Dispatcher(fast, pins, fallback, no_active)\n"
              "--\n"
              "\n"
              "Engine.call in C: dispatcher(slot, symbol, *args, **kwargs) calls\n"
-             "symbol of the slot's active version, read from the dict fast\n"
-             "(slot -> (namespace, calls, errors)), and counts the call and any\n"
-             "error. Pinned calls and every unusual case are handed to fallback,\n"
-             "the Python Engine.call, with the original arguments.");
+             "symbol of the slot's version pinned in this context (pins), else\n"
+             "of its active one (fast: slot -> Rules), and counts the call and\n"
+             "any error. Every unusual case is handed to fallback, the Python\n"
+             "Engine.call, with the original arguments. pin(slot) is Engine.pin.");
 
 static PyType_Slot dispatcher_slots[] = {
     {Py_tp_doc, (void *)dispatcher_doc},
@@ -403,6 +705,7 @@ static PyType_Slot dispatcher_slots[] = {
     {Py_tp_call, PyVectorcall_Call}, /* tp_call for callers without vectorcall */
     {Py_tp_repr, dispatcher_repr},
     {Py_tp_getset, dispatcher_getset},
+    {Py_tp_methods, dispatcher_methods},
     {Py_tp_members, dispatcher_members},
     {0, NULL},
 };
@@ -415,6 +718,702 @@ static PyType_Spec dispatcher_spec = {
               Py_TPFLAGS_IMMUTABLETYPE),
     .slots = dispatcher_slots,
 };
+
+/* ------------------------------------------------------------------------ */
+/* Counted: rules.NAME */
+
+static PyObject *
+counted_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Counted *self = (Counted *)op;
+    PyObject *fn = self->fn, *result;
+    /* Passed on as given: the flags (ARGUMENTS_OFFSET included) are the
+     * caller's to grant to whoever it calls, and we add nothing in front. */
+    Py_INCREF(fn);
+    result = counted_call(fn, self->calls, self->errors, args, nargsf, kwnames);
+    Py_DECREF(fn);
+    return result;
+}
+
+static int
+counted_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Counted *self = (Counted *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->fn);
+    Py_VISIT(self->calls);
+    Py_VISIT(self->errors);
+    Py_VISIT(self->name);
+    return 0;
+}
+
+static int
+counted_clear(PyObject *op)
+{
+    Counted *self = (Counted *)op;
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->calls);
+    Py_CLEAR(self->errors);
+    Py_CLEAR(self->name);
+    return 0;
+}
+
+static void
+counted_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)counted_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+counted_repr(PyObject *op)
+{
+    Counted *self = (Counted *)op;
+    return PyUnicode_FromFormat("<counted %R>", self->fn ? self->fn : Py_None);
+}
+
+static PyObject *
+counted_get_doc(PyObject *op, void *Py_UNUSED(closure))
+{
+    Counted *self = (Counted *)op;
+    PyObject *doc;
+    if (self->fn == NULL) {
+        Py_RETURN_NONE;
+    }
+    doc = PyObject_GetAttrString(self->fn, "__doc__");
+    if (doc == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return doc;
+}
+
+static PyObject *
+counted_get_name(PyObject *op, void *Py_UNUSED(closure))
+{
+    return field_or_none(((Counted *)op)->name);
+}
+
+static PyObject *
+counted_get_wrapped(PyObject *op, void *Py_UNUSED(closure))
+{
+    return field_or_none(((Counted *)op)->fn);
+}
+
+static PyGetSetDef counted_getset[] = {
+    {"__name__", counted_get_name, NULL, NULL, NULL},
+    {"__doc__", counted_get_doc, NULL, NULL, NULL},
+    {"__wrapped__", counted_get_wrapped, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef counted_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(Counted, vectorcall), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot counted_slots[] = {
+    {Py_tp_dealloc, counted_dealloc},
+    {Py_tp_traverse, counted_traverse},
+    {Py_tp_clear, counted_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_repr, counted_repr},
+    {Py_tp_getset, counted_getset},
+    {Py_tp_members, counted_members},
+    {0, NULL},
+};
+
+static PyType_Spec counted_spec = {
+    .name = "livepatch._speedups.Counted",
+    .basicsize = sizeof(Counted),
+    .itemsize = 0,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION),
+    .slots = counted_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Rules: the C PinnedRules */
+
+static PyObject *
+rules_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"version", "id", "namespace", "calls", "errors", NULL};
+    PyObject *version, *vid, *namespace, *calls, *errors;
+    Rules *self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OUO!OO:Rules", kwlist, &version, &vid,
+                                     &PyDict_Type, &namespace, &calls, &errors)) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(namespace)) {
+        PyErr_SetString(PyExc_TypeError, "namespace must be a dict");
+        return NULL;
+    }
+    if (!PyIter_Check(calls) || !PyIter_Check(errors)) {
+        PyErr_SetString(PyExc_TypeError, "calls and errors must be counters (iterators)");
+        return NULL;
+    }
+    self = (Rules *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->cache = PyDict_New();
+    if (self->cache == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->version = Py_NewRef(version);
+    self->vid = Py_NewRef(vid);
+    self->namespace = Py_NewRef(namespace);
+    self->calls = Py_NewRef(calls);
+    self->errors = Py_NewRef(errors);
+    return (PyObject *)self;
+}
+
+/* rules.NAME: the cached Counted first (the hot case: one dict lookup);
+ * then the type's own attributes (version, open_pins, _v, _ns, ...), which
+ * win over rule functions of the same name, as in the Python class; then a
+ * callable of the namespace, wrapped once and cached. */
+static PyObject *
+rules_getattro(PyObject *op, PyObject *name)
+{
+    Rules *self = (Rules *)op;
+    PyObject *found, *fn;
+    Counted *counted;
+    speedups_state *state;
+
+    if (self->cache != NULL && PyUnicode_CheckExact(name)) {
+        found = PyDict_GetItemWithError(self->cache, name);
+        if (found != NULL) {
+            return Py_NewRef(found);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (!PyUnicode_Check(name) || _PyType_Lookup(Py_TYPE(op), name) != NULL ||
+        self->namespace == NULL) {
+        return PyObject_GenericGetAttr(op, name);
+    }
+    fn = PyDict_GetItemWithError(self->namespace, name); /* borrowed */
+    if (fn == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fn == NULL || !PyCallable_Check(fn)) {
+        goto missing;
+    }
+    if (PyUnicode_GET_LENGTH(name) >= 2 && PyUnicode_READ_CHAR(name, 0) == '_' &&
+        PyUnicode_READ_CHAR(name, 1) == '_') {
+        goto missing; /* dunders are the object's, never a rule's */
+    }
+    state = PyType_GetModuleState(Py_TYPE(op));
+    if (state == NULL) {
+        return NULL;
+    }
+    counted = PyObject_GC_New(Counted, state->counted);
+    if (counted == NULL) {
+        return NULL;
+    }
+    counted->vectorcall = counted_vectorcall;
+    counted->fn = Py_NewRef(fn);
+    counted->calls = Py_NewRef(self->calls);
+    counted->errors = Py_NewRef(self->errors);
+    counted->name = Py_NewRef(name);
+    PyObject_GC_Track((PyObject *)counted);
+    if (PyUnicode_CheckExact(name) && PyDict_SetItem(self->cache, name, (PyObject *)counted) < 0) {
+        Py_DECREF(counted);
+        return NULL;
+    }
+    return (PyObject *)counted;
+
+missing:
+    PyErr_Format(PyExc_AttributeError, "%U has no callable %R", self->vid, name);
+    return NULL;
+}
+
+static PyObject *
+rules_open_pins(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    Rules *self = (Rules *)op;
+    speedups_state *state = PyType_GetModuleState(Py_TYPE(op));
+    PyObject *counts;
+    PinStack *stack;
+    unsigned long *threads = NULL;
+    Py_ssize_t n = 0, cap = 0, i, k;
+    if (state == NULL) {
+        return NULL;
+    }
+    /* First into a C array: creating ints and dicts may run the GC, which
+     * may free a stack, and the list must stay still while it is walked. */
+    for (stack = state->stacks; stack != NULL; stack = stack->next) {
+        for (i = 0; i < stack->depth; i++) {
+            if (stack->entries[i].rules != op || !stack->entries[i].counted) {
+                continue;
+            }
+            if (n == cap) {
+                unsigned long *grown;
+                cap = cap ? cap * 2 : 8;
+                grown = PyMem_Realloc(threads, (size_t)cap * sizeof(unsigned long));
+                if (grown == NULL) {
+                    PyMem_Free(threads);
+                    return PyErr_NoMemory();
+                }
+                threads = grown;
+            }
+            threads[n++] = stack->entries[i].thread;
+        }
+    }
+    (void)self;
+    counts = PyDict_New();
+    for (k = 0; counts != NULL && k < n; k++) {
+        PyObject *key = PyLong_FromUnsignedLong(threads[k]);
+        PyObject *old, *new;
+        if (key == NULL) {
+            Py_CLEAR(counts);
+            break;
+        }
+        old = PyDict_GetItemWithError(counts, key);
+        new = PyLong_FromLong((old != NULL ? PyLong_AsLong(old) : 0) + 1);
+        if (new == NULL || PyDict_SetItem(counts, key, new) < 0) {
+            Py_CLEAR(counts);
+        }
+        Py_XDECREF(new);
+        Py_DECREF(key);
+    }
+    PyMem_Free(threads);
+    return counts;
+}
+
+static int
+rules_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Rules *self = (Rules *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->version);
+    Py_VISIT(self->vid);
+    Py_VISIT(self->namespace);
+    Py_VISIT(self->calls);
+    Py_VISIT(self->errors);
+    Py_VISIT(self->cache);
+    return 0;
+}
+
+static int
+rules_clear(PyObject *op)
+{
+    Rules *self = (Rules *)op;
+    Py_CLEAR(self->version);
+    Py_CLEAR(self->namespace);
+    Py_CLEAR(self->cache);
+    /* vid and the counters hold nothing: kept for repr and open pins. */
+    return 0;
+}
+
+static void
+rules_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    Rules *self = (Rules *)op;
+    PyObject_GC_UnTrack(op);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    /* Every open Pin holds its Rules, so none is open now. */
+    (void)rules_clear(op);
+    Py_CLEAR(self->vid);
+    Py_CLEAR(self->calls);
+    Py_CLEAR(self->errors);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+rules_repr(PyObject *op)
+{
+    Rules *self = (Rules *)op;
+    return PyUnicode_FromFormat("<PinnedRules %U>", self->vid);
+}
+
+static PyObject *
+rules_get_version(PyObject *op, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(((Rules *)op)->vid);
+}
+
+static PyObject *
+rules_get_v(PyObject *op, void *Py_UNUSED(closure))
+{
+    return field_or_none(((Rules *)op)->version);
+}
+
+static PyObject *
+rules_get_ns(PyObject *op, void *Py_UNUSED(closure))
+{
+    return field_or_none(((Rules *)op)->namespace);
+}
+
+static PyGetSetDef rules_getset[] = {
+    {"version", rules_get_version, NULL, PyDoc_STR("The id of the pinned version."), NULL},
+    /* What the Python Engine.call reads of pinned rules, C or Python. */
+    {"_v", rules_get_v, NULL, NULL, NULL},
+    {"_ns", rules_get_ns, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef rules_methods[] = {
+    {"open_pins", rules_open_pins, METH_NOARGS,
+     PyDoc_STR("open_pins()\n--\n\nOpen pin blocks of this version, by thread id.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef rules_members[] = {
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(Rules, weakreflist), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(rules_doc,
+             "Rules(version, id, namespace, calls, errors)\n"
+             "--\n"
+             "\n"
+             "The rules of one pinned version: rules.NAME(...) calls NAME of the\n"
+             "version's namespace and counts the call (and any error).");
+
+static PyType_Slot rules_slots[] = {
+    {Py_tp_doc, (void *)rules_doc},
+    {Py_tp_new, rules_new},
+    {Py_tp_dealloc, rules_dealloc},
+    {Py_tp_traverse, rules_traverse},
+    {Py_tp_clear, rules_clear},
+    {Py_tp_getattro, rules_getattro},
+    {Py_tp_repr, rules_repr},
+    {Py_tp_getset, rules_getset},
+    {Py_tp_methods, rules_methods},
+    {Py_tp_members, rules_members},
+    {0, NULL},
+};
+
+static PyType_Spec rules_spec = {
+    .name = "livepatch._speedups.Rules",
+    .basicsize = sizeof(Rules),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = rules_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Pin: with engine.pin(slot) as rules */
+
+/* __enter__ of engine.pin(slot): push the slot's version on this context's
+ * stack (a nested pin of the slot keeps the outer one's); returns its Rules. */
+static PyObject *
+hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
+           PyObject *kwnames)
+{
+    PinHook *hook = (PinHook *)op;
+    Dispatcher *d = (Dispatcher *)hook->dispatcher;
+    PyObject *value, *rules;
+    PinStack *stack;
+
+    /* pin.__enter__() passes nothing; type(pin).__enter__(pin), as
+     * contextlib.ExitStack calls it, passes the manager, which is ignored:
+     * the hook knows its slot. */
+    if (PyVectorcall_NARGS(nargsf) > 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
+        return NULL;
+    }
+    if (d->pins == NULL || d->fast == NULL || d->stack_type == NULL) {
+        PyErr_SetString(PyExc_ReferenceError, "the engine of this pin is gone");
+        return NULL;
+    }
+    if (PyContextVar_Get(d->pins, NULL, &value) < 0) {
+        return NULL;
+    }
+    if (value == Py_None) {
+        Py_CLEAR(value);
+    }
+    /* The common case, inline: this context's own stack. */
+    if (value != NULL && Py_IS_TYPE(value, d->stack_type) &&
+        ((PinStack *)value)->owner == current_context()) {
+        stack = (PinStack *)value;
+    }
+    else {
+        if (value != NULL && !Py_IS_TYPE(value, d->stack_type)) {
+            Py_CLEAR(value); /* not ours (a Python Pin's dict): nothing to inherit */
+        }
+        stack = own_stack(d, value);
+        if (stack == NULL) {
+            return NULL;
+        }
+    }
+    rules = stack_find(stack, hook->slot);
+    if (rules == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(stack);
+            return NULL;
+        }
+        rules = PyDict_GetItemWithError(d->fast, hook->slot);
+        if (rules == NULL || !Py_IS_TYPE(rules, d->rules_type)) {
+            Py_DECREF(stack);
+            if (rules != NULL) {
+                PyErr_SetString(PyExc_TypeError, "the engine published something not Rules");
+            }
+            else if (!PyErr_Occurred()) {
+                /* The engine words it: unknown slot, or nothing active. */
+                PyObject *exc = PyObject_CallOneArg(d->no_active, hook->slot);
+                if (exc != NULL) {
+                    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                    Py_DECREF(exc);
+                }
+            }
+            return NULL;
+        }
+    }
+    /* Between reading `fast` and the push nothing runs Python code, so an
+     * unload on another thread either sees this pin or ran before it. */
+    Py_INCREF(rules);
+    if (stack_push(stack, hook->slot, rules, 1) < 0) {
+        Py_DECREF(rules);
+        Py_DECREF(stack);
+        return NULL;
+    }
+    Py_DECREF(stack);
+    return rules; /* our reference */
+}
+
+/* __exit__ of engine.pin(slot): pop this context's innermost pin, the one
+ * this block pushed (`with` blocks nest within a context). */
+static PyObject *
+hook_exit(PyObject *op, PyObject *const *Py_UNUSED(args), size_t Py_UNUSED(nargsf),
+          PyObject *Py_UNUSED(kwnames))
+{
+    PinHook *hook = (PinHook *)op;
+    Dispatcher *d = (Dispatcher *)hook->dispatcher;
+    PyObject *value;
+    if (d->pins == NULL || d->stack_type == NULL) {
+        Py_RETURN_NONE;
+    }
+    if (PyContextVar_Get(d->pins, NULL, &value) < 0) {
+        return NULL;
+    }
+    if (value != NULL && Py_IS_TYPE(value, d->stack_type)) {
+        PinStack *stack = (PinStack *)value;
+        if (stack->depth > 0 && stack->owner == current_context()) {
+            stack_pop(stack);
+        }
+    }
+    Py_XDECREF(value);
+    Py_RETURN_NONE; /* never swallows the block's exception */
+}
+
+static PinStack *
+stack_new(PyTypeObject *type, PinStack *inherited)
+{
+    speedups_state *state = PyType_GetModuleState(type);
+    PinStack *self;
+    Py_ssize_t i;
+    if (state == NULL) {
+        return NULL;
+    }
+    self = PyObject_GC_New(PinStack, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->owner = NULL;
+    self->depth = self->capacity = 0;
+    self->entries = NULL;
+    self->state = state;
+    self->prev = NULL;
+    self->next = state->stacks;
+    if (state->stacks != NULL) {
+        state->stacks->prev = self;
+    }
+    state->stacks = self;
+    PyObject_GC_Track((PyObject *)self);
+    /* What the other context had open is visible here too, but counted
+     * there: its blocks are the ones in flight. */
+    for (i = 0; inherited != NULL && i < inherited->depth; i++) {
+        if (stack_push(self, inherited->entries[i].slot, inherited->entries[i].rules, 0) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    return self;
+}
+
+static int
+stack_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    PinStack *self = (PinStack *)op;
+    Py_ssize_t i;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->owner);
+    for (i = 0; i < self->depth; i++) {
+        Py_VISIT(self->entries[i].slot);
+        Py_VISIT(self->entries[i].rules);
+    }
+    return 0;
+}
+
+static int
+stack_clear(PyObject *op)
+{
+    PinStack *self = (PinStack *)op;
+    /* An abandoned context (garbage with pins still open): its pins end. */
+    while (self->depth > 0) {
+        stack_pop(self);
+    }
+    Py_CLEAR(self->owner);
+    return 0;
+}
+
+static void
+stack_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PinStack *self = (PinStack *)op;
+    PyObject_GC_UnTrack(op);
+    (void)stack_clear(op);
+    if (self->prev != NULL) {
+        self->prev->next = self->next;
+    }
+    else if (self->state->stacks == self) {
+        self->state->stacks = self->next;
+    }
+    if (self->next != NULL) {
+        self->next->prev = self->prev;
+    }
+    PyMem_Free(self->entries);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+stack_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<PinStack depth=%zd>", ((PinStack *)op)->depth);
+}
+
+static Py_ssize_t
+stack_len(PyObject *op)
+{
+    return ((PinStack *)op)->depth;
+}
+
+/* pins.get(slot): what the Python Engine.call asks of the variable's value,
+ * a dict on the Python path and a PinStack here: the pinned rules, or None. */
+static PyObject *
+stack_get(PyObject *op, PyObject *slot)
+{
+    PyObject *rules = stack_find((PinStack *)op, slot);
+    if (rules == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(rules);
+}
+
+static PyMethodDef pin_methods[] = {
+    {"get", stack_get, METH_O,
+     PyDoc_STR("get(slot)\n--\n\nThe rules this context has pinned for slot, or None.")},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(pin_doc, "The open pins of one context (the engine's context variable's value); "
+                      "len() is how many.");
+
+static PyType_Slot pin_slots[] = {
+    {Py_tp_doc, (void *)pin_doc},
+    {Py_tp_dealloc, stack_dealloc},
+    {Py_tp_traverse, stack_traverse},
+    {Py_tp_clear, stack_clear},
+    {Py_tp_repr, stack_repr},
+    {Py_sq_length, stack_len},
+    {Py_tp_methods, pin_methods},
+    {0, NULL},
+};
+
+static PyType_Spec pin_spec = {
+    .name = "livepatch._speedups.PinStack",
+    .basicsize = sizeof(PinStack),
+    .itemsize = 0,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+              Py_TPFLAGS_DISALLOW_INSTANTIATION),
+    .slots = pin_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* PinHook */
+
+static int
+hook_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    PinHook *self = (PinHook *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->dispatcher);
+    Py_VISIT(self->slot);
+    return 0;
+}
+
+static int
+hook_clear(PyObject *op)
+{
+    PinHook *self = (PinHook *)op;
+    Py_CLEAR(self->dispatcher);
+    Py_CLEAR(self->slot);
+    return 0;
+}
+
+static void
+hook_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)hook_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+hook_repr(PyObject *op)
+{
+    PinHook *self = (PinHook *)op;
+    if (self->slot != NULL) {
+        return PyUnicode_FromFormat("<pin %R __enter__>", self->slot);
+    }
+    return PyUnicode_FromString("<pin __exit__>");
+}
+
+static PyMemberDef hook_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(PinHook, vectorcall), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot hook_slots[] = {
+    {Py_tp_dealloc, hook_dealloc},
+    {Py_tp_traverse, hook_traverse},
+    {Py_tp_clear, hook_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_repr, hook_repr},
+    {Py_tp_members, hook_members},
+    {0, NULL},
+};
+
+static PyType_Spec hook_spec = {
+    .name = "livepatch._speedups.PinHook",
+    .basicsize = sizeof(PinHook),
+    .itemsize = 0,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION),
+    .slots = hook_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Counter */
 
 static PyObject *
 counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -483,32 +1482,77 @@ static PyType_Spec counter_spec = {
     .slots = counter_slots,
 };
 
+
+/* ------------------------------------------------------------------------ */
+/* Module */
+
 static int
-add_type(PyObject *module, PyType_Spec *spec, const char *name)
+add_type(PyObject *module, PyType_Spec *spec, const char *name, PyTypeObject **slot)
 {
     PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
-    int rc;
     if (type == NULL) {
         return -1;
     }
-    rc = PyModule_AddObjectRef(module, name, type);
+    *slot = (PyTypeObject *)Py_NewRef(type);
+    if (PyModule_AddObjectRef(module, name, type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
     Py_DECREF(type);
-    return rc;
+    return 0;
 }
 
 static int
 speedups_exec(PyObject *module)
 {
-    if (add_type(module, &dispatcher_spec, "Dispatcher") < 0) {
+    speedups_state *state = PyModule_GetState(module);
+    if (add_type(module, &rules_spec, "Rules", &state->rules) < 0 ||
+        add_type(module, &counted_spec, "Counted", &state->counted) < 0 ||
+        add_type(module, &pin_spec, "PinStack", &state->pin) < 0 ||
+        add_type(module, &hook_spec, "PinHook", &state->hook) < 0 ||
+        add_type(module, &counter_spec, "Counter", &state->counter) < 0 ||
+        add_type(module, &dispatcher_spec, "Dispatcher", &state->dispatcher) < 0) {
         return -1;
     }
-    return add_type(module, &counter_spec, "Counter");
+    return 0;
+}
+
+static int
+speedups_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    speedups_state *state = PyModule_GetState(module);
+    Py_VISIT(state->dispatcher);
+    Py_VISIT(state->counter);
+    Py_VISIT(state->rules);
+    Py_VISIT(state->counted);
+    Py_VISIT(state->pin);
+    Py_VISIT(state->hook);
+    return 0;
+}
+
+static int
+speedups_clear(PyObject *module)
+{
+    speedups_state *state = PyModule_GetState(module);
+    Py_CLEAR(state->dispatcher);
+    Py_CLEAR(state->counter);
+    Py_CLEAR(state->rules);
+    Py_CLEAR(state->counted);
+    Py_CLEAR(state->pin);
+    Py_CLEAR(state->hook);
+    return 0;
+}
+
+static void
+speedups_free(void *module)
+{
+    (void)speedups_clear((PyObject *)module);
 }
 
 static PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, speedups_exec},
 #ifdef Py_mod_multiple_interpreters
-    /* No process-wide state: each interpreter gets its own type. */
+    /* No process-wide state: each interpreter gets its own types. */
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
     {0, NULL},
@@ -517,9 +1561,12 @@ static PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "livepatch._speedups",
-    .m_doc = "Optional C accelerator of livepatch's Engine.call (the hot path).",
-    .m_size = 0,
+    .m_doc = "Optional C accelerator of livepatch's hot path: Engine.call and Engine.pin.",
+    .m_size = sizeof(speedups_state),
     .m_slots = speedups_slots,
+    .m_traverse = speedups_traverse,
+    .m_clear = speedups_clear,
+    .m_free = speedups_free,
 };
 
 PyMODINIT_FUNC

@@ -1,29 +1,73 @@
 """Types of the optional C accelerator (livepatch/_speedups.c)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any, final
 
 @final
 class Dispatcher:
-    """``Engine.call`` in C; see the C source for what it reads."""
+    """``Engine.call`` and ``Engine.pin`` in C; see the C source for what it reads."""
 
-    pinning: int
     def __new__(
         cls,
-        fast: dict[str, tuple[Any, ...]],
+        fast: dict[str, Rules],
         pins: ContextVar[Any],
         fallback: Callable[..., Any],
+        no_active: Callable[[str], Exception],
     ) -> Dispatcher: ...
     def __call__(self, slot: str, symbol: str, /, *args: Any, **kwargs: Any) -> Any: ...
+    def pin(self, slot: str, /) -> AbstractContextManager[Rules]: ...
     @property
-    def fast(self) -> dict[str, tuple[Any, ...]] | None: ...
+    def fast(self) -> dict[str, Rules] | None: ...
     @property
     def pins(self) -> ContextVar[Any] | None: ...
     @property
     def fallback(self) -> Callable[..., Any] | None: ...
     @property
     def __wrapped__(self) -> Callable[..., Any] | None: ...
+
+@final
+class Rules:
+    """The rules of one pinned version: ``rules.NAME(...)`` is counted."""
+
+    def __new__(
+        cls,
+        version: Any,
+        id: str,
+        namespace: dict[str, Any],
+        calls: Iterator[int],
+        errors: Iterator[int],
+    ) -> Rules: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def _v(self) -> Any: ...
+    @property
+    def _ns(self) -> dict[str, Any] | None: ...
+    def open_pins(self) -> dict[int, int]: ...
+    def __getattr__(self, name: str) -> Callable[..., Any]: ...
+
+@final
+class Counted:
+    """``rules.NAME``: the function with its version's counters around it."""
+
+    __name__: str
+    __wrapped__: Callable[..., Any]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+@final
+class PinStack:
+    """The open pins of one context: the engine's context variable's value."""
+
+    def get(self, slot: str, /) -> Rules | None: ...
+    def __len__(self) -> int: ...
+
+@final
+class PinHook:
+    """``__enter__`` or ``__exit__`` of what ``engine.pin(slot)`` returns."""
+
+    def __call__(self, *args: object) -> Any: ...
 
 @final
 class Counter:

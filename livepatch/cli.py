@@ -583,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="measure livepatch against a direct call and its peers (table + JSON)",
-        description="Measure the hot path, swaps under load, load + check time, memory over "
+        description="Measure the hot path (timed, and in instructions under callgrind), swaps "
+        "under load, the control socket under 8 calling clients, load + check time, memory over "
         "load/unload cycles, and importlib.reload, IPython autoreload and jurigged next to "
         "livepatch, side by side in one run. Exit 1 only when a correctness goal is missed.",
     )
@@ -592,7 +593,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--section",
         action="append",
-        choices=("hot_path", "swap_under_load", "load_check", "memory", "peers"),
+        choices=(
+            "hot_path",
+            "callgrind",
+            "swap_under_load",
+            "control_plane",
+            "load_check",
+            "memory",
+            "peers",
+        ),
         help="measure only this section (repeatable; default: all)",
     )
     p.set_defaults(func=cmd_bench)

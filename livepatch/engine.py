@@ -33,7 +33,7 @@ import time
 import types
 import typing
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +68,14 @@ from .reclaim import holders as holders_of
 from .resolve import ResolveReport, check_module
 from .states import Op, VersionState, transition
 from .symbols import SymbolDiff, SymbolTable, build_symbol_table, diff_tables
-from .versions import Slot, Version
+from .versions import Slot, Version, native_rules
 
 if typing.TYPE_CHECKING:
-    from ._speedups import Dispatcher
+    from ._speedups import Dispatcher, Rules
 
-# The optional C accelerator of Engine.call (livepatch/_speedups.c), built at
-# install time when a compiler is there; without it the Python path serves.
+# The optional C accelerator of Engine.call and Engine.pin
+# (livepatch/_speedups.c), built at install time when a compiler is there;
+# without it the Python path serves.
 _Dispatcher: type[Dispatcher] | None
 try:
     from ._speedups import Dispatcher as _Dispatcher
@@ -129,27 +130,33 @@ class Engine:
         self._slots: dict[str, Slot] = {}
         # slot name -> active version: the one structure the hot path reads.
         self._active: dict[str, Version] = {}
-        # The same publication for the C dispatcher, which reads a tuple
-        # (namespace, calls, errors) fastest: updated wherever _active is.
-        self._fast: dict[str, tuple[dict[str, Any] | None, Iterator[int], Iterator[int]]] = {}
+        # The same publication for the C dispatcher and pin: slot -> the
+        # C Rules of the active version. Updated wherever _active is.
+        self._fast: dict[str, Rules] = {}
         self._lock = threading.RLock()
-        self._pins: contextvars.ContextVar[dict[str, Version] | None] = contextvars.ContextVar(
+        # This context's open pins: a dict slot -> PinnedRules on the Python
+        # path (see pinning.py), the context's PinStack with the accelerator.
+        # Both answer .get(slot).
+        self._pins: contextvars.ContextVar[Any] = contextvars.ContextVar(
             f"livepatch-pins-{name}-{id(self)}", default=None
         )
         self._subscribers: list[Callable[[Event], None]] = []
-        # Set (and never cleared) by the first pin: until then call() can
-        # skip the context variable.
-        self._pinning = 0
-        # The C Engine.call, bound over the method as an instance attribute.
-        # The method stays the reference semantics and the dispatcher's
-        # fallback for pinned and unusual calls. A subclass that overrides
-        # call keeps its own.
+        # The C Engine.call and Engine.pin, bound over the methods as instance
+        # attributes. The methods stay the reference semantics, and call the
+        # dispatcher's fallback for unusual calls and errors. A subclass that
+        # overrides call or pin keeps its own (both, since they share pins).
         self._dispatcher: Dispatcher | None = None
-        if accelerate and _Dispatcher is not None and type(self).call is Engine.call:
+        if (
+            accelerate
+            and _Dispatcher is not None
+            and type(self).call is Engine.call
+            and type(self).pin is Engine.pin
+        ):
             self._dispatcher = _Dispatcher(
-                self._fast, self._pins, types.MethodType(Engine.call, self)
+                self._fast, self._pins, types.MethodType(Engine.call, self), self._no_active
             )
             self.call = self._dispatcher  # type: ignore[method-assign]
+            self.pin = self._dispatcher.pin  # type: ignore[method-assign,assignment]
 
     # -- slots --------------------------------------------------------------
 
@@ -499,7 +506,8 @@ class Engine:
             # The publication: one dict store, atomic for readers (and its
             # twin for the C dispatcher).
             self._active[v.slot] = v
-            self._fast[v.slot] = (v.namespace, v.calls, v.errors)
+            if self._dispatcher is not None:
+                self._fast[v.slot] = native_rules(v)
             if v in s.history:
                 s.history.remove(v)
         return SwapResult(
@@ -609,16 +617,18 @@ class Engine:
         Inside ``pin(slot)`` the pinned version is used, so one request never
         mixes two versions.
         """
-        # The context variable is read only while some pin is open anywhere:
-        # most calls pay one attribute test instead.
-        if self._pinning and (pins := self._pins.get()) is not None and slot in pins:
-            version = pins[slot]
+        pins = self._pins.get()
+        rules = pins.get(slot) if pins is not None else None
+        if rules is not None:
+            # The pinned rules keep their namespace even once the version is
+            # unloaded: a request that started on it finishes on it.
+            version, namespace = rules._v, rules._ns
         else:
             try:
                 version = self._active[slot]
             except KeyError:
                 raise self._no_active(slot) from None
-        namespace = version.namespace
+            namespace = version.namespace
         fn = namespace.get(symbol) if namespace is not None else None
         if not callable(fn):
             raise self._not_callable(version, symbol)
@@ -660,12 +670,14 @@ class Engine:
             raise self._not_callable(v, symbol)
         return typing.cast(Callable[..., Any], fn)
 
-    def pin(self, slot: str) -> Pin:
+    def pin(self, slot: str) -> contextlib.AbstractContextManager[PinnedRules]:
         """``with engine.pin(slot) as rules:`` runs a whole request on one version.
 
         ``rules.NAME(...)`` calls the pinned version's functions, and any
-        ``engine.call(slot, ...)`` made inside the block (at any depth, on
-        this thread or context) uses the same version.
+        ``engine.call(slot, ...)`` made inside the block (at any depth, in
+        this thread or asyncio task, across ``await``) uses the same version.
+        A pin of a slot already pinned in this context keeps the outer
+        version. With the accelerator, ``livepatch._speedups`` serves it.
         """
         return Pin(self, slot)
 

@@ -8,7 +8,6 @@ asyncio tasks each see their own pin).
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import typing
 from collections.abc import Callable
@@ -60,8 +59,22 @@ class PinnedRules:
         return f"<PinnedRules {self._v.id}>"
 
 
+#: Keys of a pins dict that are not slots (slots are str): the pins dict
+#: this one replaced, and the (version, thread) this block counted.
+_PARENT: Any = object()
+_OPENED: Any = object()
+
+
 class Pin:
-    """The context manager behind :meth:`Engine.pin`.
+    """The context manager behind :meth:`Engine.pin` (the pure-Python path;
+    ``livepatch._speedups`` does the same in C).
+
+    The engine's context variable holds this context's open pins: a dict
+    slot -> :class:`PinnedRules`, plus the dict it replaced and what the
+    block counted, so blocks stack. A block replaces the dict on enter
+    (never mutates it) and puts the one it replaced back on exit, so
+    threads and asyncio tasks each see their own. The Pin itself keeps no
+    state: one object serves any number of blocks, nested or in parallel.
 
     Lock-free: a request that takes a lock on entry and exit convoys behind
     the GIL once several threads pin at once. ``version.pins`` is keyed by
@@ -69,57 +82,43 @@ class Pin:
     operations (atomic under the GIL) are enough.
     """
 
-    __slots__ = ("_engine", "_slot", "_thread", "_token", "_version")
+    __slots__ = ("_engine", "_slot")
 
     def __init__(self, engine: Engine, slot: str) -> None:
         self._engine = engine
         self._slot = slot
-        self._version: Version | None = None
-        self._token: contextvars.Token[dict[str, Version] | None] | None = None
-        self._thread = 0
 
     def __enter__(self) -> PinnedRules:
         engine = self._engine
         slot = self._slot
-        pins = engine._pins.get()
-        if pins is not None and slot in pins:
-            version = pins[slot]  # nested pin: keep the outer version
-        else:
+        pins: dict[Any, Any] | None = engine._pins.get()
+        rules = pins.get(slot) if pins is not None else None
+        if rules is None:
             try:
                 version = engine._active[slot]
             except KeyError:
                 raise engine._no_active(slot) from None
-            if not engine._pinning:
-                # From the first pin on, calls consult the context variable.
-                # Raised before the variable is set, and never lowered, so no
-                # call can miss a pin (a lowered flag would need a lock).
-                engine._pinning = 1
-                if engine._dispatcher is not None:
-                    engine._dispatcher.pinning = 1
-            self._token = engine._pins.set(
-                {slot: version} if pins is None else {**pins, slot: version}
-            )
-        rules = version.rules
-        if rules is None:  # unloaded between the read and here
-            self._reset()
-            raise BadState(f"{version.id} was unloaded", version=version.id)
-        thread = self._thread = threading.get_ident()
+            found = version.rules
+            if not isinstance(found, PinnedRules):  # unloaded between the read and here
+                raise BadState(f"{version.id} was unloaded", version=version.id)
+            rules = found
+        else:
+            version = rules._v  # nested pin: keep the outer version
+        thread = threading.get_ident()
         version.pins[thread] = version.pins.get(thread, 0) + 1
-        self._version = version
-        return rules
-
-    def _reset(self) -> None:
-        if self._token is not None:
-            self._engine._pins.reset(self._token)
-            self._token = None
+        opened = {**pins} if pins is not None else {}
+        opened.update({slot: rules, _PARENT: pins, _OPENED: (version, thread)})
+        engine._pins.set(opened)
+        return typing.cast(PinnedRules, rules)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._reset()
-        version = self._version
-        if version is not None:
-            left = version.pins.get(self._thread, 0) - 1
-            if left > 0:
-                version.pins[self._thread] = left
-            else:
-                version.pins.pop(self._thread, None)
-            self._version = None
+        pins: dict[Any, Any] | None = self._engine._pins.get()
+        if pins is None or _OPENED not in pins:
+            return
+        version, thread = pins[_OPENED]
+        self._engine._pins.set(pins[_PARENT])
+        left = version.pins.get(thread, 0) - 1
+        if left > 0:
+            version.pins[thread] = left
+        else:
+            version.pins.pop(thread, None)

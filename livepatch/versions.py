@@ -27,14 +27,17 @@ from .states import VersionState
 from .symbols import SymbolTable
 
 if typing.TYPE_CHECKING:
-    from ._speedups import Counter
+    from ._speedups import Counter, Rules
 
-# The C counter (livepatch/_speedups.c) when built, else itertools.count.
+# The C counter and pinned rules (livepatch/_speedups.c) when built, else
+# itertools.count and the Python PinnedRules.
 _Counter: type[Counter] | None
+_Rules: type[Rules] | None
 try:
     from ._speedups import Counter as _Counter
+    from ._speedups import Rules as _Rules
 except ImportError:
-    _Counter = None
+    _Counter = _Rules = None
 
 _last_collect = 0.0
 
@@ -49,7 +52,7 @@ def _collect_at_most_every_second() -> None:
         gc.collect()
 
 
-__all__ = ["Slot", "Version", "counter_value", "defined_in", "new_counter"]
+__all__ = ["Slot", "Version", "counter_value", "defined_in", "native_rules", "new_counter"]
 
 
 def new_counter() -> Iterator[int]:
@@ -124,11 +127,15 @@ class Version:
         # Lock-free counters for the hot path (see counter_value).
         self.calls = new_counter()
         self.errors = new_counter()
-        # Open pin blocks by thread id; each thread changes only its own key.
+        # Open Python pin blocks by thread id; each thread changes only its
+        # own key. (C pins are counted by their Rules: see native_rules.)
         self.pins: dict[int, int] = {}
         # What ``pin`` hands out: one per version, so its wrappers are built
-        # once. Dropped on unload (it holds the namespace).
-        self.rules: PinnedRules | None = PinnedRules(self, namespace)
+        # once. Dropped on unload (it holds the namespace); open pins keep
+        # theirs alive, and their request finishes on it.
+        self.rules: PinnedRules | Rules | None = PinnedRules(self, namespace)
+        # The C Rules, weakly: its open pins still count after unload.
+        self.native: weakref.ref[Rules] | None = None
 
     def in_flight(self) -> int:
         """Open pin blocks, plus threads running this version's code outside one.
@@ -136,12 +143,16 @@ class Version:
         Counting running calls from the threads' stacks instead of with a
         counter around every call keeps the hot path free of bookkeeping.
         """
-        namespace = self.namespace
-        if namespace is None and not self.pins:
-            return len(threads_running(self.weak_namespace()))
-        running = threads_running(namespace)
         # Copies first: other threads may add or remove their own keys.
         pins = dict(self.pins)
+        native = self.native() if self.native is not None else None
+        if native is not None:
+            for thread, count in native.open_pins().items():
+                pins[thread] = pins.get(thread, 0) + count
+        namespace = self.namespace
+        if namespace is None and not pins:
+            return len(threads_running(self.weak_namespace()))
+        running = threads_running(namespace if namespace is not None else self.weak_namespace())
         return sum(pins.values()) + len(running - pins.keys())
 
     def weak_namespace(self) -> dict[str, Any] | None:
@@ -178,6 +189,20 @@ class Version:
             if all_dead(self.weak):
                 self.freed = True
         return self.freed
+
+
+def native_rules(version: Version) -> Rules:
+    """The version's C Rules (what the C dispatcher and pin read), made on
+    first use in place of its Python PinnedRules. Only with the accelerator."""
+    rules = version.rules
+    if _Rules is not None and isinstance(rules, _Rules):
+        return rules
+    if _Rules is None or version.namespace is None:
+        raise RuntimeError(f"{version.id}: no C rules without livepatch._speedups and a namespace")
+    made = _Rules(version, version.id, version.namespace, version.calls, version.errors)
+    version.rules = made
+    version.native = weakref.ref(made)
+    return made
 
 
 def defined_in(value: object, module: types.ModuleType) -> bool:

@@ -357,28 +357,203 @@ def test_a_pin_elsewhere_does_not_pin_this_call(engine: Engine) -> None:
         holder.join(10)
 
 
-def test_the_first_pin_turns_on_the_pin_check_for_good(engine: Engine) -> None:
-    dispatcher = engine._dispatcher
-
-    def check(expected: int) -> None:
-        assert engine._pinning == expected
-        if dispatcher is not None:
-            assert dispatcher.pinning == expected
-
-    check(0)
+def test_a_pin_leaves_nothing_behind(engine: Engine) -> None:
+    # No flag outlives a pin: once every block is closed the context holds no
+    # pin, and engine.call runs exactly the unpinned path it ran before.
+    # (None, an empty dict-less None, or the C stack of this context, empty)
+    assert not engine._pins.get()
     with pytest.raises(BadState), engine.pin("empty"):
         pass
-    check(0)  # a pin that failed to open changes nothing
+    assert not engine._pins.get()  # a pin that failed to open changes nothing
     with engine.pin("rules"):
-        check(1)
+        assert engine._pins.get()
         with engine.pin("rules"):
-            check(1)
-    # Never lowered: lowering it safely would need a lock around every pin.
-    check(1)
+            assert engine.info("rules@1").in_flight == 2
+    assert not engine._pins.get()
     with pytest.raises(ValueError, match="inside"), engine.pin("rules"):
         raise ValueError("inside")
-    check(1)
-    assert engine.info(engine.active("rules") or "").in_flight == 0
+    assert not engine._pins.get()
+    assert engine.info("rules@1").in_flight == 0
+
+
+def test_nested_pins_of_two_slots(engine: Engine) -> None:
+    other = engine.load("empty", "def which():\n    return 'other'\n")
+    engine.check(other)
+    engine.swap(other)
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    with engine.pin("rules") as rules:
+        with engine.pin("empty") as inner:
+            engine.swap(v2)
+            assert inner.which() == "other"
+            assert engine.call("rules", "which") == 1  # the outer pin still holds
+            with engine.pin("rules") as again:
+                assert again.version == rules.version == "rules@1"
+        assert engine.call("empty", "which") == "other"
+        assert engine.call("rules", "which") == 1
+    assert engine.call("rules", "which") == 2
+
+
+def test_threads_each_see_their_own_pin(engine: Engine) -> None:
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    pinned, swapped = threading.Event(), threading.Event()
+    seen: list[tuple[int, int]] = []
+
+    def early() -> None:
+        with engine.pin("rules") as rules:
+            pinned.set()
+            assert swapped.wait(10)
+            seen.append((rules.which(), engine.call("rules", "which")))
+
+    thread = threading.Thread(target=early)
+    thread.start()
+    assert pinned.wait(10)
+    engine.swap(v2)
+    with engine.pin("rules") as mine:
+        assert (mine.which(), engine.call("rules", "which")) == (2, 2)
+        assert engine.info("rules@1").in_flight == 1  # the other thread's pin
+        assert engine.info(v2).in_flight == 1  # this one
+        swapped.set()
+        thread.join(10)
+    assert seen == [(1, 1)]
+    assert engine.info("rules@1").in_flight == 0
+
+
+def test_asyncio_tasks_keep_their_pin_across_await(engine: Engine) -> None:
+    import asyncio
+
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+
+    async def request(started: asyncio.Event, go: asyncio.Event) -> tuple[int, ...]:
+        with engine.pin("rules") as rules:
+            started.set()
+            await go.wait()
+            # engine.call inside the pin, after the await, and in a child
+            # task created inside the block (it inherits the context)
+            child = asyncio.ensure_future(asyncio.sleep(0, engine.call("rules", "which")))
+            return rules.which(), engine.call("rules", "which"), await child
+
+    async def main() -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        started1, started2, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        first = asyncio.ensure_future(request(started1, go))
+        await started1.wait()
+        engine.swap(v2)
+        second = asyncio.ensure_future(request(started2, go))
+        await started2.wait()
+        in_flight = engine.info("rules@1").in_flight + engine.info(v2).in_flight
+        go.set()
+        return await first, await second, in_flight
+
+    first, second, in_flight = asyncio.run(main())
+    assert first == (1, 1, 1)
+    assert second == (2, 2, 2)
+    assert in_flight == 2  # both tasks suspended inside their pin
+    assert engine.info("rules@1").in_flight == engine.info(v2).in_flight == 0
+
+
+def test_a_task_started_inside_a_pin_inherits_it(engine: Engine) -> None:
+    import asyncio
+
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+
+    async def child(step: asyncio.Event, done: asyncio.Event) -> tuple[int, int, int]:
+        first = engine.call("rules", "which")  # the creator's pin, still open
+        step.set()
+        await done.wait()  # meanwhile the creator closes its pin and swaps
+        with engine.pin("rules") as rules:
+            return first, engine.call("rules", "which"), rules.which()
+
+    async def main() -> tuple[tuple[int, int, int], int]:
+        step, done = asyncio.Event(), asyncio.Event()
+        with engine.pin("rules"):
+            task = asyncio.ensure_future(child(step, done))
+            await step.wait()
+        engine.swap(v2)
+        outside = engine.call("rules", "which")
+        done.set()
+        return await task, outside
+
+    seen, outside = asyncio.run(main())
+    # the child keeps the version it started on, for calls and for its own pin
+    assert seen == (1, 1, 1)
+    assert outside == 2
+    assert engine.info("rules@1").in_flight == 0
+
+
+def test_a_thread_does_not_inherit_a_pin(engine: Engine) -> None:
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    seen: list[int] = []
+    with engine.pin("rules"):
+        engine.swap(v2)
+        thread = threading.Thread(target=lambda: seen.append(engine.call("rules", "which")))
+        thread.start()
+        thread.join(10)
+        assert engine.call("rules", "which") == 1
+    assert seen == [2]
+
+
+def test_unload_while_pinned(engine: Engine) -> None:
+    v2 = engine.load("rules", RULES_V2)
+    engine.check(v2)
+    with engine.pin("rules") as rules:
+        engine.swap(v2)
+        result = engine.unload("rules@1")
+        assert not result.freed
+        assert result.in_flight == 1
+        # the request that started on rules@1 finishes on it
+        assert rules.which() == 1
+        assert engine.call("rules", "which") == 1
+        assert engine.call("rules", "nested", engine, "z") == (1, 1, "z")
+        assert engine.info("rules@1").in_flight == 1
+    assert engine.call("rules", "which") == 2
+    assert engine.info("rules@1").in_flight == 0
+    del rules  # the block's `as` target is the last holder
+    gc.collect()
+    assert engine.info("rules@1").freed is True
+
+
+def test_a_pin_object_serves_nested_and_repeated_blocks(engine: Engine) -> None:
+    pin = engine.pin("rules")
+    with pin as a, pin as b:
+        assert a.version == b.version == "rules@1"
+        assert engine.info("rules@1").in_flight == 2
+    with pin as c:
+        assert c.which() == 1
+    assert engine.info("rules@1").in_flight == 0
+
+
+def test_a_pin_in_an_exit_stack(engine: Engine) -> None:
+    import contextlib
+
+    # ExitStack calls type(cm).__enter__(cm) and type(cm).__exit__(cm, ...)
+    with contextlib.ExitStack() as stack:
+        rules = stack.enter_context(engine.pin("rules"))
+        assert rules.which() == 1
+        assert engine.info("rules@1").in_flight == 1
+    assert engine.info("rules@1").in_flight == 0
+    assert isinstance(engine.pin("rules"), contextlib.AbstractContextManager)
+
+
+def test_pinned_rules_attributes(engine: Engine) -> None:
+    with engine.pin("rules") as rules:
+        assert repr(rules) == "<PinnedRules rules@1>"
+        assert rules.version == "rules@1"
+        assert rules.ident.__name__ == "ident"
+        assert rules.ident is rules.ident  # wrapped once
+        with pytest.raises(AttributeError, match="rules@1 has no callable 'NOT_CALLABLE'"):
+            rules.NOT_CALLABLE  # noqa: B018
+        with pytest.raises(AttributeError, match="no callable 'absent'"):
+            rules.absent  # noqa: B018
+        with pytest.raises(AttributeError):
+            rules.__wrapped__  # noqa: B018
+        with pytest.raises(rule(engine, "boom").__globals__["Boom"]):
+            rules.boom(1)
+        assert rules.mixed(1, d=4) == (1, 2, 3, (), 4, 5, {})
+    assert counters(engine) == (2, 1)
 
 
 def test_a_call_that_swaps_its_own_slot(engine: Engine) -> None:
@@ -470,7 +645,7 @@ def test_no_reference_leaks(engine: Engine) -> None:
     ident, boom = rule(engine, "ident"), rule(engine, "boom")
     namespace = ident.__globals__
     arg = object()
-    record = engine._fast["rules"]
+    record = engine._fast.get("rules") or engine._active["rules"]
 
     def refs() -> tuple[int, ...]:
         return tuple(sys.getrefcount(o) for o in (ident, boom, namespace, arg, record))
@@ -530,29 +705,23 @@ def test_dispatcher_construction_and_fields() -> None:
     from livepatch._speedups import Dispatcher
 
     var: contextvars.ContextVar[Any] = contextvars.ContextVar("pins", default=None)
-    fast: dict[str, tuple[Any, ...]] = {}
-    d = Dispatcher(fast, var, print)
+    fast: dict[str, Any] = {}
+    d = Dispatcher(fast, var, print, KeyError)
     assert (d.fast, d.pins, d.fallback, d.__wrapped__) == (fast, var, print, print)
-    assert d.pinning == 0
-    d.pinning = 3
-    assert d.pinning == 3
-    with pytest.raises(ValueError):
-        d.pinning = -1
-    with pytest.raises(TypeError):
-        d.pinning = "1"  # type: ignore[assignment]
-    with pytest.raises(AttributeError):
-        del d.pinning
     with pytest.raises(AttributeError):
         d.fast = {}  # type: ignore[misc]
     with pytest.raises(TypeError, match="fast must be a dict"):
-        Dispatcher([], var, print)  # type: ignore[arg-type]
+        Dispatcher([], var, print, KeyError)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="ContextVar"):
-        Dispatcher(fast, None, print)  # type: ignore[arg-type]
+        Dispatcher(fast, None, print, KeyError)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="callable"):
-        Dispatcher(fast, var, None)  # type: ignore[arg-type]
+        Dispatcher(fast, var, None, KeyError)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         type("Sub", (Dispatcher,), {})
-    assert "pinning=3" in repr(d)
+    assert "active_slots=0" in repr(d)
+    # pin of a slot with nothing published: the engine's error, at once
+    with pytest.raises(KeyError, match="nope"):
+        d.pin("nope")
 
 
 @pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)
@@ -560,7 +729,7 @@ def test_dispatcher_reads_only_well_formed_records() -> None:
     import contextvars
     import itertools
 
-    from livepatch._speedups import Dispatcher
+    from livepatch._speedups import Dispatcher, Rules
 
     var: contextvars.ContextVar[Any] = contextvars.ContextVar("pins", default=None)
     handed: list[tuple[Any, ...]] = []
@@ -572,33 +741,34 @@ def test_dispatcher_reads_only_well_formed_records() -> None:
     calls, errors = itertools.count(), itertools.count()
     namespace = {"f": lambda *a, **k: (a, k), "n": 1}
     fast: dict[str, Any] = {
-        "ok": (namespace, calls, errors),
-        "short": (namespace, calls),
-        "list": [namespace, calls, errors],
-        "no-dict": (None, calls, errors),
-        "no-iter": (namespace, 1, errors),
+        "ok": Rules(None, "ok@1", namespace, calls, errors),
+        "tuple": (namespace, calls, errors),
     }
-    d = Dispatcher(fast, var, fallback)
+    d = Dispatcher(fast, var, fallback, KeyError)
     assert d("ok", "f", 1, k=2) == ((1,), {"k": 2})
     assert next(calls) == 1
-    for slot in ("short", "list", "no-dict", "no-iter", "absent"):
+    for slot in ("tuple", "absent"):
         assert d(slot, "f", 1, k=2) == "fallback"
         assert handed.pop() == ((slot, "f", 1), {"k": 2})
     assert d("ok", "n") == "fallback"
     assert d("ok") == "fallback"  # type: ignore[call-arg]
     assert handed == [(("ok", "n"), {}), (("ok",), {})]
-    # pinned in this context: handed over; a context that pins another slot: not
-    d.pinning = 1
+    # a value of the variable the C pin did not store: Python decides
     token = var.set({"ok": object()})
     assert d("ok", "f") == "fallback"
     var.reset(token)
-    token = var.set({"other": object()})
-    assert d("ok", "f") == ((), {})
-    var.reset(token)
+    # the C pin: pinned in this context, then not
+    with d.pin("ok") as rules:
+        assert len(var.get()) == 1 and var.get().get("ok") is rules
+        assert var.get().get("other") is None
+        fast["ok"] = Rules(None, "ok@2", {"f": lambda: "two"}, calls, errors)
+        assert d("ok", "f") == ((), {})
+    assert d("ok", "f") == "two"
+    assert len(var.get()) == 0
     # through tp_call (PyVectorcall_Call) as well as vectorcall
     call_slot: Any = type(d).__call__
-    assert call_slot(d, "ok", "f", 5) == ((5,), {})
-    assert next(calls) == 4 and next(errors) == 0
+    assert call_slot(d, "ok", "f") == "two"
+    assert next(calls) == 5 and next(errors) == 0
 
 
 def test_the_signature_is_the_reference_one(engine: Engine) -> None:
@@ -610,7 +780,7 @@ def test_the_signature_is_the_reference_one(engine: Engine) -> None:
 def test_the_c_counter_counts_in_place_and_through_next() -> None:
     import contextvars
 
-    from livepatch._speedups import Counter, Dispatcher
+    from livepatch._speedups import Counter, Dispatcher, Rules
 
     counter = Counter()
     assert (next(counter), next(counter), counter.value) == (0, 1, 2)
@@ -622,9 +792,9 @@ def test_the_c_counter_counts_in_place_and_through_next() -> None:
     def boom() -> None:
         raise KeyError("x")
 
-    fast = {"s": ({"f": lambda: "ok", "boom": boom}, calls, errors)}
+    fast = {"s": Rules(None, "s@1", {"f": lambda: "ok", "boom": boom}, calls, errors)}
     pins: contextvars.ContextVar[Any] = contextvars.ContextVar("pins", default=None)
-    d = Dispatcher(fast, pins, lambda *a, **k: "fallback")
+    d = Dispatcher(fast, pins, lambda *a, **k: "fallback", KeyError)
     for _ in range(1000):
         assert d("s", "f") == "ok"
     with pytest.raises(KeyError, match="x"):
@@ -643,4 +813,5 @@ def test_stats_read_the_same_whatever_the_counter(accelerate: bool) -> None:
     with engine.pin("rules") as rules:
         rules.which()
     info = engine.info("rules@1")
+    engine.close()
     assert (info.calls, info.errors) == (8, 0)

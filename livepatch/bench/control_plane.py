@@ -1,0 +1,209 @@
+"""``control_plane``: the control socket while clients call rules flat out.
+
+``clients`` threads each hold a connection to a real ``livepatch engine``
+process and send ``call`` frames (the bundled ``classify``) back to back for
+``duration_s``, each waiting for its reply; meanwhile one more connection
+swaps between two resolved versions ``swaps`` times, timing each request to
+its reply. Then the same clients, frames and swap requests go, in the same
+run, to a minimal asyncio JSON-lines server in its own process (written
+here: it parses each frame and answers it with a canned reply, no rule work),
+the reference for what a Python socket server can answer on this machine.
+
+:func:`serve_reference` is that server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..examples.spam import rule_source
+from .common import ProgressFn, Settings, _distribution, _no_progress, _private_runtime_dir
+
+__all__ = ["measure_control_plane", "serve_reference"]
+
+MESSAGE = {"sender": "promo@deals.biz", "text": "WIN a FREE cruise!!! Click now", "links": []}
+
+
+def _frame(rid: int, method: str, params: dict[str, Any]) -> bytes:
+    request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+    return json.dumps(request, separators=(",", ":")).encode() + b"\n"
+
+
+class _Line:
+    """A connection that sends one frame and reads one reply line at a time."""
+
+    def __init__(self, address: str, token: str | None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(60)
+        self.sock.connect(address)
+        self.reader = self.sock.makefile("rb")
+        reply = self.ask(_frame(0, "hello", {"client": "livepatch-bench", "token": token}))
+        if "error" in reply:
+            raise RuntimeError(f"hello refused: {reply['error']}")
+
+    def ask(self, frame: bytes) -> dict[str, Any]:
+        self.sock.sendall(frame)
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError("the server closed the connection")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def _load(
+    address: str,
+    token: str | None,
+    clients: int,
+    duration_s: float,
+    swap_frames: list[bytes],
+    progress: ProgressFn,
+) -> dict[str, Any]:
+    """``clients`` callers flat out, and the swap frames timed meanwhile."""
+    stop = threading.Event()
+    counts = [0] * clients
+    failures = [0] * clients
+    call = _frame(1, "call", {"slot": "spam", "symbol": "classify", "args": [MESSAGE]})
+    lines = [_Line(address, token) for _ in range(clients)]
+    control = _Line(address, token)
+
+    def caller(k: int) -> None:
+        line = lines[k]
+        while not stop.is_set():
+            reply = line.ask(call)
+            if "result" in reply:
+                counts[k] += 1
+            else:
+                failures[k] += 1
+
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(clients)]
+    swap_s: list[float] = []
+    swap_errors = 0
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(min(0.2, duration_s / 10))  # let the callers get going
+        started = time.perf_counter()
+        before = sum(counts)
+        pause = duration_s / max(1, len(swap_frames))
+        for i, frame in enumerate(swap_frames):
+            t0 = time.perf_counter()
+            reply = control.ask(frame)
+            swap_s.append(time.perf_counter() - t0)
+            swap_errors += "error" in reply
+            progress((i + 1) / len(swap_frames))
+            time.sleep(max(0.0, started + (i + 1) * pause - time.perf_counter()))
+        elapsed = time.perf_counter() - started
+        calls = sum(counts) - before
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        for line in [*lines, control]:
+            line.close()
+    return {
+        "duration_s": round(elapsed, 3),
+        "calls": calls,
+        "calls_per_s": round(calls / elapsed) if elapsed > 0 else None,
+        "failed_calls": sum(failures),
+        "swaps": len(swap_s),
+        "swap_errors": swap_errors,
+        "swap_ms": _distribution(swap_s, 1e3, 4),
+    }
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    result = {"version": "spam@1", "result": {"spam": True, "score": 0.9, "reasons": []}}
+    while line := await reader.readline():
+        request = json.loads(line)
+        reply = {"jsonrpc": "2.0", "id": request.get("id"), "result": result}
+        writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+        await writer.drain()
+    writer.close()
+
+
+def serve_reference(path: str) -> None:
+    """The reference server: every frame parsed and answered, no rule work."""
+
+    async def main() -> None:
+        server = await asyncio.start_unix_server(_answer, path=path)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def _reference_server(path: str) -> Iterator[None]:
+    code = "import sys; from livepatch.bench.control_plane import serve_reference; "
+    cmd = [sys.executable, "-c", code + "serve_reference(sys.argv[1])", path]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the reference server did not start")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def measure_control_plane(
+    settings: Settings, progress: ProgressFn = _no_progress
+) -> dict[str, Any]:
+    """Swap latency and call throughput under ``settings.control_clients`` callers,
+    on the engine and on the reference server, in one run."""
+    from ..client import Client  # the engine-only sections need no socket code
+    from ..demo import start_engine
+    from ..runtime import find_engine
+
+    clients, duration = settings.control_clients, settings.control_duration_s
+    name = f"bench-cp-{os.getpid()}"
+    with _private_runtime_dir() as tmp, start_engine(name, 0) as ready:
+        info = find_engine(name)
+        with Client.connect(name, client_name="livepatch-bench") as client:
+            versions = []
+            for filename in ("spam_v1.py", "spam_v2.py"):
+                version = client.load("spam", rule_source(filename) + "\n# cp\n", filename)
+                if not client.check(version).ok:  # pragma: no cover - bundled rules pass
+                    raise RuntimeError(f"{version} failed its check")
+                versions.append(version)
+            client.swap(versions[0])
+        swaps = [
+            _frame(100 + i, "swap", {"version": versions[(i + 1) % 2]})
+            for i in range(settings.control_swaps)
+        ]
+        step: Callable[[float], None] = lambda f: progress(0.5 * f)  # noqa: E731
+        engine = _load(info.address, info.token, clients, duration, swaps, step)
+        reference_path = os.path.join(tmp, "ref.sock")
+        with _reference_server(reference_path):
+            reference = _load(
+                reference_path, None, clients, duration, swaps, lambda f: progress(0.5 + 0.5 * f)
+            )
+    ratio = None
+    if engine["calls_per_s"] and reference["calls_per_s"]:
+        ratio = round(engine["calls_per_s"] / reference["calls_per_s"], 3)
+    return {
+        "clients": clients,
+        "engine_pid": ready.get("pid"),
+        "engine": engine,
+        "reference": {
+            "what": "asyncio JSON-lines server, canned replies, no rule work",
+            **reference,
+        },
+        "throughput_ratio": ratio,
+    }

@@ -1,0 +1,129 @@
+"""``callgrind``: instructions per call on the hot path, counted by valgrind.
+
+Wall-clock nanoseconds move with whatever else the machine runs; the number
+of instructions a call executes does not. Each figure runs a child Python
+under ``valgrind --tool=callgrind`` that sets up the bundled rules exactly as
+``hot_path`` does and then runs one statement ``calls`` times in a loop; the
+same child with ``pass`` as the statement is the loop's own cost, taken off.
+``PYTHONHASHSEED=0`` keeps dict layouts, and so the counts, the same from
+run to run. Statements: the direct call, ``engine.call`` before any pin and
+again after pins were used, ``rules.f`` on an open pin, and a whole
+``with engine.pin(slot) as rules: rules.f(msg)`` block.
+
+``_child`` is that child.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from .common import ProgressFn, _no_progress
+
+__all__ = ["STATEMENTS", "measure_callgrind"]
+
+#: The statements measured, by key; ``{f}`` is the rule function's name.
+STATEMENTS = {
+    "loop": "pass",
+    "loop_after_pins": "pass",
+    "direct": "{f}(msg)",
+    "call": "engine.call(SLOT, {f!r}, msg)",
+    "call_after_pins": "engine.call(SLOT, {f!r}, msg)",
+    "pin_call": "rules.{f}(msg)",
+    "pin_block": "with engine.pin(SLOT) as r:\n            r.{f}(msg)",
+}
+
+#: The rules measured: function name, slot, calls per run (classify is slow).
+RULES = {"trivial": ("trivial", 1), "classify": ("spam", 4)}
+
+
+def _child(rule: str, statement: str, calls: int) -> None:
+    """Set up the rules as the hot_path section does, then loop ``calls`` times."""
+    from .hot_path import hot_engine
+
+    engine, functions, msg = hot_engine()
+    slot = RULES[rule][0]
+    namespace: dict[str, Any] = {"engine": engine, "msg": msg, "SLOT": slot, **functions}
+    if statement.endswith("_after_pins"):
+        for _ in range(100):
+            with engine.pin(slot):
+                engine.call(slot, rule, msg)
+    body = STATEMENTS[statement].format(f=rule)
+    code = f"def loop(n):\n    for _ in range(n):\n        {body}\n"
+    exec(code, namespace)
+    if statement == "pin_call":
+        with engine.pin(slot) as rules:
+            namespace["rules"] = rules
+            namespace["loop"](calls)
+    else:
+        namespace["loop"](calls)
+
+
+def _instructions(valgrind: str, rule: str, statement: str, calls: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="lpbench-cg-") as tmp:
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        proc = subprocess.run(
+            [
+                valgrind,
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/out",
+                sys.executable,
+                "-c",
+                "import sys; from livepatch.bench.hot_path_callgrind import _child; "
+                "_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))",
+                rule,
+                statement,
+                str(calls),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def measure_callgrind(calls: int, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+    """Instructions per call of each statement on each rule (``calls`` 0: skipped)."""
+    valgrind = shutil.which("valgrind")
+    if calls <= 0:
+        return {"available": False, "reason": "skipped (run `livepatch bench --section callgrind`)"}
+    if valgrind is None:
+        return {"available": False, "reason": "valgrind not installed (apt-get install valgrind)"}
+    rows: dict[str, Any] = {}
+    steps = len(RULES) * len(STATEMENTS)
+    step = 0
+    for rule, (_slot, divisor) in RULES.items():
+        n = max(1, calls // divisor)
+        counts: dict[str, int] = {}
+        for statement in STATEMENTS:
+            counts[statement] = _instructions(valgrind, rule, statement, n)
+            step += 1
+            progress(step / steps)
+        # Each statement less the loop that ran it (with the same warm-up).
+        per = {
+            k: (v - counts["loop_after_pins" if k.endswith("_after_pins") else "loop"]) / n
+            for k, v in counts.items()
+            if not k.startswith("loop")
+        }
+        direct = per["direct"]
+        rows[rule] = {
+            "calls_per_run": n,
+            **{f"{k}_instructions": round(v) for k, v in per.items()},
+            **{
+                f"{k}_extra_instructions": round(v - direct)
+                for k, v in per.items()
+                if k != "direct"
+            },
+            "call_overhead_pct": round((per["call"] / direct - 1) * 100, 2),
+            "pin_block_overhead_pct": round((per["pin_block"] / direct - 1) * 100, 2),
+        }
+    return {"available": True, "calls": calls, "hash_seed": 0, "rules": rows}

@@ -1,0 +1,103 @@
+"""``load_check``: load + check of generated modules of growing size."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..engine import Engine
+from .common import (
+    ProgressFn,
+    _no_progress,
+)
+
+# Load + check
+
+
+def generated_module(functions: int, tag: str = "") -> str:
+    """A module of ``functions`` small functions that call one another.
+
+    Every function reads a module constant and a function of ``math``, and
+    nine in ten call the one before, so the check has names to resolve.
+    ``tag`` goes in the docstring to make two sources of one size differ.
+    """
+    lines = [
+        f'"""Generated benchmark module: {functions} functions{f" ({tag})" if tag else ""}."""',
+        "",
+        "import math",
+        "",
+        "SCALE = 3",
+        "",
+    ]
+    for i in range(functions):
+        call = f"f{i - 1}(x) + " if i % 10 else ""
+        lines += [
+            "",
+            f"def f{i}(x: int) -> int:",
+            f"    return {call}math.floor(x * SCALE) + {i}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def measure_load_check(
+    sizes: Sequence[int], repeat: int, progress: ProgressFn = _no_progress
+) -> dict[str, Any]:
+    """``load`` and ``check`` time of generated modules, median of ``repeat``.
+
+    Next to them, ``python_compile_exec_ms``: CPython's own ``compile`` and
+    ``exec`` of the same source into a plain dict, the floor any loader pays.
+    """
+    rows = []
+    steps = len(sizes) * repeat
+    step = 0
+    for n in sizes:
+        load_ms: list[float] = []
+        check_ms: list[float] = []
+        total_ms: list[float] = []
+        floor_ms: list[float] = []
+        for r in range(repeat):
+            source = generated_module(n, f"run {r}")
+            engine = Engine("bench-load")
+            engine.add_slot("gen", None)
+            try:
+                gc.collect()
+                t0 = time.perf_counter()
+                version = engine.load("gen", source, f"gen_{n}.py")
+                t1 = time.perf_counter()
+                report = engine.check(version)
+                t2 = time.perf_counter()
+                if not report.ok:  # pragma: no cover - generated modules pass
+                    raise RuntimeError(f"the generated module of {n} functions failed its check")
+            finally:
+                engine.close()
+            gc.collect()
+            t3 = time.perf_counter()
+            namespace: dict[str, Any] = {"__name__": "livepatch_bench_floor"}
+            exec(compile(source, f"gen_{n}.py", "exec"), namespace)
+            t4 = time.perf_counter()
+            namespace.clear()
+            load_ms.append((t1 - t0) * 1e3)
+            check_ms.append((t2 - t1) * 1e3)
+            total_ms.append((t2 - t0) * 1e3)
+            floor_ms.append((t4 - t3) * 1e3)
+            step += 1
+            progress(step / steps)
+        rows.append(
+            {
+                "functions": n,
+                "load_ms": round(statistics.median(load_ms), 2),
+                "check_ms": round(statistics.median(check_ms), 2),
+                "total_ms": round(statistics.median(total_ms), 2),
+                "best_total_ms": round(min(total_ms), 2),
+                "python_compile_exec_ms": round(statistics.median(floor_ms), 2),
+            }
+        )
+    by_size = {row["functions"]: row["total_ms"] for row in rows}
+    growth = None
+    if 1_000 in by_size and 10_000 in by_size and by_size[1_000]:
+        growth = round(by_size[10_000] / by_size[1_000], 2)
+    return {"repeat": repeat, "sizes": rows, "growth_10000_vs_1000": growth}

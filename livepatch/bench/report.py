@@ -1,0 +1,261 @@
+"""Running the sections, the text table and the ``livepatch bench`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from .common import (
+    FULL,
+    QUICK,
+    SCHEMA,
+    SECTIONS,
+    Progress,
+    ProgressFn,
+    Settings,
+    _load_average,
+    machine_info,
+)
+from .control_plane import measure_control_plane
+from .goals import CORRECTNESS_GOALS, evaluate_goals
+from .hot_path import measure_hot_path
+from .hot_path_callgrind import measure_callgrind
+from .load_check import measure_load_check
+from .memory import measure_memory
+from .peers import measure_peers
+from .swap import measure_swap_under_load
+
+# Running and reporting
+
+
+def run(
+    settings: Settings,
+    sections: Sequence[str] = SECTIONS,
+    progress: Progress | None = None,
+    quick: bool = False,
+) -> dict[str, Any]:
+    """Measure ``sections`` with ``settings``; returns the JSON-able results."""
+    progress = progress or Progress(sections, enabled=False)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "command": "livepatch bench" + (" --quick" if quick else ""),
+        "quick": quick,
+        "machine": machine_info(),
+        "settings": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()
+        },
+    }
+    asked_for_grind = 4_000 if tuple(sections) != SECTIONS and "callgrind" in sections else 0
+    measures: dict[str, Callable[[ProgressFn], dict[str, Any]]] = {
+        "hot_path": lambda p: measure_hot_path(settings.hot_number, settings.hot_repeat, p),
+        # Slow (a valgrind run per figure): skipped by --quick unless asked for.
+        "callgrind": lambda p: measure_callgrind(settings.callgrind_calls or asked_for_grind, p),
+        "swap_under_load": lambda p: measure_swap_under_load(settings, p),
+        "control_plane": lambda p: measure_control_plane(settings, p),
+        "load_check": lambda p: measure_load_check(settings.load_sizes, settings.load_repeat, p),
+        "memory": lambda p: measure_memory(settings.memory_cycles, settings.memory_warmup, p),
+        "peers": lambda p: measure_peers(settings, p),
+    }
+    for name in SECTIONS:
+        if name in sections:
+            section_started = time.perf_counter()
+            results[name] = measures[name](progress.section(name))
+            results[name]["elapsed_s"] = round(time.perf_counter() - section_started, 2)
+    progress.close()
+    results["goals"] = evaluate_goals(results)
+    results["machine"]["load_average_end"] = _load_average()
+    results["elapsed_s"] = round(time.perf_counter() - started, 2)
+    return results
+
+
+def _fmt(value: Any, spec: str = ".1f", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return f"{value:{spec}}{unit}"
+    return str(value)
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """The results as the text table ``livepatch bench`` prints."""
+    m = results["machine"]
+    out = [
+        f"{results['command']}: Python {m['python']} on {m['platform']}, "
+        f"{m['cpu_count']} CPUs ({m['cpu_model'] or m['machine']}), "
+        f"load average {m['load_average'][0] if m['load_average'] else '-'}; "
+        f"engine.call accelerated: {'yes' if m['accelerated'] else 'no'}",
+    ]
+    hot = results.get("hot_path")
+    if hot:
+        out += [
+            "",
+            f"Hot path (ns per call, best of {hot['repeat']})",
+            f"  {'rule':<10}{'direct':>10}{'engine.call':>13}{'extra':>9}{'overhead':>10}"
+            f"{'pin call':>10}{'pin block':>11}{'pin extra':>11}",
+        ]
+        for name, row in hot["rules"].items():
+            out.append(
+                f"  {name:<10}{row['direct_ns']:>10.1f}{row['call_ns']:>13.1f}"
+                f"{row['call_extra_ns']:>9.1f}{row['call_overhead_pct']:>9.1f}%"
+                f"{row['pin_call_ns']:>10.1f}{row['pin_block_ns']:>11.1f}"
+                f"{row['pin_block_extra_ns']:>11.1f}"
+            )
+    grind = results.get("callgrind")
+    if grind:
+        if not grind.get("available"):
+            out += ["", f"Hot path in instructions (callgrind): {grind.get('reason')}"]
+        else:
+            out += [
+                "",
+                "Hot path in instructions per call (callgrind, PYTHONHASHSEED=0; "
+                "extra over direct)",
+                f"  {'rule':<10}{'direct':>9}{'call':>9}{'after pins':>12}{'rules.f':>9}"
+                f"{'pin block':>11}",
+            ]
+            for name, row in grind["rules"].items():
+                out.append(
+                    f"  {name:<10}{row['direct_instructions']:>9,}"
+                    f"{row['call_extra_instructions']:>+9,}"
+                    f"{row['call_after_pins_extra_instructions']:>+12,}"
+                    f"{row['pin_call_extra_instructions']:>+9,}"
+                    f"{row['pin_block_extra_instructions']:>+11,}"
+                )
+    swap = results.get("swap_under_load")
+    if swap:
+        lat = swap["latency_us"]
+        seen = ", ".join(f"{k} {v:,}" for k, v in swap["seen"].items())
+        out += [
+            "",
+            f"Swap under load ({swap['callers']} callers through pin, {swap['swaps']:,} swaps "
+            f"in {swap['duration_s']:.1f} s)",
+            f"  requests {swap['requests']:,} ({seen}); failed {swap['failed']}, "
+            f"mixed versions {swap['mixed']}",
+            f"  {'request latency':<24}{'p50':>10}{'p99':>10}{'max':>11}",
+        ]
+        for label, key in (("without swaps", "without_swaps"), ("with swaps", "with_swaps")):
+            d = lat[key]
+            out.append(
+                f"  {label:<24}{_fmt(d['p50'], '.2f', ' us'):>10}{_fmt(d['p99'], '.2f', ' us'):>10}"
+                f"{_fmt(d['max'], '.0f', ' us'):>11}"
+            )
+        out.append(f"  p99 ratio with/without swaps: {_fmt(swap['p99_ratio'], '.2f')}")
+        s, k = swap["swap_ms"], swap["socket"]["swap_ms"]
+        out += [
+            f"  {'swap latency':<24}{'p50':>10}{'p99':>10}{'max':>11}",
+            f"  {'in-process':<24}{_fmt(s['p50'], '.3f', ' ms'):>10}"
+            f"{_fmt(s['p99'], '.3f', ' ms'):>10}{_fmt(s['max'], '.3f', ' ms'):>11}",
+            f"  {'over the socket':<24}{_fmt(k['p50'], '.3f', ' ms'):>10}"
+            f"{_fmt(k['p99'], '.3f', ' ms'):>10}{_fmt(k['max'], '.3f', ' ms'):>11}"
+            f"   ({swap['socket']['swaps']:,} swaps, "
+            f"{swap['socket']['traffic_per_s']:g} calls/s of traffic)",
+        ]
+    control = results.get("control_plane")
+    if control:
+        out += [
+            "",
+            f"Control plane under load ({control['clients']} clients calling classify flat out "
+            "over the socket, swaps meanwhile)",
+            f"  {'server':<34}{'calls/s':>10}{'swap p50':>11}{'p99':>10}{'max':>10}",
+        ]
+        for label, key in (
+            ("livepatch engine", "engine"),
+            ("bare asyncio JSON-lines", "reference"),
+        ):
+            row = control[key]
+            d = row["swap_ms"]
+            out.append(
+                f"  {label:<34}{_fmt(row['calls_per_s'], ',d'):>10}"
+                f"{_fmt(d['p50'], '.2f', ' ms'):>11}{_fmt(d['p99'], '.2f', ' ms'):>10}"
+                f"{_fmt(d['max'], '.1f', ' ms'):>10}"
+            )
+        out.append(
+            f"  throughput ratio engine / reference: {_fmt(control['throughput_ratio'], '.3f')}"
+        )
+    load = results.get("load_check")
+    if load:
+        out += [
+            "",
+            f"Load + check (ms, median of {load['repeat']})",
+            f"  {'functions':>10}{'load':>10}{'check':>10}{'total':>10}{'compile+exec':>14}",
+        ]
+        for row in load["sizes"]:
+            out.append(
+                f"  {row['functions']:>10,}{row['load_ms']:>10.1f}{row['check_ms']:>10.1f}"
+                f"{row['total_ms']:>10.1f}{row['python_compile_exec_ms']:>14.1f}"
+            )
+        out.append(f"  10,000 / 1,000: {_fmt(load['growth_10000_vs_1000'], '.1f', 'x')}")
+    memory = results.get("memory")
+    if memory:
+        out += [
+            "",
+            f"Memory ({memory['cycles']:,} load/check/swap/purge/unload cycles, "
+            f"{memory['ms_per_cycle']:.1f} ms each)",
+            f"  unloaded {memory['unloaded']:,}, freed {memory['freed']:,}; RSS "
+            f"{memory['rss_start_mb']:.1f} MB -> {memory['rss_end_mb']:.1f} MB "
+            f"({memory['rss_growth_mb']:+.2f} MB)",
+        ]
+    peers = results.get("peers")
+    if peers:
+        out += [
+            "",
+            f"Peers (same {peers['module']['lines']}-line module; reload ms idle, then under "
+            f"{peers['callers']} callers running requests of first() + second())",
+            f"  {'tool':<20}{'idle p50':>10}{'loaded p50':>12}{'p99':>10}{'requests':>12}"
+            f"{'mixed':>9}{'failed':>8}{'reloads that mixed':>20}",
+        ]
+        for row in peers["tools"].values():
+            if not row.get("available"):
+                out.append(f"  {row['tool']:<20}  ({row.get('reason', 'not available')})")
+                continue
+            r, idle = row["reload_ms"], row["reload_idle_ms"]
+            out.append(
+                f"  {row['tool']:<20}{_fmt(idle['p50'], '.2f'):>10}{_fmt(r['p50'], '.2f'):>12}"
+                f"{_fmt(r['p99'], '.2f'):>10}{row['requests']:>12,}{row['mixed']:>9,}"
+                f"{row['failed']:>8,}{row['reloads_with_mixed']:>13,} of {row['reloads']:<4,}"
+            )
+        own = peers["tools"]["livepatch"]
+        if own.get("available"):
+            sw = own["swap_ms"]
+            out.append(
+                f"  livepatch reload = load + check + swap; the swap alone: "
+                f"p50 {_fmt(sw['p50'], '.3f', ' ms')}, p99 {_fmt(sw['p99'], '.3f', ' ms')}"
+            )
+    goals = results.get("goals", {})
+    if goals:
+        met = sum(g["met"] for g in goals.values())
+        out += ["", f"Goals ({met}/{len(goals)} met)"]
+        for g in goals.values():
+            value = _fmt(g["value"], ".2f" if isinstance(g["value"], float) else "")
+            out.append(
+                f"  [{'ok' if g['met'] else 'MISS'}] {g['goal']}: {value} {g['unit']} "
+                f"(goal {g['compare']} {g['limit']:g})"
+            )
+    out.append(f"\nelapsed {results['elapsed_s']:.1f} s")
+    return "\n".join(out)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``livepatch bench`` command: measure, print the table, write the JSON.
+
+    Exit status 1 when a correctness goal (failed or mixed-version requests,
+    unloaded versions not freed) is missed; timing goals never fail the run.
+    """
+    quick = bool(getattr(args, "quick", False))
+    sections = tuple(getattr(args, "section", None) or SECTIONS)
+    settings = QUICK if quick else FULL
+    progress = Progress(sections)
+    results = run(settings, sections, progress, quick=quick)
+    print(render_table(results))
+    path = getattr(args, "json", None)
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+        print(f"wrote {path}")
+    missed = [k for k, g in results["goals"].items() if k in CORRECTNESS_GOALS and not g["met"]]
+    return 1 if missed else 0
