@@ -148,7 +148,8 @@ def _row_cells(row: SymbolRow | None) -> str:
 
 
 def _legend(letters: Iterable[str]) -> str:
-    shown = [k for k in LETTER_STYLE if k in set(letters)]
+    present = set(letters)  # once: ``letters`` may be a generator
+    shown = [k for k in LETTER_STYLE if k in present]
     if not shown:
         return ""
     parts = [f"{_letter(k)} {_e(LETTER_STYLE[k][1])}" for k in shown]

@@ -183,11 +183,12 @@ def render_report(report: ResolveReport, *, color: bool = False) -> str:
 def render_status(status: Mapping[str, Any]) -> str:
     """Status as text: a header per slot, a row per version (``*`` marks the active one)."""
     lines = [f"engine {status['name']} (pid {status['pid']})"]
+    # Ids as wide as the longest of every slot (spam_native@12), at least 10,
+    # so the columns line up across slots.
+    width = max([10, *(len(v["id"]) for slot in status["slots"] for v in slot["versions"])])
     for slot in status["slots"]:
         iface = f"  [{slot['interface']}]" if slot.get("interface") else ""
         lines.append(f"slot {slot['name']}: active {slot['active'] or '-'}{iface}")
-        # Ids as wide as the slot's longest (spam_native@12), at least 10.
-        width = max([10, *(len(v["id"]) for v in slot["versions"])])
         for v in slot["versions"]:
             mark = "*" if v["id"] == slot["active"] else " "
             freed = ""

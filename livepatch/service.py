@@ -78,8 +78,9 @@ class Service:
             raise
         version = result.get("version") or result.get("active") or target
         sha = self._sha(version)
+        ok = result.get("ok") is not False  # a check with problems is journaled as failed
         self.journal.record(
-            method, version, peer=peer, ok=True, result=_summary(method, result), sha256=sha
+            method, version, peer=peer, ok=ok, result=_summary(method, result), sha256=sha
         )
         return result
 
