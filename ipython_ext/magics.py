@@ -336,9 +336,10 @@ class HotswapMagics(Magics):
                 raise UsageError(
                     "the cell is empty: write the rule module below `%%hotswap load SLOT`"
                 )
-            count = self.shell.execution_count if self.shell is not None else 0
-            filename = f"<cell-{count}>"
-            source = cell
+            filename = f"<cell-{self._cell_number(cell)}>"
+            # One blank line for the `%%hotswap` line, so a problem's line
+            # number is the line of the cell the user sees.
+            source = "\n" + cell
         else:
             if not args.args:
                 raise UsageError(
@@ -358,6 +359,20 @@ class HotswapMagics(Magics):
             return LoadResult(client.request("load", params), path.name)
         params = {"slot": slot, "source": source, "filename": filename}
         return LoadResult(client.request("load", params), filename)
+
+    def _cell_number(self, cell: str) -> int:
+        """The N of the cell's ``In [N]``, whichever IPython counts when.
+
+        IPython 9 advances ``execution_count`` before the cell runs, 8 after;
+        both store the cell in the input history first.
+        """
+        shell = self.shell
+        if shell is None:
+            return 0
+        history = shell.history_manager.input_hist_raw if shell.history_manager else []
+        if history and cell.strip() and cell.strip() in history[-1]:
+            return len(history) - 1
+        return int(shell.execution_count)
 
     def _check(self, args: Any, cell: str | None) -> ReportView:
         client = self._client()

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .resolve import ResolveReport
     from .symbols import SymbolDiff, SymbolTable
 
-from .errors import LivepatchError
+from .errors import Conflict, LivepatchError, UnknownVersion
 from .filekind import NATIVE_SUFFIXES, file_kind, is_elf
 from .protocol import (
     NEED_DATA,
@@ -261,7 +261,19 @@ class Client:
         params: dict[str, Any] = {"version": version}
         if expect is not None:
             params["expect"] = expect
-        result: dict[str, Any] = self.request("swap", params)
+        try:
+            result: dict[str, Any] = self.request("swap", params)
+        except Conflict:
+            # "Another client swapped first" is wrong when --expect names a
+            # version that never existed (a typo): say that instead.
+            known = {v["id"] for s in self.status()["slots"] for v in s["versions"]}
+            if expect is not None and expect not in known:
+                slot = expect.partition("@")[0]
+                same = ", ".join(sorted(v for v in known if v.startswith(f"{slot}@")))
+                raise UnknownVersion(
+                    f"--expect {expect}: no version {expect}; {slot} has {same or 'none'}"
+                ) from None
+            raise
         return result
 
     def rollback(self, slot: str) -> dict[str, Any]:

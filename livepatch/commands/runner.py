@@ -106,16 +106,17 @@ def render_watch(
     if status is None:
         return title or "no status yet"
     lines = [f"{_BOLD}{title}{_RESET}" if color and title else title] if title else []
-    header = (
-        f"  {'version':<12} {'state':<9} {'calls':>9} {'calls/s':>9} {'errors':>7} {'in flight':>9}"
-    )
+    # One id width for every slot, so long ids (spam_native@12) keep the columns.
+    w = max([12, *(len(v["id"]) for slot in status["slots"] for v in slot["versions"])])
+    header = f"  {'version':<{w}} {'state':<9} {'calls':>9} {'calls/s':>9} {'errors':>7}"
+    header += f" {'in flight':>9}"
     lines.append(f"{_DIM}{header}{_RESET}" if color else header)
     for slot in status["slots"]:
         live = [v for v in slot["versions"] if v["state"] != "unloaded"]
         for v in live:
             mark = "*" if v["id"] == slot["active"] else " "
             row = (
-                f"{mark} {v['id']:<12} {v['state']:<9} {v['calls']:>9} "
+                f"{mark} {v['id']:<{w}} {v['state']:<9} {v['calls']:>9} "
                 f"{rates.get(v['id'], 0.0):>9.1f} {v['errors']:>7} {v['in_flight']:>9}"
             )
             lines.append(f"{_BOLD}{row}{_RESET}" if color and mark == "*" else row)

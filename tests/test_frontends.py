@@ -1,0 +1,560 @@
+"""The front ends as people find them (issue 13), each through the real thing:
+the CLI as a subprocess, the demo and the shell in tmux, ``%hotswap`` in a real
+IPython (in-process and as a real ipykernel), the README's commands as written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EngineProcess, run_cli, start_engine
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from test_shell_tmux import EXITED, TMUX, Terminal
+
+from livepatch.client import Client
+from livepatch.examples.spam import rule_path
+from livepatch.native import find_compiler
+from livepatch.runtime import list_engines, pid_alive
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "livepatch" / "examples" / "rules"
+ESC = "\x1b"
+
+#: A rule whose every call prints 4 KiB: a pipe nobody drains fills in 16 calls.
+PRINTING_RULE = """\
+from livepatch.examples.spam import Message, Verdict
+
+
+def classify(msg: Message) -> Verdict:
+    print("chatty rule " + "x" * 4096, flush=True)
+    return Verdict(spam=False, score=0.0)
+"""
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until true or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(0.05)
+
+
+# --- the launcher -----------------------------------------------------------------------
+
+
+def test_an_engine_whose_rule_prints_never_wedges(runtime_dir: Path) -> None:
+    engine = EngineProcess("chatty", ["--no-quarantine"])
+    engine.start()
+    try:
+        with Client.connect("chatty") as client:
+            v = client.load("spam", PRINTING_RULE, "chatty.py")
+            assert client.check(v).ok
+            client.swap(v)
+            msg = {"sender": "a@b.c", "text": "hi", "links": []}
+            for _ in range(64):  # 256 KiB of output: four pipes' worth
+                client.call("spam", "classify", [msg])
+            version = next(x for x in client.status()["slots"][0]["versions"] if x["id"] == v)
+            assert version["calls"] == 64 and version["in_flight"] == 0
+        # The output went to the log, and `livepatch log` shows its end.
+        shown = run_cli("log", "--lines", "3", "--existing", "chatty")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.count("chatty rule xxxx") == 3
+    finally:
+        started = time.monotonic()
+        assert engine.stop(timeout=30) == 0  # SIGTERM was enough
+        assert time.monotonic() - started < 30
+    assert list_engines(runtime_dir) == []
+
+
+def test_restart_on_the_same_state_dir(runtime_dir: Path, tmp_path: Path) -> None:
+    engine = EngineProcess("durable", ["--state-dir", str(tmp_path / "state")])
+    first = engine.start()["pid"]
+    try:
+        with Client.connect("durable") as client:
+            v = client.load_file(RULES / "spam_v2.py", "spam")
+            assert client.check(v).ok
+            client.swap(v)
+        second = engine.restart()["pid"]
+        assert second != first and engine.alive
+        with Client.connect("durable") as client:
+            assert client.status()["slots"][0]["active"] == v
+    finally:
+        engine.stop()
+
+
+def test_an_engine_that_cannot_start_says_why(runtime_dir: Path) -> None:
+    engine = EngineProcess("broken", ["--slot", "spam=no.such.module:X"])
+    with pytest.raises(RuntimeError, match=r"exited with status 2 .*no.such.module"):
+        engine.start()
+    assert not engine.alive
+
+
+def test_an_engine_tied_to_its_parent_stops_with_it(runtime_dir: Path) -> None:
+    # A parent that starts a tied engine and is then killed with -9.
+    script = (
+        "from livepatch.launcher import EngineProcess\n"
+        "e = EngineProcess('orphan', tie_to_parent=True)\n"
+        "print(e.start()['pid'], flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    assert pid_alive(pid)
+    parent.kill()
+    parent.wait()
+    wait_for(lambda: not pid_alive(pid))
+    wait_for(lambda: list_engines(runtime_dir) == [])  # it cleaned up as on SIGTERM
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--traffic", "-5"], "--traffic -5: use 0"),
+        (["--load-timeout", "-1"], "--load-timeout -1: use more than 0"),
+        (["--name", "bad name"], "--name: engine name 'bad name' must be"),
+    ],
+)
+def test_engine_options_are_validated_before_anything_is_built(
+    runtime_dir: Path, args: list[str], message: str
+) -> None:
+    done = run_cli("engine", *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "bug" not in done.stderr
+    assert done.stdout == ""  # never got as far as a ready line
+
+
+def test_cli_verbs_as_the_readme_says(engine_proc: EngineProcess) -> None:
+    # The slot by the file's kind, as in the shell and the magics.
+    loaded = run_cli("load", str(RULES / "spam_v2.py"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert "loaded spam@2" in loaded.stdout and "`livepatch check spam@2`" in loaded.stdout
+    # The wrong kind of file for the slot named: which kind the slot takes.
+    wrong = run_cli("load", str(RULES / "spam_native_v1.c"), "--slot", "spam")
+    assert wrong.returncode == 2
+    assert "slot 'spam' is a python slot and takes Python sources" in wrong.stderr
+    assert "--slot spam_native" in wrong.stderr
+    # --expect naming no version says so, not "another client swapped first".
+    typo = run_cli("swap", "spam@2", "--expect", "spam@77")
+    assert typo.returncode == 1 and "no version spam@77" in typo.stderr
+    assert "another client" not in typo.stderr
+    # --json: errors as JSON too.
+    as_json = run_cli("check", "spam@99", "--json")
+    assert as_json.returncode == 1
+    error = json.loads(as_json.stdout)["error"]
+    assert error["kind"] == "unknown-version" and error["exit_code"] == 1
+    # A failed check is journaled as failed.
+    bad = run_cli("load", str(RULES / "spam_unresolved.py"))
+    assert bad.returncode == 0
+    assert run_cli("check", "spam@3").returncode == 1
+    journal = json.loads(run_cli("journal", "--json").stdout)
+    assert [(e["op"], e["version"], e["ok"]) for e in journal[-1:]] == [("check", "spam@3", False)]
+
+
+def test_exit_codes_are_the_same_for_the_cli_and_shell_c(engine_proc: EngineProcess) -> None:
+    for command, code in [
+        ("check spam@99", 1),  # refused
+        ("status --bogus x", 2),  # usage
+        ("unload spam@1 --wait soon", 2),  # usage: not a number
+        ("status", 0),
+    ]:
+        cli = run_cli(*shlex.split(command))
+        shell = run_cli("shell", "-c", command)
+        assert (cli.returncode, shell.returncode) == (code, code), (command, cli.stderr)
+
+
+def test_did_you_mean_and_help(runtime_dir: Path) -> None:
+    typo = run_cli("stauts")
+    assert typo.returncode == 2
+    assert "did you mean `livepatch status`?" in typo.stderr
+    top = run_cli("--help").stdout
+    assert "exit status:" in top and "LIVEPATCH_RUNTIME_DIR" in top and "NO_COLOR" in top
+    for verb in ("load", "check", "swap", "unload", "journal", "call", "symbols"):
+        text = run_cli(verb, "--help").stdout
+        assert re.search(rf"\nexamples?:\n  livepatch {verb} ", text), verb  # an example
+    assert "(default: 20)" in run_cli("journal", "--help").stdout
+
+
+def test_the_journal_escapes_client_names(engine_proc: EngineProcess) -> None:
+    with Client.connect("rules", client_name="evil\x1b[2J\x1b]0;owned\x07") as client:
+        client.check("spam@1")
+    for out in (run_cli("journal").stdout, run_cli("shell", "-c", "journal").stdout):
+        assert ESC not in out and "\x07" not in out
+        assert "evil\\x1b[2J" in out
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native version")
+def test_long_ids_keep_the_columns(engine_proc: EngineProcess) -> None:
+    run_cli("load", str(RULES / "spam_native_v2.c"))
+    watch = run_cli("shell", "-c", "watch --for 0.2").stdout.splitlines()
+    rows = [line for line in watch if re.match(r"[* ] \S+@\d+ ", line)]
+    assert len(rows) >= 3
+    assert (
+        len({line.index(" active ") if " active " in line else None for line in rows} - {None}) == 1
+    )
+    assert len({re.search(r"\S+@\d+ +(\S)", r).end(0) for r in rows}) == 1, watch
+    journal = run_cli("journal").stdout.splitlines()
+    assert len({line.index(": ") for line in journal}) >= 1
+    columns = {re.search(r"(?:ok |ERR) \S+ +\S+ +", line).end(0) for line in journal}  # type: ignore[union-attr]
+    assert len(columns) == 1, journal
+
+
+# --- the README ---------------------------------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """The lines of the README's shell blocks under "Using it"."""
+    text = (ROOT / "README.md").read_text("utf-8")
+    section = text.split("## Using it", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_every_readme_command_runs_as_written(runtime_dir: Path) -> None:
+    commands = readme_commands()
+    engine_line = commands.pop(0)
+    assert engine_line.startswith("livepatch engine ")
+    words = shlex.split(engine_line.split("#", 1)[0])
+    state = ROOT / "state"
+    made_state = not state.exists()
+    engine = EngineProcess(words[words.index("--name") + 1], words[4:])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        # The README runs it from the repository root, as a user would.
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            engine.start()
+        finally:
+            os.chdir(cwd)
+        for command in commands:
+            done = subprocess.run(
+                ["bash", "-c", command],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+            )
+            assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+            assert "Traceback" not in done.stderr
+    finally:
+        engine.stop()
+        if made_state:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+# --- the demo and the shell in a real terminal ------------------------------------------------
+
+
+@pytest.fixture
+def demo_terminal(runtime_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
+    if TMUX is None:
+        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
+    conf = tmp_path / "tmux.conf"
+    conf.write_text("set -g remain-on-exit on\nset -g status off\n")
+    env = {
+        "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
+        "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
+        "TERM": "xterm-256color",
+    }
+    demo = shlex.join(
+        [
+            "env",
+            *(f"{k}={v}" for k, v in env.items()),
+            sys.executable,
+            "-m",
+            "livepatch",
+            "demo",
+            "--rate",
+            "20",
+        ]
+    )
+    term = Terminal(runtime_dir.parent / "tmux.sock", name="demo")
+    try:
+        term.tmux(
+            "-f",
+            str(conf),
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-s",
+            "demo",
+            f'cd {shlex.quote(str(tmp_path))} && {demo}; echo "{EXITED}$?]"',
+        )
+        yield term
+    finally:
+        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
+        term.socket.unlink(missing_ok=True)
+
+
+def _demo_engine(runtime_dir: Path) -> int:
+    wait_for(lambda: len(list_engines(runtime_dir)) == 1)
+    return list_engines(runtime_dir)[0].pid
+
+
+def test_ctrl_c_in_the_demo_interrupts_the_command_only(
+    demo_terminal: Terminal, runtime_dir: Path, tmp_path: Path
+) -> None:
+    demo_terminal.wait_for("quit (or Ctrl-D) leaves the demo and stops its engine", "demo-")
+    pid = _demo_engine(runtime_dir)
+    # A relative path is read from the working directory first.
+    (tmp_path / "mine.py").write_text((RULES / "spam_v2.py").read_text() + "\n# mine\n")
+    demo_terminal.type("load mine.py", "Enter")
+    demo_terminal.wait_for("loaded spam@2 from mine.py")
+    demo_terminal.type("watch --for 30", "Enter")
+    time.sleep(0.5)  # let the command start; there is no event to wait on in tmux
+    demo_terminal.tmux("send-keys", "-t", "demo", "C-c")
+    demo_terminal.wait_for("interrupted")
+    assert pid_alive(pid)
+    demo_terminal.type("status", "Enter")
+    demo_terminal.wait_for("reconnected to engine", "slot spam: active spam@1")
+    demo_terminal.type("quit", "Enter")
+    assert demo_terminal.exit_status(timeout=30) == 0
+    assert not pid_alive(pid)
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native copies to clean")
+def test_closing_the_terminal_cleans_up_the_demo(
+    demo_terminal: Terminal, runtime_dir: Path
+) -> None:
+    demo_terminal.wait_for("quit (or Ctrl-D) leaves the demo", "demo-")
+    pid = _demo_engine(runtime_dir)
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    copies = {Path(m).parent for m in re.findall(r"(/\S*/livepatch-native-[^/\s]+/\S+)", maps)}
+    assert copies and all(c.exists() for c in copies)
+    info = list_engines(runtime_dir)[0]
+    # The terminal goes away: tmux sends SIGHUP to the pane's processes.
+    demo_terminal.tmux("kill-server")
+    wait_for(lambda: not pid_alive(pid))
+    assert not Path(info.address).exists()
+    assert list(runtime_dir.glob("*.json")) == []
+    assert not any(c.exists() for c in copies)
+
+
+def test_the_demo_shows_why_the_native_slot_is_empty(runtime_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "livepatch", "demo", "--rate", "0"],
+        env={**os.environ, "CC": "/nonexistent/cc"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert "engine: no C compiler found" in done.stdout
+
+
+def test_the_tour_prints_real_commands_and_purges(runtime_dir: Path) -> None:
+    from livepatch.cli import build_parser
+
+    done = run_cli("demo", "--rate", "0", timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    commands = [
+        line[len("$ livepatch ") :] for line in done.stdout.splitlines() if line.startswith("$ ")
+    ]
+    assert "purge spam@2" in commands and "purged spam@2" in done.stdout
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command))  # each one runs as printed (exits 2 if not)
+
+
+# --- %hotswap -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ip() -> Iterator[InteractiveShell]:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "livepatch")
+    yield shell
+    if "livepatch" in shell.extension_manager.loaded:
+        shell.run_line_magic("hotswap", "stop")
+        shell.run_line_magic("unload_ext", "livepatch")
+
+
+def hs(shell: InteractiveShell, line: str) -> Any:
+    return shell.run_line_magic("hotswap", line)
+
+
+def test_a_session_never_switches_engines_silently(
+    ip: InteractiveShell, engine_proc: EngineProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = start_engine(name="other")
+    try:
+        hs(ip, "connect rules")
+        assert hs(ip, "status")["name"] == "rules"
+        assert "(engine 'rules')" in capsys.readouterr().out  # several run: named
+        engine_proc.stop()
+        with pytest.raises(UsageError):
+            hs(ip, "status")  # the connection is lost
+        with pytest.raises(UsageError, match=r"engine 'rules' .* is gone"):
+            hs(ip, f"load {rule_path('spam_v2.py')} --slot spam")
+        with Client.connect("other") as client:
+            assert [v["id"] for v in client.status()["slots"][0]["versions"]] == ["spam@1"]
+        # Restarted under the same name: reconnected, and it says so.
+        again = start_engine(name="rules")
+        try:
+            capsys.readouterr()
+            assert hs(ip, "status")["pid"] == again.pid
+            assert "'rules' was restarted" in capsys.readouterr().out
+        finally:
+            again.stop()
+    finally:
+        other.stop()
+
+
+def test_hints_use_hotswap_syntax_and_help_points_to_the_question_mark(
+    ip: InteractiveShell, engine_proc: EngineProcess
+) -> None:
+    with pytest.raises(UsageError, match=r"`%hotswap\?`"):
+        hs(ip, "-h")
+    v = hs(ip, f"load {rule_path('spam_unresolved.py')} --slot spam")
+    with pytest.raises(UsageError, match=r"run `%hotswap check spam@2` first"):
+        hs(ip, f"swap {v}")
+    with pytest.raises(UsageError, match="takes Python sources"):
+        hs(ip, f"load {RULES / 'spam_native_v1.c'} --slot spam")
+
+
+def test_hotswap_stop_name_stops_an_engine_a_dead_kernel_left(
+    ip: InteractiveShell, runtime_dir: Path
+) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    name = f"ipython-{int(gone.stdout)}"
+    left = EngineProcess(name)  # as an earlier kernel would have, untied
+    left.start()
+    try:
+        assert repr(hs(ip, f"stop {name}")) == f"stopped {name!r}"
+        wait_for(lambda: not left.alive)
+        assert list_engines(runtime_dir) == []
+        with pytest.raises(UsageError, match="no engine named 'nope' was started here"):
+            hs(ip, "stop nope")
+    finally:
+        left.stop()
+
+
+def test_hotswap_log_shows_what_the_rules_print(ip: InteractiveShell, runtime_dir: Path) -> None:
+    hs(ip, "start chatty --rate 0")
+    ip.run_cell_magic("hotswap", "load spam", PRINTING_RULE)
+    hs(ip, "check spam@2")
+    hs(ip, "swap spam@2")
+    msg = json.dumps({"sender": "a@b.c", "text": "hi", "links": []})
+    for _ in range(40):  # 160 KiB: a pipe would have wedged the engine
+        hs(ip, f"call spam.classify '{msg}'")
+    assert hs(ip, "status").version("spam@2")["in_flight"] == 0
+    shown = hs(ip, "log --lines 2")
+    assert shown["lines"] and all("chatty rule" in line for line in shown["lines"])
+
+
+# --- a real kernel ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, runtime_dir: Path) -> Iterator[Any]:
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec_dir = tmp_path / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (livepatch tests)",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    km = KernelManager(
+        kernel_name="python3",
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]),
+    )
+    km.start_kernel(cwd=str(ROOT))
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+
+
+def run_in(kc: Any, code: str) -> str:
+    """Run ``code`` in the kernel; its stdout (fails on an error)."""
+    out: list[str] = []
+    errors: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        content = msg["content"]
+        if msg["msg_type"] == "stream":
+            out.append(content["text"])
+        elif msg["msg_type"] == "error":
+            errors.append(f"{content['ename']}: {content['evalue']}")
+
+    kc.execute_interactive(code, output_hook=hook, timeout=120)
+    assert not errors, errors
+    return "".join(out)
+
+
+def test_reload_ext_keeps_the_engines_and_reloads_the_code(kernel: Any) -> None:
+    _km, kc = kernel
+    run_in(kc, "%load_ext livepatch")
+    pid = int(run_in(kc, "r = %hotswap start --rate 0\nprint(r['pid'])"))
+    before = run_in(kc, "import ipython_ext.magics as m; print(id(m.HotswapMagics))")
+    for module in ("livepatch", "ipython_ext"):
+        run_in(kc, f"%reload_ext {module}")
+        assert pid_alive(pid)
+        assert int(run_in(kc, "r = %hotswap status\nprint(r['pid'])")) == pid
+    after = run_in(kc, "import ipython_ext.magics as m; print(id(m.HotswapMagics))")
+    assert before != after  # the magics' code was reloaded
+    assert "stopped" in run_in(kc, "r = %hotswap stop\nprint(repr(r))")
+    assert not pid_alive(pid)
+
+
+def test_a_killed_kernel_takes_its_engine_along(kernel: Any, runtime_dir: Path) -> None:
+    km, kc = kernel
+    run_in(kc, "%load_ext livepatch")
+    pid = int(run_in(kc, "r = %hotswap start --rate 50\nprint(r['pid'])"))
+    os.kill(km.provisioner.process.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid))
+    wait_for(lambda: list_engines(runtime_dir) == [])
+
+
+def test_cell_names_and_line_numbers_match_the_cell(kernel: Any) -> None:
+    _km, kc = kernel
+    run_in(kc, "%load_ext livepatch\nr = %hotswap start --rate 0")
+    body = (
+        "from livepatch.examples.spam import Message, Verdict\n\n\n"
+        "def classify(msg: Message) -> Verdict:\n"
+        "    return lenn(msg.text)\n"
+    )
+    reply = kc.execute_interactive("%%hotswap load spam\n" + body, timeout=120)
+    assert reply["content"]["status"] == "ok"
+    number = reply["content"]["execution_count"]  # In [number]
+    shown = run_in(kc, "r = %hotswap status\nprint(r.version('spam@2')['filename'])")
+    assert shown.strip() == f"<cell-{number}>"
+    problems = run_in(
+        kc, "r = %hotswap check spam@2\nprint([(p.symbol, p.line) for p in r.data.problems])"
+    )
+    # lenn is on the cell's line 6 (line 1 is `%%hotswap load spam`).
+    assert "('lenn', 6)" in problems
