@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from livepatch.resolve import Problem, ResolveReport
-from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
+if TYPE_CHECKING:  # annotations only: `status` should not import the analysis modules
+    from livepatch.resolve import Problem, ResolveReport
+    from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
 
 __all__ = [
     "color_allowed",

@@ -558,3 +558,19 @@ def test_cell_names_and_line_numbers_match_the_cell(kernel: Any) -> None:
     )
     # lenn is on the cell's line 6 (line 1 is `%%hotswap load spam`).
     assert "('lenn', 6)" in problems
+
+
+def test_a_one_shot_verb_imports_no_engine_core(engine_proc: EngineProcess) -> None:
+    code = (
+        "import sys\n"
+        "from livepatch.cli import main\n"
+        "assert main(['swap', 'spam@1']) == 0\n"
+        "assert main(['status']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('livepatch', 'IPython', 'prompt'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(eval(done.stdout.strip().splitlines()[-1]))  # a printed list of names
+    heavy = {"engine", "native", "resolve", "bytecode", "symbols", "pyload", "quarantine", "state"}
+    assert not {f"livepatch.{m}" for m in heavy} & loaded, loaded
+    assert not any(m.startswith(("IPython", "prompt_toolkit")) for m in loaded), loaded
