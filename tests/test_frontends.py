@@ -566,7 +566,8 @@ def test_a_one_shot_verb_imports_no_engine_core(engine_proc: EngineProcess) -> N
         "from livepatch.cli import main\n"
         "assert main(['swap', 'spam@1']) == 0\n"
         "assert main(['status']) == 0\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('livepatch', 'IPython', 'prompt'))))\n"
+        "names = ('livepatch', 'IPython', 'prompt')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(names)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
