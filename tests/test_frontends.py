@@ -23,6 +23,7 @@ from conftest import EngineProcess, run_cli, start_engine
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from test_shell_tmux import EXITED, TMUX, Terminal
+from test_shell_tmux import terminal as terminal  # a fixture, used by name
 
 from livepatch.client import Client
 from livepatch.examples.spam import rule_path
@@ -575,3 +576,29 @@ def test_a_one_shot_verb_imports_no_engine_core(engine_proc: EngineProcess) -> N
     heavy = {"engine", "native", "resolve", "bytecode", "symbols", "pyload", "quarantine", "state"}
     assert not {f"livepatch.{m}" for m in heavy} & loaded, loaded
     assert not any(m.startswith(("IPython", "prompt_toolkit")) for m in loaded), loaded
+
+
+def test_shell_keys_in_a_real_terminal(terminal: Terminal) -> None:
+    terminal.wait_for("rules>")
+    # "sy" and Tab in one burst (a paste, a laggy ssh) still completes.
+    terminal.type("sy\t")
+    terminal.wait_for("rules> symbols")
+    terminal.type("", "C-u")
+    terminal.type(
+        f"load {rule_path('spam_v2.py')}; check spam@2; "
+        f"load {rule_path('spam_unresolved.py')}; check spam@3",
+        "Enter",
+    )
+    terminal.wait_for("spam@3 failed its check")
+    # Only spam@2 can be swapped in (spam@1 is active, spam@3 failed): Tab
+    # inserts it rather than offering every version.
+    terminal.type("swap ", "Tab")
+    terminal.wait_for("rules> swap spam@2")
+    # F1 shows the help and keeps the half-typed line.
+    terminal.type("", "F1")
+    screen = terminal.wait_for("usage: swap VERSION")
+    prompts = [line for line in screen.splitlines() if line.startswith("rules>")]
+    assert prompts[-1].rstrip() == "rules> swap spam@2", screen
+    assert screen.index("usage: swap VERSION") < screen.rindex("rules> swap spam@2")
+    terminal.type("", "Enter")
+    terminal.wait_for("spam: spam@1 -> spam@2")
