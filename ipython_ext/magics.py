@@ -48,6 +48,7 @@ from .display import (
     html_diff,
     html_report,
     html_table,
+    themed,
 )
 from .session import DEFAULT_RATE, HotswapSession
 
@@ -468,6 +469,13 @@ _FORMATTERS: Final[tuple[tuple[type, Callable[[Any], str], Callable[[Any], View]
 )
 
 
+def _themed_with(render: Callable[[Any], str]) -> Callable[[Any], str]:
+    def html(obj: Any) -> str:
+        return themed(render(obj))
+
+    return html
+
+
 def _pretty_with(make_view: Callable[[Any], View]) -> Callable[[Any, Any, bool], None]:
     def pretty(obj: Any, printer: Any, cycle: bool) -> None:
         make_view(obj)._repr_pretty_(printer, cycle)
@@ -491,7 +499,7 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     assert ipython.display_formatter is not None
     formatters = ipython.display_formatter.formatters
     for cls, render, make_view in _FORMATTERS:
-        formatters["text/html"].for_type(cls, render)
+        formatters["text/html"].for_type(cls, _themed_with(render))
         formatters["text/plain"].for_type(cls, _pretty_with(make_view))
     _loaded[id(ipython)] = magics
 

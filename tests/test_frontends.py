@@ -602,3 +602,123 @@ def test_shell_keys_in_a_real_terminal(terminal: Terminal) -> None:
     assert screen.index("usage: swap VERSION") < screen.rindex("rules> swap spam@2")
     terminal.type("", "Enter")
     terminal.wait_for("spam: spam@1 -> spam@2")
+
+
+# --- the HTML in a real browser ---------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+#: JupyterLab's themes, as far as our HTML can see them: the page colours,
+#: the font-colour variables and the attribute JupyterLab sets on <body>.
+THEMES = {
+    "light": ("true", "#ffffff", "rgba(0, 0, 0, 0.87)", "rgba(0, 0, 0, 0.54)"),
+    "dark": ("false", "#111111", "rgba(255, 255, 255, 1)", "rgba(255, 255, 255, 0.7)"),
+}
+
+#: Computes, for every element with its own text, the contrast of its colour
+#: against its effective background (rgba layers composited), and how wide
+#: each table is against the 900 px page; writes JSON into #out.
+CONTRAST_JS = """
+function rgba(s) { const m = s.match(/[0-9.]+/g).map(Number);
+  return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; }
+function over(top, below) { const a = top[3];
+  return [0, 1, 2].map(i => top[i] * a + below[i] * (1 - a)).concat([1]); }
+function background(el) {
+  const layers = [];
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgba(getComputedStyle(e).backgroundColor);
+    if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+  }
+  let bg = [255, 255, 255, 1];
+  for (let i = layers.length - 1; i >= 0; i--) bg = over(layers[i], bg);
+  return bg;
+}
+function lum(c) { const f = v => { v /= 255;
+  return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); }
+const out = {checked: 0, low: [], tables: []};
+for (const el of document.querySelectorAll('.theme *')) {
+  const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+  if (!own) continue;
+  const bg = background(el);
+  const fg = over(rgba(getComputedStyle(el).color), bg);
+  const [a, b] = [lum(fg), lum(bg)];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  out.checked++;
+  if (ratio < 4.5) out.low.push([el.closest('.theme').id, el.textContent.trim().slice(0, 40),
+                                 getComputedStyle(el).color, ratio.toFixed(2)]);
+}
+for (const t of document.querySelectorAll('table'))
+  out.tables.push([t.closest('.case').id, Math.round(t.getBoundingClientRect().right)]);
+out.width = document.documentElement.clientWidth;
+document.getElementById('out').textContent = JSON.stringify(out);
+"""
+
+
+def test_html_is_readable_in_light_and_dark_themes_and_fits_900px(
+    engine_proc: EngineProcess, tmp_path: Path
+) -> None:
+    if CHROMIUM is None:
+        pytest.fail("chromium is needed for the HTML tests (.ci/run installs it)")
+    from ipython_ext.display import DiffView, JournalView, ReportView, StatusView, TableView
+
+    with Client.connect("rules") as client:
+        bad = client.load("spam", (RULES / "spam_unresolved.py").read_text(), "bad.py")
+        v2 = client.load_file(RULES / "spam_v2.py", "spam")
+        report = client.check(bad)
+        client.check(v2)
+        views = {
+            "status": StatusView(client.status()),
+            "table": TableView(client.symbols("spam@1")),
+            "diff": DiffView(client.diff("spam@1", v2)),
+            "report": ReportView(report, (RULES / "spam_unresolved.py").read_text(), "bad.py"),
+            "journal": JournalView(client.journal(20)),
+        }
+        if find_compiler() is not None:
+            views["native"] = TableView(client.symbols("spam_native@1"))
+            views["crosskind"] = DiffView(client.diff("spam@1", "spam_native@1"))
+    # The legend explains every letter shown, and the markers.
+    table_html = views["table"]._repr_html_()
+    for meaning in ("function defined", "data defined", "imported name", "referenced but not"):
+        assert meaning in table_html
+    assert "only in the second version" in views["diff"]._repr_html_()
+    if "native" in views:
+        assert (
+            "weak symbol" in views["native"]._repr_html_()
+            or "code exported" in views["native"]._repr_html_()
+        )
+    cases = "".join(f'<div class="case" id="{k}">{v._repr_html_()}</div>' for k, v in views.items())
+    themes = "".join(
+        f'<div class="theme" id="{name}" data-jp-theme-light="{light}" '
+        f'style="background:{bg};color:{fg};--jp-content-font-color2:{fg2};padding:8px">'
+        f"{cases}</div>"
+        for name, (light, bg, fg, fg2) in THEMES.items()
+    )
+    page = tmp_path / "page.html"
+    page.write_text(
+        f'<!doctype html><html><head><meta charset="utf-8"></head><body style="margin:0">'
+        f'{themes}<pre id="out"></pre><script>{CONTRAST_JS}</script></body></html>',
+        encoding="utf-8",
+    )
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=900,3000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    found = re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert result["checked"] > 200
+    assert result["low"] == [], result["low"][:20]
+    # Every table, the cross-kind diff too, fits the 900 px window (less its scrollbar).
+    assert 850 <= result["width"] <= 900
+    assert all(right <= result["width"] for _case, right in result["tables"]), result["tables"]
