@@ -243,12 +243,17 @@ def test_diff_html_colours_every_marker(ip: InteractiveShell, engine_proc: Engin
     v2 = load_bundled(ip, "spam_v2.py")
     diff = hs(ip, f"diff spam@1 {v2}")
     html = diff._repr_html_()
-    for cls, colour in (("same", "#8a8a8a"), ("changed", "#b7791f"), ("added", "#2f855a")):
+    # Colours by role, themed (tests/test_frontends.py measures their contrast).
+    for cls, colour in (
+        ("same", r"var\(--lp-dim"),
+        ("changed", r"var\(--lp-amber"),
+        ("added", r"var\(--lp-green"),
+    ):
         assert f'class="lp-marker lp-marker-{cls}"' in html
         assert re.search(rf'lp-marker-{cls}"[^>]*color:{colour}', html)
         assert f'class="lp-row lp-{cls}"' in html
     reverse = hs(ip, f"diff {v2} spam@1")._repr_html_()
-    assert 'class="lp-marker lp-marker-removed"' in reverse and "color:#c53030" in reverse
+    assert 'class="lp-marker lp-marker-removed"' in reverse and "color:var(--lp-red" in reverse
     text = repr(diff)
     assert re.search(r"classify .*~ .*classify", text)
     assert re.search(r"^\s+\+\s+\d+ T shouting", text, re.M)
@@ -295,7 +300,8 @@ def test_cell_magic_loads_the_cell(ip: InteractiveShell, engine_proc: EngineProc
     status = hs(ip, "status")
     assert status.version("spam@2")["filename"] == loaded.filename
     report = hs(ip, f"check {loaded}")
-    assert [(p.symbol, p.line) for p in report.problems] == [("lenn", 5)]
+    # The cell's own line numbers: line 1 is the `%%hotswap load` line.
+    assert [(p.symbol, p.line) for p in report.problems] == [("lenn", 6)]
     assert "lenn(msg.text)" in report._repr_html_()
     # the slot may be implied when the engine has only one
     again = ip.run_cell_magic("hotswap", "load", CELL_WITH_TYPO.replace("lenn", "len"))
@@ -432,7 +438,7 @@ def test_a_cell_only_loads(ip: InteractiveShell, engine_proc: EngineProcess) -> 
         ip.run_cell_magic("hotswap", "status", "x = 1")
     with pytest.raises(UsageError, match="the cell is empty"):
         ip.run_cell_magic("hotswap", "load spam", "\n\n")
-    with pytest.raises(UsageError, match=r"<cell-\d+>:1:\d+: SyntaxError"):
+    with pytest.raises(UsageError, match=r"<cell-\d+>:2:\d+: SyntaxError"):
         ip.run_cell_magic("hotswap", "load spam", "def classify(:\n")
 
 
