@@ -45,6 +45,7 @@ __all__ = [
     "html_diff",
     "html_report",
     "html_table",
+    "text_color_wanted",
     "themed",
     "view",
 ]
@@ -522,6 +523,16 @@ def _who(entry: Mapping[str, Any]) -> str:
 # --- the views ---------------------------------------------------------------
 
 
+def text_color_wanted() -> bool:
+    """Colour in the text form: the terminal allows it (``NO_COLOR``, a tty)
+    and IPython's colour scheme is not ``nocolor`` (``ipython --colors=nocolor``)."""
+    if not color_allowed(sys.stdout):
+        return False
+    ipython = sys.modules.get("IPython")  # never imported here: only if running
+    shell = ipython.get_ipython() if ipython is not None else None
+    return str(getattr(shell, "colors", "")).lower() != "nocolor"
+
+
 class View:
     """A ``%hotswap`` result: ``.data`` in code, HTML in Jupyter, text in a terminal."""
 
@@ -539,7 +550,7 @@ class View:
         return themed(self.html())
 
     def _repr_pretty_(self, p: _Printer, cycle: bool) -> None:
-        p.text(self.text(color=color_allowed(sys.stdout)))
+        p.text(self.text(color=text_color_wanted()))
 
     def __repr__(self) -> str:
         return self.text()
