@@ -343,6 +343,10 @@ def run_verb(args: argparse.Namespace) -> int:
             color=color_allowed(sys.stdout) and not args.json,
             prefix=f"{PROG} ",
         )
+        if sys.stdout.isatty():
+            import shutil
+
+            runner.width = shutil.get_terminal_size().columns
         result = runner.execute(words)
     if args.json:
         if result.data is not None:

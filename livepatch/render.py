@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # annotations only: `status` should not import the analysis m
 __all__ = [
     "color_allowed",
     "render_diff",
+    "render_diff_stacked",
+    "render_diff_to_fit",
     "render_report",
     "render_row",
     "render_status",
@@ -155,6 +157,43 @@ def render_diff(
         summary += f"   ! {flagged} resolve{'s' if flagged == 1 else ''} differently"
     out.append(_paint(summary, "dim", color))
     return "\n".join(out)
+
+
+def render_diff_stacked(diff: SymbolDiff, *, color: bool = False, width: int = 80) -> str:
+    """Two versions' tables one above the other, for a narrow terminal: a
+    line per row with its marker and name, then the row of each version
+    that has it (both for ``~``), and the same summary as :func:`render_diff`."""
+    name_width = max((len(r.name) for r in diff.rows), default=0)
+    label = max(len(diff.a), len(diff.b))
+    out = [_paint(f"{diff.a} -> {diff.b} (stacked: too wide side by side)", "header", color)]
+    for row in diff.rows:
+        marker = _paint(row.marker, row.marker if row.marker in _STYLES else "dim", color)
+        flag = _paint("!", "!", color) if row.resolves_differently else " "
+        sides = [(diff.a, row.left), (diff.b, row.right)]
+        if row.marker == "=" and not row.resolves_differently:
+            sides = [(diff.b, row.right)]
+        cells = [
+            f"{name.ljust(label)}{_cut(_cell(r, name_width), width - label - 4)}"
+            for name, r in sides
+            if r is not None
+        ]
+        if row.marker == "=":
+            cells = [_paint(c, "dim", color) for c in cells]
+        # The marker on the first version's line; the other one below it.
+        out.append(f"{marker}{flag} {cells[0]}")
+        out.extend(f"   {c}" for c in cells[1:])
+    counts = diff.counts()
+    out.append(_paint("  ".join(f"{m} {counts[m]}" for m in ("=", "~", "+", "-")), "dim", color))
+    return "\n".join(out)
+
+
+def render_diff_to_fit(diff: SymbolDiff, *, color: bool = False, width: int | None = None) -> str:
+    """Side by side when it fits in ``width`` columns (or no width is known),
+    else stacked, so a narrow terminal never wraps every line."""
+    side = render_diff(diff, color=False)
+    if width is None or max(map(len, side.splitlines()), default=0) <= width:
+        return render_diff(diff, color=color) if color else side
+    return render_diff_stacked(diff, color=color, width=width)
 
 
 def _problem_line(problem: Problem, color: bool) -> str:

@@ -760,3 +760,37 @@ def test_terminal_ipython_colours_follow_its_scheme(
     finally:
         subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
         term.socket.unlink(missing_ok=True)
+
+
+def test_side_by_side_falls_back_to_stacked_at_80_columns(
+    engine_proc: EngineProcess, runtime_dir: Path, tmp_path: Path
+) -> None:
+    if TMUX is None:
+        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
+    env = {
+        "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
+        "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
+        "TERM": "xterm-256color",
+    }
+    shell = shlex.join(
+        ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "livepatch", "shell"]
+    )
+    term = Terminal(runtime_dir.parent / "tmux.sock", name="narrow")
+    try:
+        term.tmux("new-session", "-d", "-x", "80", "-y", "60", "-s", "narrow", shell)
+        term.wait_for("rules>")
+        term.type(f"load {rule_path('spam_v2.py')}", "Enter")
+        term.wait_for("loaded spam@2")
+        term.type("symbols spam@1 spam@2", "Enter")
+        screen = term.wait_for("spam@1 -> spam@2 (stacked", "= 8  ~ 2  + 6  - 0")
+        # ~ classify: each version's row on its own line, none wrapped.
+        lines = screen.splitlines()
+        at = next(i for i, line in enumerate(lines) if "T classify" in line)
+        assert lines[at].split()[:4] == ["~", "spam@1", "14", "T"]
+        assert lines[at + 1].split()[:3] == ["spam@2", "32", "T"]
+        start = next(i for i, line in enumerate(lines) if "(stacked" in line)
+        end = next(i for i, line in enumerate(lines) if line.startswith("= 8  ~ 2"))
+        assert all(len(line) < 80 for line in lines[start : end + 1]), screen
+    finally:
+        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
+        term.socket.unlink(missing_ok=True)

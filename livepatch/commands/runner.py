@@ -171,6 +171,9 @@ class CommandRunner:
         #: How this front end writes a command, for hints: ``livepatch `` in
         #: the CLI, nothing in the shell.
         self.prefix = prefix
+        #: The terminal's width, when known: a side-by-side view wider than
+        #: this is shown stacked instead (set by the shell before each line).
+        self.width: int | None = None
         self._handlers: dict[str, Callable[[ParsedCommand], CommandResult]] = {
             "status": self._status,
             "load": self._load,
@@ -404,10 +407,11 @@ class CommandRunner:
         )
 
     def _side_by_side(self, parsed: ParsedCommand, a: str, b: str) -> CommandResult:
-        from ..render import render_diff
+        from ..render import render_diff_to_fit
 
         diff = self.client.diff(a, b)
-        return self._ok(parsed, render_diff(diff, color=self.color), data=diff.to_json())
+        text = render_diff_to_fit(diff, color=self.color, width=self.width)
+        return self._ok(parsed, text, data=diff.to_json())
 
     def _symbols(self, parsed: ParsedCommand) -> CommandResult:
         from ..render import render_table
