@@ -596,10 +596,14 @@ def test_shell_keys_in_a_real_terminal(terminal: Terminal) -> None:
     terminal.wait_for("rules> swap spam@2")
     # F1 shows the help and keeps the half-typed line.
     terminal.type("", "F1")
-    screen = terminal.wait_for("usage: swap VERSION")
-    prompts = [line for line in screen.splitlines() if line.startswith("rules>")]
-    assert prompts[-1].rstrip() == "rules> swap spam@2", screen
-    assert screen.index("usage: swap VERSION") < screen.rindex("rules> swap spam@2")
+    terminal.wait_for("usage: swap VERSION")
+
+    def redrawn() -> bool:  # the prompt comes back below the help, line intact
+        screen = terminal.screen()
+        after = screen[screen.index("usage: swap VERSION") :].splitlines()
+        return any(line.rstrip() == "rules> swap spam@2" for line in after)
+
+    wait_for(redrawn)
     terminal.type("", "Enter")
     terminal.wait_for("spam: spam@1 -> spam@2")
 
