@@ -13,6 +13,7 @@ traceback from inside livepatch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -28,7 +29,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 
 from livepatch.client import Client, ConnectionLost, file_load_params, split_call_target
-from livepatch.commands.spec import localize
+from livepatch.commands.spec import COMMANDS, localize
 from livepatch.errors import LivepatchError
 from livepatch.filekind import check_slot_kind
 from livepatch.launcher import log_path, tail
@@ -126,6 +127,13 @@ VERBS: Final[dict[str, Verb]] = {
         frozenset({"lines"}),
     ),
 }
+
+# A verb the command layer defines says what it does in the same words as
+# `livepatch VERB` and the shell's help (one definition); `load` keeps its
+# mention of the cell form, connect/start/stop are the magics' own.
+for _name, _verb in list(VERBS.items()):
+    if _name in COMMANDS and _name != "load":
+        VERBS[_name] = dataclasses.replace(_verb, summary=COMMANDS[_name].summary)
 
 _OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate", "lines")
 
