@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import LivepatchError
@@ -40,6 +40,13 @@ PROG = "livepatch"
 
 class UsageError(Exception):
     """A command line that cannot be run; the message says how to fix it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors raised (so ``--json`` can show them as JSON)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; `{self.prog} --help` shows the usage")
 
 
 # ---------------------------------------------------------------------------
@@ -460,14 +467,14 @@ def _add_command_verbs(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``livepatch`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Hot-swap versioned rule modules inside a running Python process.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("engine", help="run an engine (the bundled spam demo by default)")
     p.add_argument("--name", default="rules", help="engine name (default: rules)")
@@ -567,7 +574,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"{PROG}: error: {unknown}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:  # argparse's own: a missing argument, a bad value
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if "--json" in argv:
+            _emit_error(str(exc), "usage", 2)
+        return 2
     func: Callable[[argparse.Namespace], int] = args.func
     as_json = getattr(args, "json", None) is True
     try:

@@ -161,6 +161,9 @@ def test_cli_verbs_as_the_readme_says(engine_proc: EngineProcess) -> None:
     assert as_json.returncode == 1
     error = json.loads(as_json.stdout)["error"]
     assert error["kind"] == "unknown-version" and error["exit_code"] == 1
+    missing = run_cli("check", "--json")  # argparse's own usage errors too
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert json.loads(missing.stdout)["error"]["kind"] == "usage"
     # A failed check is journaled as failed.
     bad = run_cli("load", str(RULES / "spam_unresolved.py"))
     assert bad.returncode == 0
