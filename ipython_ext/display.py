@@ -116,7 +116,7 @@ _CONTEXT: Final = 3
 
 
 #: Text colours by role: (light theme, dark theme). Each passes 4.5:1 against
-#: its theme's background and the diff's row tints (tests/test_frontends.py
+#: its theme's background and the diff's row tints (tests/test_notebook_frontends.py
 #: measures them in a real browser).
 PALETTE: Final = {
     "grey": ("#595959", "#b3b3b3"),

@@ -120,7 +120,7 @@ def test_load_unload_reload_under_both_names(engine_proc: EngineProcess) -> None
         assert "hotswap" in shell.magics_manager.magics["cell"]
         assert isinstance(hs(shell, "status"), StatusView)
         # %reload_ext reloads the magics' code, so its classes are new ones:
-        # that half is tested on a real kernel (test_frontends.py).
+        # that half is tested on a real kernel (test_notebook_frontends.py).
         shell.run_line_magic("unload_ext", module)
         assert "hotswap" not in shell.magics_manager.magics["line"]
         assert "hotswap" not in shell.magics_manager.magics["cell"]
@@ -243,7 +243,7 @@ def test_diff_html_colours_every_marker(ip: InteractiveShell, engine_proc: Engin
     v2 = load_bundled(ip, "spam_v2.py")
     diff = hs(ip, f"diff spam@1 {v2}")
     html = diff._repr_html_()
-    # Colours by role, themed (tests/test_frontends.py measures their contrast).
+    # Colours by role, themed (tests/test_notebook_frontends.py measures their contrast).
     for cls, colour in (
         ("same", r"var\(--lp-dim"),
         ("changed", r"var\(--lp-amber"),
