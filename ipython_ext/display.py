@@ -16,6 +16,7 @@ handed.
 from __future__ import annotations
 
 import html
+import re
 import sys
 import time
 import uuid
@@ -45,6 +46,8 @@ __all__ = [
     "html_diff",
     "html_report",
     "html_table",
+    "text_color_wanted",
+    "themed",
     "view",
 ]
 
@@ -69,6 +72,26 @@ LETTER_STYLE: Final[dict[str, tuple[str, str]]] = {
     "R": ("#2b6cb0", "read-only data"),
 }
 
+#: What the letters mean in a native (ELF) table: nm -D's meanings.
+NATIVE_MEANING: Final[dict[str, str]] = {
+    "T": "code exported by the object",
+    "D": "initialised data",
+    "U": "undefined: resolved against the host or a DT_NEEDED library",
+    "W": "weak symbol, defined or undefined (nm's W V w v)",
+}
+
+
+def _is_native(rows: Iterable[SymbolRow]) -> bool:
+    """Native tables give sizes (``size N``) and have B/R rows; Python ones never."""
+    return any(r.letter in ("B", "R") or r.detail.startswith("size ") for r in rows)
+
+
+def _meaning(letter: str, native: bool) -> str:
+    if native and letter in NATIVE_MEANING:
+        return NATIVE_MEANING[letter]
+    return LETTER_STYLE.get(letter, ("", "other"))[1]
+
+
 #: Version state -> colour of its label in the status table.
 STATE_COLOR: Final[dict[str, str]] = {
     "loaded": "#718096",
@@ -91,6 +114,76 @@ _HEAD: Final = f"font-family:{_MONO};font-size:12px;margin:2px 0"
 #: Above this many lines, a check report lists only the lines around problems.
 FULL_LISTING_LINES: Final = 80
 _CONTEXT: Final = 3
+
+
+#: Text colours by role: (light theme, dark theme). Each passes 4.5:1 against
+#: its theme's background and the diff's row tints (tests/test_notebook_frontends.py
+#: measures them in a real browser).
+PALETTE: Final = {
+    "grey": ("#595959", "#b3b3b3"),
+    "dim": ("#616161", "#a6a6a6"),
+    "green": ("#276749", "#68d391"),
+    "teal": ("#086f83", "#4fd1c5"),
+    "blue": ("#245a94", "#7fb8f0"),
+    "purple": ("#6b46c1", "#c3a6f7"),
+    "amber": ("#8a5a00", "#f6ad55"),
+    "red": ("#b02a2a", "#fc8f8f"),
+    "olive": ("#7a5d12", "#e0c060"),
+}
+
+#: The colours the renderers write, by role (they read as they did in a light theme).
+_ROLE: Final = {
+    "#8a8a8a": "dim",
+    "#b7791f": "amber",
+    "#2f855a": "green",
+    "#c53030": "red",
+    "#0987a0": "teal",
+    "#2b6cb0": "blue",
+    "#805ad5": "purple",
+    "#a0852d": "olive",
+    "#718096": "grey",
+    "#a0aec0": "dim",
+    "#555": "grey",
+    "#666": "grey",
+    "#888": "dim",
+    "#aaa": "dim",
+}
+
+#: Dark values where the notebook says its theme is dark (JupyterLab's
+#: ``data-jp-theme-light="false"``, VS Code's ``vscode-dark``). Inline
+#: fallbacks keep the light colours wherever the <style> is stripped; greys
+#: then fall back to JupyterLab's text colour, which follows any theme (its
+#: own dimmer grey, ``--jp-content-font-color2``, is under 4.5:1).
+_THEME_CSS: Final = (
+    "<style>.lp-themed {"
+    + "".join(f"--lp-{name}:{light};" for name, (light, _dark) in PALETTE.items())
+    + "}"
+    + '[data-jp-theme-light="false"] .lp-themed, .vscode-dark .lp-themed, '
+    + ".vscode-high-contrast .lp-themed {"
+    + "".join(f"--lp-{name}:{dark};" for name, (_light, dark) in PALETTE.items())
+    + "}</style>"
+)
+
+_COLOR_PROPERTY: Final = re.compile(r"(?<![-\w])color:(#[0-9a-fA-F]{3,6})\b")
+
+
+def themed(fragment: str) -> str:
+    """An HTML fragment whose text colours follow the notebook's theme.
+
+    Every ``color:#hex`` becomes ``color:var(--lp-ROLE, LIGHT)`` inside a
+    ``lp-themed`` block that defines the dark values (see ``_THEME_CSS``).
+    """
+
+    def sub(match: re.Match[str]) -> str:
+        role = _ROLE.get(match.group(1).lower())
+        if role is None:
+            return match.group(0)
+        light = PALETTE[role][0]
+        if role in ("grey", "dim"):
+            light = f"var(--jp-content-font-color1, {light})"
+        return f"color:var(--lp-{role}, {light})"
+
+    return f'{_THEME_CSS}<div class="lp-themed">{_COLOR_PROPERTY.sub(sub, fragment)}</div>'
 
 
 class _Printer(Protocol):
@@ -144,16 +237,35 @@ def _row_cells(row: SymbolRow | None) -> str:
         _td(_e(row.line if row.line is not None else ""), "text-align:right;color:#888")
         + _td(_letter(row.letter))
         + _td(_e(row.name), name_style, "lp-name")
-        + _td(_e(_info(row)), info_style, "lp-info")
+        # The detail column wraps (long C declarations, origins) rather
+        # than push the table past a narrow output area, where it is clipped.
+        + _td(
+            _e(_info(row)), f"{info_style};white-space:pre-wrap;overflow-wrap:anywhere", "lp-info"
+        )
     )
 
 
-def _legend(letters: Iterable[str]) -> str:
-    shown = [k for k in LETTER_STYLE if k in set(letters)]
+def _legend(letters: Iterable[str], native: bool = False) -> str:
+    present = set(letters)  # once: ``letters`` may be a generator
+    shown = [k for k in LETTER_STYLE if k in present]
     if not shown:
         return ""
-    parts = [f"{_letter(k)} {_e(LETTER_STYLE[k][1])}" for k in shown]
+    parts = [f"{_letter(k)} {_e(_meaning(k, native))}" for k in shown]
     return f'<div class="lp-legend" style="{_HEAD};color:#666">{" · ".join(parts)}</div>'
+
+
+def _marker_legend(flagged: bool) -> str:
+    """What ``= ~ + -`` (and ``!``) mean, under a side-by-side view."""
+    parts = [
+        f'<span style="color:{color};font-weight:bold">{_e(m)}</span> {_e(title)}'
+        for m, (_cls, title, color, _bg) in MARKER_STYLE.items()
+    ]
+    if flagged:
+        parts.append(f'<span style="color:{_BAD};font-weight:bold">!</span> resolves differently')
+    return (
+        f'<div class="lp-legend lp-marker-legend" style="{_HEAD};color:#666">'
+        f"{' · '.join(parts)}</div>"
+    )
 
 
 def _letter_counts(rows: Sequence[SymbolRow]) -> str:
@@ -181,7 +293,7 @@ def html_table(table: SymbolTable) -> str:
     return (
         f'<div class="lp-symbols"><div style="{_HEAD}">{header}</div>'
         f'<table style="{_TABLE}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-        f"{_legend(r.letter for r in table)}</div>"
+        f"{_legend((r.letter for r in table), _is_native(table.rows))}</div>"
     )
 
 
@@ -218,12 +330,14 @@ def html_diff(diff: SymbolDiff) -> str:
     head = (
         f"<tr>{_th(_e(diff.a), 4)}{_th('')}{_th(_e(diff.b), 4)}</tr><tr>{side}{_th('')}{side}</tr>"
     )
-    letters = {r.letter for d in diff.rows for r in (d.left, d.right) if r is not None}
+    sides = [r for d in diff.rows for r in (d.left, d.right) if r is not None]
+    letters = {r.letter for r in sides}
+    flagged = any(d.resolves_differently for d in diff.rows)
     return (
         f'<div class="lp-diff"><div style="{_HEAD}"><b>{_e(diff.a)}</b> → <b>{_e(diff.b)}</b>'
         f"&nbsp;&nbsp; {summary}</div>"
         f'<table style="{_TABLE}"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
-        f"{_legend(letters)}</div>"
+        f"{_marker_legend(flagged)}{_legend(letters, _is_native(sides))}</div>"
     )
 
 
@@ -279,7 +393,10 @@ def _problem_row(problem: Problem, lines: list[str], prefix: str) -> str:
     if problem.line is None:
         where = "-"
     elif 1 <= problem.line <= len(lines):
-        where = f'<a class="lp-line-link" href="#{prefix}-L{problem.line}">line {problem.line}</a>'
+        where = (
+            f'<a class="lp-line-link" href="#{prefix}-L{problem.line}" '
+            f'style="color:#2b6cb0">line {problem.line}</a>'
+        )
     else:
         where = f"line {problem.line}"
     message = _e(problem.message)
@@ -407,6 +524,16 @@ def _who(entry: Mapping[str, Any]) -> str:
 # --- the views ---------------------------------------------------------------
 
 
+def text_color_wanted() -> bool:
+    """Colour in the text form: the terminal allows it (``NO_COLOR``, a tty)
+    and IPython's colour scheme is not ``nocolor`` (``ipython --colors=nocolor``)."""
+    if not color_allowed(sys.stdout):
+        return False
+    ipython = sys.modules.get("IPython")  # never imported here: only if running
+    shell = ipython.get_ipython() if ipython is not None else None
+    return str(getattr(shell, "colors", "")).lower() != "nocolor"
+
+
 class View:
     """A ``%hotswap`` result: ``.data`` in code, HTML in Jupyter, text in a terminal."""
 
@@ -421,10 +548,10 @@ class View:
         raise NotImplementedError
 
     def _repr_html_(self) -> str:
-        return self.html()
+        return themed(self.html())
 
     def _repr_pretty_(self, p: _Printer, cycle: bool) -> None:
-        p.text(self.text(color=color_allowed(sys.stdout)))
+        p.text(self.text(color=text_color_wanted()))
 
     def __repr__(self) -> str:
         return self.text()

@@ -13,6 +13,7 @@ traceback from inside livepatch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -28,9 +29,12 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 
 from livepatch.client import Client, ConnectionLost, file_load_params, split_call_target
+from livepatch.commands.spec import COMMANDS, localize
 from livepatch.errors import LivepatchError
+from livepatch.filekind import check_slot_kind
+from livepatch.launcher import log_path, tail
 from livepatch.resolve import ResolveReport
-from livepatch.runtime import EngineNotFound
+from livepatch.runtime import EngineNotFound, list_engines
 from livepatch.symbols import SymbolDiff, SymbolTable
 
 from .display import (
@@ -45,6 +49,7 @@ from .display import (
     html_diff,
     html_report,
     html_table,
+    themed,
 )
 from .session import DEFAULT_RATE, HotswapSession
 
@@ -74,7 +79,12 @@ VERBS: Final[dict[str, Verb]] = {
         1,
         frozenset({"rate"}),
     ),
-    "stop": Verb("stop [NAME]", "stop the engines `start` started", 0, 1),
+    "stop": Verb(
+        "stop [NAME]",
+        "stop the engines `start` started (or NAME, left by an earlier kernel)",
+        0,
+        1,
+    ),
     "status": Verb("status", "slots, versions, states and call counts", 0, 0),
     "load": Verb(
         "load FILE [--slot S]",
@@ -109,9 +119,26 @@ VERBS: Final[dict[str, Verb]] = {
         None,
     ),
     "journal": Verb("journal [--limit N]", "the engine's audit log", 0, 0, frozenset({"limit"})),
+    "log": Verb(
+        "log [--lines N]",
+        "the end of the engine's output (rules' print, warnings)",
+        0,
+        0,
+        frozenset({"lines"}),
+    ),
 }
 
-_OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate")
+# A verb the command layer defines says what it does in the same words as
+# `livepatch VERB` and the shell's help (one definition); `load` keeps its
+# mention of the cell form, connect/start/stop are the magics' own.
+for _name, _verb in list(VERBS.items()):
+    if _name in COMMANDS and _name != "load":
+        VERBS[_name] = dataclasses.replace(_verb, summary=COMMANDS[_name].summary)
+
+_OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate", "lines")
+
+#: How a command is written here, for hints in messages.
+PREFIX: Final = "%hotswap "
 
 
 def _with_verb_help(func: _F) -> _F:
@@ -149,7 +176,8 @@ class HotswapMagics(Magics):
     @argument("--expect", metavar="V", help="swap: only if V is the active version now")
     @argument("--wait", type=float, metavar="SECONDS", help="unload: wait for calls in flight")
     @argument("--limit", type=int, metavar="N", help="journal: the last N entries")
-    @argument("--rate", type=float, metavar="R", help="start: demo calls per second")
+    @argument("--rate", type=float, metavar="R", help="start: demo calls per second (default: 20)")
+    @argument("--lines", type=int, metavar="N", help="log: the last N lines (default: 20)")
     @_with_verb_help
     def hotswap(self, line: str, cell: str | None = None) -> View:
         """Drive a running livepatch engine: load, check, swap, purge, unload rules.
@@ -181,7 +209,15 @@ class HotswapMagics(Magics):
         self._validate(args.verb, verb, args)
         handler: Callable[[Any, str | None], View] = getattr(self, f"_{args.verb}")
         with self._one_line_errors():
-            return handler(args, cell)
+            result = handler(args, cell)
+        note = self.session.take_note()
+        if note:
+            print(note)
+        bound = self.session.bound
+        # With several engines running, say which one this result is from.
+        if args.verb not in ("start", "stop", "connect") and bound and len(list_engines()) > 1:
+            print(f"(engine {bound[0]!r})")
+        return result
 
     # -- parsing and errors -------------------------------------------------------
 
@@ -190,6 +226,9 @@ class HotswapMagics(Magics):
             argv = arg_split(line, posix=True, strict=True)
         except ValueError as exc:  # an unclosed quote
             raise UsageError(f"cannot split {line!r}: {exc}") from None
+        if "-h" in argv or "--help" in argv:
+            # argparse's own -h would print a usage line without the verbs.
+            raise UsageError("`%hotswap?` shows the help: every verb, option and an example")
         # Intermixed: `load --slot spam FILE` and `load FILE --slot spam` both work.
         return cast(Any, self.hotswap).parser.parse_intermixed_args(argv)
 
@@ -201,6 +240,11 @@ class HotswapMagics(Magics):
         for option in _OPTIONS:
             if getattr(args, option) is not None and option not in verb.options:
                 raise UsageError(f"%hotswap {name} does not take --{option}: {verb.usage}")
+        # The same limits as the shell's and the CLI's parser.
+        for option, least in (("rate", 0.0), ("wait", 0.0), ("lines", 1)):
+            value = getattr(args, option)
+            if value is not None and not value >= least:
+                raise UsageError(f"--{option} {value:g}: use {least:g} or more")
 
     @contextlib.contextmanager
     def _one_line_errors(self) -> Iterator[None]:
@@ -209,14 +253,16 @@ class HotswapMagics(Magics):
             yield
         except ConnectionLost as exc:
             self.session.disconnect()
+            name = self.session.bound[0] if self.session.bound else "NAME"
             raise UsageError(
-                f"{exc.message}; `%hotswap connect [NAME]` when it is back, "
-                "or `%hotswap start` an engine for this kernel"
+                f"{exc.message}; the next command reconnects to {name!r} when it is back "
+                "(never to another engine); `%hotswap connect [NAME]` picks one, "
+                "`%hotswap start` runs one for this kernel"
             ) from None
         except EngineNotFound as exc:
             raise UsageError(exc.message) from None
         except LivepatchError as exc:
-            raise UsageError(exc.message) from None
+            raise UsageError(localize(exc.message, PREFIX)) from None
 
     def _client(self) -> Client:
         return self.session.client()
@@ -299,9 +345,10 @@ class HotswapMagics(Magics):
                 raise UsageError(
                     "the cell is empty: write the rule module below `%%hotswap load SLOT`"
                 )
-            count = self.shell.execution_count if self.shell is not None else 0
-            filename = f"<cell-{count}>"
-            source = cell
+            filename = f"<cell-{self._cell_number(cell)}>"
+            # One blank line for the `%%hotswap` line, so a problem's line
+            # number is the line of the cell the user sees.
+            source = "\n" + cell
         else:
             if not args.args:
                 raise UsageError(
@@ -313,9 +360,28 @@ class HotswapMagics(Magics):
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             params["slot"] = self._slot(client, args.slot, path.name)
+            if args.slot:
+                try:
+                    check_slot_kind(client.status()["slots"], args.slot, path.name)
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
             return LoadResult(client.request("load", params), path.name)
         params = {"slot": slot, "source": source, "filename": filename}
         return LoadResult(client.request("load", params), filename)
+
+    def _cell_number(self, cell: str) -> int:
+        """The N of the cell's ``In [N]``, whichever IPython counts when.
+
+        IPython 9 advances ``execution_count`` before the cell runs, 8 after;
+        both store the cell in the input history first.
+        """
+        shell = self.shell
+        if shell is None:
+            return 0
+        history = shell.history_manager.input_hist_raw if shell.history_manager else []
+        if history and cell.strip() and cell.strip() in history[-1]:
+            return len(history) - 1
+        return int(shell.execution_count)
 
     def _check(self, args: Any, cell: str | None) -> ReportView:
         client = self._client()
@@ -381,6 +447,18 @@ class HotswapMagics(Magics):
         shown = json.dumps(result["result"], ensure_ascii=False)
         return Outcome("call", result, f"{result['version']}: {shown}")
 
+    def _log(self, args: Any, cell: str | None) -> Outcome:
+        name = self.session.bound[0] if self.session.bound else self._client().info.name
+        path = log_path(name)
+        if not path.exists():
+            raise UsageError(
+                f"engine {name!r} has no log here: only engines started by "
+                "`%hotswap start` or `livepatch demo` write one"
+            )
+        lines = tail(path, args.lines or 20)
+        summary = "\n".join(lines) or f"{path} is empty"
+        return Outcome("log", {"path": str(path), "lines": lines}, summary)
+
     def _journal(self, args: Any, cell: str | None) -> JournalView:
         if args.limit is not None and args.limit < 1:
             raise UsageError("--limit must be 1 or more")
@@ -399,6 +477,13 @@ _FORMATTERS: Final[tuple[tuple[type, Callable[[Any], str], Callable[[Any], View]
 )
 
 
+def _themed_with(render: Callable[[Any], str]) -> Callable[[Any], str]:
+    def html(obj: Any) -> str:
+        return themed(render(obj))
+
+    return html
+
+
 def _pretty_with(make_view: Callable[[Any], View]) -> Callable[[Any, Any, bool], None]:
     def pretty(obj: Any, printer: Any, cycle: bool) -> None:
         make_view(obj)._repr_pretty_(printer, cycle)
@@ -413,18 +498,27 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     """Register ``%hotswap`` (``%load_ext livepatch`` or ``%load_ext ipython_ext``)."""
     if id(ipython) in _loaded:
         return  # loaded under the other module name: one set of magics is enough
-    magics = HotswapMagics(ipython, HotswapSession())
+    # An earlier load of this kernel (before %reload_ext) hands its session
+    # over: the engines it started stay this kernel's.
+    session = getattr(ipython, "_livepatch_session", None) or HotswapSession()
+    ipython._livepatch_session = None  # type: ignore[attr-defined]
+    magics = HotswapMagics(ipython, session)
     ipython.register_magics(magics)
     assert ipython.display_formatter is not None
     formatters = ipython.display_formatter.formatters
     for cls, render, make_view in _FORMATTERS:
-        formatters["text/html"].for_type(cls, render)
+        formatters["text/html"].for_type(cls, _themed_with(render))
         formatters["text/plain"].for_type(cls, _pretty_with(make_view))
     _loaded[id(ipython)] = magics
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
-    """Remove ``%hotswap`` and stop the engines ``%hotswap start`` started."""
+    """Remove ``%hotswap``; the engines ``%hotswap start`` started keep running.
+
+    They are handed to the next ``load_ipython_extension`` (``%reload_ext``
+    keeps them, with the reloaded code) and stop when the kernel exits, or
+    with ``%hotswap stop`` before unloading.
+    """
     magics = _loaded.pop(id(ipython), None)
     if magics is None:
         return
@@ -442,4 +536,13 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
         for mime in ("text/html", "text/plain"):
             with contextlib.suppress(KeyError):
                 formatters[mime].pop(cls)
-    session.close()
+    session.disconnect()
+    running = [n for n, e in session.engines.items() if e.alive]
+    if session.bound is not None and session.bound[0] not in running:
+        session.bound = None  # bound to an engine of somebody else's: choose again
+    if running:
+        ipython._livepatch_session = session  # type: ignore[attr-defined]
+        print(
+            f"%hotswap unloaded; engines started here keep running until the kernel exits: "
+            f"{', '.join(running)} (`%load_ext livepatch` takes them back)"
+        )

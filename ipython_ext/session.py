@@ -9,15 +9,23 @@ engine core is never imported here.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
-from dataclasses import dataclass, field
+import re
+import signal
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from livepatch.client import Client
-from livepatch.demo import start_engine
 from livepatch.errors import LivepatchError
-from livepatch.runtime import EngineNotFound, list_engines, pid_alive, validate_name
+from livepatch.launcher import EngineProcess
+from livepatch.runtime import (
+    ConnectionInfo,
+    EngineNotFound,
+    list_engines,
+    pid_alive,
+    validate_name,
+)
 
 __all__ = ["DEFAULT_RATE", "EngineStartFailed", "HotswapSession", "StartedEngine"]
 
@@ -31,24 +39,36 @@ class EngineStartFailed(LivepatchError, RuntimeError):
     kind = "engine-start"
 
 
+#: The names ``start`` gives: ``ipython-<kernel pid>``.
+_KERNEL_ENGINE = re.compile(r"ipython-([0-9]+)")
+
+
 @dataclass
 class StartedEngine:
     """An engine process this session started, and how to stop it."""
 
     name: str
-    pid: int
     rate: float
-    ready: dict[str, Any]
-    stack: contextlib.ExitStack = field(repr=False)
+    process: EngineProcess
+
+    @property
+    def pid(self) -> int:
+        """The engine's pid."""
+        return self.process.pid
+
+    @property
+    def ready(self) -> dict[str, Any]:
+        """Its ready line (name, pid, transport, address)."""
+        return self.process.ready
 
     @property
     def alive(self) -> bool:
         """Whether the engine process is still running."""
-        return pid_alive(self.pid)
+        return self.process.alive
 
     def stop(self) -> None:
-        """Terminate the engine and wait for it (idempotent)."""
-        self.stack.close()
+        """Terminate the engine (SIGTERM, then SIGKILL) and wait for it (idempotent)."""
+        self.process.stop()
 
 
 class HotswapSession:
@@ -64,6 +84,11 @@ class HotswapSession:
         self._client: Client | None = None
         self.engines: dict[str, StartedEngine] = {}
         self._atexit = False
+        #: The engine the session is bound to (name, pid): after a lost
+        #: connection it reconnects to that engine only, never to another.
+        self.bound: tuple[str, int] | None = None
+        #: Said once with the next result (the bound engine was restarted).
+        self.note = ""
 
     # -- connection ---------------------------------------------------------------
 
@@ -93,17 +118,47 @@ class HotswapSession:
                 running = ", ".join(e.name for e in engines) or "none"
                 raise EngineNotFound(f"no running engine named {name!r} (running: {running})")
             info = found[0]
+        return self._open(info)
+
+    def _open(self, info: ConnectionInfo) -> Client:
         client = Client(info, client_name=self.client_name)
         self.disconnect()
         self._client = client
+        self.bound = (info.name, info.pid)
         return client
 
     def client(self) -> Client:
-        """The connected client; connects to the only running engine if need be."""
-        if self._client is None or not self._client.connected:
-            self._client = None
+        """The connected client.
+
+        Before any connection: the only running engine. After one: the same
+        engine again (a restart under its name is said in :attr:`note`); if it
+        is gone, an error, never another engine that happens to run.
+        """
+        if self._client is not None and self._client.connected:
+            return self._client
+        self._client = None
+        if self.bound is None:
             return self.connect()
-        return self._client
+        name, pid = self.bound
+        found = [e for e in list_engines() if e.name == name]
+        if not found:
+            others = ", ".join(e.name for e in list_engines()) or "none"
+            raise EngineNotFound(
+                f"engine {name!r} (pid {pid}) is gone; this session stays bound to it: "
+                f"`%hotswap connect NAME` picks another (running: {others}), "
+                "`%hotswap start` runs one"
+            )
+        client = self._open(found[0])
+        if found[0].pid != pid:
+            self.note = (
+                f"engine {name!r} was restarted (pid {pid}, now {found[0].pid}); reconnected"
+            )
+        return client
+
+    def take_note(self) -> str:
+        """The pending note (a restarted engine), once."""
+        note, self.note = self.note, ""
+        return note
 
     def disconnect(self) -> None:
         """Close the connection (the engine keeps running)."""
@@ -138,13 +193,17 @@ class HotswapSession:
                 f"an engine named {name!r} is already running (not started here): "
                 f"`%hotswap connect {name}` to use it"
             )
-        stack = contextlib.ExitStack()
+        # Tied to this kernel: a kernel killed with -9 takes its engine along.
+        process = EngineProcess(
+            name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True
+        )
         try:
-            ready = stack.enter_context(start_engine(name, rate))
-        except (RuntimeError, OSError, ValueError) as exc:
-            stack.close()
-            raise EngineStartFailed(f"could not start engine {name!r}: {exc}") from None
-        started = StartedEngine(name, int(ready["pid"]), rate, dict(ready), stack)
+            process.start()
+        except (LivepatchError, OSError, ValueError) as exc:
+            process.stop()
+            message = exc.message if isinstance(exc, LivepatchError) else str(exc)
+            raise EngineStartFailed(f"could not start engine {name!r}: {message}") from None
+        started = StartedEngine(name, rate, process)
         self.engines[name] = started
         if not self._atexit:
             atexit.register(self.close)
@@ -157,19 +216,50 @@ class HotswapSession:
         return started
 
     def stop(self, name: str | None = None) -> list[str]:
-        """Stop the engines started here (or just ``name``); returns their names."""
+        """Stop the engines started here (or just ``name``); returns their names.
+
+        ``name`` may also be an engine an earlier kernel of this user started
+        (``ipython-PID`` whose kernel is gone).
+        """
         if name is not None and name not in self.engines:
-            mine = ", ".join(self.engines) or "none"
-            raise EngineNotFound(f"no engine named {name!r} was started here (started: {mine})")
+            self._stop_orphan(name)
+            return [name]
         names = [name] if name is not None else list(self.engines)
         for n in names:
-            if self.connected_to == n:
-                self.disconnect()
+            self._unbind(n)
             self.engines.pop(n).stop()
         return names
 
+    def _unbind(self, name: str) -> None:
+        # Stopped on purpose: the session is free to find another engine.
+        if self.connected_to == name:
+            self.disconnect()
+        if self.bound is not None and self.bound[0] == name:
+            self.bound = None
+
+    def _stop_orphan(self, name: str, timeout: float = 10.0) -> None:
+        mine = ", ".join(self.engines) or "none"
+        found = [e for e in list_engines() if e.name == name]
+        match = _KERNEL_ENGINE.fullmatch(name)
+        if not found or match is None or pid_alive(int(match.group(1))):
+            raise EngineNotFound(
+                f"no engine named {name!r} was started here (started: {mine}); "
+                "`%hotswap stop NAME` also stops an `ipython-PID` engine whose kernel is gone"
+            )
+        info = found[0]
+        # Connection files live in this user's private runtime dir (0700), so
+        # the engine is this user's; ask it to stop as the launcher would.
+        self._unbind(name)
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(info.pid):
+            if time.monotonic() > deadline:
+                os.kill(info.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)  # not our child: no wait() to block on
+
     def close(self) -> None:
-        """Stop every engine started here and disconnect: kernel exit, ``%unload_ext``."""
+        """Stop every engine started here and disconnect: kernel exit."""
         self.disconnect()
         self.stop()
         if self._atexit:

@@ -87,17 +87,28 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
+#: How many times this module ran (``importlib.reload`` runs it again in the
+#: same namespace), and at which run the magics were last loaded.
+_executions: int = globals().get("_executions", 0) + 1
+_loaded_at: int = globals().get("_loaded_at", 0)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext livepatch``: register the ``%hotswap`` magics.
 
     ``ipython_ext`` (and with it IPython) is imported only here, so importing
     livepatch never pulls in IPython.
     """
-    importlib.import_module("ipython_ext").load_ipython_extension(ipython)
+    global _loaded_at
+    # Run again by importlib.reload (``%reload_ext livepatch``): reload the magics too.
+    fresh = 0 < _loaded_at < _executions
+    _loaded_at = _executions
+    importlib.import_module("ipython_ext").load_ipython_extension(ipython, fresh_code=fresh)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """``%unload_ext livepatch``: remove ``%hotswap`` and stop engines it started."""
+    """``%unload_ext livepatch``: remove ``%hotswap`` (engines it started run on
+    until the kernel exits; ``%load_ext`` takes them back)."""
     importlib.import_module("ipython_ext").unload_ipython_extension(ipython)
 
 

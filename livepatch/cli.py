@@ -1,9 +1,14 @@
 """The ``livepatch`` command: run an engine, drive one, or run the demo.
 
-Every verb that talks to an engine takes ``--existing NAME`` (default: the
-only engine running) and ``--json``. Exit status: 0 on success, 1 when the
-engine refused or the check found problems (one line on stderr says why),
-2 for a usage error.
+The one-shot verbs (``status``, ``load``, ``check``, ...) are the commands of
+:mod:`livepatch.commands`, run by the same runner as the shell: their
+options, validation, messages and exit codes are defined there once. Every
+verb takes ``--existing NAME`` (default: the only engine running) and
+``--json``. Exit status: 0 on success, 1 when the engine refused or the check
+found problems (one line on stderr says why), 2 for a usage error.
+
+A client verb imports neither the engine core nor the analysis modules: only
+``livepatch engine`` (and ``demo``, ``bench``) pay for them.
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .engine import Engine
 from .errors import LivepatchError, StorageError
-from .model import is_slot_name
-from .native import NativeInterface, is_elf
-from .quarantine import Quarantine
-from .statedir import StateDir
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .native import NativeInterface
+    from .quarantine import Quarantine
+    from .statedir import StateDir
 
 __all__ = ["build_parser", "main"]
 
@@ -35,6 +41,13 @@ PROG = "livepatch"
 
 class UsageError(Exception):
     """A command line that cannot be run; the message says how to fix it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors raised (so ``--json`` can show them as JSON)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; `{self.prog} --help` shows the usage")
 
 
 # ---------------------------------------------------------------------------
@@ -51,6 +64,9 @@ def _emit_json(value: Any) -> None:
 
 
 def _parse_slot_spec(spec: str) -> tuple[str, type | NativeInterface | None]:
+    from .model import is_slot_name
+    from .native import NativeInterface
+
     name, sep, target = spec.partition("=")
     if not sep or not is_slot_name(name):
         raise UsageError(
@@ -83,8 +99,10 @@ def build_engine(
     ``--load`` files are applied last, journaled like any change (a file
     that cannot be journaled is not applied, and stderr says so).
     """
+    from .engine import Engine
     from .examples.spam import SpamRules, rule_path
     from .examples.spam_native import NATIVE_SLOT, SpamNativeRules
+    from .filekind import is_elf
 
     engine = Engine(name=args.name)
     if state is not None:
@@ -218,11 +236,35 @@ class Traffic:
                 next_at = time.monotonic()  # fell behind: do not burst to catch up
 
 
+def _validate_engine_options(args: argparse.Namespace) -> None:
+    """Refuse bad options before anything is built (exit 2)."""
+    from .runtime import validate_name
+
+    try:
+        validate_name(args.name)
+    except ValueError as exc:
+        raise UsageError(f"--name: {exc}") from None
+    checks = (
+        ("--traffic", args.traffic, "0 (no traffic) or more calls per second"),
+        ("--load-timeout", args.load_timeout, "more than 0 seconds"),
+        ("--load-memory", args.load_memory, "more than 0 MB"),
+    )
+    for flag, value, wanted in checks:
+        if value is None:
+            continue
+        bad = not value >= 0 if flag == "--traffic" else not value > 0  # nan too
+        if bad:
+            raise UsageError(f"{flag} {value:g}: use {wanted}")
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     """Run an engine in the foreground until interrupted."""
     from .callpool import DEFAULT_QUEUE, DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, CallPool
+    from .quarantine import Quarantine
     from .server import Server, parse_listen
+    from .statedir import StateDir
 
+    _validate_engine_options(args)
     try:
         listen = parse_listen(args.listen)
     except ValueError as exc:
@@ -297,8 +339,12 @@ def cmd_engine(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    # Started by a front end that asked to be outlived by nothing
+    # (launcher.EngineProcess(tie_to_parent=True)): stop when it is gone.
+    parent = int(os.environ.get("LIVEPATCH_PARENT_PID") or 0)
     while not stop.wait(0.5):
-        pass
+        if parent and os.getppid() != parent:
+            break
     if traffic:
         traffic.stop()
     server.stop()
@@ -311,137 +357,62 @@ def cmd_engine(args: argparse.Namespace) -> int:
 # One-shot verbs
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from .client import Client
+def _verb_words(args: argparse.Namespace) -> list[str]:
+    """The parsed one-shot verb as the words the command layer parses again
+    (one parser for validation: the CLI, the shell and the magics agree)."""
+    from .commands.spec import COMMANDS
 
-    return Client.connect(args.existing, client_name="livepatch-cli")
+    spec = COMMANDS[args.verb]
+    words = [spec.name]
+    for arg in spec.args:
+        value = getattr(args, arg.dest)
+        if arg.repeat:
+            words += value or []
+        elif value is not None:
+            words.append(value)
+    for option in spec.options:
+        value = getattr(args, f"opt_{option.dest}")
+        if value is not None:
+            words += [option.flag, value]
+    return words
+
+
+def _emit_error(message: str, kind: str, code: int) -> None:
+    """``--json``: the error as JSON on stdout too (the one line stays on stderr)."""
+    _emit_json({"error": {"message": message, "kind": kind, "exit_code": code}})
 
 
 def run_verb(args: argparse.Namespace) -> int:
-    """Run a one-shot verb against an engine."""
-    from .client import file_load_params, json_arguments, split_call_target
-    from .render import (
-        color_allowed,
-        printable,
-        render_diff,
-        render_report,
-        render_status,
-        render_table,
-    )
+    """Run a one-shot verb against an engine, through the shared command runner."""
+    from .client import Client
+    from .commands.link import EngineLink
+    from .commands.runner import CommandRunner
+    from .render import color_allowed
 
-    color = color_allowed(sys.stdout)
-    verb = args.verb
-    with _client(args) as client:
-        if verb == "status":
-            status = client.status()
-            _emit_json(status) if args.json else print(render_status(status))
-            return 0
-        if verb == "load":
-            try:
-                params = {"slot": args.slot, **file_load_params(Path(args.file))}
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            result = client.request("load", params)
-            if args.json:
-                _emit_json(result)
-            else:
-                note = "" if result["new"] else " (same source as before)"
-                print(
-                    f"loaded {result['version']}{note}; next: livepatch check {result['version']}"
-                )
-            return 0
-        if verb == "check":
-            report = client.check(args.version)
-            if args.json:
-                _emit_json(report.to_json())
-            else:
-                print(render_report(report, color=color))
-            if not report.ok:
-                count = len(report.errors)
-                print(
-                    f"{PROG}: {args.version} failed its check "
-                    f"({count} problem{'s' * (count != 1)})",
-                    file=sys.stderr,
-                )
-                return 1
-            return 0
-        if verb in ("swap", "rollback"):
-            result = (
-                client.swap(args.version, expect=args.expect)
-                if verb == "swap"
-                else client.rollback(args.slot)
-            )
-            if args.json:
-                _emit_json(result)
-            elif result["changed"]:
-                print(f"{result['slot']}: {result['previous'] or 'nothing'} -> {result['active']}")
-            else:
-                print(f"{result['slot']}: {result['active']} is already active")
-            return 0
-        if verb == "purge":
-            result = client.purge(args.version)
-            _emit_json(result) if args.json else print(f"purged {args.version}")
-            return 0
-        if verb == "unload":
-            result = client.unload(args.version, wait_s=args.wait)
-            if args.json:
-                _emit_json(result)
-            elif result["freed"]:
-                print(f"unloaded {args.version}: freed")
-            else:
-                holders = ", ".join(f"{k} x{n}" for k, n in result["holders"].items()) or "?"
-                print(
-                    f"unloaded {args.version}: NOT freed yet "
-                    f"({result['in_flight']} in flight; held by {holders})"
-                )
-            return 0
-        if verb == "symbols":
-            if args.other:
-                diff = client.diff(args.version, args.other)
-                _emit_json(diff.to_json()) if args.json else print(render_diff(diff, color=color))
-            else:
-                table = client.symbols(args.version)
-                _emit_json(table.to_json()) if args.json else print(
-                    render_table(table, color=color)
-                )
-            return 0
-        if verb == "diff":
-            diff = client.diff(args.a, args.b)
-            if args.json:
-                _emit_json(diff.to_json())
-            else:
-                print(render_diff(diff, color=color))
-            return 0
-        if verb == "call":
-            try:
-                target, symbol = split_call_target(args.target)
-                values = json_arguments(args.args)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            result = client.call(target, symbol, values)
-            if args.json:
-                _emit_json(result)
-            else:
-                print(f"{result['version']}: {json.dumps(result['result'], ensure_ascii=False)}")
-            return 0
-        if verb == "journal":
-            entries = client.journal(args.limit)
-            if args.json:
-                _emit_json(entries)
-            else:
-                import time as _time
+    words = _verb_words(args)
+    with Client.connect(args.existing, client_name="livepatch-cli") as client:
+        runner = CommandRunner(
+            EngineLink(client),
+            color=color_allowed(sys.stdout) and not args.json,
+            prefix=f"{PROG} ",
+        )
+        if sys.stdout.isatty():
+            import shutil
 
-                for e in entries:
-                    stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(e["time"]))
-                    who = printable(e["peer"].get("client") or "-")
-                    pid = e["peer"].get("pid")
-                    status = "ok " if e["ok"] else "ERR"
-                    print(
-                        f"{stamp}  {status} {e['op']:<8} {e['version'] or '-':<10} "
-                        f"{who}{f'[{pid}]' if pid else ''}: {printable(e['result'])}"
-                    )
-            return 0
-    raise UsageError(f"unknown verb {verb!r}")  # pragma: no cover - argparse prevents it
+            runner.width = shutil.get_terminal_size().columns
+        result = runner.execute(words)
+    if args.json:
+        if result.data is not None:
+            _emit_json(result.data)
+        elif result.error:
+            _emit_error(result.error, result.kind or "error", result.exit_code)
+        else:
+            _emit_json({"ok": result.ok, "text": result.text})
+    elif result.text:
+        print(result.text)
+    if result.error:
+        print(f"{PROG}: error: {result.error}", file=sys.stderr)
+    return result.exit_code
 
 
 # ---------------------------------------------------------------------------
@@ -502,14 +473,75 @@ def _positive(kind: Callable[[str], float], *, allow_zero: bool = False) -> Call
     return parse
 
 
+_EPILOG = """\
+exit status:
+  0  success
+  1  the engine refused (or a check found problems); one line on stderr says why
+  2  usage error: the command cannot be run as written
+  70 a bug in livepatch (LIVEPATCH_DEBUG=1 shows the traceback)
+
+environment:
+  LIVEPATCH_RUNTIME_DIR  where engines' sockets, connection files and logs live
+                         (default: $XDG_RUNTIME_DIR/livepatch, else ~/.livepatch/runtime)
+  LIVEPATCH_STATE_HOME   where the shell keeps its history
+                         (default: $XDG_STATE_HOME/livepatch, else ~/.local/state/livepatch)
+  LIVEPATCH_DEBUG=1      show the traceback of an internal error
+  NO_COLOR, TERM=dumb    no colour
+  CC                     the C compiler for native slots (default: cc)
+
+example:
+  livepatch engine --name rules --traffic 20 &
+  livepatch load livepatch/examples/rules/spam_v2.py && livepatch check spam@2
+"""
+
+
+def _add_command_verbs(sub: Any) -> None:
+    """One subcommand per command of :mod:`livepatch.commands` (``cli`` ones),
+    with its arguments, options (defaults in their help) and examples."""
+    from .commands.spec import COMMANDS, ArgKind, command_names
+
+    for name in command_names(aliases=False):
+        spec = COMMANDS[name]
+        if not spec.cli:
+            continue
+        examples = "\n".join(f"  {PROG} {e}" for e in spec.examples)
+        vp = sub.add_parser(
+            name,
+            help=spec.summary,
+            description=spec.description,
+            epilog=f"example{'s' * (len(spec.examples) > 1)}:\n{examples}" if examples else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for arg in spec.args:
+            what = {
+                ArgKind.VERSION: "a version id, e.g. spam@2",
+                ArgKind.SLOT: "a slot name, e.g. spam",
+                ArgKind.FILE: "a rule file (.py; .c or .so for a native slot)",
+                ArgKind.TARGET: "SLOT.SYMBOL (active version) or SLOT@N.SYMBOL",
+                ArgKind.JSON: "an argument as a JSON value",
+                ArgKind.COMMAND: "a command",
+            }.get(arg.kind, arg.metavar)
+            nargs = "*" if arg.repeat else "?" if arg.optional else None
+            vp.add_argument(arg.dest, metavar=arg.metavar, nargs=nargs, help=what)
+        for option in spec.options:
+            vp.add_argument(
+                option.flag, dest=f"opt_{option.dest}", metavar=option.metavar, help=option.help
+            )
+        vp.add_argument("--existing", metavar="NAME", help="engine name (default: the only one)")
+        vp.add_argument("--json", action="store_true", help="machine-readable output (errors too)")
+        vp.set_defaults(func=run_verb)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``livepatch`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Hot-swap versioned rule modules inside a running Python process.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("engine", help="run an engine (the bundled spam demo by default)")
     p.add_argument("--name", default="rules", help="engine name (default: rules)")
@@ -622,52 +654,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_shell)
 
-    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
-        vp = sub.add_parser(name, help=help_text)
-        vp.add_argument("--existing", metavar="NAME", help="engine name (default: the only one)")
-        vp.add_argument("--json", action="store_true", help="machine-readable output")
-        vp.set_defaults(func=run_verb)
-        return vp
-
-    verb("status", "slots, versions, states and call counts")
-    p = verb("load", "load a file as a new version")
-    p.add_argument("file")
-    p.add_argument("--slot", required=True)
-    verb("check", "resolve-check a version").add_argument("version")
-    p = verb("swap", "make a version active")
-    p.add_argument("version")
-    p.add_argument("--expect", metavar="VERSION", help="only if VERSION is active now")
-    verb("rollback", "swap back to the last retired version").add_argument("slot")
-    verb("purge", "forget a version's symbols").add_argument("version")
-    p = verb("unload", "unload a version and report whether it was freed")
-    p.add_argument("version")
-    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for calls in flight")
-    p = verb("symbols", "a version's symbol table, or two side by side")
-    p.add_argument("version")
-    p.add_argument("other", nargs="?")
-    p = verb("diff", "what changed between two versions")
-    p.add_argument("a")
-    p.add_argument("b")
-    p = verb("call", "call a rule: SLOT.SYMBOL or SLOT@N.SYMBOL with JSON arguments")
-    p.add_argument("target")
-    p.add_argument("args", nargs="*")
-    p = verb("journal", "the audit log")
-    p.add_argument("--limit", type=int)
+    _add_command_verbs(sub)
     return parser
+
+
+def _unknown_verb(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """ "did you mean" for a misspelled verb (argparse only lists the choices)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or argv[0].startswith("-"):
+        return None
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if first in sub.choices:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(first, list(sub.choices), n=1)
+    hint = f"did you mean `{PROG} {close[0]}`? " if close else ""
+    return f"unknown command {first!r}: {hint}`{PROG} --help` lists the commands"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``livepatch`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    unknown = _unknown_verb(parser, argv)
+    if unknown:
+        print(f"{PROG}: error: {unknown}", file=sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:  # argparse's own: a missing argument, a bad value
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if "--json" in argv:
+            _emit_error(str(exc), "usage", 2)
+        return 2
     func: Callable[[argparse.Namespace], int] = args.func
+    as_json = getattr(args, "json", None) is True
     try:
         return func(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if as_json:
+            _emit_error(str(exc), "usage", 2)
         return 2
     except LivepatchError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        if as_json:
+            _emit_error(exc.message, exc.kind, 1)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -22,10 +22,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import LivepatchError
-from .native import is_elf
+if TYPE_CHECKING:
+    # Imported where used: a one-shot verb should not pay for the analysis
+    # modules (resolve, bytecode, symbols) when it only swaps.
+    from .resolve import ResolveReport
+    from .symbols import SymbolDiff, SymbolTable
+
+from .errors import Conflict, LivepatchError, UnknownVersion
+from .filekind import NATIVE_SUFFIXES, file_kind, is_elf
 from .protocol import (
     NEED_DATA,
     ClientConnection,
@@ -36,9 +42,7 @@ from .protocol import (
     Response,
     error_from_response,
 )
-from .resolve import ResolveReport
 from .runtime import ConnectionInfo, find_engine
-from .symbols import SymbolDiff, SymbolTable
 
 __all__ = [
     "NATIVE_SUFFIXES",
@@ -49,9 +53,6 @@ __all__ = [
     "json_arguments",
     "split_call_target",
 ]
-
-#: File name endings that mean native code (a C source or a shared object).
-NATIVE_SUFFIXES = (".c", ".so")
 
 
 def default_slot(slots: list[dict[str, Any]], filename: str | None = None) -> str:
@@ -69,9 +70,7 @@ def default_slot(slots: list[dict[str, Any]], filename: str | None = None) -> st
     if not names:
         raise ValueError("the engine has no slots to load into")
     if filename is not None:
-        base = filename.lower()
-        native = base.endswith(NATIVE_SUFFIXES) or ".so." in base
-        kind = "native" if native else "python"
+        kind = file_kind(filename)
         # Engines from before native slots send no "kind": Python slots.
         same = [str(s["name"]) for s in slots if s.get("kind", "python") == kind]
         if len(same) == 1:
@@ -253,6 +252,8 @@ class Client:
 
     def check(self, version: str) -> ResolveReport:
         """Resolve-check a version; the report lists any problems."""
+        from .resolve import ResolveReport
+
         return ResolveReport.from_json(self.request("check", {"version": version}))
 
     def swap(self, version: str, expect: str | None = None) -> dict[str, Any]:
@@ -260,7 +261,19 @@ class Client:
         params: dict[str, Any] = {"version": version}
         if expect is not None:
             params["expect"] = expect
-        result: dict[str, Any] = self.request("swap", params)
+        try:
+            result: dict[str, Any] = self.request("swap", params)
+        except Conflict:
+            # "Another client swapped first" is wrong when --expect names a
+            # version that never existed (a typo): say that instead.
+            known = {v["id"] for s in self.status()["slots"] for v in s["versions"]}
+            if expect is not None and expect not in known:
+                slot = expect.partition("@")[0]
+                same = ", ".join(sorted(v for v in known if v.startswith(f"{slot}@")))
+                raise UnknownVersion(
+                    f"--expect {expect}: no version {expect}; {slot} has {same or 'none'}"
+                ) from None
+            raise
         return result
 
     def rollback(self, slot: str) -> dict[str, Any]:
@@ -283,6 +296,8 @@ class Client:
 
     def symbols(self, version: str) -> SymbolTable:
         """A version's symbol table."""
+        from .symbols import SymbolTable
+
         return SymbolTable.from_json(self.request("symbols", {"version": version}))
 
     def source(self, version: str) -> str:
@@ -291,6 +306,8 @@ class Client:
 
     def diff(self, a: str, b: str) -> SymbolDiff:
         """Two versions' symbol tables side by side."""
+        from .symbols import SymbolDiff
+
         return SymbolDiff.from_json(self.request("diff", {"a": a, "b": b}))
 
     def call(

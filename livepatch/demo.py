@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -23,112 +23,113 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client
-from .errors import LivepatchError
-from .examples.spam import rule_path, rule_source
+from .examples.spam import rule_path
+from .launcher import EngineProcess
 from .render import color_allowed
 
-__all__ = ["demo_hint", "run_demo", "start_engine", "tour"]
+__all__ = ["demo_hint", "run_demo", "start_engine", "startup_notes", "tour"]
 
 
 @contextlib.contextmanager
-def start_engine(name: str, rate: float, timeout: float = 30.0) -> Iterator[dict[str, Any]]:
-    """Run ``livepatch engine`` in a child process until the block exits.
+def start_engine(name: str, rate: float, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
+    """Run a demo ``livepatch engine`` until the block exits; yields its ready line.
 
-    Yields the engine's ready line (name, pid, transport, address).
+    A thin wrapper over :class:`~livepatch.launcher.EngineProcess` (output in
+    its log, its own session, tied to this process), kept for callers that
+    only need the ready line (``livepatch bench``).
     """
-    cmd = [sys.executable, "-m", "livepatch", "engine", "--name", name]
-    if rate:
-        cmd += ["--traffic", str(rate)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            err = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"the engine did not start: {err.strip().splitlines()[-1:]}")
-        yield json.loads(line)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with _demo_engine(name, rate) as engine:
+        yield engine.ready
+
+
+def _demo_engine(name: str, rate: float) -> EngineProcess:
+    return EngineProcess(name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True)
+
+
+def startup_notes(engine: EngineProcess) -> list[str]:
+    """What the engine said on stderr while starting (e.g. no C compiler), so
+    the demo shows it instead of hiding it in the log."""
+    notes = []
+    for line in engine.log_text().splitlines():
+        if line.startswith('{"ready"'):
+            break
+        notes.append(line)
+    return notes
 
 
 def _step(title: str) -> None:
     print(f"\n\033[1m## {title}\033[0m" if color_allowed(sys.stdout) else f"\n## {title}")
 
 
-def _cmd(text: str) -> None:
-    print(f"$ livepatch {text}")
+def tour(client: Client) -> int:
+    """The guided tour: load, check, compare, swap, a broken push, roll back,
+    purge and free. Each step is a real ``livepatch`` command run by the same
+    command layer as the CLI, so what it prints is what the command prints.
+    Returns 0, or 1 if a step that should work did not."""
+    from .commands.link import EngineLink
+    from .commands.runner import CommandRunner
 
-
-def tour(client: Client) -> None:
-    """The guided tour: load, check, compare, swap, a broken push, roll back, free."""
-    from .render import render_diff, render_report, render_status, render_table
-
-    color = color_allowed(sys.stdout)
-    _step("1. The engine is serving spam@1 under live traffic")
-    _cmd("status")
-    print(render_status(client.status()))
-
-    _step("2. Load version 2 next to it and resolve-check it (nothing runs it yet)")
-    _cmd(f"load {rule_path('spam_v2.py')} --slot spam")
-    v2 = client.load("spam", rule_source("spam_v2.py"), "spam_v2.py")
-    print(f"loaded {v2}")
-    _cmd(f"check {v2}")
-    print(render_report(client.check(v2), color=color))
-
-    _step("3. Compare the symbol tables side by side (= same, ~ changed, + added)")
-    _cmd(f"symbols spam@1 {v2}")
-    print(render_diff(client.diff("spam@1", v2), color=color))
-
-    _step("4. Swap atomically: calls in flight finish on v1, new ones run on v2")
-    _cmd(f"swap {v2} --expect spam@1")
-    result = client.swap(v2, expect="spam@1")
-    print(f"spam: {result['previous']} -> {result['active']}")
-    msg = {"sender": "promo@deals.biz", "text": "WIN a FREE cruise!!!", "links": []}
-    _cmd(f"call spam.classify '{json.dumps(msg)}'")
-    answer = client.call("spam", "classify", [msg])
-    print(f"{answer['version']}: {json.dumps(answer['result'])}")
-
-    _step("5. A broken push is caught by the check, and the active version keeps serving")
-    for name in ("spam_unresolved.py", "spam_attr_typo.py", "spam_own_message.py"):
-        _cmd(f"load {name} --slot spam && livepatch check ...")
-        bad = client.load("spam", rule_source(name), name)
-        print(render_report(client.check(bad), color=color))
-    _cmd("load spam_syntax_error.py --slot spam")
-    try:
-        client.load("spam", rule_source("spam_syntax_error.py"), "spam_syntax_error.py")
-    except LivepatchError as exc:
-        print(f"livepatch: error: {exc.message}")
-    _cmd(f"symbols {v2}")
-    print(render_table(client.symbols(v2), color=color))
-
-    _step("6. Roll back, then purge and unload v2: its code leaves memory")
-    _cmd("rollback spam")
-    back = client.rollback("spam")
-    print(f"spam: {back['previous']} -> {back['active']}")
-    _cmd(f"unload {v2}")
-    freed = client.unload(v2, wait_s=2.0)
-    print(f"unloaded {v2}: {'freed' if freed['freed'] else 'NOT freed'}")
-    _cmd("status")
-    print(render_status(client.status()))
-
-    _step("7. Every change is in the audit journal")
-    _cmd("journal --limit 6")
-    for e in client.journal(6):
-        print(
-            f"  {'ok ' if e['ok'] else 'ERR'} {e['op']:<8} {e['version'] or '-':<8} {e['result']}"
-        )
+    runner = CommandRunner(EngineLink(client), color=color_allowed(sys.stdout), prefix="livepatch ")
+    v2 = rule_path("spam_v2.py")
+    msg = json.dumps({"sender": "promo@deals.biz", "text": "WIN a FREE cruise!!!", "links": []})
+    steps: list[tuple[str, list[tuple[str, bool]]]] = [
+        ("1. The engine is serving spam@1 under live traffic", [("status", True)]),
+        (
+            "2. Load version 2 next to it and resolve-check it (nothing runs it yet)",
+            [(f"load {v2}", True), ("check spam@2", True)],
+        ),
+        (
+            "3. Compare the symbol tables side by side (= same, ~ changed, + added)",
+            [("symbols spam@1 spam@2", True)],
+        ),
+        (
+            "4. Swap atomically: calls in flight finish on v1, new ones run on v2",
+            [("swap spam@2 --expect spam@1", True), (f"call spam.classify '{msg}'", True)],
+        ),
+        (
+            "5. A broken push is caught by the check, and the active version keeps serving",
+            [
+                (f"load {rule_path('spam_unresolved.py')}", True),
+                ("check spam@3", False),
+                (f"load {rule_path('spam_attr_typo.py')}", True),
+                ("check spam@4", False),
+                (f"load {rule_path('spam_own_message.py')}", True),
+                ("check spam@5", False),
+                (f"load {rule_path('spam_syntax_error.py')}", False),
+                ("symbols spam@2", True),
+            ],
+        ),
+        (
+            "6. Roll back, then purge and unload v2: its code leaves memory",
+            [
+                ("rollback spam", True),
+                ("purge spam@2", True),
+                ("unload spam@2 --wait 2", True),
+                ("status", True),
+            ],
+        ),
+        ("7. Every change is in the audit journal", [("journal --limit 8", True)]),
+    ]
+    code = 0
+    for title, commands in steps:
+        _step(title)
+        for command, should_work in commands:
+            print(f"$ livepatch {command}", flush=True)
+            result = runner.run_line(command)[0]
+            if result.text:
+                print(result.text)
+            if result.error:
+                print(f"livepatch: error: {result.error}")
+            if result.ok != should_work:
+                code = 1
+    return code
 
 
 def demo_hint(rules_dir: Path) -> str:
     """What to try first in the demo shell."""
     return f"""\
 livepatch demo: engine with the bundled spam rules and live traffic (spam@1 serving).
-Relative paths are read from the bundled rules folder: {rules_dir}
+Relative paths are read from the working directory, else the bundled rules: {rules_dir}
 Try, in order (Tab completes commands, files and version ids):
   status                                 spam@1 serves the traffic (see the toolbar)
   load spam_v2.py                        a second version next to the first
@@ -136,7 +137,8 @@ Try, in order (Tab completes commands, files and version ids):
   symbols spam@1 spam@2                  both symbol tables side by side (= ~ + -)
   swap spam@2                            atomic: the toolbar's calls move to spam@2
   load spam_unresolved.py; check spam@3  a broken push, caught with its line
-  rollback spam, watch, show spam@2, help; quit stops the demo engine."""
+  rollback spam, watch, show spam@2, log, help
+quit (or Ctrl-D) leaves the demo and stops its engine."""
 
 
 def _wait_for_traffic(client: Client, deadline_s: float = 2.0) -> None:
@@ -149,22 +151,44 @@ def _wait_for_traffic(client: Client, deadline_s: float = 2.0) -> None:
         time.sleep(0.05)
 
 
+def _hangup(signum: int, frame: object) -> None:
+    # A closed terminal: unwind, so the engine is stopped and its files go.
+    raise SystemExit(128 + signum)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Start a demo engine and attach the shell to it (on a terminal), or run
-    the scripted tour (stdin not a terminal); the engine stops either way."""
+    the scripted tour (stdin not a terminal); the engine stops either way,
+    also when the terminal is closed (SIGHUP)."""
+    if not args.rate >= 0:
+        print(
+            f"livepatch: error: --rate {args.rate:g}: use 0 or more calls per second",
+            file=sys.stderr,
+        )
+        return 2
     name = f"demo-{os.getpid()}"
     interactive = sys.stdin.isatty()
-    with start_engine(name, args.rate) as ready:
-        print(f"started engine {ready['name']!r} (pid {ready['pid']}) with {args.rate:g} calls/s")
-        client = Client.connect(name, client_name="livepatch-demo")
-        with client:
-            _wait_for_traffic(client)
-            if interactive:
-                from .shell import Shell
+    previous = signal.signal(signal.SIGHUP, _hangup)
+    code = 0
+    try:
+        with _demo_engine(name, args.rate) as engine:
+            print(
+                f"started engine {name!r} (pid {engine.pid}) with {args.rate:g} calls/s; "
+                f"its output: {engine.log_path}"
+            )
+            for note in startup_notes(engine):
+                print(f"engine: {note}")
+            client = Client.connect(name, client_name="livepatch-demo")
+            with client:
+                _wait_for_traffic(client)
+                if interactive:
+                    from .shell import Shell
 
-                rules_dir = Path(rule_path("spam_v1.py")).parent
-                Shell(client, base_dir=rules_dir, greeting=demo_hint(rules_dir)).run()
-            else:
-                tour(client)
+                    rules_dir = Path(rule_path("spam_v1.py")).parent
+                    Shell(client, base_dir=rules_dir, greeting=demo_hint(rules_dir)).run()
+                else:
+                    code = tour(client)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     print(f"\nengine {name!r} stopped. Run `livepatch engine --traffic 20` to keep one running.")
-    return 0
+    return code

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from livepatch.resolve import Problem, ResolveReport
-from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
+if TYPE_CHECKING:  # annotations only: `status` should not import the analysis modules
+    from livepatch.resolve import Problem, ResolveReport
+    from livepatch.symbols import SymbolDiff, SymbolRow, SymbolTable
 
 __all__ = [
     "color_allowed",
     "printable",
     "render_diff",
+    "render_diff_stacked",
+    "render_diff_to_fit",
     "render_report",
     "render_row",
     "render_status",
@@ -167,6 +170,43 @@ def render_diff(
     return "\n".join(out)
 
 
+def render_diff_stacked(diff: SymbolDiff, *, color: bool = False, width: int = 80) -> str:
+    """Two versions' tables one above the other, for a narrow terminal: a
+    line per row with its marker and name, then the row of each version
+    that has it (both for ``~``), and the same summary as :func:`render_diff`."""
+    name_width = max((len(r.name) for r in diff.rows), default=0)
+    label = max(len(diff.a), len(diff.b))
+    out = [_paint(f"{diff.a} -> {diff.b} (stacked: too wide side by side)", "header", color)]
+    for row in diff.rows:
+        marker = _paint(row.marker, row.marker if row.marker in _STYLES else "dim", color)
+        flag = _paint("!", "!", color) if row.resolves_differently else " "
+        sides = [(diff.a, row.left), (diff.b, row.right)]
+        if row.marker == "=" and not row.resolves_differently:
+            sides = [(diff.b, row.right)]
+        cells = [
+            f"{name.ljust(label)}{_cut(_cell(r, name_width), width - label - 4)}"
+            for name, r in sides
+            if r is not None
+        ]
+        if row.marker == "=":
+            cells = [_paint(c, "dim", color) for c in cells]
+        # The marker on the first version's line; the other one below it.
+        out.append(f"{marker}{flag} {cells[0]}")
+        out.extend(f"   {c}" for c in cells[1:])
+    counts = diff.counts()
+    out.append(_paint("  ".join(f"{m} {counts[m]}" for m in ("=", "~", "+", "-")), "dim", color))
+    return "\n".join(out)
+
+
+def render_diff_to_fit(diff: SymbolDiff, *, color: bool = False, width: int | None = None) -> str:
+    """Side by side when it fits in ``width`` columns (or no width is known),
+    else stacked, so a narrow terminal never wraps every line."""
+    side = render_diff(diff, color=False)
+    if width is None or max(map(len, side.splitlines()), default=0) <= width:
+        return render_diff(diff, color=color) if color else side
+    return render_diff_stacked(diff, color=color, width=width)
+
+
 def _problem_line(problem: Problem, color: bool) -> str:
     kind = problem.kind if problem.severity == "error" else f"{problem.kind} ({problem.severity})"
     style = "warning" if problem.severity == "warning" else "error"
@@ -194,11 +234,12 @@ def render_report(report: ResolveReport, *, color: bool = False) -> str:
 def render_status(status: Mapping[str, Any]) -> str:
     """Status as text: a header per slot, a row per version (``*`` marks the active one)."""
     lines = [f"engine {status['name']} (pid {status['pid']})"]
+    # Ids as wide as the longest of every slot (spam_native@12), at least 10,
+    # so the columns line up across slots.
+    width = max([10, *(len(v["id"]) for slot in status["slots"] for v in slot["versions"])])
     for slot in status["slots"]:
         iface = f"  [{slot['interface']}]" if slot.get("interface") else ""
         lines.append(f"slot {slot['name']}: active {slot['active'] or '-'}{iface}")
-        # Ids as wide as the slot's longest (spam_native@12), at least 10.
-        width = max([10, *(len(v["id"]) for v in slot["versions"])])
         for v in slot["versions"]:
             mark = "*" if v["id"] == slot["active"] else " "
             freed = ""

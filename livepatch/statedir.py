@@ -418,7 +418,9 @@ def commit_change(
         op,
         change.version,
         peer=peer,
-        ok=True,
+        # A check that found problems is a change (the version is FAILED), but
+        # the audit log must not read "ok" for it.
+        ok=change.ok if change.op == "check" else True,
         result=_summary(op, change),
         sha256=change.sha256,
         extra=extra,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from livepatch.launcher import EngineProcess
+
+__all__ = ["EngineProcess", "run_cli", "start_engine"]
 
 
 @pytest.fixture
@@ -24,44 +24,17 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         yield path
 
 
-@dataclass
-class EngineProcess:
-    """A running ``livepatch engine`` child process."""
-
-    proc: subprocess.Popen[str]
-    ready: dict[str, Any]
-    name: str
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
 def start_engine(
     *args: str, name: str = "rules", env: dict[str, str] | None = None, timeout: float = 30
 ) -> EngineProcess:
-    """Start ``livepatch engine --name NAME ARGS`` and wait for its ready line."""
-    cmd = [sys.executable, "-m", "livepatch", "engine", "--name", name, *args]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # blocks until ready or exit; the engine prints one line
-    if not line:
-        err = proc.stderr.read() if proc.stderr else ""
-        proc.wait(timeout)
-        raise RuntimeError(f"engine exited with {proc.returncode}: {err}")
-    return EngineProcess(proc, json.loads(line), name)
+    """Start ``livepatch engine --name NAME ARGS`` and wait for its ready line.
+
+    The launcher the front ends use: output in ``NAME.log`` (``log_text()``),
+    its own session, SIGTERM then SIGKILL on ``stop()``.
+    """
+    proc = EngineProcess(name, args, env=env)
+    proc.start(timeout)
+    return proc
 
 
 @pytest.fixture

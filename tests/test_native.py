@@ -576,8 +576,7 @@ def test_demo_without_a_compiler_starts_with_an_empty_native_slot(runtime_dir: P
             assert slots[NATIVE_SLOT]["active"] is None and slots["spam"]["active"] == "spam@1"
     finally:
         proc.stop()
-    assert proc.proc.stderr is not None
-    err = proc.proc.stderr.read()
+    err = proc.log_text()
     assert "no C compiler found" in err and NATIVE_SLOT in err
 
 

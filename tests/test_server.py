@@ -17,7 +17,7 @@ from conftest import EngineProcess, run_cli, start_engine
 
 from livepatch import BadState, CheckFailed, Conflict, LoadFailed, Unauthenticated
 from livepatch.client import Client, ConnectionLost
-from livepatch.errors import CallFailed
+from livepatch.errors import CallFailed, UnknownVersion
 from livepatch.examples.spam import rule_path, rule_source
 from livepatch.protocol import MAX_FRAME
 from livepatch.runtime import ConnectionInfo, find_engine, list_engines, write_connection_file
@@ -112,7 +112,9 @@ def test_errors_carry_their_kind_and_change_nothing(engine_proc: EngineProcess) 
         with pytest.raises(CheckFailed):
             client.swap(bad)
         with pytest.raises(Conflict):
-            client.swap("spam@1", expect="spam@9")
+            client.swap("spam@1", expect="spam@2")  # spam@2 exists but is not active
+        with pytest.raises(UnknownVersion, match="--expect spam@9: no version spam@9"):
+            client.swap("spam@1", expect="spam@9")  # a typo is not "another client"
         with pytest.raises(BadState, match="is active"):
             client.purge("spam@1")
         with pytest.raises(CallFailed, match="AttributeError"):
@@ -304,7 +306,7 @@ def test_cli_verbs_exit_codes_and_output(engine_proc: EngineProcess) -> None:
     assert run_cli("check", "spam@2").returncode == 0
     swapped = run_cli("swap", "spam@2", "--expect", "spam@1")
     assert swapped.returncode == 0 and "spam@1 -> spam@2" in swapped.stdout
-    conflict = run_cli("swap", "spam@1", "--expect", "spam@7")
+    conflict = run_cli("swap", "spam@1", "--expect", "spam@1")  # spam@2 is active
     assert conflict.returncode == 1
     assert conflict.stderr.count("\n") == 1 and "another client swapped first" in conflict.stderr
     called = run_cli("call", "spam.classify", json.dumps(MSG), "--json")

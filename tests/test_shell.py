@@ -105,10 +105,14 @@ def test_every_command_against_a_real_engine(runner: CommandRunner) -> None:
     assert any(" + " in line and "shouting" in line for line in side)
     assert any(" = " in line and "keyword_hits" in line for line in side)
 
+    # diff means what it means in the CLI and %hotswap: the side-by-side view,
+    # whose summary counts exactly the rows it shows.
     diff = run(runner, "diff spam@1 spam@2").text
-    assert "shouting" in diff and "classify" in diff
-    assert "keyword_hits" not in diff  # unchanged rows are hidden
-    assert "unchanged rows not shown" in diff
+    assert diff.splitlines() == side
+    rows = side[2:-1]
+    summary = dict(zip(side[-1].split()[::2], map(int, side[-1].split()[1::2]), strict=True))
+    for marker in "=~+-":
+        assert summary[marker] == sum(1 for r in rows if f" {marker} " in r), marker
 
     swapped = run(runner, "swap spam@2 --expect spam@1").text
     assert swapped == "spam: spam@1 -> spam@2"
@@ -130,7 +134,11 @@ def test_every_command_against_a_real_engine(runner: CommandRunner) -> None:
     assert run(runner, "rollback spam").text == "spam: spam@2 -> spam@1"
     assert run(runner, "purge spam@2").text.startswith("purged spam@2")
     assert run(runner, "unload spam@2 --wait 1").text.startswith("unloaded spam@2: freed")
-    assert "spam@2     unloaded" in run(runner, "status").text
+    status_lines = run(runner, "status").text.splitlines()
+    assert any(line.split()[:2] == ["spam@2", "unloaded"] for line in status_lines)
+    # One id column for every slot: spam_native@1 does not push its row out.
+    states = [line.index(" active ") for line in status_lines if line.startswith("  * ")]
+    assert len(states) == 2 and len(set(states)) == 1, status_lines
 
     listing = run(runner, "help").text
     for name in ("status", "load FILE [--slot SLOT]", "watch", "quit"):
@@ -280,14 +288,19 @@ def test_completion_offers_commands_slots_versions_and_files(
     # The demo engine has a Python slot and a native one.
     assert complete(completer, "rollback ") == ["spam", "spam_native"]
     assert complete(completer, "load x.py --slot ") == ["spam", "spam_native"]
-    assert python_only(complete(completer, "swap ")) == ["spam@1"]
+    # swap offers only what can become active: not spam@1, active already.
+    assert python_only(complete(completer, "swap ")) == []
     run(runner, "load spam_v2.py")
     # A version loaded a moment ago is offered (the cache is short-lived).
     monitor.refresh()
-    assert python_only(complete(completer, "swap ")) == ["spam@1", "spam@2"]
+    assert complete(completer, "check spam") == ["spam@1", "spam@2", "spam_native@1"]
+    assert python_only(complete(completer, "swap ")) == []  # not checked yet
+    run(runner, "check spam@2")
+    monitor.refresh()
+    assert python_only(complete(completer, "swap ")) == ["spam@2"]
     assert complete(completer, "symbols spam@1 spam@") == ["spam@1", "spam@2"]
     assert complete(completer, "swap spam@2 --e") == ["--expect"]
-    assert complete(completer, "swap spam@2 --expect spam@") == ["spam@1", "spam@2"]
+    assert complete(completer, "swap spam@2 --expect spam@") == ["spam@1"]
     assert python_only(complete(completer, "call ")) == ["spam.classify"]
     assert complete(completer, "call spam@2.") == ["spam@2.classify"]
 
@@ -363,7 +376,7 @@ def test_toolbar_shows_engine_active_versions_and_calls_per_second(client: Clien
 
 def test_key_bindings_come_with_docstrings() -> None:
     described = dict(describe_bindings(prompt_key_bindings(refresh=lambda: None)))
-    assert set(described) == {"Ctrl-D on an empty line", "F1", "F5", "Ctrl-Space"}
+    assert set(described) == {"Ctrl-D on an empty line", "F1", "F5", "Ctrl-Space", "Tab"}
     assert all(described.values())
 
 
@@ -466,13 +479,14 @@ def test_prompt_loop_runs_commands_and_keeps_history(
     assert "+status" in history and "+load spam_v2.py; check spam@2; swap spam@2" in history
 
 
-def test_f1_help_and_quit(driven: Callable[..., Driver]) -> None:
+def test_f1_help_keeps_the_line(
+    driven: Callable[..., Driver], capsys: pytest.CaptureFixture[str]
+) -> None:
     drv = driven()
-    drv.type("swap\x1bOP", results=1)  # F1 while typing "swap": help on swap
-    assert drv.shell.transcript[0].text.startswith("usage: swap VERSION")
-    drv.type("\x1bOP", results=2)  # F1 on an empty line: the list, with the keys
-    listing = drv.shell.transcript[1].text
-    assert "keys:" in listing and "Ctrl-D on an empty line  leave the shell" in listing
+    drv.type("swap\x1bOP")  # F1 while typing "swap": help on swap, printed above
+    poll(lambda: "usage: swap VERSION" in capsys.readouterr().out, what="the help")
+    drv.type(" spam@1\r", results=1)  # the half-typed line was kept
+    assert drv.shell.transcript[0].command == "swap spam@1"
     drv.type("quit\r")
     assert drv.finish() == 0
 

@@ -109,7 +109,7 @@ def test_shell_in_a_real_terminal(terminal: Terminal) -> None:
     terminal.wait_for("rules>", "engine 'rules'", "spam: spam@1", "calls/s")
 
     terminal.type("status", "Enter")
-    terminal.wait_for("slot spam: active spam@1", "* spam@1     active")
+    terminal.wait_for("slot spam: active spam@1", "* spam@1        active")
 
     terminal.type(f"load {rule_path('spam_v2.py')}", "Enter")
     terminal.wait_for("loaded spam@2 from spam_v2.py")

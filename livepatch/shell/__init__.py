@@ -2,9 +2,10 @@
 
 One concept per module:
 
-- :mod:`.commands` the command language (specs as data, parser),
-- :mod:`.runner` running commands: text in, :class:`CommandResult` out,
-- :mod:`.link` the shared connection and its reconnect policy,
+- :mod:`livepatch.commands` (shared with the CLI and the magics): the command
+  language, the runner (text in, :class:`CommandResult` out) and the link
+  (the shared connection and its reconnect policy); ``.commands``,
+  ``.runner`` and ``.link`` here re-export them,
 - :mod:`.monitor` status sampled in the background (toolbar, completion, watch),
 - :mod:`.completer`, :mod:`.lexer`, :mod:`.toolbar`, :mod:`.keys`, :mod:`.watch`
   the prompt-toolkit parts,

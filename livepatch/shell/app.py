@@ -212,6 +212,7 @@ class Shell:
                     continue  # Ctrl-C abandons the line, as in any shell
                 except EOFError:
                     return 0
+                self.runner.width = self.session.output.get_size().columns
                 try:
                     for result in self.runner.iter_line(line):
                         self.show(result)

@@ -21,7 +21,21 @@ from prompt_toolkit.document import Document
 from .commands import COMMANDS, ArgKind, command_names
 from .monitor import EngineMonitor, Snapshot
 
-__all__ = ["ShellCompleter", "split_partial"]
+__all__ = ["WANTED_STATES", "ShellCompleter", "split_partial"]
+
+VERSION_KIND = ArgKind.VERSION
+
+
+#: The states a version must be in to be worth offering, per (command, argument):
+#: `swap` takes only what can become active, `--expect` only the active one.
+#: Anything not listed offers every version that is not unloaded.
+WANTED_STATES: dict[tuple[str, str], frozenset[str]] = {
+    ("swap", "version"): frozenset({"resolved", "retired"}),
+    ("swap", "expect"): frozenset({"active"}),
+    ("check", "version"): frozenset({"loaded", "resolved", "failed", "active", "retired"}),
+    ("purge", "version"): frozenset({"loaded", "resolved", "failed", "retired"}),
+    ("unload", "version"): frozenset({"loaded", "resolved", "failed", "retired", "purged"}),
+}
 
 #: How old the cached status may be when completing (seconds): fresh enough to
 #: offer a version loaded a moment ago, without a round trip per keystroke.
@@ -100,9 +114,10 @@ class ShellCompleter(Completer):
         if spec is None:
             return
         kind: ArgKind | None = None
+        dest = ""
         previous = spec.option(words[-1]) if len(words) > 1 else None
         if previous is not None and "=" not in words[-1]:
-            kind = previous.kind
+            kind, dest = previous.kind, previous.dest
         elif current.startswith("-"):
             used = {spec.option(w) for w in words}
             for option in spec.options:
@@ -111,8 +126,10 @@ class ShellCompleter(Completer):
             return
         else:
             arg = spec.positional(self._positional_index(words))
-            kind = arg.kind if arg is not None else None
-        if kind is not None:
+            kind, dest = (arg.kind, arg.dest) if arg is not None else (None, "")
+        if kind is VERSION_KIND:
+            yield from self._versions(current, WANTED_STATES.get((spec.name, dest)))
+        elif kind is not None:
             yield from self._complete(kind, current, document)
 
     @staticmethod
@@ -169,11 +186,13 @@ class ShellCompleter(Completer):
                 meta = f"active {slot['active'] or '-'}"
                 yield Completion(slot["name"], -len(current), display_meta=meta)
 
-    def _versions(self, current: str) -> Iterable[Completion]:
+    def _versions(self, current: str, states: frozenset[str] | None = None) -> Iterable[Completion]:
         snapshot = self._snapshot()
         if snapshot is None:
             return
         for v in snapshot.versions():
+            if states is not None and v["state"] not in states:
+                continue
             if v["id"].startswith(current):
                 yield Completion(v["id"], -len(current), display_meta=f"{v['state']}")
 

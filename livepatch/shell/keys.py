@@ -11,7 +11,7 @@ from collections.abc import Callable
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
-from .commands import COMMANDS
+from .commands import COMMANDS, command_names
 
 __all__ = ["describe_bindings", "prompt_key_bindings", "watch_key_bindings"]
 
@@ -36,10 +36,50 @@ def prompt_key_bindings(*, refresh: Callable[[], None]) -> KeyBindings:
 
     @kb.add("f1")
     def _help(event: KeyPressEvent) -> None:
-        """F1: help on the command being typed, or the command list."""
+        """F1: help on the command being typed (the line stays as typed)."""
+        from prompt_toolkit.application import run_in_terminal
+
         words = event.current_buffer.text.split()
-        topic = words[0] if words and words[0] in COMMANDS else ""
-        event.app.exit(result=f"help {topic}".strip())
+        spec = COMMANDS.get(words[0]) if words else None
+        if spec is not None:
+            text = spec.help_text()
+        else:
+            width = max(len(s.usage()) for s in COMMANDS.values())
+            names = command_names(aliases=False)
+            text = "\n".join(
+                f"  {COMMANDS[n].usage():<{width}}  {COMMANDS[n].summary}" for n in names
+            )
+        # Printed above the prompt; the half-typed line is kept.
+        run_in_terminal(lambda: print(text))
+
+    @kb.add("tab")
+    def _tab(event: KeyPressEvent) -> None:
+        """Tab: complete the word under the cursor (also right after fast typing)."""
+        from prompt_toolkit.completion import CompleteEvent, get_common_complete_suffix
+
+        buffer = event.current_buffer
+        state = buffer.complete_state
+        document = buffer.document
+        if state is not None and state.original_document.text == document.text:
+            if len(state.completions) == 1 and state.complete_index is None:
+                buffer.apply_completion(state.completions[0])
+            else:
+                buffer.complete_next()
+            return
+        # No menu for this text yet: the threaded completer may still be busy
+        # with the text of a keystroke ago (a paste, a laggy ssh: "sy" and Tab
+        # in one burst), and prompt-toolkit would drop Tab's request. Tab is
+        # an explicit request, so complete now.
+        found = list(
+            buffer.completer.get_completions(document, CompleteEvent(completion_requested=True))
+        )
+        if len(found) == 1:
+            buffer.apply_completion(found[0])
+            return
+        common = get_common_complete_suffix(document, found) if found else ""
+        if common:
+            buffer.insert_text(common)
+        buffer.start_completion(select_first=False)
 
     @kb.add("f5")
     def _refresh(event: KeyPressEvent) -> None:

@@ -1,0 +1,533 @@
+"""The command language of every front end: the commands as data, and the parser.
+
+The CLI (``livepatch VERB``), the shell and the ``%hotswap`` magics all take
+their verbs, options, help and examples from this one table.
+
+Every command is a :class:`CommandSpec` in :data:`COMMANDS`: its positional
+arguments and options each carry an :class:`ArgKind`, so one table drives
+parsing, ``help``, completion (a ``VERSION`` argument completes version ids,
+a ``FILE`` argument file paths) and the command-line lexer.
+
+A line holds one or more commands separated by ``;``; words are split the way
+a POSIX shell splits them, so JSON arguments are written in single quotes::
+
+    load spam_v2.py --slot spam; check spam@2; swap spam@2 --expect spam@1
+    call spam.classify '{"sender": "a@b.c", "text": "WIN NOW"}'
+
+Nothing here does I/O: the runner executes what the parser returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+__all__ = [
+    "COMMANDS",
+    "VERSION_ID",
+    "Arg",
+    "ArgKind",
+    "CommandSpec",
+    "Option",
+    "ParsedCommand",
+    "ShellUsageError",
+    "command_names",
+    "localize",
+    "lookup",
+    "parse",
+    "register",
+    "split_commands",
+    "split_script",
+]
+
+#: A version id as the engine writes it: ``slot@N``.
+VERSION_ID: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*@[0-9]+")
+
+
+class ShellUsageError(ValueError):
+    """A command line that cannot be run; the message says how to fix it."""
+
+
+class ArgKind(enum.Enum):
+    """What an argument names; completion and highlighting follow from it."""
+
+    COMMAND = "command"
+    FILE = "file"
+    SLOT = "slot"
+    VERSION = "version"
+    TARGET = "target"  # SLOT.SYMBOL or SLOT@N.SYMBOL
+    JSON = "json"
+    SECONDS = "seconds"
+    COUNT = "count"
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """A positional argument."""
+
+    dest: str
+    metavar: str
+    kind: ArgKind
+    optional: bool = False
+    repeat: bool = False
+
+    def usage(self) -> str:
+        """How ``help`` shows it: ``VERSION``, ``[VERSION2]``, ``[JSON...]``."""
+        text = self.metavar + ("..." if self.repeat else "")
+        return f"[{text}]" if self.optional else text
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """An option that takes one value: ``--slot spam`` or ``--slot=spam``."""
+
+    flag: str
+    dest: str
+    metavar: str
+    kind: ArgKind
+    help: str
+
+    def usage(self) -> str:
+        """How ``help`` shows it: ``[--slot SLOT]``."""
+        return f"[{self.flag} {self.metavar}]"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One shell command: its name, arguments, options and help."""
+
+    name: str
+    summary: str
+    description: str
+    args: tuple[Arg, ...] = ()
+    options: tuple[Option, ...] = ()
+    aliases: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+    #: Whether ``livepatch VERB`` offers it as a one-shot verb (not help/quit).
+    cli: bool = True
+
+    def usage(self) -> str:
+        """``load FILE [--slot SLOT]``."""
+        parts = [self.name, *(a.usage() for a in self.args), *(o.usage() for o in self.options)]
+        return " ".join(parts)
+
+    def option(self, word: str) -> Option | None:
+        """The option spelled ``word`` (``--slot`` or ``--slot=...``), if any."""
+        flag = word.partition("=")[0]
+        return next((o for o in self.options if o.flag == flag), None)
+
+    def positional(self, index: int) -> Arg | None:
+        """The spec of the ``index``-th positional word (repeats absorb the rest)."""
+        if index < len(self.args):
+            return self.args[index]
+        if self.args and self.args[-1].repeat:
+            return self.args[-1]
+        return None
+
+    def help_text(self, prefix: str = "") -> str:
+        """The full help of the command, as ``help NAME`` prints it.
+
+        ``prefix`` is the front end's way to write a command (``livepatch ``,
+        ``%hotswap ``; nothing in the shell), used in the usage and examples.
+        """
+        lines = [f"usage: {prefix}{self.usage()}", "", self.description]
+        if self.options:
+            lines.append("")
+            width = max(len(f"{o.flag} {o.metavar}") for o in self.options)
+            lines.extend(f"  {f'{o.flag} {o.metavar}':<{width}}  {o.help}" for o in self.options)
+        if self.aliases:
+            lines += ["", "also: " + ", ".join(self.aliases)]
+        if self.examples:
+            lines += ["", "examples:", *(f"  {prefix}{e}" for e in self.examples)]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCommand:
+    """A command line after parsing: the spec, positional values and options.
+
+    ``values`` maps each argument's ``dest`` to a string, a list of strings
+    (repeated arguments) or ``None`` (an optional argument left out), and each
+    option's ``dest`` to its value (``float``/``int`` for SECONDS/COUNT) or
+    ``None``. ``help`` is true for ``COMMAND --help``.
+    """
+
+    spec: CommandSpec
+    words: tuple[str, ...]
+    values: Mapping[str, object] = field(default_factory=dict)
+    help: bool = False
+
+    @property
+    def text(self) -> str:
+        """The command as the user could type it again."""
+        return shlex.join(self.words)
+
+    def string(self, dest: str) -> str:
+        """A string value (``""`` when absent)."""
+        value = self.values.get(dest)
+        return value if isinstance(value, str) else ""
+
+    def optional(self, dest: str) -> str | None:
+        """A string value, or ``None`` when absent."""
+        value = self.values.get(dest)
+        return value if isinstance(value, str) else None
+
+    def strings(self, dest: str) -> list[str]:
+        """A repeated argument's values."""
+        value = self.values.get(dest)
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    def number(self, dest: str) -> float | None:
+        """A numeric option's value, or ``None``."""
+        value = self.values.get(dest)
+        return float(value) if isinstance(value, int | float) else None
+
+
+_VERSION = Arg("version", "VERSION", ArgKind.VERSION)
+
+_SPECS: Final = (
+    CommandSpec(
+        "status",
+        "the engine's slots, versions, states and call counts",
+        "Show every slot with its active version (marked *) and every version\n"
+        "with its state, call and error counts, calls in flight and source file.",
+        examples=("status",),
+    ),
+    CommandSpec(
+        "load",
+        "load a file as a new version of a slot",
+        "Compile FILE and run its top level in a fresh module of the engine, as a\n"
+        "new version of SLOT. Without --slot: the engine's only slot, or the only\n"
+        "slot of the file's kind (.c/.so: native, else Python). Nothing calls it\n"
+        "until it has passed `check` and been swapped in. Loading the same source\n"
+        "again returns the existing version.",
+        args=(Arg("file", "FILE", ArgKind.FILE),),
+        options=(
+            Option(
+                "--slot",
+                "slot",
+                "SLOT",
+                ArgKind.SLOT,
+                "the slot to load into (default: picked by the file's kind)",
+            ),
+        ),
+        examples=("load livepatch/examples/rules/spam_v2.py --slot spam",),
+    ),
+    CommandSpec(
+        "check",
+        "resolve-check a version (every name it uses must resolve)",
+        "The linker's job: every global name the version uses must be defined or\n"
+        "be a builtin, attributes read off imported modules must exist, and the\n"
+        "slot's interface must be implemented with the host's own types. Prints\n"
+        "the problems with their lines; a failed version stays loaded to inspect.\n"
+        "Exit status 1 when it finds problems.",
+        args=(_VERSION,),
+        examples=("check spam@2",),
+    ),
+    CommandSpec(
+        "swap",
+        "make a checked version active, atomically",
+        "New calls run on VERSION from now on; calls in flight finish on the code\n"
+        "they started with. With --expect, the swap is refused if another client\n"
+        "changed the active version first (compare-and-swap).",
+        args=(_VERSION,),
+        options=(
+            Option(
+                "--expect",
+                "expect",
+                "VERSION",
+                ArgKind.VERSION,
+                "only if VERSION is active now (default: whatever is active)",
+            ),
+        ),
+        examples=("swap spam@2 --expect spam@1",),
+    ),
+    CommandSpec(
+        "rollback",
+        "swap back to the version that was active before",
+        "Make the most recently retired version of SLOT active again.",
+        args=(Arg("slot", "SLOT", ArgKind.SLOT),),
+        examples=("rollback spam",),
+    ),
+    CommandSpec(
+        "purge",
+        "forget a version's symbols (calls in flight finish)",
+        "Drop VERSION from the engine's index and from sys.modules, so nothing new\n"
+        "can find it (GHC's purgeObj). The active version cannot be purged.",
+        args=(_VERSION,),
+        examples=("purge spam@2",),
+    ),
+    CommandSpec(
+        "unload",
+        "drop the engine's references and report whether the code was freed",
+        "Purge VERSION if needed, drop the engine's last references to it, and\n"
+        "prove with a weak reference whether its code left memory; if not, say\n"
+        "what still holds it (GHC's unloadObj).",
+        args=(_VERSION,),
+        options=(
+            Option(
+                "--wait",
+                "wait",
+                "SECONDS",
+                ArgKind.SECONDS,
+                "wait up to SECONDS for calls in flight first (default: 0)",
+            ),
+        ),
+        examples=("unload spam@2 --wait 2",),
+    ),
+    CommandSpec(
+        "symbols",
+        "a version's symbol table, or two versions side by side",
+        "nm for Python: one row per name with a letter (T function, C class,\n"
+        "D data, I imported, U undefined and what it resolves to, W bound only\n"
+        "through `global`; native versions: nm -D's letters, W weak). With two\n"
+        "versions, every row side by side, marked = same, ~ changed, + added,\n"
+        "- removed, and ! where a name resolves differently.",
+        args=(_VERSION, Arg("other", "VERSION2", ArgKind.VERSION, optional=True)),
+        examples=("symbols spam@2", "symbols spam@1 spam@2"),
+    ),
+    CommandSpec(
+        "diff",
+        "two versions' symbol tables side by side (= ~ + -)",
+        "The same view as `symbols A B`: every row of both versions side by side,\n"
+        "marked = same, ~ changed, + added, - removed (! resolves differently),\n"
+        "and a summary that counts the rows shown.",
+        args=(Arg("a", "A", ArgKind.VERSION), Arg("b", "B", ArgKind.VERSION)),
+        examples=("diff spam@1 spam@2",),
+    ),
+    CommandSpec(
+        "show",
+        "a version's source, highlighted",
+        "Print the source VERSION was loaded from, with line numbers.",
+        args=(_VERSION,),
+        examples=("show spam@1",),
+    ),
+    CommandSpec(
+        "call",
+        "call a rule with JSON arguments",
+        "Call SYMBOL on the active version of SLOT (SLOT.SYMBOL) or on one\n"
+        "version (SLOT@N.SYMBOL). Each argument is a JSON value; put it in single\n"
+        "quotes. Dataclass parameters are built from JSON objects.",
+        args=(
+            Arg("target", "SLOT.SYMBOL", ArgKind.TARGET),
+            Arg("args", "JSON", ArgKind.JSON, optional=True, repeat=True),
+        ),
+        examples=(
+            'call spam.classify \'{"sender": "a@deals.biz", "text": "WIN!!!", "links": []}\'',
+        ),
+    ),
+    CommandSpec(
+        "journal",
+        "the audit log of loads, checks, swaps, purges and unloads",
+        "The engine's journal, oldest first: time, ok/ERR, operation, version,\nclient and result.",
+        options=(
+            Option("--limit", "limit", "N", ArgKind.COUNT, "only the last N entries (default: 20)"),
+        ),
+        examples=("journal --limit 5",),
+    ),
+    CommandSpec(
+        "log",
+        "the end of the engine's output (engines a front end started)",
+        "The last lines an engine started by `livepatch demo` or `%hotswap start`\n"
+        "wrote (rules' print output, warnings), from its log file in the runtime\n"
+        "directory. An engine started by hand writes to its own terminal.",
+        options=(Option("--lines", "lines", "N", ArgKind.COUNT, "the last N lines (default: 20)"),),
+        examples=("log --lines 50",),
+    ),
+    CommandSpec(
+        "watch",
+        "live calls per second of every version, until a key is pressed",
+        "A live table of every version's calls, calls per second, errors and calls\n"
+        "in flight, refreshed until a key is pressed. In a script, give --for:\n"
+        "the table is measured over that many seconds and printed once.",
+        options=(
+            Option(
+                "--for",
+                "for",
+                "SECONDS",
+                ArgKind.SECONDS,
+                "measure for SECONDS, then print (default: live, on a terminal)",
+            ),
+        ),
+        examples=("watch --for 2",),
+    ),
+    CommandSpec(
+        "help",
+        "the list of commands, or one command's help",
+        "Without an argument, list the commands; with one, show its usage.",
+        args=(Arg("command", "COMMAND", ArgKind.COMMAND, optional=True),),
+        aliases=("?",),
+        examples=("help swap",),
+        cli=False,
+    ),
+    CommandSpec(
+        "quit",
+        "leave the shell (an engine the demo started stops with it)",
+        "Leave the shell. Ctrl-D on an empty line does the same. An engine you\n"
+        "attached to keeps running; the demo's own engine stops with the demo.",
+        aliases=("exit",),
+        cli=False,
+    ),
+)
+
+#: Every command by name and by alias; :func:`register` adds to it.
+_REGISTRY: dict[str, CommandSpec] = {
+    name: spec for spec in _SPECS for name in (spec.name, *spec.aliases)
+}
+_ORDER: list[CommandSpec] = list(_SPECS)
+
+
+def register(spec: CommandSpec) -> CommandSpec:
+    """Add a command from another module (its handler: ``runner.register_handler``).
+
+    Every front end picks it up: the shell's parser, help and completion, and
+    ``livepatch VERB`` (when ``spec.cli``). Refuses a name already taken.
+    """
+    for name in (spec.name, *spec.aliases):
+        if name in _REGISTRY:
+            raise ValueError(f"command {name!r} is already defined")
+    for name in (spec.name, *spec.aliases):
+        _REGISTRY[name] = spec
+    _ORDER.append(spec)
+    return spec
+
+
+#: Every command by name and by alias.
+COMMANDS: Final[Mapping[str, CommandSpec]] = MappingProxyType(_REGISTRY)
+
+
+def command_names(*, aliases: bool = True) -> list[str]:
+    """Command names in the order ``help`` lists them (aliases after)."""
+    names = [spec.name for spec in _ORDER]
+    if aliases:
+        names += [a for spec in _ORDER for a in spec.aliases]
+    return names
+
+
+_QUOTED_COMMAND: Final = re.compile(r"`([a-z]+)(?=[ `])")
+
+
+def localize(message: str, prefix: str) -> str:
+    """A message naming commands in shell syntax (`` `check spam@2` ``, as the
+    engine writes them), in a front end's own (`` `%hotswap check spam@2` ``)."""
+    if not prefix:
+        return message
+
+    def sub(match: re.Match[str]) -> str:
+        word = match.group(1)
+        return f"`{prefix}{word}" if word in _REGISTRY else match.group(0)
+
+    return _QUOTED_COMMAND.sub(sub, message)
+
+
+def lookup(name: str) -> CommandSpec:
+    """The command called ``name``; the error suggests the closest one."""
+    spec = COMMANDS.get(name)
+    if spec is not None:
+        return spec
+    import difflib
+
+    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    raise ShellUsageError(f"unknown command {name!r}: {hint}`help` lists the commands")
+
+
+def _convert(option: Option, raw: str) -> object:
+    if option.kind is ArgKind.SECONDS:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:  # also refuses nan
+            raise ShellUsageError(f"{option.flag}: expected a number of seconds, got {raw!r}")
+        return value
+    if option.kind is ArgKind.COUNT:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ShellUsageError(f"{option.flag}: expected a positive whole number, got {raw!r}")
+        return int(raw)
+    return raw
+
+
+def parse(words: Iterable[str]) -> ParsedCommand:
+    """Parse one command's words (already split) against its spec."""
+    words = tuple(words)
+    if not words:
+        raise ShellUsageError("empty command")
+    spec = lookup(words[0])
+    values: dict[str, object] = {o.dest: None for o in spec.options}
+    positionals: list[str] = []
+    rest = iter(words[1:])
+    for word in rest:
+        if word in ("-h", "--help"):
+            return ParsedCommand(spec, words, values, help=True)
+        # Only "--" words are options, so JSON such as -1 stays a value.
+        if word.startswith("--"):
+            option = spec.option(word)
+            if option is None:
+                known = ", ".join(o.flag for o in spec.options) or "none"
+                raise ShellUsageError(
+                    f"{spec.name}: unknown option {word.partition('=')[0]!r} "
+                    f"(options: {known}); usage: {spec.usage()}"
+                )
+            _, eq, raw = word.partition("=")
+            if not eq:
+                raw_next = next(rest, None)
+                if raw_next is None:
+                    raise ShellUsageError(f"{option.flag} needs a value: usage: {spec.usage()}")
+                raw = raw_next
+            values[option.dest] = _convert(option, raw)
+        else:
+            positionals.append(word)
+    for i, arg in enumerate(spec.args):
+        if arg.repeat:
+            values[arg.dest] = positionals[i:]
+            positionals = positionals[:i]
+            break
+        if i < len(positionals):
+            values[arg.dest] = positionals[i]
+        elif arg.optional:
+            values[arg.dest] = None
+        else:
+            raise ShellUsageError(f"{spec.name} needs {arg.metavar}: usage: {spec.usage()}")
+    extra = positionals[len([a for a in spec.args if not a.repeat]) :]
+    if extra:
+        raise ShellUsageError(
+            f"{spec.name}: unexpected argument {extra[0]!r}; usage: {spec.usage()}"
+        )
+    return ParsedCommand(spec, words, values)
+
+
+def split_commands(line: str) -> list[list[str]]:
+    """Split one line into commands (``;``-separated) and each into words.
+
+    Quotes work as in a POSIX shell; a line starting with ``#`` is a comment.
+    """
+    if line.lstrip().startswith("#"):
+        return []
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";")
+    lexer.whitespace_split = True
+    # No comments inside a line: "#" is a valid character in paths and JSON.
+    lexer.commenters = ""
+    commands: list[list[str]] = [[]]
+    try:
+        for token in lexer:
+            if token and set(token) == {";"}:
+                commands.append([])
+            else:
+                commands[-1].append(token)
+    except ValueError as exc:
+        raise ShellUsageError(f"cannot split the line: {exc} (quote JSON in '...')") from None
+    return [c for c in commands if c]
+
+
+def split_script(lines: Iterable[str]) -> list[list[str]]:
+    """Every command of a script: one or more per line, in order."""
+    commands: list[list[str]] = []
+    for line in lines:
+        commands.extend(split_commands(line))
+    return commands

@@ -1,0 +1,461 @@
+"""The front ends as people find them (issue 13), each through the real thing:
+the launcher, the CLI as a subprocess, the demo and the shell in tmux, the
+README's commands as written. (``%hotswap`` and the HTML: test_notebook_frontends.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EngineProcess, run_cli
+from test_shell_tmux import EXITED, TMUX, Terminal
+from test_shell_tmux import terminal as terminal  # a fixture, used by name
+
+from livepatch.client import Client
+from livepatch.examples.spam import rule_path
+from livepatch.native import find_compiler
+from livepatch.runtime import list_engines, pid_alive
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "livepatch" / "examples" / "rules"
+ESC = "\x1b"
+
+#: A rule whose every call prints 4 KiB: a pipe nobody drains fills in 16 calls.
+PRINTING_RULE = """\
+from livepatch.examples.spam import Message, Verdict
+
+
+def classify(msg: Message) -> Verdict:
+    print("chatty rule " + "x" * 4096, flush=True)
+    return Verdict(spam=False, score=0.0)
+"""
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until true or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(0.05)
+
+
+# --- the launcher -----------------------------------------------------------------------
+
+
+def test_an_engine_whose_rule_prints_never_wedges(runtime_dir: Path) -> None:
+    engine = EngineProcess("chatty", ["--no-quarantine"])
+    engine.start()
+    try:
+        with Client.connect("chatty") as client:
+            v = client.load("spam", PRINTING_RULE, "chatty.py")
+            assert client.check(v).ok
+            client.swap(v)
+            msg = {"sender": "a@b.c", "text": "hi", "links": []}
+            for _ in range(64):  # 256 KiB of output: four pipes' worth
+                client.call("spam", "classify", [msg])
+            version = next(x for x in client.status()["slots"][0]["versions"] if x["id"] == v)
+            assert version["calls"] == 64 and version["in_flight"] == 0
+        # The output went to the log, and `livepatch log` shows its end.
+        shown = run_cli("log", "--lines", "3", "--existing", "chatty")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.count("chatty rule xxxx") == 3
+    finally:
+        started = time.monotonic()
+        assert engine.stop(timeout=30) == 0  # SIGTERM was enough
+        assert time.monotonic() - started < 30
+    assert list_engines(runtime_dir) == []
+
+
+def test_restart_on_the_same_state_dir(runtime_dir: Path, tmp_path: Path) -> None:
+    engine = EngineProcess("durable", ["--state-dir", str(tmp_path / "state")])
+    first = engine.start()["pid"]
+    try:
+        with Client.connect("durable") as client:
+            v = client.load_file(RULES / "spam_v2.py", "spam")
+            assert client.check(v).ok
+            client.swap(v)
+        second = engine.restart()["pid"]
+        assert second != first and engine.alive
+        with Client.connect("durable") as client:
+            assert client.status()["slots"][0]["active"] == v
+    finally:
+        engine.stop()
+
+
+def test_an_engine_that_cannot_start_says_why(runtime_dir: Path) -> None:
+    engine = EngineProcess("broken", ["--slot", "spam=no.such.module:X"])
+    with pytest.raises(RuntimeError, match=r"exited with status 2 .*no.such.module"):
+        engine.start()
+    assert not engine.alive
+
+
+def test_an_engine_tied_to_its_parent_stops_with_it(runtime_dir: Path) -> None:
+    # A parent that starts a tied engine and is then killed with -9.
+    script = (
+        "from livepatch.launcher import EngineProcess\n"
+        "e = EngineProcess('orphan', tie_to_parent=True)\n"
+        "print(e.start()['pid'], flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    assert pid_alive(pid)
+    parent.kill()
+    parent.wait()
+    wait_for(lambda: not pid_alive(pid))
+    wait_for(lambda: list_engines(runtime_dir) == [])  # it cleaned up as on SIGTERM
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--traffic", "-5"], "--traffic -5: use 0"),
+        (["--load-timeout", "-1"], "--load-timeout -1: use more than 0"),
+        (["--name", "bad name"], "--name: engine name 'bad name' must be"),
+    ],
+)
+def test_engine_options_are_validated_before_anything_is_built(
+    runtime_dir: Path, args: list[str], message: str
+) -> None:
+    done = run_cli("engine", *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "bug" not in done.stderr
+    assert done.stdout == ""  # never got as far as a ready line
+
+
+def test_cli_verbs_as_the_readme_says(engine_proc: EngineProcess) -> None:
+    # The slot by the file's kind, as in the shell and the magics.
+    loaded = run_cli("load", str(RULES / "spam_v2.py"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert "loaded spam@2" in loaded.stdout and "`livepatch check spam@2`" in loaded.stdout
+    # The wrong kind of file for the slot named: which kind the slot takes.
+    wrong = run_cli("load", str(RULES / "spam_native_v1.c"), "--slot", "spam")
+    assert wrong.returncode == 2
+    assert "slot 'spam' is a python slot and takes Python sources" in wrong.stderr
+    assert "--slot spam_native" in wrong.stderr
+    # --expect naming no version says so, not "another client swapped first".
+    typo = run_cli("swap", "spam@2", "--expect", "spam@77")
+    assert typo.returncode == 1 and "no version spam@77" in typo.stderr
+    assert "another client" not in typo.stderr
+    # --json: errors as JSON too.
+    as_json = run_cli("check", "spam@99", "--json")
+    assert as_json.returncode == 1
+    error = json.loads(as_json.stdout)["error"]
+    assert error["kind"] == "unknown-version" and error["exit_code"] == 1
+    missing = run_cli("check", "--json")  # argparse's own usage errors too
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert json.loads(missing.stdout)["error"]["kind"] == "usage"
+    # A failed check is journaled as failed.
+    bad = run_cli("load", str(RULES / "spam_unresolved.py"))
+    assert bad.returncode == 0
+    assert run_cli("check", "spam@3").returncode == 1
+    journal = json.loads(run_cli("journal", "--json").stdout)
+    assert [(e["op"], e["version"], e["ok"]) for e in journal[-1:]] == [("check", "spam@3", False)]
+
+
+def test_exit_codes_are_the_same_for_the_cli_and_shell_c(engine_proc: EngineProcess) -> None:
+    for command, code in [
+        ("check spam@99", 1),  # refused
+        ("status --bogus x", 2),  # usage
+        ("unload spam@1 --wait soon", 2),  # usage: not a number
+        ("status", 0),
+    ]:
+        cli = run_cli(*shlex.split(command))
+        shell = run_cli("shell", "-c", command)
+        assert (cli.returncode, shell.returncode) == (code, code), (command, cli.stderr)
+
+
+def test_did_you_mean_and_help(runtime_dir: Path) -> None:
+    typo = run_cli("stauts")
+    assert typo.returncode == 2
+    assert "did you mean `livepatch status`?" in typo.stderr
+    top = run_cli("--help").stdout
+    assert "exit status:" in top and "LIVEPATCH_RUNTIME_DIR" in top and "NO_COLOR" in top
+    for verb in ("load", "check", "swap", "unload", "journal", "call", "symbols"):
+        text = run_cli(verb, "--help").stdout
+        assert re.search(rf"\nexamples?:\n  livepatch {verb} ", text), verb  # an example
+    assert "(default: 20)" in run_cli("journal", "--help").stdout
+
+
+def test_the_journal_escapes_client_names(engine_proc: EngineProcess) -> None:
+    with Client.connect("rules", client_name="evil\x1b[2J\x1b]0;owned\x07") as client:
+        client.check("spam@1")
+    for out in (run_cli("journal").stdout, run_cli("shell", "-c", "journal").stdout):
+        assert ESC not in out and "\x07" not in out
+        assert "evil\\x1b[2J" in out
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native version")
+def test_long_ids_keep_the_columns(engine_proc: EngineProcess) -> None:
+    run_cli("load", str(RULES / "spam_native_v2.c"))
+    watch = run_cli("shell", "-c", "watch --for 0.2").stdout.splitlines()
+    rows = [line for line in watch if re.match(r"[* ] \S+@\d+ ", line)]
+    assert len(rows) >= 3
+    assert (
+        len({line.index(" active ") if " active " in line else None for line in rows} - {None}) == 1
+    )
+    assert len({re.search(r"\S+@\d+ +(\S)", r).end(0) for r in rows}) == 1, watch
+    journal = run_cli("journal").stdout.splitlines()
+    assert len({line.index(": ") for line in journal}) >= 1
+    columns = {re.search(r"(?:ok |ERR) \S+ +\S+ +", line).end(0) for line in journal}  # type: ignore[union-attr]
+    assert len(columns) == 1, journal
+
+
+# --- the README ---------------------------------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """The lines of the README's shell blocks under "Using it"."""
+    text = (ROOT / "README.md").read_text("utf-8")
+    section = text.split("## Using it", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_every_readme_command_runs_as_written(runtime_dir: Path) -> None:
+    commands = readme_commands()
+    engine_line = commands.pop(0)
+    assert engine_line.startswith("livepatch engine ")
+    words = shlex.split(engine_line.split("#", 1)[0])
+    state = ROOT / "state"
+    made_state = not state.exists()
+    engine = EngineProcess(words[words.index("--name") + 1], words[4:])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        # The README runs it from the repository root, as a user would.
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            engine.start()
+        finally:
+            os.chdir(cwd)
+        for command in commands:
+            done = subprocess.run(
+                ["bash", "-c", command],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+            )
+            assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+            assert "Traceback" not in done.stderr
+    finally:
+        engine.stop()
+        if made_state:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+# --- the demo and the shell in a real terminal ------------------------------------------------
+
+
+@pytest.fixture
+def demo_terminal(runtime_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
+    if TMUX is None:
+        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
+    conf = tmp_path / "tmux.conf"
+    conf.write_text("set -g remain-on-exit on\nset -g status off\n")
+    env = {
+        "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
+        "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
+        "TERM": "xterm-256color",
+    }
+    demo = shlex.join(
+        [
+            "env",
+            *(f"{k}={v}" for k, v in env.items()),
+            sys.executable,
+            "-m",
+            "livepatch",
+            "demo",
+            "--rate",
+            "20",
+        ]
+    )
+    term = Terminal(runtime_dir.parent / "tmux.sock", name="demo")
+    try:
+        term.tmux(
+            "-f",
+            str(conf),
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-s",
+            "demo",
+            f'cd {shlex.quote(str(tmp_path))} && {demo}; echo "{EXITED}$?]"',
+        )
+        yield term
+    finally:
+        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
+        term.socket.unlink(missing_ok=True)
+
+
+def _demo_engine(runtime_dir: Path) -> int:
+    wait_for(lambda: len(list_engines(runtime_dir)) == 1)
+    return list_engines(runtime_dir)[0].pid
+
+
+def test_ctrl_c_in_the_demo_interrupts_the_command_only(
+    demo_terminal: Terminal, runtime_dir: Path, tmp_path: Path
+) -> None:
+    demo_terminal.wait_for("quit (or Ctrl-D) leaves the demo and stops its engine", "demo-")
+    pid = _demo_engine(runtime_dir)
+    # A relative path is read from the working directory first.
+    (tmp_path / "mine.py").write_text((RULES / "spam_v2.py").read_text() + "\n# mine\n")
+    demo_terminal.type("load mine.py", "Enter")
+    demo_terminal.wait_for("loaded spam@2 from mine.py")
+    demo_terminal.type("watch --for 30", "Enter")
+    time.sleep(0.5)  # let the command start; there is no event to wait on in tmux
+    demo_terminal.tmux("send-keys", "-t", "demo", "C-c")
+    demo_terminal.wait_for("interrupted")
+    assert pid_alive(pid)
+    demo_terminal.type("status", "Enter")
+    demo_terminal.wait_for("reconnected to engine", "slot spam: active spam@1")
+    demo_terminal.type("quit", "Enter")
+    assert demo_terminal.exit_status(timeout=30) == 0
+    assert not pid_alive(pid)
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native copies to clean")
+def test_closing_the_terminal_cleans_up_the_demo(
+    demo_terminal: Terminal, runtime_dir: Path
+) -> None:
+    demo_terminal.wait_for("quit (or Ctrl-D) leaves the demo", "demo-")
+    pid = _demo_engine(runtime_dir)
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    copies = {Path(m).parent for m in re.findall(r"(/\S*/livepatch-native-[^/\s]+/\S+)", maps)}
+    assert copies and all(c.exists() for c in copies)
+    info = list_engines(runtime_dir)[0]
+    # The terminal goes away: tmux sends SIGHUP to the pane's processes.
+    demo_terminal.tmux("kill-server")
+    wait_for(lambda: not pid_alive(pid))
+    assert not Path(info.address).exists()
+    assert list(runtime_dir.glob("*.json")) == []
+    assert not any(c.exists() for c in copies)
+
+
+def test_the_demo_shows_why_the_native_slot_is_empty(runtime_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "livepatch", "demo", "--rate", "0"],
+        env={**os.environ, "CC": "/nonexistent/cc"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert "engine: no C compiler found" in done.stdout
+
+
+def test_the_tour_prints_real_commands_and_purges(runtime_dir: Path) -> None:
+    from livepatch.cli import build_parser
+
+    done = run_cli("demo", "--rate", "0", timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    commands = [
+        line[len("$ livepatch ") :] for line in done.stdout.splitlines() if line.startswith("$ ")
+    ]
+    assert "purge spam@2" in commands and "purged spam@2" in done.stdout
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command))  # each one runs as printed (exits 2 if not)
+
+
+def test_a_one_shot_verb_imports_no_engine_core(engine_proc: EngineProcess) -> None:
+    code = (
+        "import sys\n"
+        "from livepatch.cli import main\n"
+        "assert main(['swap', 'spam@1']) == 0\n"
+        "assert main(['status']) == 0\n"
+        "names = ('livepatch', 'IPython', 'prompt')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(names)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(eval(done.stdout.strip().splitlines()[-1]))  # a printed list of names
+    heavy = {"engine", "native", "resolve", "bytecode", "symbols", "pyload", "quarantine", "state"}
+    assert not {f"livepatch.{m}" for m in heavy} & loaded, loaded
+    assert not any(m.startswith(("IPython", "prompt_toolkit")) for m in loaded), loaded
+
+
+def test_shell_keys_in_a_real_terminal(terminal: Terminal) -> None:
+    terminal.wait_for("rules>")
+    # "sy" and Tab in one burst (a paste, a laggy ssh) still completes.
+    terminal.type("sy\t")
+    terminal.wait_for("rules> symbols")
+    terminal.type("", "C-u")
+    terminal.type(
+        f"load {rule_path('spam_v2.py')}; check spam@2; "
+        f"load {rule_path('spam_unresolved.py')}; check spam@3",
+        "Enter",
+    )
+    terminal.wait_for("spam@3 failed its check")
+    # Only spam@2 can be swapped in (spam@1 is active, spam@3 failed): Tab
+    # inserts it rather than offering every version.
+    terminal.type("swap ", "Tab")
+    terminal.wait_for("rules> swap spam@2")
+    # F1 shows the help and keeps the half-typed line.
+    terminal.type("", "F1")
+    terminal.wait_for("usage: swap VERSION")
+
+    def redrawn() -> bool:  # the prompt comes back below the help, line intact
+        screen = terminal.screen()
+        after = screen[screen.index("usage: swap VERSION") :].splitlines()
+        return any(line.rstrip() == "rules> swap spam@2" for line in after)
+
+    wait_for(redrawn)
+    terminal.type("", "Enter")
+    terminal.wait_for("spam: spam@1 -> spam@2")
+
+
+def test_side_by_side_falls_back_to_stacked_at_80_columns(
+    engine_proc: EngineProcess, runtime_dir: Path, tmp_path: Path
+) -> None:
+    if TMUX is None:
+        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
+    env = {
+        "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
+        "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
+        "TERM": "xterm-256color",
+    }
+    shell = shlex.join(
+        ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "livepatch", "shell"]
+    )
+    term = Terminal(runtime_dir.parent / "tmux.sock", name="narrow")
+    try:
+        term.tmux("new-session", "-d", "-x", "80", "-y", "60", "-s", "narrow", shell)
+        term.wait_for("rules>")
+        term.type(f"load {rule_path('spam_v2.py')}", "Enter")
+        term.wait_for("loaded spam@2")
+        term.type("symbols spam@1 spam@2", "Enter")
+        screen = term.wait_for("spam@1 -> spam@2 (stacked", "= 8  ~ 2  + 6  - 0")
+        # ~ classify: each version's row on its own line, none wrapped.
+        lines = screen.splitlines()
+        at = next(i for i, line in enumerate(lines) if "T classify" in line)
+        assert lines[at].split()[:4] == ["~", "spam@1", "14", "T"]
+        assert lines[at + 1].split()[:3] == ["spam@2", "32", "T"]
+        start = next(i for i, line in enumerate(lines) if "(stacked" in line)
+        end = next(i for i, line in enumerate(lines) if line.startswith("= 8  ~ 2"))
+        assert all(len(line) < 80 for line in lines[start : end + 1]), screen
+    finally:
+        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
+        term.socket.unlink(missing_ok=True)
