@@ -93,6 +93,8 @@ class EngineProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready: dict[str, Any] = {}
         self._log: IO[bytes] | None = None
+        # Where the current process's output begins in the shared log.
+        self._offset = 0
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class EngineProcess:
             log.close()
             raise
         self._log = log
+        self._offset = offset
         self.ready = self._wait_ready(offset, timeout)
         return self.ready
 
@@ -202,9 +205,19 @@ class EngineProcess:
         return self.start(timeout)
 
     def log_text(self) -> str:
-        """Everything the engine wrote so far."""
+        """Everything the engine wrote so far (every start of it: the log is
+        appended across restarts)."""
         try:
             return self.log_path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def output(self) -> str:
+        """What the current (or last) process wrote since it started."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._offset)
+                return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
 

@@ -45,8 +45,7 @@ def stop(proc: EngineProcess, kill: bool = False) -> str:
         proc.proc.wait(10)
     else:
         proc.stop()
-    assert proc.proc.stderr is not None
-    return proc.proc.stderr.read()
+    return proc.output()
 
 
 def refused(*args: str) -> subprocess.CompletedProcess[str]:
