@@ -223,6 +223,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
         store=state.store if state else None,
     )
     info = server.start()
+    from .fleet.cli import start_member
+
+    member = start_member(args, info)  # converges before the ready line (None: no --fleet)
     traffic = Traffic(engine, args.traffic) if args.traffic else None
     if traffic:
         traffic.start()
@@ -256,6 +259,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
         pass
     if traffic:
         traffic.stop()
+    if member is not None:
+        member.stop()
     server.stop()
     if state:
         state.close()
@@ -540,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*")
     p = verb("journal", "the audit log")
     p.add_argument("--limit", type=int)
+    from .fleet.cli import add_fleet_arguments
+
+    add_fleet_arguments(sub)  # push; --fleet/--registry on engine, status, rollback
     return parser
 
 
