@@ -58,6 +58,10 @@ class EngineHandle(Protocol):
         """``unload``'s result."""
         ...
 
+    def source(self, version: str) -> str:
+        """The source a version was loaded from."""
+        ...
+
 
 class ClientHandle:
     """An engine reached over its control socket (thread-safe)."""
@@ -96,6 +100,10 @@ class ClientHandle:
         result: dict[str, Any] = self.client.request("unload", {"version": version})
         return result
 
+    def source(self, version: str) -> str:
+        """See :class:`EngineHandle`."""
+        return str(self.client.source(version))
+
 
 class MemoryHandle:
     """An in-memory engine stand-in for simulated members (benchmarks).
@@ -110,6 +118,7 @@ class MemoryHandle:
         self._versions: dict[str, dict[str, Any]] = {}
         self._active: dict[str, str | None] = dict.fromkeys(slots)
         self._count: dict[str, int] = dict.fromkeys(slots, 0)
+        self._sources: dict[str, str] = {}
 
     def status(self) -> dict[str, Any]:
         """See :class:`EngineHandle`."""
@@ -137,6 +146,7 @@ class MemoryHandle:
             self._count[slot] += 1
             vid = f"{slot}@{self._count[slot]}"
             self._versions[vid] = {"slot": slot, "sha256": sha, "state": "resolved", "calls": 0}
+            self._sources[vid] = source
         return {"version": vid, "new": True, "sha256": sha}
 
     def check(self, version: str) -> dict[str, Any]:
@@ -161,6 +171,11 @@ class MemoryHandle:
         with self._lock:
             self._versions.pop(version, None)
         return {"version": version, "freed": True}
+
+    def source(self, version: str) -> str:
+        """See :class:`EngineHandle`."""
+        with self._lock:
+            return self._sources[version]
 
 
 def _slot_status(status: dict[str, Any], slot: str) -> dict[str, Any] | None:

@@ -272,17 +272,26 @@ class ZkRegistry:
         deadline = time.monotonic() + deadline_s
         votes, down = self._await(f"{base}/votes", set(names), deadline, stop_on_no=True)
         record.votes, record.down = votes, sorted(down)
+        refused = {n: v for n, v in record.votes.items() if not v.ok}
         missing = set(names) - set(votes) - down
         for name in missing:
-            record.votes[name] = Vote(name, False, reason=f"no vote within {deadline_s:g} s")
-        refused = {n: v for n, v in record.votes.items() if not v.ok}
-        if refused or not votes:
+            reason = (
+                "had not voted when the push aborted"
+                if refused
+                else (f"no vote within {deadline_s:g} s")
+            )
+            record.votes[name] = Vote(name, False, reason=reason)
+        if refused or missing or not votes:
             why = (
-                "every member left during prepare"
-                if not refused
-                else f"{len(refused)} of {len(names)} members refused"
+                f"{len(refused)} of {len(names)} members refused"
+                if refused
+                else f"{len(missing)} members did not vote in time"
+                if missing
+                else "every member left during prepare"
             )
             return self._finish(base, record, meta, "aborted", why)
+        if current is None:
+            record.previous = self._common_previous(slot)
         if phase is not None:
             phase("prepared", record)
         desired = Desired(slot, sha, filename, record.previous, record.id, time.time())
@@ -303,6 +312,17 @@ class ZkRegistry:
         record.acks = {n: str(a.get("version", "")) for n, a in acks.items()}
         record.down = sorted(set(record.down) | gone | (voters - set(acks) - gone))
         return self._finish(base, record, meta, "committed", "")
+
+    def _common_previous(self, slot: str) -> str | None:
+        """The fleet's first push of a slot: when every member ran the same
+        source before (members upload what they run), a rollback goes there."""
+        shas = {m.active.get(slot, {}).get("sha256") for m in self.members().values()}
+        if len(shas) != 1:
+            return None
+        (sha,) = shas
+        if sha is None or not self.client.exists(f"{self.paths.sources}/{sha}"):
+            return None
+        return str(sha)
 
     def _create_push(self, base: str, record: PushRecord, meta: dict[str, Any]) -> None:
         def create() -> None:
@@ -515,6 +535,7 @@ class ZkMember:
         result = converge(self.handle, read_desired, self._source, self.pid)
         self.state = result.state
         self._ack(desired)
+        self._upload_active()
         self._publish()
 
     def _join(self) -> None:
@@ -604,6 +625,22 @@ class ZkMember:
                     _dumps({"version": active["version"], "time": time.time()}),
                 )
             self._acked.add(d.push)
+
+    def _upload_active(self) -> None:
+        """Keep what we run in the registry, so a fleet rollback to it works."""
+        for active in self.state.active.values():
+            sha = str(active["sha256"])
+            if sha in self._sources:
+                continue
+            path = f"{self.paths.sources}/{sha}"
+            if not self.client.exists(path):
+                source = self.handle.source(str(active["version"]))
+                if sha_of(source) != sha:
+                    continue
+                filename = f"{active['version'].partition('@')[0]}-{sha[:12]}.py"
+                with contextlib.suppress(NodeExistsError):
+                    self.client.create(path, _dumps({"filename": filename, "source": source}))
+            self._sources[sha] = self._source(sha)
 
     def _publish(self) -> None:
         now = time.monotonic()
