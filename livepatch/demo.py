@@ -152,6 +152,10 @@ def _wait_for_traffic(client: Client, deadline_s: float = 2.0) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """Start a demo engine and attach the shell to it (on a terminal), or run
     the scripted tour (stdin not a terminal); the engine stops either way."""
+    if getattr(args, "fleet", None):
+        from .fleet.demo import run_fleet_demo
+
+        return run_fleet_demo(args.fleet, args.rate)
     name = f"demo-{os.getpid()}"
     interactive = sys.stdin.isatty()
     with start_engine(name, args.rate) as ready:

@@ -211,3 +211,18 @@ def test_concurrent_pushes_conflict_cleanly_and_rollback(engines: list[EnginePro
     assert active_sha("a") == active_sha("b") == sha_of(rule(1))
     bad = run_cli("push", "nothere.py", "--slot", "spam", "--fleet", FLEET)
     assert bad.returncode == 1 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_fleet_demo_tours_push_abort_and_rollback(fleet_env: Path) -> None:
+    result = run_cli("demo", "--fleet", "3", input="", timeout=240)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "(spam_v2.py): committed on 3 members" in out
+    assert "aborted (1 of 3 members refused)" in out
+    assert "refused: load failed" in out and "voted ok, released" in out
+    assert "rollback spam=" in out and "(spam_v1.py): committed on 3 members" in out
+    assert "Traceback" not in out + result.stderr
+    assert not (fleet_env / "livepatch" / "fleets").exists() or not any(
+        (fleet_env / "livepatch" / "fleets").iterdir()
+    )  # the demo's fleet store is gone

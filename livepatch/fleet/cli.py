@@ -179,23 +179,9 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
                 rollback=True,
             )
     else:
-        from .local import push_local
-        from .store import LocalStore
+        from .local import rollback_local
 
-        store = LocalStore(fleet)
-        current = store.read().desired.get(slot)
-        if current is None or current.previous is None:
-            raise FleetError(f"fleet {fleet} has no previous version of {slot} to roll back to")
-        source, filename = store.get_source(current.previous)
-        record = push_local(
-            fleet,
-            slot,
-            source,
-            filename,
-            expect=current.sha256,
-            deadline_s=args.deadline,
-            rollback=True,
-        )
+        record = rollback_local(fleet, slot, args.deadline)
     return _report(record, args.json)
 
 
@@ -265,6 +251,11 @@ def add_fleet_arguments(sub: Any) -> None:
     _registry_option(rollback)
     rollback.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
     rollback.set_defaults(func=_either(cmd_fleet_rollback, rollback.get_default("func")))
+
+    demo = choices["demo"]
+    demo.add_argument(
+        "--fleet", type=int, metavar="N", help="tour a fleet push on N engines instead"
+    )
 
     p = sub.add_parser(
         "push",

@@ -37,7 +37,7 @@ from .model import (
 )
 from .store import LocalStore
 
-__all__ = ["LocalMember", "Phase", "local_members", "push_local"]
+__all__ = ["LocalMember", "Phase", "local_members", "push_local", "rollback_local"]
 
 #: A member re-checks its engine against the desired versions this often.
 REFRESH_S = 2.0
@@ -204,7 +204,7 @@ def push_local(
     store.record(record)  # durable before any member is touched
     deadline = time.monotonic() + deadline_s
     clients: dict[str, Client] = {}
-    running: dict[str, str | None] = {}
+    running: dict[str, dict[str, Any] | None] = {}
 
     def prepare_on(info: ConnectionInfo) -> Vote:
         remaining = max(1.0, deadline - time.monotonic())
@@ -254,31 +254,51 @@ def push_local(
             client.close()
 
 
-def _active_of(client: Client, slot: str) -> str | None:
+def rollback_local(fleet: str, slot: str, deadline_s: float = 60.0) -> PushRecord:
+    """Push the version the fleet ran before its current desired one."""
+    store = LocalStore(fleet)
+    current = store.read().desired.get(slot)
+    if current is None or current.previous is None:
+        raise FleetError(f"fleet {fleet} has no previous version of {slot} to roll back to")
+    source, filename = store.get_source(current.previous)
+    return push_local(
+        fleet,
+        slot,
+        source,
+        filename,
+        expect=current.sha256,
+        deadline_s=deadline_s,
+        rollback=True,
+    )
+
+
+def _active_of(client: Client, slot: str) -> dict[str, Any] | None:
     for s in client.status()["slots"]:
-        if s["name"] == slot and s["active"]:
-            return str(s["active"])
+        for v in s["versions"] if s["name"] == slot else ():
+            if v["id"] == s["active"]:
+                version: dict[str, Any] = v
+                return version
     return None
 
 
 def _common_previous(
-    store: LocalStore, clients: dict[str, Client], running: dict[str, str | None], slot: str
+    store: LocalStore,
+    clients: dict[str, Client],
+    running: dict[str, dict[str, Any] | None],
+    slot: str,
 ) -> str | None:
     """The fleet's first push of a slot: when every member ran the same
     source before, that is the version a rollback goes back to (kept in the
     fleet's store)."""
-    shas: set[str] = set()
-    sources: dict[str, str] = {}
-    for name, version in running.items():
-        if version is None or name not in clients:
-            return None
-        text = clients[name].source(version)
-        sources[sha_of(text)] = text
-        shas.add(sha_of(text))
-    if len(shas) != 1:
+    shas = {v["sha256"] if v else None for v in running.values()}
+    if len(shas) != 1 or None in shas or not running:
         return None
-    (sha,) = shas
-    return store.put_source(sources[sha], f"{slot}-before-fleet.py")
+    name, version = next(iter(running.items()))
+    assert version is not None
+    text = clients[name].source(version["id"])
+    if sha_of(text) != version["sha256"]:
+        return None
+    return store.put_source(text, version.get("filename") or f"{slot}.py")
 
 
 def _commit_swaps(record: PushRecord, clients: dict[str, Client], votes: dict[str, Vote]) -> None:

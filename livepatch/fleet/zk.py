@@ -191,6 +191,9 @@ class ZkRegistry:
 
     def _record(self, push_id: str) -> PushRecord:
         base = f"{self.paths.pushes}/{push_id}"
+        with contextlib.suppress(NoNodeError):
+            data, _ = self._retry(self.client.get, f"{base}/record")
+            return PushRecord.from_json(_loads(data))
         data, _ = self._retry(self.client.get, base)
         record = PushRecord.from_json(_loads(data))
         if record.outcome == "preparing" or not record.votes:
@@ -256,7 +259,7 @@ class ZkRegistry:
             rollback=rollback,
         )
         base = f"{self.paths.pushes}/{record.id}"
-        meta = {"deadline": time.time() + deadline_s, "members": names}
+        meta = {"deadline": time.time() + deadline_s}
         if expect is not None and not _matches(current, expect):
             record.outcome, record.reason = (
                 "aborted",
@@ -266,9 +269,9 @@ class ZkRegistry:
                 ),
             )
             record.finished = time.time()
-            self._create_push(base, record, meta)
+            self._create_push(base, record, meta, names)
             return record
-        self._create_push(base, record, meta)
+        self._create_push(base, record, meta, names)
         deadline = time.monotonic() + deadline_s
         votes, down = self._await(f"{base}/votes", set(names), deadline, stop_on_no=True)
         record.votes, record.down = votes, sorted(down)
@@ -324,12 +327,15 @@ class ZkRegistry:
             return None
         return str(sha)
 
-    def _create_push(self, base: str, record: PushRecord, meta: dict[str, Any]) -> None:
+    def _create_push(
+        self, base: str, record: PushRecord, meta: dict[str, Any], names: list[str]
+    ) -> None:
         def create() -> None:
             tx = self.client.transaction()
-            tx.create(base, _dumps({**record.to_json(), **meta}))
+            tx.create(base, _header(record, meta))
             tx.create(f"{base}/votes")
             tx.create(f"{base}/acks")
+            tx.create(f"{base}/roster", _dumps(names))
             results = tx.commit()
             failed = [r for r in results if isinstance(r, Exception)]
             if failed and not isinstance(failed[0], NodeExistsError):
@@ -351,7 +357,7 @@ class ZkRegistry:
         push node tells (committed, or still preparing and safe to retry).
         """
         record.outcome = "committed"
-        body = _dumps({**record.to_json(), **meta})
+        body = _header(record, meta)
         path = f"{self.paths.desired}/{desired.slot}"
         for _attempt in range(10):
             try:
@@ -388,7 +394,19 @@ class ZkRegistry:
         self, base: str, record: PushRecord, meta: dict[str, Any], outcome: str, reason: str
     ) -> PushRecord:
         record.outcome, record.reason, record.finished = outcome, reason, time.time()
-        self._retry(self.client.set, base, _dumps({**record.to_json(), **meta}))
+
+        def write() -> None:
+            # The full record (every vote and ack) in a child nobody watches;
+            # the header members watch stays small.
+            tx = self.client.transaction()
+            tx.set_data(base, _header(record, meta))
+            tx.create(f"{base}/record", _dumps(record.to_json()))
+            results = tx.commit()
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed and not isinstance(failed[0], NodeExistsError):
+                raise failed[0]
+
+        self._retry(write)
         return record
 
     def _await(
@@ -397,12 +415,18 @@ class ZkRegistry:
         """Wait until every wanted member has a child under ``path`` or has
         left the membership; returns (children's data by name, the left)."""
         wake = threading.Event()
+        membership = threading.Event()
+        membership.set()
 
         def on_change(_event: object) -> None:
             wake.set()
 
+        def on_members(_event: object) -> None:
+            membership.set()
+            wake.set()
+
         got: dict[str, Any] = {}
-        gone: set[str] = set()
+        live: set[str] = set()
         while True:
             wake.clear()
             names = set(self._retry(self.client.get_children, path, watch=on_change))
@@ -412,11 +436,17 @@ class ZkRegistry:
                 data, _ = result.get(30)
                 value = _loads(data)
                 got[name] = Vote.from_json(value) if "ok" in value else value
-            live = set(self._retry(self.client.get_children, self.paths.members, watch=on_change))
+            if membership.is_set():  # re-read the membership only when it changed
+                membership.clear()
+                live = set(
+                    self._retry(self.client.get_children, self.paths.members, watch=on_members)
+                )
             gone = (wanted - live) - set(got)
             if wanted <= set(got) | gone:
                 break
-            if stop_on_no and any(isinstance(v, Vote) and not v.ok for v in got.values()):
+            if stop_on_no and any(
+                isinstance(v, Vote) and not v.ok for n, v in got.items() if n in wanted
+            ):
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -431,6 +461,14 @@ class ZkRegistry:
         for name in names[:-HISTORY]:
             with contextlib.suppress(NoNodeError):
                 self._retry(self.client.delete, f"{self.paths.pushes}/{name}", recursive=True)
+
+
+def _header(record: PushRecord, meta: dict[str, Any]) -> bytes:
+    """The push node's data: what members need, without the votes."""
+    body = record.to_json()
+    for key in ("votes", "acks", "down"):
+        body.pop(key)
+    return _dumps({**body, **meta})
 
 
 def _matches(current: Desired | None, expect: str) -> bool:
@@ -464,12 +502,15 @@ class ZkMember:
         self.state = MemberState(self.name, pid, "converging")
         self.client: Any = None
         self._wake = threading.Event()
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
         self._stop = threading.Event()
         self._rejoin = True
         self._seen: set[str] = set()
         self._prepared: dict[str, Vote] = {}
         self._acked: set[str] = set()
         self._sources: dict[str, tuple[str, str]] = {}
+        self._desired: dict[str, Desired] = {}
         self._last_calls: tuple[int, float] | None = None
         self._thread: threading.Thread | None = None
         self.passes = 0
@@ -500,43 +541,71 @@ class ZkMember:
         if state == KazooState.LOST:
             # Session expired: our ephemeral node is gone; join again when back.
             self._rejoin = True
-        self._wake.set()
+        self._mark("*")
 
-    def _on_watch(self, _event: object) -> None:
+    def _on_watch(self, event: Any) -> None:
+        self._mark(str(getattr(event, "path", "*") or "*"))
+
+    def _mark(self, path: str) -> None:
+        with self._dirty_lock:
+            self._dirty.add(path)
         self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.refresh_s)
+            if not self._wake.wait(self.refresh_s):
+                self._mark("*")  # a periodic full pass: never trust only events
             if self._stop.is_set():
                 return
             self._wake.clear()
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
             try:
-                self._pass()
+                self._pass(dirty)
             except (KazooException, KazooTimeoutError, LivepatchError, OSError):
-                # Disconnected, or the engine is busy: the next wake retries.
+                # Disconnected, or the engine is busy: retry everything soon.
                 self._stop.wait(0.1)
-                self._wake.set()
+                self._mark("*")
 
-    def _pass(self) -> None:
-        """One reconcile pass: re-read pushes and desired versions, act, ack."""
+    def _pass(self, dirty: set[str] | None = None) -> None:
+        """One reconcile pass: re-read what a watch said changed (everything
+        for ``*``), make the engine match, ack, report."""
         self.passes += 1
-        c = self.client
+        dirty = {"*"} if dirty is None else dirty
+        full = "*" in dirty
         if self._rejoin:
             self._join()
-        self._prepare_new(c.get_children(self.paths.pushes, watch=self._on_watch))
-        desired: dict[str, Desired] = {}
+            full = True
+        pushes = self.paths.pushes
+        if full or pushes in dirty:
+            self._prepare_new(
+                self.client.get_children(pushes, watch=self._on_watch), check_votes=full
+            )
+        touched = {p[len(pushes) + 1 :] for p in dirty if p.startswith(pushes + "/")}
+        self._release_aborted(None if full or pushes in dirty else touched)
+        desired_dir = self.paths.desired
+        slots = {p[len(desired_dir) + 1 :] for p in dirty if p.startswith(desired_dir + "/")}
+        if not (full or desired_dir in dirty or slots):
+            return
 
         def read_desired() -> dict[str, tuple[str, str]]:
-            desired.clear()
-            desired.update(self._read_desired())
-            return {slot: (d.sha256, d.filename) for slot, d in desired.items()}
+            # Re-read only what changed (a new slot re-reads the list).
+            if full or desired_dir in dirty or not self._desired:
+                self._desired = self._read_desired()
+            else:
+                self._desired.update(self._read_desired(slots))
+            return {slot: (d.sha256, d.filename) for slot, d in self._desired.items()}
 
         result = converge(self.handle, read_desired, self._source, self.pid)
+        changed = result.state.active != self.state.active or result.state.state != self.state.state
         self.state = result.state
-        self._ack(desired)
-        self._upload_active()
-        self._publish()
+        pending = self._ack(self._desired)
+        if changed or full:
+            self._upload_active()
+            pending.append(self._publish_async())
+        for op in pending:  # acks and the report travel together
+            with contextlib.suppress(NodeExistsError, NoNodeError):
+                op.get(30)
 
     def _join(self) -> None:
         path = f"{self.paths.members}/{self.name}"
@@ -563,7 +632,7 @@ class ZkMember:
             self._sources[sha] = (str(value["source"]), str(value["filename"]))
         return self._sources[sha]
 
-    def _prepare_new(self, pushes: list[str]) -> None:
+    def _prepare_new(self, pushes: list[str], check_votes: bool = True) -> None:
         for push_id in sorted(set(pushes) - self._seen):
             self._seen.add(push_id)
             base = f"{self.paths.pushes}/{push_id}"
@@ -572,11 +641,11 @@ class ZkMember:
             except NoNodeError:
                 continue
             push = _loads(data)
-            if push.get("outcome") != "preparing" or self.name not in push.get("members", []):
+            if push.get("outcome") != "preparing":
                 continue
             if time.time() > float(push.get("deadline", 0)):
                 continue
-            if self.client.exists(f"{base}/votes/{self.name}"):
+            if check_votes and self.client.exists(f"{base}/votes/{self.name}"):
                 continue  # voted before a restart: the commit (or abort) will tell
             source, filename = self._source(str(push["sha256"]))
             vote = prepare(self.handle, str(push["slot"]), source, filename)
@@ -584,8 +653,12 @@ class ZkMember:
             with contextlib.suppress(NodeExistsError, NoNodeError):
                 self.client.create(f"{base}/votes/{self.name}", _dumps(vote.to_json()))
             self._prepared[push_id] = vote
-        # Prepared versions of pushes that were aborted (or abandoned) go.
+
+    def _release_aborted(self, only: set[str] | None) -> None:
+        """Prepared versions of pushes that were aborted (or abandoned) go."""
         for push_id, vote in list(self._prepared.items()):
+            if only is not None and push_id not in only:
+                continue
             base = f"{self.paths.pushes}/{push_id}"
             try:
                 data, _ = self.client.get(base, watch=self._on_watch)
@@ -602,29 +675,38 @@ class ZkMember:
             if outcome != "preparing" or stale:
                 del self._prepared[push_id]
 
-    def _read_desired(self) -> dict[str, Desired]:
+    def _read_desired(self, slots: set[str] | None = None) -> dict[str, Desired]:
         c = self.client
-        slots = c.get_children(self.paths.desired, watch=self._on_watch)
+        if slots is None:
+            slots = set(c.get_children(self.paths.desired, watch=self._on_watch))
+        results = {
+            slot: c.get_async(f"{self.paths.desired}/{slot}", watch=self._on_watch)
+            for slot in slots
+        }
         found = {}
-        for slot in slots:
+        for slot, result in results.items():
             with contextlib.suppress(NoNodeError):
-                data, _ = c.get(f"{self.paths.desired}/{slot}", watch=self._on_watch)
+                data, _ = result.get(30)
                 found[slot] = Desired.from_json(_loads(data))
         return found
 
-    def _ack(self, desired: dict[str, Desired]) -> None:
+    def _ack(self, desired: dict[str, Desired]) -> list[Any]:
+        """Start an ack for every push whose version we now run."""
+        pending = []
         for slot, d in desired.items():
             active = self.state.active.get(slot)
             if not d.push or d.push in self._acked or not active:
                 continue
             if active.get("sha256") != d.sha256:
                 continue
-            with contextlib.suppress(NodeExistsError, NoNodeError):
-                self.client.create(
+            pending.append(
+                self.client.create_async(
                     f"{self.paths.pushes}/{d.push}/acks/{self.name}",
                     _dumps({"version": active["version"], "time": time.time()}),
                 )
+            )
             self._acked.add(d.push)
+        return pending
 
     def _upload_active(self) -> None:
         """Keep what we run in the registry, so a fleet rollback to it works."""
@@ -642,7 +724,7 @@ class ZkMember:
                     self.client.create(path, _dumps({"filename": filename, "source": source}))
             self._sources[sha] = self._source(sha)
 
-    def _publish(self) -> None:
+    def _publish_async(self) -> Any:
         now = time.monotonic()
         rate = 0.0
         if self._last_calls is not None:
@@ -650,9 +732,14 @@ class ZkMember:
             rate = (self.state.calls - calls) / max(now - then, 1e-6)
         self._last_calls = (self.state.calls, now)
         self.state.rate = round(rate, 1)
-        body = self.state.to_json()
-        try:
-            self.client.set(f"{self.paths.members}/{self.name}", _dumps(body))
-        except NoNodeError:
-            self._rejoin = True
-            self._wake.set()
+        result = self.client.set_async(
+            f"{self.paths.members}/{self.name}", _dumps(self.state.to_json())
+        )
+
+        def gone(async_result: Any) -> None:
+            if isinstance(async_result.exception, NoNodeError):
+                self._rejoin = True  # our node went (session expired): join again
+                self._mark("*")
+
+        result.rawlink(gone)
+        return result
