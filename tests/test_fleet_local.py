@@ -226,3 +226,15 @@ def test_fleet_demo_tours_push_abort_and_rollback(fleet_env: Path) -> None:
     assert not (fleet_env / "livepatch" / "fleets").exists() or not any(
         (fleet_env / "livepatch" / "fleets").iterdir()
     )  # the demo's fleet store is gone
+
+
+def test_engine_core_imports_nothing_of_the_fleet() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, livepatch.engine, livepatch.server, livepatch.service; "
+        "print(sorted(m for m in sys.modules if m.startswith('livepatch.fleet') or m == 'kazoo'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -236,9 +236,12 @@ def measure_local(
 
 def _host_members(args: argparse.Namespace) -> int:
     """A process holding ``args.count`` simulated members (``--host-members``)."""
+    import logging
+
     from .handle import MemoryHandle
     from .zk import ZkMember, parse_zk_url
 
+    logging.getLogger("kazoo").setLevel(logging.ERROR)  # a reconnect is not news here
     address = parse_zk_url(args.registry)
     members = []
     lock = threading.Lock()

@@ -13,7 +13,6 @@ or killed mid-push, catches up when it comes back.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import threading
@@ -41,6 +40,11 @@ __all__ = ["LocalMember", "Phase", "local_members", "push_local", "rollback_loca
 
 #: A member re-checks its engine against the desired versions this often.
 REFRESH_S = 2.0
+
+#: After a change, a member waits this long before it converges by itself:
+#: the pusher swaps its members right after a commit, and a member that
+#: reconciles at the same moment only competes with those swaps for the CPU.
+GRACE_S = 0.5
 
 #: Called by :func:`push_local` between phases (tests inject faults there).
 Phase = Callable[[str, PushRecord], None]
@@ -98,7 +102,9 @@ class LocalMember:
             # repairs what no change announced (another client's swap).
             if now == signature and time.monotonic() - last < REFRESH_S:
                 continue
-            signature, last = now, time.monotonic()
+            if now != signature and self._stop.wait(GRACE_S):
+                return  # a pusher that just committed swaps us itself: stay out of its way
+            signature, last = self.store.signature(), time.monotonic()
             # Re-read the whole state: the change that woke us may be stale.
             try:
                 self._reconcile()
@@ -302,28 +308,27 @@ def _common_previous(
 
 
 def _commit_swaps(record: PushRecord, clients: dict[str, Client], votes: dict[str, Vote]) -> None:
-    """Every prepared member swaps, released together so their swaps land
-    close in time (the commit skew)."""
-    ready = [name for name in votes if name in clients]
-    barrier = threading.Barrier(len(ready)) if ready else None
-
-    def swap_on(name: str) -> str:
-        version = votes[name].version
-        assert version is not None and barrier is not None
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(10)  # broken: a sibling thread failed; swap anyway
-        result = clients[name].request("swap", {"version": version})
-        return str(result["active"])
-
-    acks, errors, late = _parallel(
-        {n: functools.partial(swap_on, n) for n in ready}, time.monotonic() + 60
-    )
-    record.acks = dict(acks)
-    for name, exc in errors.items():
+    """Every prepared member swaps. One thread sends every swap request
+    back to back before reading any reply, so the swaps land close together
+    (the commit skew) rather than one round trip after another."""
+    sent: dict[str, int] = {}
+    failed: dict[str, BaseException] = {}
+    for name, vote in votes.items():
+        if name not in clients or vote.version is None:
+            continue
+        try:
+            sent[name] = clients[name].send("swap", {"version": vote.version})
+        except LivepatchError as exc:
+            failed[name] = exc
+    for name, rid in sent.items():
+        try:
+            record.acks[name] = str(clients[name].receive(rid)["active"])
+        except LivepatchError as exc:
+            failed[name] = exc
+    for name, error in failed.items():
         # Down, or refused: either way its agent converges to the desired version.
         record.down.append(name)
-        record.votes[name].reason = f"swap: {_reason(exc)} (it converges when it can)"
-    record.down.extend(late)
+        record.votes[name].reason = f"swap: {_reason(error)} (it converges when it can)"
 
 
 def _abort(
