@@ -236,18 +236,32 @@ def measure_local(
 
 def _host_members(args: argparse.Namespace) -> int:
     """A process holding ``args.count`` simulated members (``--host-members``)."""
+    import concurrent.futures
     import logging
+
+    from kazoo.handlers.threading import SequentialThreadingHandler
 
     from .handle import MemoryHandle
     from .zk import ZkMember, parse_zk_url
 
     logging.getLogger("kazoo").setLevel(logging.ERROR)  # a reconnect is not news here
     address = parse_zk_url(args.registry)
+    # Hundreds of members share a few pass workers and one kazoo handler;
+    # each still has its own session, node, watches, votes and acks.
+    handler = SequentialThreadingHandler()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     members = []
     lock = threading.Lock()
 
     def join(i: int) -> None:
-        m = ZkMember(address, args.fleet, MemoryHandle(f"{args.prefix}{i}"), refresh_s=3600)
+        m = ZkMember(
+            address,
+            args.fleet,
+            MemoryHandle(f"{args.prefix}{i}"),
+            refresh_s=3600,
+            executor=executor,
+            handler=handler,
+        )
         m.start(wait=True)
         with lock:
             members.append(m)
@@ -260,9 +274,8 @@ def _host_members(args: argparse.Namespace) -> int:
             t.join()
     print(json.dumps({"ready": len(members)}), flush=True)
     sys.stdin.read()  # until the benchmark closes our stdin
-    for m in members:
-        m.client.stop()
-    return 0
+    # The sessions end with the process; the server expires them.
+    os._exit(0)
 
 
 def measure_zookeeper(

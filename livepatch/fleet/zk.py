@@ -86,8 +86,8 @@ def _loads(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def _connect(address: ZkAddress, wait_s: float = 15.0) -> Any:
-    client = KazooClient(hosts=address.hosts, timeout=address.timeout)
+def _connect(address: ZkAddress, wait_s: float = 15.0, handler: Any = None) -> Any:
+    client = KazooClient(hosts=address.hosts, timeout=address.timeout, handler=handler)
     try:
         client.start(timeout=wait_s)
     except KazooTimeoutError:
@@ -482,7 +482,13 @@ def _matches(current: Desired | None, expect: str) -> bool:
 
 
 class ZkMember:
-    """A member agent: an ephemeral node, watches, and a reconcile loop."""
+    """A member agent: an ephemeral node, watches, and a reconcile loop.
+
+    By default the loop is a thread of its own. Simulated members (the
+    benchmark's, hundreds per process) pass an ``executor`` that runs their
+    passes instead, and a kazoo ``handler`` they share: the same protocol,
+    without three threads per member.
+    """
 
     def __init__(
         self,
@@ -491,6 +497,8 @@ class ZkMember:
         handle: EngineHandle,
         pid: int = 0,
         refresh_s: float = 2.0,
+        executor: Any = None,
+        handler: Any = None,
     ) -> None:
         self.address = address
         self.fleet = fleet
@@ -513,17 +521,23 @@ class ZkMember:
         self._desired: dict[str, Desired] = {}
         self._last_calls: tuple[int, float] | None = None
         self._thread: threading.Thread | None = None
+        self._executor = executor
+        self._handler = handler
+        self._scheduled = False
         self.passes = 0
 
     def start(self, wait: bool = True) -> MemberState:
         """Join the fleet; with ``wait``, converge once before returning."""
-        self.client = _connect(self.address)
+        self.client = _connect(self.address, handler=self._handler)
         self.client.add_listener(self._on_state)
         self.client.retry(self.paths.ensure, self.client)
         if wait:
             self._pass()
-        self._thread = threading.Thread(target=self._loop, name="livepatch-fleet-zk", daemon=True)
-        self._thread.start()
+        if self._executor is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="livepatch-fleet-zk", daemon=True
+            )
+            self._thread.start()
         return self.state
 
     def stop(self) -> None:
@@ -549,7 +563,25 @@ class ZkMember:
     def _mark(self, path: str) -> None:
         with self._dirty_lock:
             self._dirty.add(path)
-        self._wake.set()
+            if self._executor is not None:
+                if self._scheduled or self._stop.is_set():
+                    return
+                self._scheduled = True
+        if self._executor is not None:
+            self._executor.submit(self._run_scheduled)
+        else:
+            self._wake.set()
+
+    def _run_scheduled(self) -> None:
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+            self._scheduled = False
+        try:
+            self._pass(dirty)
+        except (KazooException, KazooTimeoutError, LivepatchError, OSError):
+            timer = threading.Timer(0.2, self._mark, args=("*",))  # retry, not at once
+            timer.daemon = True
+            timer.start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -577,12 +609,14 @@ class ZkMember:
             self._join()
             full = True
         pushes = self.paths.pushes
+        fresh: set[str] = set()
         if full or pushes in dirty:
-            self._prepare_new(
+            fresh = self._prepare_new(
                 self.client.get_children(pushes, watch=self._on_watch), check_votes=full
             )
         touched = {p[len(pushes) + 1 :] for p in dirty if p.startswith(pushes + "/")}
-        self._release_aborted(None if full or pushes in dirty else touched)
+        # A push prepared in this very pass was just read: no need to look again.
+        self._release_aborted(None if full or pushes in dirty else touched, skip=fresh)
         desired_dir = self.paths.desired
         slots = {p[len(desired_dir) + 1 :] for p in dirty if p.startswith(desired_dir + "/")}
         if not (full or desired_dir in dirty or slots):
@@ -632,32 +666,38 @@ class ZkMember:
             self._sources[sha] = (str(value["source"]), str(value["filename"]))
         return self._sources[sha]
 
-    def _prepare_new(self, pushes: list[str], check_votes: bool = True) -> None:
+    def _prepare_new(self, pushes: list[str], check_votes: bool = True) -> set[str]:
+        """Vote on every push we have not seen; returns the ones we prepared."""
+        fresh = set()
         for push_id in sorted(set(pushes) - self._seen):
-            self._seen.add(push_id)
             base = f"{self.paths.pushes}/{push_id}"
             try:
                 data, _ = self.client.get(base, watch=self._on_watch)
             except NoNodeError:
+                self._seen.add(push_id)
                 continue
             push = _loads(data)
-            if push.get("outcome") != "preparing":
-                continue
-            if time.time() > float(push.get("deadline", 0)):
+            if push.get("outcome") != "preparing" or time.time() > float(push.get("deadline", 0)):
+                self._seen.add(push_id)
                 continue
             if check_votes and self.client.exists(f"{base}/votes/{self.name}"):
+                self._seen.add(push_id)
                 continue  # voted before a restart: the commit (or abort) will tell
             source, filename = self._source(str(push["sha256"]))
             vote = prepare(self.handle, str(push["slot"]), source, filename)
             vote.member = self.name
             with contextlib.suppress(NodeExistsError, NoNodeError):
                 self.client.create(f"{base}/votes/{self.name}", _dumps(vote.to_json()))
+            # Seen only once voted: a pass that failed half-way votes next time.
+            self._seen.add(push_id)
             self._prepared[push_id] = vote
+            fresh.add(push_id)
+        return fresh
 
-    def _release_aborted(self, only: set[str] | None) -> None:
+    def _release_aborted(self, only: set[str] | None, skip: set[str]) -> None:
         """Prepared versions of pushes that were aborted (or abandoned) go."""
         for push_id, vote in list(self._prepared.items()):
-            if only is not None and push_id not in only:
+            if (only is not None and push_id not in only) or push_id in skip:
                 continue
             base = f"{self.paths.pushes}/{push_id}"
             try:
