@@ -452,8 +452,9 @@ class ZkRegistry:
             if remaining <= 0:
                 break
             wake.wait(min(remaining, 1.0))
-            # Many members answer at once: let a few land before re-reading.
-            time.sleep(0.005)
+            # Many members answer at once: let a batch land before re-reading
+            # the whole list (longer for larger fleets, at most 50 ms).
+            time.sleep(min(0.05, 0.00005 * len(wanted)))
         return got, gone
 
     def _prune(self) -> None:
