@@ -45,6 +45,21 @@ def _is_zk(registry: str | None) -> bool:
     return registry is not None and registry not in ("", "local")
 
 
+def _quiet_kazoo() -> None:
+    """A one-shot command says itself what went wrong with ZooKeeper; kazoo's
+    reconnect warnings would only bury that line."""
+    import logging
+
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+
+
+def _fleet_name(text: str) -> str:
+    try:
+        return validate_fleet_name(text)
+    except FleetError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | None:
     """Join ``args.fleet`` (if any) and converge before returning.
 
@@ -107,6 +122,7 @@ def push_source(
         from .zk import ZkRegistry, parse_zk_url
 
         assert registry is not None
+        _quiet_kazoo()
         with ZkRegistry(parse_zk_url(registry), fleet) as reg:
             return reg.push(
                 slot, source, filename, expect=expect, deadline_s=deadline_s, rollback=rollback
@@ -165,6 +181,7 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
     if _is_zk(args.registry):
         from .zk import ZkRegistry, parse_zk_url
 
+        _quiet_kazoo()
         with ZkRegistry(parse_zk_url(args.registry), fleet) as reg:
             desired = reg.desired().get(slot)
             if desired is None or desired[0].previous is None:
@@ -192,6 +209,7 @@ def fleet_view(fleet: str, registry: str | None) -> dict[str, Any]:
         from .zk import ZkRegistry, parse_zk_url
 
         assert registry is not None
+        _quiet_kazoo()
         with ZkRegistry(parse_zk_url(registry), fleet) as reg:
             return reg.view()
     from .view import local_view
@@ -225,9 +243,22 @@ def _either(
     return run
 
 
+def _registry_url(text: str) -> str:
+    if text in ("", "local"):
+        return text
+    from .zk import parse_zk_url
+
+    try:
+        parse_zk_url(text)
+    except FleetError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
 def _registry_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--registry",
+        type=_registry_url,
         metavar="URL",
         help="local (default: the engines of this host) or zookeeper://HOST:PORT/PATH",
     )
@@ -238,16 +269,22 @@ def add_fleet_arguments(sub: Any) -> None:
     ``rollback`` to the ``livepatch`` subcommand parsers ``sub``."""
     choices: dict[str, argparse.ArgumentParser] = sub.choices
     engine = choices["engine"]
-    engine.add_argument("--fleet", metavar="NAME", help="join this fleet (livepatch push ...)")
+    engine.add_argument(
+        "--fleet", type=_fleet_name, metavar="NAME", help="join this fleet (livepatch push ...)"
+    )
     _registry_option(engine)
 
     status = choices["status"]
-    status.add_argument("--fleet", metavar="NAME", help="every member of the fleet side by side")
+    status.add_argument(
+        "--fleet", type=_fleet_name, metavar="NAME", help="every member of the fleet side by side"
+    )
     _registry_option(status)
     status.set_defaults(func=_either(cmd_fleet_status, status.get_default("func")))
 
     rollback = choices["rollback"]
-    rollback.add_argument("--fleet", metavar="NAME", help="push the fleet's previous version")
+    rollback.add_argument(
+        "--fleet", type=_fleet_name, metavar="NAME", help="push the fleet's previous version"
+    )
     _registry_option(rollback)
     rollback.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
     rollback.set_defaults(func=_either(cmd_fleet_rollback, rollback.get_default("func")))
@@ -266,7 +303,7 @@ def add_fleet_arguments(sub: Any) -> None:
     )
     p.add_argument("file")
     p.add_argument("--slot", required=True)
-    p.add_argument("--fleet", required=True, metavar="NAME")
+    p.add_argument("--fleet", required=True, type=_fleet_name, metavar="NAME")
     _registry_option(p)
     p.add_argument(
         "--expect", metavar="SHA", help="only if the fleet's desired version is SHA (a prefix)"
