@@ -242,7 +242,8 @@ def _host_members(args: argparse.Namespace) -> int:
     from kazoo.handlers.threading import SequentialThreadingHandler
 
     from .handle import MemoryHandle
-    from .zk import ZkMember, parse_zk_url
+    from .zk import parse_zk_url
+    from .zkmember import ZkMember
 
     logging.getLogger("kazoo").setLevel(logging.ERROR)  # a reconnect is not news here
     address = parse_zk_url(args.registry)

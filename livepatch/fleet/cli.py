@@ -78,7 +78,8 @@ def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | Non
         from ..client import Client
         from ..runtime import write_connection_file
         from .handle import ClientHandle
-        from .zk import ZkMember, parse_zk_url
+        from .zk import parse_zk_url
+        from .zkmember import ZkMember
 
         address = parse_zk_url(args.registry)
         client = Client(info, client_name="livepatch-fleet", timeout=120.0)
