@@ -23,8 +23,10 @@ from .model import FleetError, PushRecord, short, validate_fleet_name
 __all__ = [
     "Member",
     "add_fleet_arguments",
+    "cmd_fleet_diff",
     "cmd_fleet_rollback",
     "cmd_fleet_status",
+    "cmd_fleet_symbols",
     "cmd_push",
     "push_source",
     "start_member",
@@ -231,6 +233,82 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_shas(fleet: str, prefixes: list[str]) -> tuple[Any, list[str], int]:
+    """A member of this host holding every sha (prefix): an open client, its
+    version ids for them, and how many members hold them all."""
+    from ..client import Client
+    from .local import local_members
+
+    for prefix in prefixes:
+        if len(prefix) < 7 or any(c not in "0123456789abcdef" for c in prefix.lower()):
+            raise FleetError(
+                f"{prefix!r}: name a fleet version by its sha256 (7 or more hex digits), "
+                "as `livepatch status --fleet` shows it"
+            )
+    found: tuple[Any, list[str]] | None = None
+    holders = 0
+    for info in local_members(fleet):
+        client = Client(info, client_name="livepatch-fleet", timeout=30)
+        ids: list[str] = []
+        for prefix in prefixes:
+            matches = {
+                v["sha256"]: v["id"]
+                for s in client.status()["slots"]
+                for v in s["versions"]
+                if v["sha256"].startswith(prefix.lower()) and v["state"] != "unloaded"
+            }
+            if len(matches) > 1:
+                client.close()
+                raise FleetError(f"sha prefix {prefix!r} is ambiguous: give more digits")
+            ids.extend(matches.values())
+        if len(ids) == len(prefixes):
+            holders += 1
+            if found is None:
+                found = (client, ids)
+                continue
+        client.close()
+    if found is None:
+        raise FleetError(
+            f"no member of fleet {fleet} on this host has {' and '.join(prefixes)} loaded"
+        )
+    return found[0], found[1], holders
+
+
+def cmd_fleet_symbols(args: argparse.Namespace) -> int:
+    """``livepatch symbols SHA [OTHER] --fleet F``: once for the fleet (one
+    sha is one source everywhere, so one member's table is every member's)."""
+    from ..render import color_allowed, render_diff, render_table
+
+    shas = [args.version, *([args.other] if args.other else [])]
+    client, ids, holders = _resolve_shas(args.fleet, shas)
+    color = color_allowed(sys.stdout)
+    with client:
+        if args.other:
+            diff = client.diff(ids[0], ids[1])
+            text = render_diff(diff, color=color)
+            data: Any = diff.to_json()
+        else:
+            table = client.symbols(ids[0])
+            text = render_table(table, color=color)
+            data = table.to_json()
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(
+            f"# {' vs '.join(shas)}: as {' and '.join(ids)} on {client.info.name} "
+            f"(loaded on {holders} member{'s' * (holders != 1)})"
+        )
+        print(text)
+    return 0
+
+
+def cmd_fleet_diff(args: argparse.Namespace) -> int:
+    """``livepatch diff A B --fleet F`` by sha."""
+    args.version, args.other = args.a, args.b
+    return cmd_fleet_symbols(args)
+
+
 # ---------------------------------------------------------------------------
 # Parser
 
@@ -289,6 +367,16 @@ def add_fleet_arguments(sub: Any) -> None:
     _registry_option(rollback)
     rollback.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
     rollback.set_defaults(func=_either(cmd_fleet_rollback, rollback.get_default("func")))
+
+    for verb, func in (("symbols", cmd_fleet_symbols), ("diff", cmd_fleet_diff)):
+        vp = choices[verb]
+        vp.add_argument(
+            "--fleet",
+            type=_fleet_name,
+            metavar="NAME",
+            help="versions named by sha256 (a prefix), shown once for the fleet",
+        )
+        vp.set_defaults(func=_either(func, vp.get_default("func")))
 
     demo = choices["demo"]
     demo.add_argument(
