@@ -310,6 +310,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
         ),
     )
     info = server.start()
+    from .fleet.cli import start_member
+
+    member = start_member(args, info)  # converges before the ready line (None: no --fleet)
     traffic = Traffic(engine, args.traffic) if args.traffic else None
     if traffic:
         traffic.start()
@@ -347,6 +350,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
             break
     if traffic:
         traffic.stop()
+    if member is not None:
+        member.stop()
     server.stop()
     if state:
         state.close()
@@ -655,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shell)
 
     _add_command_verbs(sub)
+    from .fleet.cli import add_fleet_arguments
+
+    add_fleet_arguments(sub)  # push; --fleet/--registry on engine, status, rollback
     return parser
 
 

@@ -178,12 +178,32 @@ class Client:
     def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Send one request and wait for its reply; returns the raw result."""
         with self._lock:
+            return self.receive(self.send(method, params))
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send a request without waiting; :meth:`receive` its reply (by id).
+
+        For callers that start the same request on many engines at once (a
+        fleet commit); make no other request on this client in between.
+        """
+        with self._lock:
             sock = self._sock
             if sock is None:
                 raise ConnectionLost(f"not connected to engine {self.info.name!r}: reconnect")
             rid, frame = self._conn.send_request(method, params or {})
             try:
                 sock.sendall(frame)
+            except OSError as exc:
+                raise self._lost(exc) from None
+            return int(rid)
+
+    def receive(self, rid: int) -> Any:
+        """Wait for the reply to request ``rid``; returns the raw result."""
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                raise ConnectionLost(f"not connected to engine {self.info.name!r}: reconnect")
+            try:
                 while True:
                     event = self._next(sock)
                     if isinstance(event, Notification):
@@ -194,15 +214,18 @@ class Client:
                         raise RemoteProtocolError(f"reply to {event.id!r}, expected {rid}")
                     break
             except (OSError, RemoteProtocolError) as exc:
-                self.close()
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                raise ConnectionLost(
-                    f"lost the connection to engine {self.info.name!r} ({reason}): "
-                    "it may have stopped; reconnect when it is back"
-                ) from None
+                raise self._lost(exc) from None
             if isinstance(event, ErrorResponse):
                 raise error_from_response(event)
             return event.result
+
+    def _lost(self, exc: Exception) -> ConnectionLost:
+        self.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return ConnectionLost(
+            f"lost the connection to engine {self.info.name!r} ({reason}): "
+            "it may have stopped; reconnect when it is back"
+        )
 
     def _next(self, sock: socket.socket) -> Response | ErrorResponse | Notification:
         while True:

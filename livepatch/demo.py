@@ -166,6 +166,10 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if getattr(args, "fleet", None):
+        from .fleet.demo import run_fleet_demo
+
+        return run_fleet_demo(args.fleet, args.rate)
     name = f"demo-{os.getpid()}"
     interactive = sys.stdin.isatty()
     previous = signal.signal(signal.SIGHUP, _hangup)

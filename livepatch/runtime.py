@@ -69,10 +69,11 @@ class ConnectionInfo:
     token: str
     protocol: int
     path: Path | None = None  # where the file was read from
+    fleet: str | None = None  # the fleet this engine is a member of (livepatch.fleet)
 
     def to_json(self) -> dict[str, Any]:
-        """The file's JSON object (without ``path``)."""
-        return {
+        """The file's JSON object (without ``path``; ``fleet`` only when set)."""
+        data: dict[str, Any] = {
             "name": self.name,
             "pid": self.pid,
             "transport": self.transport,
@@ -80,6 +81,9 @@ class ConnectionInfo:
             "token": self.token,
             "protocol": self.protocol,
         }
+        if self.fleet is not None:
+            data["fleet"] = self.fleet
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | None = None) -> ConnectionInfo:
@@ -93,6 +97,7 @@ class ConnectionInfo:
                 token=str(data["token"]),
                 protocol=int(data["protocol"]),
                 path=path,
+                fleet=str(data["fleet"]) if data.get("fleet") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed connection file: {exc}") from None

@@ -1,0 +1,408 @@
+"""The fleet's verbs, for whichever front end hooks them in.
+
+:func:`add_fleet_arguments` adds ``push`` and the ``--fleet``/``--registry``
+options of ``engine``, ``status`` and ``rollback`` to the ``livepatch``
+parser; :func:`start_member` is the engine's one call at start-up. The
+verbs themselves (:func:`cmd_push`, :func:`cmd_fleet_rollback`,
+:func:`cmd_fleet_status`) print and return an exit status: 0 committed,
+1 aborted or refused (each member's reason printed), as the CLI does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..runtime import ConnectionInfo
+from .model import FleetError, PushRecord, short, validate_fleet_name
+
+__all__ = [
+    "Member",
+    "add_fleet_arguments",
+    "cmd_fleet_diff",
+    "cmd_fleet_rollback",
+    "cmd_fleet_status",
+    "cmd_fleet_symbols",
+    "cmd_push",
+    "push_source",
+    "start_member",
+]
+
+PROG = "livepatch"
+
+
+class Member(Protocol):
+    """A running member agent."""
+
+    def stop(self) -> None:
+        """Leave the fleet."""
+        ...
+
+
+def _is_zk(registry: str | None) -> bool:
+    return registry is not None and registry not in ("", "local")
+
+
+def _quiet_kazoo() -> None:
+    """A one-shot command says itself what went wrong with ZooKeeper; kazoo's
+    reconnect warnings would only bury that line."""
+    import logging
+
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+
+
+def _fleet_name(text: str) -> str:
+    try:
+        return validate_fleet_name(text)
+    except FleetError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | None:
+    """Join ``args.fleet`` (if any) and converge before returning.
+
+    The engine calls this after its server is up and before it prints its
+    ready line: a member reports ready only once it runs the fleet's
+    desired versions (or knows it cannot: *diverged*, said on stderr).
+    """
+    fleet = getattr(args, "fleet", None)
+    if not fleet:
+        return None
+    validate_fleet_name(fleet)
+    member: Any
+    if _is_zk(args.registry):
+        import dataclasses
+
+        from ..client import Client
+        from ..runtime import write_connection_file
+        from .handle import ClientHandle
+        from .zk import parse_zk_url
+        from .zkmember import ZkMember
+
+        address = parse_zk_url(args.registry)
+        client = Client(info, client_name="livepatch-fleet", timeout=120.0)
+        member = ZkMember(address, fleet, ClientHandle(client), pid=info.pid)
+        state = member.start()
+        # Local tools (status, the demo) find ZooKeeper members here too.
+        write_connection_file(dataclasses.replace(info, fleet=fleet))
+    else:
+        from .local import LocalMember
+
+        member = LocalMember(fleet, info)
+        state = member.start()
+    for slot, why in state.diverged.items():
+        print(f"fleet {fleet}: diverged on {slot}: {why}", file=sys.stderr, flush=True)
+    active = ", ".join(f"{s}={a['version']} {short(a['sha256'])}" for s, a in state.active.items())
+    print(
+        f"fleet {fleet}: {state.state} ({active or 'nothing active'})", file=sys.stderr, flush=True
+    )
+    result: Member = member
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Verbs
+
+
+def push_source(
+    fleet: str,
+    registry: str | None,
+    slot: str,
+    source: str,
+    filename: str,
+    *,
+    expect: str | None = None,
+    deadline_s: float = 60.0,
+    rollback: bool = False,
+) -> PushRecord:
+    """Push a source to a fleet through its registry; returns the record."""
+    validate_fleet_name(fleet)
+    if _is_zk(registry):
+        from .zk import ZkRegistry, parse_zk_url
+
+        assert registry is not None
+        _quiet_kazoo()
+        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+            return reg.push(
+                slot, source, filename, expect=expect, deadline_s=deadline_s, rollback=rollback
+            )
+    from .local import push_local
+
+    return push_local(
+        fleet, slot, source, filename, expect=expect, deadline_s=deadline_s, rollback=rollback
+    )
+
+
+def _report(record: PushRecord, as_json: bool) -> int:
+    from .view import render_push
+
+    if as_json:
+        json.dump(record.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_push(record))
+    if record.ok:
+        return 0
+    print(f"{PROG}: push aborted: {record.reason}; nobody swapped", file=sys.stderr)
+    return 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``livepatch push FILE --slot S --fleet F``."""
+    path = Path(args.file)
+    if path.suffix in (".so", ".c") or ".so." in path.name:
+        raise FleetError(
+            f"{path.name}: native objects cannot be pushed to a fleet yet; "
+            "push a Python rule module"
+        )
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FleetError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise FleetError(f"{path} is not UTF-8 text: push a Python rule module") from None
+    record = push_source(
+        args.fleet,
+        args.registry,
+        args.slot,
+        source,
+        path.name,
+        expect=args.expect,
+        deadline_s=args.deadline,
+    )
+    return _report(record, args.json)
+
+
+def cmd_fleet_rollback(args: argparse.Namespace) -> int:
+    """``livepatch rollback SLOT --fleet F``: push the previous desired version."""
+    fleet, slot = args.fleet, args.slot
+    validate_fleet_name(fleet)
+    if _is_zk(args.registry):
+        from .zk import ZkRegistry, parse_zk_url
+
+        _quiet_kazoo()
+        with ZkRegistry(parse_zk_url(args.registry), fleet) as reg:
+            desired = reg.desired().get(slot)
+            if desired is None or desired[0].previous is None:
+                raise FleetError(f"fleet {fleet} has no previous version of {slot} to roll back to")
+            source, filename = reg.get_source(desired[0].previous)
+            record = reg.push(
+                slot,
+                source,
+                filename,
+                expect=desired[0].sha256,
+                deadline_s=args.deadline,
+                rollback=True,
+            )
+    else:
+        from .local import rollback_local
+
+        record = rollback_local(fleet, slot, args.deadline)
+    return _report(record, args.json)
+
+
+def fleet_view(fleet: str, registry: str | None) -> dict[str, Any]:
+    """The fleet's members side by side and its push history."""
+    validate_fleet_name(fleet)
+    if _is_zk(registry):
+        from .zk import ZkRegistry, parse_zk_url
+
+        assert registry is not None
+        _quiet_kazoo()
+        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+            return reg.view()
+    from .view import local_view
+
+    return local_view(fleet)
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    """``livepatch status --fleet F``."""
+    from .view import render_view
+
+    view = fleet_view(args.fleet, args.registry)
+    if args.json:
+        json.dump(view, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_view(view))
+    return 0
+
+
+def _resolve_shas(fleet: str, prefixes: list[str]) -> tuple[Any, list[str], int]:
+    """A member of this host holding every sha (prefix): an open client, its
+    version ids for them, and how many members hold them all."""
+    from ..client import Client
+    from .local import local_members
+
+    for prefix in prefixes:
+        if len(prefix) < 7 or any(c not in "0123456789abcdef" for c in prefix.lower()):
+            raise FleetError(
+                f"{prefix!r}: name a fleet version by its sha256 (7 or more hex digits), "
+                "as `livepatch status --fleet` shows it"
+            )
+    found: tuple[Any, list[str]] | None = None
+    holders = 0
+    for info in local_members(fleet):
+        client = Client(info, client_name="livepatch-fleet", timeout=30)
+        ids: list[str] = []
+        for prefix in prefixes:
+            matches = {
+                v["sha256"]: v["id"]
+                for s in client.status()["slots"]
+                for v in s["versions"]
+                if v["sha256"].startswith(prefix.lower()) and v["state"] != "unloaded"
+            }
+            if len(matches) > 1:
+                client.close()
+                raise FleetError(f"sha prefix {prefix!r} is ambiguous: give more digits")
+            ids.extend(matches.values())
+        if len(ids) == len(prefixes):
+            holders += 1
+            if found is None:
+                found = (client, ids)
+                continue
+        client.close()
+    if found is None:
+        raise FleetError(
+            f"no member of fleet {fleet} on this host has {' and '.join(prefixes)} loaded"
+        )
+    return found[0], found[1], holders
+
+
+def cmd_fleet_symbols(args: argparse.Namespace) -> int:
+    """``livepatch symbols SHA [OTHER] --fleet F``: once for the fleet (one
+    sha is one source everywhere, so one member's table is every member's)."""
+    from ..render import color_allowed, render_diff, render_table
+
+    shas = [args.version, *([args.other] if args.other else [])]
+    client, ids, holders = _resolve_shas(args.fleet, shas)
+    color = color_allowed(sys.stdout)
+    with client:
+        if args.other:
+            diff = client.diff(ids[0], ids[1])
+            text = render_diff(diff, color=color)
+            data: Any = diff.to_json()
+        else:
+            table = client.symbols(ids[0])
+            text = render_table(table, color=color)
+            data = table.to_json()
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(
+            f"# {' vs '.join(shas)}: as {' and '.join(ids)} on {client.info.name} "
+            f"(loaded on {holders} member{'s' * (holders != 1)})"
+        )
+        print(text)
+    return 0
+
+
+def cmd_fleet_diff(args: argparse.Namespace) -> int:
+    """``livepatch diff A B --fleet F`` by sha."""
+    args.version, args.other = args.a, args.b
+    return cmd_fleet_symbols(args)
+
+
+# ---------------------------------------------------------------------------
+# Parser
+
+
+def _either(
+    fleet_func: Callable[[argparse.Namespace], int], plain: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return fleet_func(args) if getattr(args, "fleet", None) else plain(args)
+
+    return run
+
+
+def _registry_url(text: str) -> str:
+    if text in ("", "local"):
+        return text
+    from .zk import parse_zk_url
+
+    try:
+        parse_zk_url(text)
+    except FleetError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+def _registry_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        type=_registry_url,
+        metavar="URL",
+        help="local (default: the engines of this host) or zookeeper://HOST:PORT/PATH",
+    )
+
+
+def add_fleet_arguments(sub: Any) -> None:
+    """Add ``push`` and the fleet options of ``engine``, ``status`` and
+    ``rollback`` to the ``livepatch`` subcommand parsers ``sub``."""
+    choices: dict[str, argparse.ArgumentParser] = sub.choices
+    engine = choices["engine"]
+    engine.add_argument(
+        "--fleet", type=_fleet_name, metavar="NAME", help="join this fleet (livepatch push ...)"
+    )
+    _registry_option(engine)
+
+    status = choices["status"]
+    status.add_argument(
+        "--fleet", type=_fleet_name, metavar="NAME", help="every member of the fleet side by side"
+    )
+    _registry_option(status)
+    status.set_defaults(func=_either(cmd_fleet_status, status.get_default("func")))
+
+    rollback = choices["rollback"]
+    rollback.add_argument(
+        "--fleet", type=_fleet_name, metavar="NAME", help="push the fleet's previous version"
+    )
+    _registry_option(rollback)
+    rollback.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
+    rollback.set_defaults(func=_either(cmd_fleet_rollback, rollback.get_default("func")))
+
+    for verb, func in (("symbols", cmd_fleet_symbols), ("diff", cmd_fleet_diff)):
+        vp = choices[verb]
+        vp.add_argument(
+            "--fleet",
+            type=_fleet_name,
+            metavar="NAME",
+            help="versions named by sha256 (a prefix), shown once for the fleet",
+        )
+        vp.set_defaults(func=_either(func, vp.get_default("func")))
+
+    demo = choices["demo"]
+    demo.add_argument(
+        "--fleet", type=int, metavar="N", help="tour a fleet push on N engines instead"
+    )
+
+    p = sub.add_parser(
+        "push",
+        help="two-phase push of a rule file to every member of a fleet",
+        description="Prepare (every member loads and checks the same source and votes), then "
+        "commit (the fleet's desired version flips and every member swaps) or abort (nobody "
+        "swaps; each member's reason is printed; exit 1).",
+    )
+    p.add_argument("file")
+    p.add_argument("--slot", required=True)
+    p.add_argument("--fleet", required=True, type=_fleet_name, metavar="NAME")
+    _registry_option(p)
+    p.add_argument(
+        "--expect", metavar="SHA", help="only if the fleet's desired version is SHA (a prefix)"
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="members must vote within this (default: 60)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_push)

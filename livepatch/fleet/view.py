@@ -1,0 +1,163 @@
+"""The fleet side by side: every member's active versions, state and traffic.
+
+One data model (:func:`local_view` / the ZooKeeper registry's ``view``, a
+JSON-able dict) and one text renderer (:func:`render_view`), so the CLI,
+and later the shell and the magics, show the same thing.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from ..client import Client
+from ..errors import LivepatchError
+from .local import _parallel, local_members
+from .model import PushRecord, short
+from .store import LocalStore
+
+__all__ = ["local_view", "render_push", "render_view"]
+
+
+def _calls(status: dict[str, Any]) -> int:
+    return sum(int(v.get("calls", 0)) for s in status["slots"] for v in s["versions"])
+
+
+def local_view(fleet: str, sample_s: float = 0.5, history: int = 10) -> dict[str, Any]:
+    """The local fleet now: desired versions, members (live and down), pushes.
+
+    Calls per second come from two status samples ``sample_s`` apart.
+    """
+    store = LocalStore(fleet)
+    state = store.read()
+    infos = {info.name: info for info in local_members(fleet)}
+    said = store.read_members()
+
+    def sample(name: str) -> tuple[dict[str, Any], float]:
+        with Client(infos[name], client_name="livepatch-fleet-status", timeout=10) as client:
+            first, t0 = client.status(), time.monotonic()
+            time.sleep(sample_s)  # the rate needs two samples some time apart
+            second, t1 = client.status(), time.monotonic()
+        return second, (_calls(second) - _calls(first)) / max(t1 - t0, 1e-6)
+
+    samples, errors, _late = _parallel(
+        {n: functools.partial(sample, n) for n in infos}, time.monotonic() + 15
+    )
+    members = []
+    for name in sorted(set(infos) | set(said)):
+        member = said.get(name)
+        row: dict[str, Any] = {"name": name, "pid": None, "state": "down", "active": {}}
+        if member is not None:
+            row.update(
+                pid=member.pid, state=member.state, diverged=member.diverged, active=member.active
+            )
+        if name in samples:
+            status, rate = samples[name]
+            row["pid"] = status["pid"]
+            if member is None or member.pid != status["pid"]:
+                row["state"] = "converging"  # started, its agent has not reported yet
+            row["active"] = {
+                s["name"]: {
+                    "version": s["active"],
+                    "sha256": next(
+                        (v["sha256"] for v in s["versions"] if v["id"] == s["active"]), None
+                    ),
+                }
+                for s in status["slots"]
+                if s["active"]
+            }
+            row["calls_per_s"] = round(rate, 1)
+        elif name in infos:
+            err = errors.get(name)
+            row["state"] = "unreachable"
+            row["error"] = err.message if isinstance(err, LivepatchError) else str(err)
+        members.append(row)
+    return {
+        "fleet": fleet,
+        "registry": "local",
+        "desired": {slot: d.to_json() for slot, d in sorted(state.desired.items())},
+        "members": members,
+        "pushes": [p.to_json() for p in state.pushes[-history:]],
+    }
+
+
+def render_view(view: dict[str, Any]) -> str:
+    """The fleet as a text table, then the push history."""
+    desired = view["desired"]
+    slots = sorted(set(desired) | {s for m in view["members"] for s in m.get("active", {})})
+    lines = [f"fleet {view['fleet']} ({view['registry']}): {len(view['members'])} members"]
+    if desired:
+        lines.append(
+            "desired: "
+            + ", ".join(
+                f"{slot}={short(d['sha256'])} ({d['filename']})" for slot, d in desired.items()
+            )
+        )
+    else:
+        lines.append("desired: nothing pushed yet")
+    header = ["member", "state", "calls/s", *slots]
+    rows = [header]
+    for m in view["members"]:
+        cells = [m["name"], m["state"], f"{m['calls_per_s']:g}" if "calls_per_s" in m else "-"]
+        for slot in slots:
+            active = m.get("active", {}).get(slot)
+            if not active:
+                cells.append("-")
+                continue
+            mark = ""
+            if slot in desired and active.get("sha256") != desired[slot]["sha256"]:
+                mark = " !"  # not on the desired version
+            cells.append(f"{active['version']} {short(active.get('sha256'))}{mark}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for m in view["members"]:
+        for slot, why in (m.get("diverged") or {}).items():
+            lines.append(f"{m['name']} diverged on {slot}: {why}")
+        if m.get("error"):
+            lines.append(f"{m['name']}: {m['error']}")
+    if view["pushes"]:
+        lines.append("pushes:")
+        for p in view["pushes"]:
+            lines.append("  " + render_push_line(PushRecord.from_json(p)))
+    return "\n".join(lines)
+
+
+def render_push_line(record: PushRecord) -> str:
+    """One line of push history."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(record.started))
+    took = f" in {record.finished - record.started:.2f}s" if record.finished else ""
+    kind = "rollback" if record.rollback else "push"
+    why = f": {record.reason}" if record.reason else ""
+    return (
+        f"{stamp} {kind} {record.slot}={short(record.sha256)} ({record.filename}) "
+        f"{record.outcome}{took}, {len(record.acks)} swapped{why}"
+    )
+
+
+def render_push(record: PushRecord) -> str:
+    """What a push did, member by member."""
+    lines = []
+    names = sorted(set(record.votes) | set(record.down))
+    for name in names:
+        vote = record.votes.get(name)
+        if name in record.acks:
+            lines.append(f"  {name}: swapped to {record.acks[name]}")
+        elif vote is not None and not vote.ok:
+            lines.append(f"  {name}: refused: {vote.reason}")
+        elif name in record.down:
+            extra = f" ({vote.reason})" if vote is not None and vote.reason else ""
+            lines.append(f"  {name}: down, converges when it is back{extra}")
+        elif vote is not None and record.outcome == "aborted":
+            lines.append(f"  {name}: voted ok, released {vote.version or ''}".rstrip())
+    head = (
+        f"{'rollback' if record.rollback else 'push'} {record.slot}={short(record.sha256)} "
+        f"({record.filename}): {record.outcome}"
+    )
+    if record.outcome == "committed":
+        head += f" on {len(record.acks)} member{'s' * (len(record.acks) != 1)}"
+    if record.reason:
+        head += f" ({record.reason})"
+    return "\n".join([head, *lines])

@@ -1,0 +1,473 @@
+"""The ZooKeeper registry: membership, sources, desired versions and pushes.
+
+Layout under the registry path (``zookeeper://HOST:PORT/PATH``)::
+
+    PATH/fleets/<fleet>/members/<name>       ephemeral: the member's MemberState
+    PATH/fleets/<fleet>/sources/<sha256>     {"filename", "source"}, content-addressed
+    PATH/fleets/<fleet>/desired/<slot>       the slot's Desired; CAS on the znode version
+    PATH/fleets/<fleet>/pushes/<id>          the PushRecord (+ deadline, members)
+    PATH/fleets/<fleet>/pushes/<id>/votes/<name>   a member's Vote
+    PATH/fleets/<fleet>/pushes/<id>/acks/<name>    {"version"}: it swapped
+
+The pusher never talks to an engine: it writes the push node, waits for a
+vote from every member that is still alive, then commits with one
+ZooKeeper transaction (``desired/<slot>`` set with the version it read,
+and the push node marked ``committed``: both or neither, so a commit never
+exists without its record), or marks the push ``aborted``. Members
+(:class:`ZkMember`, in each engine process) watch the pushes and the
+desired versions; every watch only wakes a reconcile pass that re-reads the
+nodes and makes the engine match, then acks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+
+from .model import Desired, FleetError, MemberState, PushRecord, Vote, new_push_id, sha_of
+
+__all__ = ["ZkAddress", "ZkRegistry", "parse_zk_url"]
+
+#: Push nodes kept (the oldest are deleted by the next push).
+HISTORY = 50
+
+_Phase = Callable[[str, PushRecord], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ZkAddress:
+    """A parsed ``zookeeper://HOST:PORT[,HOST:PORT]/PATH[?timeout=S]``."""
+
+    hosts: str
+    path: str
+    timeout: float = 10.0
+
+
+def parse_zk_url(url: str) -> ZkAddress:
+    """Parse a ZooKeeper registry URL; :class:`FleetError` says what is wrong."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "zookeeper" or not parsed.netloc:
+        raise FleetError(f"--registry {url!r}: use zookeeper://HOST:PORT/PATH")
+    path = parsed.path.rstrip("/") or "/livepatch"
+    query = urllib.parse.parse_qs(parsed.query)
+    try:
+        timeout = float(query.get("timeout", ["10"])[0])
+    except ValueError:
+        raise FleetError(f"--registry {url!r}: timeout must be a number of seconds") from None
+    return ZkAddress(parsed.netloc, path, timeout)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _loads(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"))
+
+
+def _connect(address: ZkAddress, wait_s: float = 15.0, handler: Any = None) -> Any:
+    client = KazooClient(hosts=address.hosts, timeout=address.timeout, handler=handler)
+    try:
+        client.start(timeout=wait_s)
+    except KazooTimeoutError:
+        with contextlib.suppress(Exception):
+            client.stop()
+            client.close()
+        raise FleetError(
+            f"cannot reach ZooKeeper at {address.hosts} within {wait_s:g} s: is it running?"
+        ) from None
+    return client
+
+
+class _Paths:
+    def __init__(self, root: str, fleet: str) -> None:
+        self.base = f"{root}/fleets/{fleet}"
+        self.members = f"{self.base}/members"
+        self.sources = f"{self.base}/sources"
+        self.desired = f"{self.base}/desired"
+        self.pushes = f"{self.base}/pushes"
+
+    def ensure(self, client: Any) -> None:
+        for path in (self.members, self.sources, self.desired, self.pushes):
+            client.ensure_path(path)
+
+
+class ZkRegistry:
+    """The pushing and reading side of a fleet in ZooKeeper."""
+
+    def __init__(self, address: ZkAddress, fleet: str, client: Any = None) -> None:
+        self.address = address
+        self.fleet = fleet
+        self.paths = _Paths(address.path, fleet)
+        self._own = client is None
+        self.client = client if client is not None else _connect(address)
+        self._retry = self.client.retry
+        self._retry(self.paths.ensure, self.client)
+
+    def close(self) -> None:
+        """Close the session (if this registry opened it)."""
+        if self._own:
+            with contextlib.suppress(Exception):
+                self.client.stop()
+                self.client.close()
+
+    def __enter__(self) -> ZkRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------
+
+    def put_source(self, source: str, filename: str) -> str:
+        """Store a source content-addressed (idempotent); returns its sha256."""
+        sha = sha_of(source)
+        with contextlib.suppress(NodeExistsError):
+            self._retry(
+                self.client.create,
+                f"{self.paths.sources}/{sha}",
+                _dumps({"filename": filename, "source": source}),
+            )
+        return sha
+
+    def get_source(self, sha: str) -> tuple[str, str]:
+        """``(source, filename)``; ``LookupError`` if the registry has none."""
+        try:
+            data, _ = self._retry(self.client.get, f"{self.paths.sources}/{sha}")
+        except NoNodeError:
+            raise LookupError(f"the registry has no source {sha[:12]}") from None
+        value = _loads(data)
+        return str(value["source"]), str(value["filename"])
+
+    def desired(self) -> dict[str, tuple[Desired, int]]:
+        """slot -> (desired version, znode version for compare-and-set)."""
+        found = {}
+        for slot in self._retry(self.client.get_children, self.paths.desired):
+            with contextlib.suppress(NoNodeError):
+                data, stat = self._retry(self.client.get, f"{self.paths.desired}/{slot}")
+                found[slot] = (Desired.from_json(_loads(data)), stat.version)
+        return found
+
+    def members(self) -> dict[str, MemberState]:
+        """The live members (their ephemeral nodes), by name."""
+        names = self._retry(self.client.get_children, self.paths.members)
+        results = {n: self.client.get_async(f"{self.paths.members}/{n}") for n in names}
+        found = {}
+        for name, result in results.items():
+            with contextlib.suppress(NoNodeError):
+                data, _ = result.get(30)
+                found[name] = MemberState.from_json(_loads(data))
+        return found
+
+    def history(self, limit: int = 10) -> list[PushRecord]:
+        """The last pushes, oldest first."""
+        names = sorted(self._retry(self.client.get_children, self.paths.pushes))[-limit:]
+        records = []
+        for name in names:
+            with contextlib.suppress(NoNodeError):
+                records.append(self._record(name))
+        return records
+
+    def _record(self, push_id: str) -> PushRecord:
+        base = f"{self.paths.pushes}/{push_id}"
+        with contextlib.suppress(NoNodeError):
+            data, _ = self._retry(self.client.get, f"{base}/record")
+            return PushRecord.from_json(_loads(data))
+        data, _ = self._retry(self.client.get, base)
+        record = PushRecord.from_json(_loads(data))
+        if record.outcome == "preparing" or not record.votes:
+            for name, vote in self._votes(push_id, set()).items():
+                record.votes.setdefault(name, vote)
+        return record
+
+    def _votes(self, push_id: str, known: set[str]) -> dict[str, Vote]:
+        base = f"{self.paths.pushes}/{push_id}/votes"
+        names = [n for n in self._retry(self.client.get_children, base) if n not in known]
+        results = {n: self.client.get_async(f"{base}/{n}") for n in names}
+        votes = {}
+        for name, result in results.items():
+            data, _ = result.get(30)
+            votes[name] = Vote.from_json(_loads(data))
+        return votes
+
+    def view(self, history: int = 10) -> dict[str, Any]:
+        """The fleet side by side (see :mod:`livepatch.fleet.view`)."""
+        members = []
+        for _name, m in sorted(self.members().items()):
+            row = m.to_json()
+            row["calls_per_s"] = row.pop("rate", 0.0)
+            members.append(row)
+        return {
+            "fleet": self.fleet,
+            "registry": f"zookeeper://{self.address.hosts}{self.address.path}",
+            "desired": {s: d.to_json() for s, (d, _) in sorted(self.desired().items())},
+            "members": members,
+            "pushes": [r.to_json() for r in self.history(history)],
+        }
+
+    # -- pushing -------------------------------------------------------------------
+
+    def push(
+        self,
+        slot: str,
+        source: str,
+        filename: str,
+        *,
+        expect: str | None = None,
+        deadline_s: float = 60.0,
+        rollback: bool = False,
+        phase: _Phase | None = None,
+    ) -> PushRecord:
+        """Two-phase push through the registry; returns the push record."""
+        self._prune()
+        sha = self.put_source(source, filename)
+        current, zversion = self.desired().get(slot, (None, -1))
+        names = sorted(self._retry(self.client.get_children, self.paths.members))
+        if not names:
+            raise FleetError(
+                f"fleet {self.fleet!r} has no live members in the registry: start engines "
+                f"with `livepatch engine --fleet {self.fleet} --registry zookeeper://...`"
+            )
+        record = PushRecord(
+            id=new_push_id(),
+            slot=slot,
+            sha256=sha,
+            filename=filename,
+            started=time.time(),
+            previous=current.sha256 if current else None,
+            rollback=rollback,
+        )
+        base = f"{self.paths.pushes}/{record.id}"
+        meta = {"deadline": time.time() + deadline_s}
+        if expect is not None and not _matches(current, expect):
+            record.outcome, record.reason = (
+                "aborted",
+                (
+                    f"the fleet's desired {slot} is {current.sha256[:12] if current else 'none'}, "
+                    f"not {expect}"
+                ),
+            )
+            record.finished = time.time()
+            self._create_push(base, record, meta, names)
+            return record
+        self._create_push(base, record, meta, names)
+        deadline = time.monotonic() + deadline_s
+        votes, down = self._await(f"{base}/votes", set(names), deadline, stop_on_no=True)
+        record.votes, record.down = votes, sorted(down)
+        refused = {n: v for n, v in record.votes.items() if not v.ok}
+        missing = set(names) - set(votes) - down
+        for name in missing:
+            reason = (
+                "had not voted when the push aborted"
+                if refused
+                else (f"no vote within {deadline_s:g} s")
+            )
+            record.votes[name] = Vote(name, False, reason=reason)
+        if refused or missing or not votes:
+            why = (
+                f"{len(refused)} of {len(names)} members refused"
+                if refused
+                else f"{len(missing)} members did not vote in time"
+                if missing
+                else "every member left during prepare"
+            )
+            return self._finish(base, record, meta, "aborted", why)
+        if current is None:
+            record.previous = self._common_previous(slot)
+        if phase is not None:
+            phase("prepared", record)
+        desired = Desired(slot, sha, filename, record.previous, record.id, time.time())
+        try:
+            self._commit(base, record, meta, desired, zversion)
+        except BadVersionError:
+            return self._finish(
+                base,
+                record,
+                meta,
+                "aborted",
+                f"another push changed {slot}'s desired version first: push again",
+            )
+        if phase is not None:
+            phase("committed", record)
+        voters = {n for n, v in votes.items() if v.ok}
+        acks, gone = self._await(f"{base}/acks", voters, time.monotonic() + deadline_s)
+        record.acks = {n: str(a.get("version", "")) for n, a in acks.items()}
+        record.down = sorted(set(record.down) | gone | (voters - set(acks) - gone))
+        return self._finish(base, record, meta, "committed", "")
+
+    def _common_previous(self, slot: str) -> str | None:
+        """The fleet's first push of a slot: when every member ran the same
+        source before (members upload what they run), a rollback goes there."""
+        shas = {m.active.get(slot, {}).get("sha256") for m in self.members().values()}
+        if len(shas) != 1:
+            return None
+        (sha,) = shas
+        if sha is None or not self.client.exists(f"{self.paths.sources}/{sha}"):
+            return None
+        return str(sha)
+
+    def _create_push(
+        self, base: str, record: PushRecord, meta: dict[str, Any], names: list[str]
+    ) -> None:
+        def create() -> None:
+            tx = self.client.transaction()
+            tx.create(base, _header(record, meta))
+            tx.create(f"{base}/votes")
+            tx.create(f"{base}/acks")
+            tx.create(f"{base}/roster", _dumps(names))
+            results = tx.commit()
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed and not isinstance(failed[0], NodeExistsError):
+                raise failed[0]
+
+        self._retry(create)
+
+    def _commit(
+        self,
+        base: str,
+        record: PushRecord,
+        meta: dict[str, Any],
+        desired: Desired,
+        zversion: int,
+    ) -> None:
+        """The commit point: desired flips and the record says so, atomically.
+
+        On a lost connection the outcome is unknown: after reconnecting, the
+        push node tells (committed, or still preparing and safe to retry).
+        """
+        record.outcome = "committed"
+        body = _header(record, meta)
+        path = f"{self.paths.desired}/{desired.slot}"
+        for _attempt in range(10):
+            try:
+                tx = self.client.transaction()
+                if zversion < 0:
+                    tx.create(path, _dumps(desired.to_json()))
+                else:
+                    tx.set_data(path, _dumps(desired.to_json()), version=zversion)
+                tx.set_data(base, body)
+                results = tx.commit()
+            except (ConnectionLoss, SessionExpiredError, KazooTimeoutError):
+                self._wait_connected()
+                data, _ = self._retry(self.client.get, base)
+                if _loads(data).get("outcome") == "committed":
+                    return
+                continue
+            failed = [r for r in results if isinstance(r, Exception)]
+            if not failed:
+                return
+            if isinstance(failed[0], BadVersionError | NodeExistsError):
+                record.outcome = "preparing"
+                raise BadVersionError()
+            raise failed[0]
+        raise FleetError("could not reach ZooKeeper to commit: the push was not committed")
+
+    def _wait_connected(self, wait_s: float = 60.0) -> None:
+        deadline = time.monotonic() + wait_s
+        while self.client.state != KazooState.CONNECTED:
+            if time.monotonic() > deadline:
+                raise FleetError(f"lost ZooKeeper at {self.address.hosts}: is it running?")
+            time.sleep(0.05)  # kazoo reconnects in its own thread: poll with a deadline
+
+    def _finish(
+        self, base: str, record: PushRecord, meta: dict[str, Any], outcome: str, reason: str
+    ) -> PushRecord:
+        record.outcome, record.reason, record.finished = outcome, reason, time.time()
+
+        def write() -> None:
+            # The full record (every vote and ack) in a child nobody watches;
+            # the header members watch stays small.
+            tx = self.client.transaction()
+            tx.set_data(base, _header(record, meta))
+            tx.create(f"{base}/record", _dumps(record.to_json()))
+            results = tx.commit()
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed and not isinstance(failed[0], NodeExistsError):
+                raise failed[0]
+
+        self._retry(write)
+        return record
+
+    def _await(
+        self, path: str, wanted: set[str], deadline: float, stop_on_no: bool = False
+    ) -> tuple[dict[str, Any], set[str]]:
+        """Wait until every wanted member has a child under ``path`` or has
+        left the membership; returns (children's data by name, the left)."""
+        wake = threading.Event()
+        membership = threading.Event()
+        membership.set()
+
+        def on_change(_event: object) -> None:
+            wake.set()
+
+        def on_members(_event: object) -> None:
+            membership.set()
+            wake.set()
+
+        got: dict[str, Any] = {}
+        live: set[str] = set()
+        while True:
+            wake.clear()
+            names = set(self._retry(self.client.get_children, path, watch=on_change))
+            new = [n for n in names if n not in got]
+            results = {n: self.client.get_async(f"{path}/{n}") for n in new}
+            for name, result in results.items():
+                data, _ = result.get(30)
+                value = _loads(data)
+                got[name] = Vote.from_json(value) if "ok" in value else value
+            if membership.is_set():  # re-read the membership only when it changed
+                membership.clear()
+                live = set(
+                    self._retry(self.client.get_children, self.paths.members, watch=on_members)
+                )
+            gone = (wanted - live) - set(got)
+            if wanted <= set(got) | gone:
+                break
+            if stop_on_no and any(
+                isinstance(v, Vote) and not v.ok for n, v in got.items() if n in wanted
+            ):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            wake.wait(min(remaining, 1.0))
+            # Many members answer at once: let a batch land before re-reading
+            # the whole list (longer for larger fleets, at most 50 ms).
+            time.sleep(min(0.05, 0.00005 * len(wanted)))
+        return got, gone
+
+    def _prune(self) -> None:
+        names = sorted(self._retry(self.client.get_children, self.paths.pushes))
+        for name in names[:-HISTORY]:
+            with contextlib.suppress(NoNodeError):
+                self._retry(self.client.delete, f"{self.paths.pushes}/{name}", recursive=True)
+
+
+def _header(record: PushRecord, meta: dict[str, Any]) -> bytes:
+    """The push node's data: what members need, without the votes."""
+    body = record.to_json()
+    for key in ("votes", "acks", "down"):
+        body.pop(key)
+    return _dumps({**body, **meta})
+
+
+def _matches(current: Desired | None, expect: str) -> bool:
+    if expect in ("none", ""):
+        return current is None
+    return current is not None and len(expect) >= 7 and current.sha256.startswith(expect.lower())

@@ -1,0 +1,336 @@
+"""The ZooKeeper member agent: an ephemeral node, watches, a reconcile loop.
+
+Each engine process that joins a fleet through ZooKeeper runs one
+:class:`ZkMember` (the benchmark runs hundreds per process). It holds an
+ephemeral node under ``members/``; it votes on every push it sees (prepare:
+load and check through its engine), swaps when the slot's desired node
+names a new sha, acks, and reports its state in its node. Watches never
+carry orders: each one only marks what changed, and a pass re-reads those
+nodes and makes the engine match (every node, every few seconds, anyway).
+After a session expires it joins again and converges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+from kazoo.client import KazooState
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from ..errors import LivepatchError
+from .handle import EngineHandle, converge, prepare, release
+from .model import Desired, MemberState, Vote, sha_of
+from .zk import ZkAddress, _connect, _dumps, _loads, _Paths
+
+__all__ = ["ZkMember"]
+
+#: A member gives up on a push that is still preparing this long past its deadline.
+STALE_PUSH_S = 30.0
+
+
+class ZkMember:
+    """A member agent: an ephemeral node, watches, and a reconcile loop.
+
+    By default the loop is a thread of its own. Simulated members (the
+    benchmark's, hundreds per process) pass an ``executor`` that runs their
+    passes instead, and a kazoo ``handler`` they share: the same protocol,
+    without three threads per member.
+    """
+
+    def __init__(
+        self,
+        address: ZkAddress,
+        fleet: str,
+        handle: EngineHandle,
+        pid: int = 0,
+        refresh_s: float = 2.0,
+        executor: Any = None,
+        handler: Any = None,
+    ) -> None:
+        self.address = address
+        self.fleet = fleet
+        self.handle = handle
+        self.name = handle.name
+        self.pid = pid
+        self.refresh_s = refresh_s
+        self.paths = _Paths(address.path, fleet)
+        self.state = MemberState(self.name, pid, "converging")
+        self.client: Any = None
+        self._wake = threading.Event()
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._rejoin = True
+        self._seen: set[str] = set()
+        self._prepared: dict[str, Vote] = {}
+        self._acked: set[str] = set()
+        self._sources: dict[str, tuple[str, str]] = {}
+        self._desired: dict[str, Desired] = {}
+        self._last_calls: tuple[int, float] | None = None
+        self._thread: threading.Thread | None = None
+        self._executor = executor
+        self._handler = handler
+        self._scheduled = False
+        self.passes = 0
+
+    def start(self, wait: bool = True) -> MemberState:
+        """Join the fleet; with ``wait``, converge once before returning."""
+        self.client = _connect(self.address, handler=self._handler)
+        self.client.add_listener(self._on_state)
+        self.client.retry(self.paths.ensure, self.client)
+        if wait:
+            self._pass()
+        if self._executor is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="livepatch-fleet-zk", daemon=True
+            )
+            self._thread.start()
+        return self.state
+
+    def stop(self) -> None:
+        """Leave: stop reconciling and close the session (the node goes)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.stop()
+                self.client.close()
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.LOST:
+            # Session expired: our ephemeral node is gone; join again when back.
+            self._rejoin = True
+        self._mark("*")
+
+    def _on_watch(self, event: Any) -> None:
+        self._mark(str(getattr(event, "path", "*") or "*"))
+
+    def _mark(self, path: str) -> None:
+        with self._dirty_lock:
+            self._dirty.add(path)
+            if self._executor is not None:
+                if self._scheduled or self._stop.is_set():
+                    return
+                self._scheduled = True
+        if self._executor is not None:
+            self._executor.submit(self._run_scheduled)
+        else:
+            self._wake.set()
+
+    def _run_scheduled(self) -> None:
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+            self._scheduled = False
+        try:
+            self._pass(dirty)
+        except (KazooException, KazooTimeoutError, LivepatchError, OSError):
+            timer = threading.Timer(0.2, self._mark, args=("*",))  # retry, not at once
+            timer.daemon = True
+            timer.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._wake.wait(self.refresh_s):
+                self._mark("*")  # a periodic full pass: never trust only events
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
+            try:
+                self._pass(dirty)
+            except (KazooException, KazooTimeoutError, LivepatchError, OSError):
+                # Disconnected, or the engine is busy: retry everything soon.
+                self._stop.wait(0.1)
+                self._mark("*")
+
+    def _pass(self, dirty: set[str] | None = None) -> None:
+        """One reconcile pass: re-read what a watch said changed (everything
+        for ``*``), make the engine match, ack, report."""
+        self.passes += 1
+        dirty = {"*"} if dirty is None else dirty
+        full = "*" in dirty
+        if self._rejoin:
+            self._join()
+            full = True
+        pushes = self.paths.pushes
+        fresh: set[str] = set()
+        if full or pushes in dirty:
+            fresh = self._prepare_new(
+                self.client.get_children(pushes, watch=self._on_watch), check_votes=full
+            )
+        touched = {p[len(pushes) + 1 :] for p in dirty if p.startswith(pushes + "/")}
+        # A push prepared in this very pass was just read: no need to look again.
+        self._release_aborted(None if full or pushes in dirty else touched, skip=fresh)
+        desired_dir = self.paths.desired
+        slots = {p[len(desired_dir) + 1 :] for p in dirty if p.startswith(desired_dir + "/")}
+        if not (full or desired_dir in dirty or slots):
+            return
+
+        def read_desired() -> dict[str, tuple[str, str]]:
+            # Re-read only what changed (a new slot re-reads the list).
+            if full or desired_dir in dirty or not self._desired:
+                self._desired = self._read_desired()
+            else:
+                self._desired.update(self._read_desired(slots))
+            return {slot: (d.sha256, d.filename) for slot, d in self._desired.items()}
+
+        result = converge(self.handle, read_desired, self._source, self.pid)
+        changed = result.state.active != self.state.active or result.state.state != self.state.state
+        self.state = result.state
+        pending = self._ack(self._desired)
+        if changed or full:
+            self._upload_active()
+            pending.append(self._publish_async())
+        for op in pending:  # acks and the report travel together
+            with contextlib.suppress(NodeExistsError, NoNodeError):
+                op.get(30)
+
+    def _join(self) -> None:
+        path = f"{self.paths.members}/{self.name}"
+        body = _dumps(self.state.to_json())
+        try:
+            self.client.create(path, body, ephemeral=True)
+        except NodeExistsError:
+            _data, stat = self.client.get(path)
+            if stat.ephemeralOwner != self.client.client_id[0]:
+                # Our previous incarnation's node (killed, its session not yet
+                # expired): we are that member now.
+                with contextlib.suppress(NoNodeError):
+                    self.client.delete(path, version=stat.version)
+                self.client.create(path, body, ephemeral=True)
+        self._rejoin = False
+
+    def _source(self, sha: str) -> tuple[str, str]:
+        if sha not in self._sources:  # content-addressed: safe to keep
+            try:
+                data, _ = self.client.get(f"{self.paths.sources}/{sha}")
+            except NoNodeError:
+                raise LookupError(f"the registry has no source {sha[:12]}") from None
+            value = _loads(data)
+            self._sources[sha] = (str(value["source"]), str(value["filename"]))
+        return self._sources[sha]
+
+    def _prepare_new(self, pushes: list[str], check_votes: bool = True) -> set[str]:
+        """Vote on every push we have not seen; returns the ones we prepared."""
+        fresh = set()
+        for push_id in sorted(set(pushes) - self._seen):
+            base = f"{self.paths.pushes}/{push_id}"
+            try:
+                data, _ = self.client.get(base, watch=self._on_watch)
+            except NoNodeError:
+                self._seen.add(push_id)
+                continue
+            push = _loads(data)
+            if push.get("outcome") != "preparing" or time.time() > float(push.get("deadline", 0)):
+                self._seen.add(push_id)
+                continue
+            if check_votes and self.client.exists(f"{base}/votes/{self.name}"):
+                self._seen.add(push_id)
+                continue  # voted before a restart: the commit (or abort) will tell
+            source, filename = self._source(str(push["sha256"]))
+            vote = prepare(self.handle, str(push["slot"]), source, filename)
+            vote.member = self.name
+            with contextlib.suppress(NodeExistsError, NoNodeError):
+                self.client.create(f"{base}/votes/{self.name}", _dumps(vote.to_json()))
+            # Seen only once voted: a pass that failed half-way votes next time.
+            self._seen.add(push_id)
+            self._prepared[push_id] = vote
+            fresh.add(push_id)
+        return fresh
+
+    def _release_aborted(self, only: set[str] | None, skip: set[str]) -> None:
+        """Prepared versions of pushes that were aborted (or abandoned) go."""
+        for push_id, vote in list(self._prepared.items()):
+            if (only is not None and push_id not in only) or push_id in skip:
+                continue
+            base = f"{self.paths.pushes}/{push_id}"
+            try:
+                data, _ = self.client.get(base, watch=self._on_watch)
+                push = _loads(data)
+            except NoNodeError:
+                push = {"outcome": "aborted"}
+            outcome = push.get("outcome")
+            stale = (
+                outcome == "preparing"
+                and time.time() > float(push.get("deadline", 0)) + STALE_PUSH_S
+            )
+            if outcome == "aborted" or stale:
+                release(self.handle, vote)
+            if outcome != "preparing" or stale:
+                del self._prepared[push_id]
+
+    def _read_desired(self, slots: set[str] | None = None) -> dict[str, Desired]:
+        c = self.client
+        if slots is None:
+            slots = set(c.get_children(self.paths.desired, watch=self._on_watch))
+        results = {
+            slot: c.get_async(f"{self.paths.desired}/{slot}", watch=self._on_watch)
+            for slot in slots
+        }
+        found = {}
+        for slot, result in results.items():
+            with contextlib.suppress(NoNodeError):
+                data, _ = result.get(30)
+                found[slot] = Desired.from_json(_loads(data))
+        return found
+
+    def _ack(self, desired: dict[str, Desired]) -> list[Any]:
+        """Start an ack for every push whose version we now run."""
+        pending = []
+        for slot, d in desired.items():
+            active = self.state.active.get(slot)
+            if not d.push or d.push in self._acked or not active:
+                continue
+            if active.get("sha256") != d.sha256:
+                continue
+            pending.append(
+                self.client.create_async(
+                    f"{self.paths.pushes}/{d.push}/acks/{self.name}",
+                    _dumps({"version": active["version"], "time": time.time()}),
+                )
+            )
+            self._acked.add(d.push)
+        return pending
+
+    def _upload_active(self) -> None:
+        """Keep what we run in the registry, so a fleet rollback to it works."""
+        for active in self.state.active.values():
+            sha = str(active["sha256"])
+            if sha in self._sources:
+                continue
+            path = f"{self.paths.sources}/{sha}"
+            if not self.client.exists(path):
+                source = self.handle.source(str(active["version"]))
+                if sha_of(source) != sha:
+                    continue
+                filename = f"{active['version'].partition('@')[0]}-{sha[:12]}.py"
+                with contextlib.suppress(NodeExistsError):
+                    self.client.create(path, _dumps({"filename": filename, "source": source}))
+            self._sources[sha] = self._source(sha)
+
+    def _publish_async(self) -> Any:
+        now = time.monotonic()
+        rate = 0.0
+        if self._last_calls is not None:
+            calls, then = self._last_calls
+            rate = (self.state.calls - calls) / max(now - then, 1e-6)
+        self._last_calls = (self.state.calls, now)
+        self.state.rate = round(rate, 1)
+        result = self.client.set_async(
+            f"{self.paths.members}/{self.name}", _dumps(self.state.to_json())
+        )
+
+        def gone(async_result: Any) -> None:
+            if isinstance(async_result.exception, NoNodeError):
+                self._rejoin = True  # our node went (session expired): join again
+                self._mark("*")
+
+        result.rawlink(gone)
+        return result

@@ -1,0 +1,217 @@
+"""Fleet push through a real ZooKeeper server, with faults.
+
+The server is Debian's ``zookeeper`` package, started by the tests on a free
+loopback port with a private data directory. In CI a missing server fails
+these tests (``.ci/run`` installs it); elsewhere they skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EngineProcess, run_cli, start_engine
+from fleet_helpers import SLOT_ARGS, active_sha, rule, wait_for
+
+from livepatch.fleet.model import PushRecord, sha_of
+from livepatch.fleet.zk import ZkRegistry, parse_zk_url
+from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
+
+FLEET = "z"
+#: Short sessions: a killed member's node goes within a few seconds.
+SESSION_S = 2
+
+
+@pytest.fixture(scope="module")
+def zk_server() -> Iterator[ZooKeeperServer]:
+    missing = zookeeper_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"ZooKeeper is needed in CI: {missing}")
+        pytest.skip(missing)
+    with tempfile.TemporaryDirectory(prefix="lp-zk-") as tmp, ZooKeeperServer(Path(tmp)) as server:
+        yield server
+
+
+@pytest.fixture
+def registry_url(zk_server: ZooKeeperServer, runtime_dir: Path) -> str:
+    """A fresh registry path per test on the shared server."""
+    return f"zookeeper://{zk_server.hosts}/t{uuid.uuid4().hex[:8]}?timeout={SESSION_S}"
+
+
+@pytest.fixture
+def engines(registry_url: str) -> Iterator[list[EngineProcess]]:
+    started: list[EngineProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def member(
+    engines: list[EngineProcess],
+    url: str,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> EngineProcess:
+    proc = start_engine(
+        *SLOT_ARGS, "--fleet", FLEET, "--registry", url, "--traffic", "50", name=name, env=env
+    )
+    engines.append(proc)
+    return proc
+
+
+def push(url: str, n: int, **kwargs: object) -> PushRecord:
+    with ZkRegistry(parse_zk_url(url), FLEET) as reg:
+        return reg.push("spam", rule(n), f"rule_v{n}.py", **kwargs)  # type: ignore[arg-type]
+
+
+def members(url: str) -> set[str]:
+    with ZkRegistry(parse_zk_url(url), FLEET) as reg:
+        return set(reg.members())
+
+
+def kill9(proc: EngineProcess) -> None:
+    os.kill(proc.proc.pid, signal.SIGKILL)
+    proc.proc.wait(10)
+
+
+@pytest.mark.slow
+def test_push_abort_status_and_rollback(engines: list[EngineProcess], registry_url: str) -> None:
+    for name in "abc":
+        member(
+            engines, registry_url, name, env={"LIVEPATCH_TEST_REFUSE": "1"} if name == "c" else None
+        )
+    first = push(registry_url, 1)
+    assert first.ok and sorted(first.acks) == ["a", "b", "c"], first.to_json()
+    for n in (2, 3, 2):
+        record = push(registry_url, n)
+        assert record.ok and sorted(record.acks) == ["a", "b", "c"]
+        assert {active_sha(name) for name in "abc"} == {sha_of(rule(n))}
+    assert push(registry_url, 4).ok  # c refuses only the rules that say so
+    path = Path(tempfile.mkdtemp()) / "rule_v5.py"
+    path.write_text(rule(5, refuse=True), encoding="utf-8")
+    result = run_cli(
+        "push", str(path), "--slot", "spam", "--fleet", FLEET, "--registry", registry_url
+    )
+    assert result.returncode == 1
+    assert "c: refused: load failed" in result.stdout and "refuses the rule" in result.stdout
+    assert {active_sha(name) for name in "abc"} == {sha_of(rule(4))}  # nobody swapped
+    status = run_cli("status", "--fleet", FLEET, "--registry", registry_url, "--json")
+    view = json.loads(status.stdout)
+    assert view["desired"]["spam"]["sha256"] == sha_of(rule(4))
+    assert [m["state"] for m in view["members"]] == ["ready"] * 3
+    assert [p["outcome"] for p in view["pushes"]][-2:] == ["committed", "aborted"]
+    back = run_cli("rollback", "spam", "--fleet", FLEET, "--registry", registry_url)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert {active_sha(name) for name in "abc"} == {sha_of(rule(2))}
+
+
+@pytest.mark.slow
+def test_kill9_during_prepare_and_commit_then_restart_converges(
+    engines: list[EngineProcess], registry_url: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {"LIVEPATCH_TEST_MARK": str(marks)}
+    for name in "abc":
+        member(engines, registry_url, name, env=env)
+    assert push(registry_url, 1).ok
+    # During prepare: the members are running the slow body; b dies.
+    result: list[PushRecord] = []
+
+    def slow_push() -> None:
+        with ZkRegistry(parse_zk_url(registry_url), FLEET) as reg:
+            result.append(reg.push("spam", rule(2, slow=1.0), "slow.py", deadline_s=60))
+
+    pusher = threading.Thread(target=slow_push)
+    pusher.start()
+    wait_for(lambda: list(marks.iterdir()), what="a member to start preparing")
+    victim = engines[1]
+    kill9(victim)
+    engines.remove(victim)
+    pusher.join(120)
+    slow = sha_of(rule(2, slow=1.0))
+    record = result[0]
+    print(f"push with a member killed during prepare: {record.outcome} ({record.reason})")
+    if record.ok:  # completed on the live members...
+        assert sorted(record.acks) == ["a", "c"] and "b" in record.down
+        assert active_sha("a") == active_sha("c") == slow
+    else:  # ...or aborted, and then nobody swapped
+        assert active_sha("a") == active_sha("c") == sha_of(rule(1))
+    member(engines, registry_url, "b", env=env)
+    assert active_sha("b") == (slow if record.ok else sha_of(rule(1)))
+    # During commit: the desired version flipped, then c dies before it swaps.
+    victim = engines[1]  # c
+
+    def kill_c(phase: str, rec: PushRecord) -> None:
+        if phase == "committed":
+            kill9(victim)
+
+    record = push(registry_url, 3, phase=kill_c)
+    engines.remove(victim)
+    assert record.ok
+    assert "c" not in record.acks and "c" in record.down
+    assert active_sha("a") == active_sha("b") == sha_of(rule(3))
+    member(engines, registry_url, "c", env=env)  # ready only once converged
+    assert active_sha("c") == sha_of(rule(3))
+
+
+@pytest.mark.slow
+def test_zookeeper_restart_mid_push_completes_or_aborts_with_a_record(
+    engines: list[EngineProcess], registry_url: str, zk_server: ZooKeeperServer
+) -> None:
+    for name in "ab":
+        member(engines, registry_url, name)
+    assert push(registry_url, 1).ok
+
+    def restart(phase: str, rec: PushRecord) -> None:
+        if phase == "prepared":  # votes are in; the commit comes next
+            zk_server.restart(kill=True)
+
+    with ZkRegistry(parse_zk_url(registry_url), FLEET) as reg:
+        record = reg.push("spam", rule(2), "rule_v2.py", phase=restart, deadline_s=60)
+        desired = reg.desired()["spam"][0]
+        history = {r.id: r for r in reg.history(50)}
+    print(f"push across a ZooKeeper restart: {record.outcome} ({record.reason})")
+    # Never half-committed without a record: the desired version and the
+    # push's record agree, whatever happened.
+    assert history[record.id].outcome == record.outcome
+    if record.ok:
+        assert desired.sha256 == sha_of(rule(2)) and desired.push == record.id
+    else:
+        assert desired.sha256 == sha_of(rule(1))
+    expected = desired.sha256
+    for name in "ab":
+        wait_for(lambda name=name: active_sha(name) == expected, what=f"{name} to converge")
+    # The fleet works on after the restart.
+    assert push(registry_url, 3).ok
+    assert active_sha("a") == active_sha("b") == sha_of(rule(3))
+
+
+@pytest.mark.slow
+def test_expired_session_leaves_membership_then_rejoins_and_converges(
+    engines: list[EngineProcess], registry_url: str
+) -> None:
+    for name in "ab":
+        member(engines, registry_url, name)
+    assert push(registry_url, 1).ok
+    frozen = engines[1]
+    os.kill(frozen.proc.pid, signal.SIGSTOP)  # b stops answering ZooKeeper's pings
+    try:
+        wait_for(lambda: members(registry_url) == {"a"}, what="b's session to expire")
+        record = push(registry_url, 2)
+        assert record.ok and list(record.acks) == ["a"]
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+    wait_for(lambda: members(registry_url) == {"a", "b"}, what="b to join again")
+    wait_for(lambda: active_sha("b") == sha_of(rule(2)), what="b to converge")
+    # A late member converges before it reports ready.
+    member(engines, registry_url, "c")
+    assert active_sha("c") == sha_of(rule(2))
