@@ -377,9 +377,47 @@ def _verb_words(args: argparse.Namespace) -> list[str]:
             words.append(value)
     for option in spec.options:
         value = getattr(args, f"opt_{option.dest}")
-        if value is not None:
+        if value is True:  # a switch
+            words.append(option.flag)
+        elif value is not None and value is not False:
             words += [option.flag, value]
     return words
+
+
+def _watch_file(client: Any, watch: dict[str, Any], *, as_json: bool, color: bool) -> int:
+    """``livepatch load FILE --watch [--swap]``: one report per save until Ctrl-C."""
+    from .filewatch import WatchStep, describe_step, watch_until_interrupted
+
+    def emit(step: WatchStep) -> None:
+        if as_json:  # JSON lines: one object per save, for scripts to follow
+            line = json.dumps(
+                {
+                    "path": step.path,
+                    "version": step.version,
+                    "new": step.new,
+                    "ok": step.ok,
+                    "error": step.error,
+                    "problems": [p.to_json() for p in step.report.problems] if step.report else [],
+                    "swapped": step.swapped,
+                    "active": step.active,
+                    "seconds": round(step.seconds, 6),
+                }
+            )
+            print(line, flush=True)
+        else:
+            print(describe_step(step, color=color), flush=True)
+
+    if not as_json:
+        print(
+            f"watching {watch['path']} for slot {watch['slot']}"
+            f"{' (swapping clean saves in)' if watch['swap'] else ''}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+    watch_until_interrupted(
+        client, Path(watch["path"]), str(watch["slot"]), swap=bool(watch["swap"]), emit=emit
+    )
+    return 0
 
 
 def _emit_error(message: str, kind: str, code: int) -> None:
@@ -406,6 +444,8 @@ def run_verb(args: argparse.Namespace) -> int:
 
             runner.width = shutil.get_terminal_size().columns
         result = runner.execute(words)
+        if result.action == "watch-file" and isinstance(result.data, dict):
+            return _watch_file(client, result.data, as_json=args.json, color=runner.color)
     if args.json:
         if result.data is not None:
             _emit_json(result.data)
@@ -529,6 +569,11 @@ def _add_command_verbs(sub: Any) -> None:
             nargs = "*" if arg.repeat else "?" if arg.optional else None
             vp.add_argument(arg.dest, metavar=arg.metavar, nargs=nargs, help=what)
         for option in spec.options:
+            if option.kind is ArgKind.SWITCH:
+                vp.add_argument(
+                    option.flag, dest=f"opt_{option.dest}", action="store_true", help=option.help
+                )
+                continue
             vp.add_argument(
                 option.flag, dest=f"opt_{option.dest}", metavar=option.metavar, help=option.help
             )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .resolve import ResolveReport
     from .symbols import SymbolDiff
 
-__all__ = ["WatchStep", "load_once", "watch_file"]
+__all__ = ["WatchStep", "describe_step", "load_once", "watch_file", "watch_until_interrupted"]
 
 #: Milliseconds to gather the events of one save (an editor's write, rename
 #: and chmod arrive together) before loading.
@@ -164,3 +164,52 @@ def watch_file(
             return
         if path.exists():
             yield load_once(client, path, slot, swap=swap)
+
+
+def describe_step(step: WatchStep, *, color: bool = False) -> str:
+    """What one save did, for a person: one line, then the check's problems
+    or the diff's changed rows when there are any."""
+    from .render import render_diff, render_report
+
+    name = Path(step.path).name
+    if step.version is None:
+        return f"{name}: {step.error}; {step.active or 'nothing'} keeps serving"
+    if step.version == step.active and not step.swapped and step.report is None:
+        return f"{name}: unchanged ({step.version} is active)"
+    head = f"{name}: loaded {step.version}" if step.new else f"{name}: is {step.version}"
+    parts = [head]
+    if step.report is not None and not step.report.ok:
+        parts.append(f"check failed; {step.active or 'nothing'} keeps serving")
+        return "; ".join(parts) + "\n" + render_report(step.report, color=color)
+    if step.error:
+        parts.append(f"not swapped: {step.error}")
+    elif step.swapped:
+        parts.append(f"swapped in ({step.seconds * 1000:.0f} ms from the save)")
+    else:
+        parts.append(f"check ok; {step.active or 'nothing'} still active (add --swap to swap)")
+    text = "; ".join(parts)
+    if step.diff is not None:
+        changed = tuple(r for r in step.diff.rows if r.marker != "=")
+        if changed:
+            from dataclasses import replace
+
+            text += "\n" + render_diff(replace(step.diff, rows=changed), color=color)
+    return text
+
+
+def watch_until_interrupted(
+    client: Client,
+    path: Path,
+    slot: str,
+    *,
+    swap: bool,
+    emit: Callable[[WatchStep], None],
+) -> None:
+    """Run :func:`watch_file` in the foreground until Ctrl-C (which ends it
+    quietly), handing each step to ``emit``."""
+    stop = threading.Event()
+    try:
+        for step in watch_file(client, path, slot, swap=swap, stop=stop):
+            emit(step)
+    except KeyboardInterrupt:
+        stop.set()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess
+from conftest import EngineProcess, run_cli
 
 from livepatch.client import Client
 from livepatch.filewatch import WatchStep, watch_file
@@ -135,3 +139,44 @@ def test_each_save_is_compared_with_what_is_active_when_it_is_seen(
     with Client.connect(engine_proc.name) as client:
         swap = [e for e in client.journal() if e["op"] == "swap"][-1]
     assert swap["version"] == "spam@3" and "spam@1 -> spam@3" in swap["result"]
+
+
+def test_the_cli_watches_until_ctrl_c(engine_proc: EngineProcess, rule_file: Path) -> None:
+    # `livepatch load FILE --watch --swap --json`: one JSON line per save,
+    # Ctrl-C (SIGINT) ends it with status 0
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "livepatch", "load", str(rule_file), "--watch", "--swap", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in cli.stdout or ()], daemon=True
+    ).start()
+
+    def next_step() -> dict[str, object]:
+        step: dict[str, object] = json.loads(lines.get(timeout=30))
+        return step
+
+    try:
+        first = next_step()
+        assert first["swapped"] is True and first["version"] == "spam@2"
+        rule_file.write_text("def classify(msg:\n")
+        broken = next_step()
+        assert broken["ok"] is False and broken["version"] is None
+        assert "SyntaxError" in str(broken["error"]) and broken["active"] == "spam@2"
+        rule_file.write_text(RULE.format(spam=True, score=0.9))
+        fixed = next_step()
+        assert fixed["swapped"] is True and fixed["active"] == "spam@3"
+    finally:
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(20) == 0, cli.stderr.read() if cli.stderr else ""
+    assert active(engine_proc) == "spam@3"
+
+
+def test_swap_without_watch_is_a_usage_error(engine_proc: EngineProcess, rule_file: Path) -> None:
+    done = run_cli("load", str(rule_file), "--swap")
+    assert done.returncode == 2
+    assert "--swap goes with --watch" in done.stderr
+    assert done.stderr.count("\n") == 1  # one line, no traceback

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: What the caller must do after a result: leave, or show the live view.
-Action = Literal["quit", "watch"]
+Action = Literal["quit", "watch", "watch-file"]
 
 _RED = "\x1b[31m"
 _BOLD = "\x1b[1m"
@@ -339,6 +339,13 @@ class CommandRunner:
             except ValueError as exc:
                 raise ShellUsageError(str(exc)) from None
         params["slot"] = slot
+        if parsed.flag("swap") and not parsed.flag("watch"):
+            raise ShellUsageError("--swap goes with --watch: load FILE --watch --swap")
+        if parsed.flag("watch"):
+            # The front end runs the loop (filewatch.watch_file): it owns the
+            # terminal, or the cell, and how a person stops it.
+            watch = {"path": str(path), "slot": slot, "swap": parsed.flag("swap")}
+            return self._ok(parsed, "", action="watch-file", data=watch)
         result = self.client.request("load", params)
         version = result["version"]
         if result.get("new", True):

@@ -64,6 +64,7 @@ class ArgKind(enum.Enum):
     JSON = "json"
     SECONDS = "seconds"
     COUNT = "count"
+    SWITCH = "switch"  # an option that takes no value: ``--watch``
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,8 @@ class Arg:
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """An option that takes one value: ``--slot spam`` or ``--slot=spam``."""
+    """An option that takes one value: ``--slot spam`` or ``--slot=spam``;
+    of kind ``SWITCH``, one that takes none: ``--watch``."""
 
     flag: str
     dest: str
@@ -93,7 +95,9 @@ class Option:
     help: str
 
     def usage(self) -> str:
-        """How ``help`` shows it: ``[--slot SLOT]``."""
+        """How ``help`` shows it: ``[--slot SLOT]``, ``[--watch]``."""
+        if self.kind is ArgKind.SWITCH:
+            return f"[{self.flag}]"
         return f"[{self.flag} {self.metavar}]"
 
 
@@ -182,6 +186,10 @@ class ParsedCommand:
         value = self.values.get(dest)
         return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
+    def flag(self, dest: str) -> bool:
+        """Whether a ``SWITCH`` option was given."""
+        return self.values.get(dest) is True
+
     def number(self, dest: str) -> float | None:
         """A numeric option's value, or ``None``."""
         value = self.values.get(dest)
@@ -205,7 +213,10 @@ _SPECS: Final = (
         "new version of SLOT. Without --slot: the engine's only slot, or the only\n"
         "slot of the file's kind (.c/.so: native, else Python). Nothing calls it\n"
         "until it has passed `check` and been swapped in. Loading the same source\n"
-        "again returns the existing version.",
+        "again returns the existing version. With --watch, FILE is loaded again on\n"
+        "every save and each version checked and diffed against the active one\n"
+        "(--swap: swapped in when clean); a broken save leaves the active version\n"
+        "serving. Ctrl-C stops watching.",
         args=(Arg("file", "FILE", ArgKind.FILE),),
         options=(
             Option(
@@ -215,8 +226,26 @@ _SPECS: Final = (
                 ArgKind.SLOT,
                 "the slot to load into (default: picked by the file's kind)",
             ),
+            Option(
+                "--watch",
+                "watch",
+                "",
+                ArgKind.SWITCH,
+                "keep loading FILE on every save (check, diff against the active "
+                "version) until Ctrl-C",
+            ),
+            Option(
+                "--swap",
+                "swap",
+                "",
+                ArgKind.SWITCH,
+                "with --watch: swap each save in when its check is clean",
+            ),
         ),
-        examples=("load livepatch/examples/rules/spam_v2.py --slot spam",),
+        examples=(
+            "load livepatch/examples/rules/spam_v2.py --slot spam",
+            "load livepatch/examples/rules/spam_v2.py --watch --swap",
+        ),
     ),
     CommandSpec(
         "check",
@@ -475,6 +504,11 @@ def parse(words: Iterable[str]) -> ParsedCommand:
                     f"(options: {known}); usage: {spec.usage()}"
                 )
             _, eq, raw = word.partition("=")
+            if option.kind is ArgKind.SWITCH:
+                if eq:
+                    raise ShellUsageError(f"{option.flag} takes no value: usage: {spec.usage()}")
+                values[option.dest] = True
+                continue
             if not eq:
                 raw_next = next(rest, None)
                 if raw_next is None:

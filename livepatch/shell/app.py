@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
@@ -220,6 +220,8 @@ class Shell:
                             return 0
                         if result.action == "watch":
                             self._watch()
+                        if result.action == "watch-file":
+                            self._watch_file(result.data)
                 except KeyboardInterrupt:
                     self._interrupted()
                 # Whatever the command changed should reach the toolbar now.
@@ -235,6 +237,20 @@ class Shell:
         self._print(
             "interrupted: the engine may still complete that request (see `status`, `journal`)"
         )
+
+    def _watch_file(self, watch: Any) -> None:
+        """``load FILE --watch``: report every save until Ctrl-C."""
+        from ..filewatch import describe_step, watch_until_interrupted
+
+        self._print(f"watching {watch['path']}; Ctrl-C stops")
+        watch_until_interrupted(
+            self.link.client,
+            Path(watch["path"]),
+            str(watch["slot"]),
+            swap=bool(watch["swap"]),
+            emit=lambda step: self._print(describe_step(step, color=self.runner.color)),
+        )
+        self._print("stopped watching")
 
     def _watch(self) -> None:
         app = watch_application(
