@@ -87,7 +87,7 @@ VERBS: Final[dict[str, Verb]] = {
     ),
     "status": Verb("status", "slots, versions, states and call counts", 0, 0),
     "load": Verb(
-        "load FILE [--slot S]",
+        "load FILE [--slot S] [--watch [--swap]]",
         "load a file as a new version (%%hotswap load SLOT: the cell)",
         0,
         1,
@@ -119,6 +119,7 @@ VERBS: Final[dict[str, Verb]] = {
         None,
     ),
     "journal": Verb("journal [--limit N]", "the engine's audit log", 0, 0, frozenset({"limit"})),
+    "unwatch": Verb("unwatch", "stop every `load FILE --watch` of this kernel", 0, 0),
     "log": Verb(
         "log [--lines N]",
         "the end of the engine's output (rules' print, warnings)",
@@ -178,6 +179,10 @@ class HotswapMagics(Magics):
     @argument("--limit", type=int, metavar="N", help="journal: the last N entries")
     @argument("--rate", type=float, metavar="R", help="start: demo calls per second (default: 20)")
     @argument("--lines", type=int, metavar="N", help="log: the last N lines (default: 20)")
+    @argument(
+        "--watch", action="store_true", help="load: load FILE again on every save (until unwatch)"
+    )
+    @argument("--swap", action="store_true", help="load --watch: swap clean saves in")
     @_with_verb_help
     def hotswap(self, line: str, cell: str | None = None) -> View:
         """Drive a running livepatch engine: load, check, swap, purge, unload rules.
@@ -240,6 +245,9 @@ class HotswapMagics(Magics):
         for option in _OPTIONS:
             if getattr(args, option) is not None and option not in verb.options:
                 raise UsageError(f"%hotswap {name} does not take --{option}: {verb.usage}")
+        for switch in ("watch", "swap"):  # store_true: False when not given
+            if getattr(args, switch) and name != "load":
+                raise UsageError(f"%hotswap {name} does not take --{switch}: {verb.usage}")
         # The same limits as the shell's and the CLI's parser.
         for option, least in (("rate", 0.0), ("wait", 0.0), ("lines", 1)):
             value = getattr(args, option)
@@ -333,7 +341,7 @@ class HotswapMagics(Magics):
     def _status(self, args: Any, cell: str | None) -> StatusView:
         return StatusView(self._client().status())
 
-    def _load(self, args: Any, cell: str | None) -> LoadResult:
+    def _load(self, args: Any, cell: str | None) -> LoadResult | None:
         client = self._client()
         if cell is not None:
             if len(args.args) == 1 and args.slot is not None:
@@ -355,6 +363,11 @@ class HotswapMagics(Magics):
                     "usage: %hotswap load FILE [--slot S] (or `%%hotswap load SLOT` in a cell)"
                 )
             path = Path(os.path.expanduser(args.args[0]))
+            if args.swap and not args.watch:
+                raise UsageError("--swap goes with --watch: %hotswap load FILE --watch --swap")
+            if args.watch:
+                self._watch_file(client, path, args.slot, swap=args.swap)
+                return None
             try:
                 params = file_load_params(path)
             except ValueError as exc:
@@ -368,6 +381,31 @@ class HotswapMagics(Magics):
             return LoadResult(client.request("load", params), path.name)
         params = {"slot": slot, "source": source, "filename": filename}
         return LoadResult(client.request("load", params), filename)
+
+    def _watch_file(self, client: Any, path: Path, slot: str | None, *, swap: bool) -> None:
+        from IPython.display import display
+
+        from .watching import NotebookWatch
+
+        chosen = self._slot(client, slot, path.name)
+        if not path.is_file():
+            raise UsageError(f"cannot watch {path}: no such file")
+        # A connection of its own: the session's client serves the next cells.
+        watch = NotebookWatch(
+            Client(client.info, client_name=f"{self.session.client_name}-watch"),
+            path,
+            chosen,
+            swap=swap,
+        )
+        self.session.watches.append(watch)
+        handle = display(watch, display_id=True)
+        watch.start(handle)
+        return None
+
+    def _unwatch(self, args: Any, cell: str | None) -> Outcome:
+        stopped = self.session.unwatch()
+        summary = f"stopped watching {', '.join(stopped)}" if stopped else "nothing is watched"
+        return Outcome("unwatch", {"stopped": stopped}, summary)
 
     def _cell_number(self, cell: str) -> int:
         """The N of the cell's ``In [N]``, whichever IPython counts when.
@@ -523,6 +561,8 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
     if magics is None:
         return
     session = magics.session
+    # Watch loops run this module's code: they end with it (engines stay).
+    session.unwatch()
     manager = ipython.magics_manager
     for kind in ("line", "cell"):
         table = manager.magics[kind]

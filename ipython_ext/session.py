@@ -89,6 +89,8 @@ class HotswapSession:
         self.bound: tuple[str, int] | None = None
         #: Said once with the next result (the bound engine was restarted).
         self.note = ""
+        #: ``%hotswap load FILE --watch`` loops (ipython_ext.watching.NotebookWatch).
+        self.watches: list[Any] = []
 
     # -- connection ---------------------------------------------------------------
 
@@ -258,8 +260,17 @@ class HotswapSession:
                 break
             time.sleep(0.05)  # not our child: no wait() to block on
 
+    def unwatch(self) -> list[str]:
+        """Stop every file watch; the names of the files that were watched."""
+        stopped = [w.path.name for w in self.watches]
+        for watch in self.watches:
+            watch.stop()
+        self.watches.clear()
+        return stopped
+
     def close(self) -> None:
-        """Stop every engine started here and disconnect: kernel exit."""
+        """Stop every watch and every engine started here, and disconnect: kernel exit."""
+        self.unwatch()
         self.disconnect()
         self.stop()
         if self._atexit:

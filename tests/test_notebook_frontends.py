@@ -370,3 +370,35 @@ def test_terminal_ipython_colours_follow_its_scheme(
     finally:
         subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
         term.socket.unlink(missing_ok=True)
+
+
+WATCHED_RULE = """
+from livepatch.examples.spam import Message, Verdict
+
+def classify(msg: Message) -> Verdict:
+    return Verdict(spam={spam}, score=0.5)
+"""
+
+
+def test_load_watch_swaps_each_clean_save_until_unwatch(
+    ip: InteractiveShell, runtime_dir: Path, tmp_path: Path
+) -> None:
+    hs(ip, "start watched --rate 0")
+    rule = tmp_path / "rules.py"
+    rule.write_text(WATCHED_RULE.format(spam=False))
+    assert hs(ip, f"load {rule} --watch --swap") is None  # the report is displayed, in place
+    (watch,) = ip.magics_manager.registry["HotswapMagics"].session.watches
+    assert watch.wait_for(1, 30) and watch.steps[0].swapped
+    rule.write_text("def classify(msg:\n")  # a broken save
+    assert watch.wait_for(2, 30)
+    assert watch.steps[1].version is None and "SyntaxError" in (watch.steps[1].error or "")
+    rule.write_text(WATCHED_RULE.format(spam=True))
+    assert watch.wait_for(3, 30) and watch.steps[2].swapped
+    assert hs(ip, "status").data["slots"][0]["active"] == watch.steps[2].version
+    assert "keeps serving" in watch.text() and "swapped in" in watch.text()
+    stopped = hs(ip, "unwatch")
+    assert stopped["stopped"] == ["rules.py"] and not watch.running
+    with pytest.raises(UsageError, match="--swap goes with --watch"):
+        hs(ip, f"load {rule} --swap")
+    with pytest.raises(UsageError, match="does not take --watch"):
+        hs(ip, "status --watch")
