@@ -459,3 +459,28 @@ def test_side_by_side_falls_back_to_stacked_at_80_columns(
     finally:
         subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
         term.socket.unlink(missing_ok=True)
+
+
+def test_the_shell_watches_a_file_until_ctrl_c(terminal: Terminal, tmp_path: Path) -> None:
+    rule = tmp_path / "watched.py"
+    rule.write_text(PRINTLESS_RULE.format(spam=False))
+    terminal.wait_for("rules>")
+    terminal.type(f"load {rule} --watch --swap", "Enter")
+    terminal.wait_for("watched.py: loaded spam@2; swapped in")
+    rule.write_text("def classify(msg:\n")
+    terminal.wait_for("SyntaxError")
+    terminal.wait_for("spam@2 keeps serving")
+    rule.write_text(PRINTLESS_RULE.format(spam=True))
+    terminal.wait_for("watched.py: loaded spam@3; swapped in")
+    terminal.type("", "C-c")  # stops the watch, not the shell
+    terminal.wait_for("stopped watching")
+    terminal.type("status", "Enter")
+    terminal.wait_for("* spam@3")
+
+
+PRINTLESS_RULE = """
+from livepatch.examples.spam import Message, Verdict
+
+def classify(msg: Message) -> Verdict:
+    return Verdict(spam={spam}, score=0.5)
+"""
