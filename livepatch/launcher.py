@@ -125,6 +125,12 @@ class EngineProcess:
         """
         if self.alive:
             return self.ready
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (several engines can
+        start side by side; :meth:`wait_ready` then waits for each)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned until stop()
         offset = log.tell()
@@ -145,7 +151,10 @@ class EngineProcess:
             raise
         self._log = log
         self._offset = offset
-        self.ready = self._wait_ready(offset, timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for the ready line of a spawned engine; returns it (see :meth:`start`)."""
+        self.ready = self._wait_ready(self._offset, timeout)
         return self.ready
 
     def _wait_ready(self, offset: int, timeout: float) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..launcher import EngineProcess
+
 __all__ = ["measure_local", "measure_zookeeper"]
 
 _RULE = '''"""Fleet benchmark rule {n}."""
@@ -81,40 +83,20 @@ def _private_env() -> Iterator[Path]:
                     os.environ[k] = v
 
 
-def _start_engines(names: list[str], extra: list[str]) -> list[subprocess.Popen[str]]:
-    procs = []
-    for name in names:
-        cmd = [
-            sys.executable,
-            "-m",
-            "livepatch",
-            "engine",
-            "--name",
-            name,
-            "--slot",
-            "spam=livepatch.examples.spam:SpamRules",
-            "--load-timeout",
-            "60",
-            *extra,
-        ]
-        procs.append(
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        )
-    for proc in procs:
-        assert proc.stdout is not None
-        if not proc.stdout.readline():
-            raise RuntimeError(f"an engine failed to start: {proc.args!r}")
-    return procs
+def _start_engines(names: list[str], extra: list[str]) -> list[EngineProcess]:
+    """The members, started side by side by the launcher (output to their logs)."""
+    args = ["--slot", "spam=livepatch.examples.spam:SpamRules", "--load-timeout", "60", *extra]
+    engines = [EngineProcess(name, args) for name in names]
+    for engine in engines:
+        engine.spawn()
+    for engine in engines:
+        engine.wait_ready()
+    return engines
 
 
-def _stop(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def _stop(engines: list[EngineProcess]) -> None:
+    for engine in engines:
+        engine.stop(20)
 
 
 class _Callers:

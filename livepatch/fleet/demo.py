@@ -11,16 +11,15 @@ the fleet's store are removed at the end, whatever happens.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from ..examples.spam import rule_path, rule_source
+from ..launcher import EngineProcess
 from .local import push_local, rollback_local
 from .store import fleet_root
 from .view import local_view, render_push, render_view
@@ -48,19 +47,12 @@ def _risky_source() -> str:
 
 @contextlib.contextmanager
 def _members(fleet: str, count: int, rate: float) -> Iterator[list[dict[str, Any]]]:
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for i in range(1, count + 1):
-            env = dict(os.environ)
-            if i == count:
-                env[REFUSE_ENV] = "1"
-            cmd = [
-                sys.executable,
-                "-m",
-                "livepatch",
-                "engine",
-                "--name",
-                f"{fleet}-{i}",
+    # The launcher: output to each engine's log (never a pipe nobody drains),
+    # SIGTERM then SIGKILL on the way out.
+    engines = [
+        EngineProcess(
+            f"{fleet}-{i}",
+            [
                 "--fleet",
                 fleet,
                 "--slot",
@@ -69,29 +61,18 @@ def _members(fleet: str, count: int, rate: float) -> Iterator[list[dict[str, Any
                 f"spam={rule_path('spam_v1.py')}",
                 "--traffic",
                 str(rate),
-            ]
-            procs.append(
-                subprocess.Popen(
-                    cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-                )
-            )
-        ready = []
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"a member did not start (exit {proc.wait()})")
-            ready.append(json.loads(line))
-        yield ready
+            ],
+            env={REFUSE_ENV: "1"} if i == count else None,
+        )
+        for i in range(1, count + 1)
+    ]
+    try:
+        for engine in engines:
+            engine.spawn()
+        yield [engine.wait_ready() for engine in engines]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for engine in engines:
+            engine.stop(15)
 
 
 def _step(title: str, command: str) -> None:
