@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import EngineProcess, run_cli
-from test_shell_tmux import EXITED, TMUX, Terminal
+from terminal import Terminal, open_terminal
 from test_shell_tmux import terminal as terminal  # a fixture, used by name
 
 from livepatch.client import Client
@@ -268,46 +268,14 @@ def test_every_readme_command_runs_as_written(runtime_dir: Path) -> None:
 
 @pytest.fixture
 def demo_terminal(runtime_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
-    if TMUX is None:
-        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
-    conf = tmp_path / "tmux.conf"
-    conf.write_text("set -g remain-on-exit on\nset -g status off\n")
     env = {
         "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
         "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
         "TERM": "xterm-256color",
     }
-    demo = shlex.join(
-        [
-            "env",
-            *(f"{k}={v}" for k, v in env.items()),
-            sys.executable,
-            "-m",
-            "livepatch",
-            "demo",
-            "--rate",
-            "20",
-        ]
-    )
-    term = Terminal(runtime_dir.parent / "tmux.sock", name="demo")
-    try:
-        term.tmux(
-            "-f",
-            str(conf),
-            "new-session",
-            "-d",
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "-s",
-            "demo",
-            f'cd {shlex.quote(str(tmp_path))} && {demo}; echo "{EXITED}$?]"',
-        )
+    argv = [sys.executable, "-m", "livepatch", "demo", "--rate", "20"]
+    with open_terminal(runtime_dir.parent, "demo", argv, env, cwd=tmp_path) as term:
         yield term
-    finally:
-        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
-        term.socket.unlink(missing_ok=True)
 
 
 def _demo_engine(runtime_dir: Path) -> int:
@@ -430,19 +398,13 @@ def test_shell_keys_in_a_real_terminal(terminal: Terminal) -> None:
 def test_side_by_side_falls_back_to_stacked_at_80_columns(
     engine_proc: EngineProcess, runtime_dir: Path, tmp_path: Path
 ) -> None:
-    if TMUX is None:
-        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
     env = {
         "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
         "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
         "TERM": "xterm-256color",
     }
-    shell = shlex.join(
-        ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "livepatch", "shell"]
-    )
-    term = Terminal(runtime_dir.parent / "tmux.sock", name="narrow")
-    try:
-        term.tmux("new-session", "-d", "-x", "80", "-y", "60", "-s", "narrow", shell)
+    argv = [sys.executable, "-m", "livepatch", "shell"]
+    with open_terminal(runtime_dir.parent, "narrow", argv, env, size=(80, 60)) as term:
         term.wait_for("rules>")
         term.type(f"load {rule_path('spam_v2.py')}", "Enter")
         term.wait_for("loaded spam@2")
@@ -456,9 +418,6 @@ def test_side_by_side_falls_back_to_stacked_at_80_columns(
         start = next(i for i, line in enumerate(lines) if "(stacked" in line)
         end = next(i for i, line in enumerate(lines) if line.startswith("= 8  ~ 2"))
         assert all(len(line) < 80 for line in lines[start : end + 1]), screen
-    finally:
-        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
-        term.socket.unlink(missing_ok=True)
 
 
 def test_the_shell_watches_a_file_until_ctrl_c(terminal: Terminal, tmp_path: Path) -> None:
