@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess, run_cli, start_engine
+from conftest import EngineProcess, require, run_cli, start_engine
 from fleet_helpers import SLOT_ARGS, active_sha, rule, wait_for
 
 from livepatch.fleet.model import PushRecord, sha_of
@@ -31,11 +31,7 @@ SESSION_S = 2
 
 @pytest.fixture(scope="module")
 def zk_server() -> Iterator[ZooKeeperServer]:
-    missing = zookeeper_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"ZooKeeper is needed in CI: {missing}")
-        pytest.skip(missing)
+    require(zookeeper_missing())
     with tempfile.TemporaryDirectory(prefix="lp-zk-") as tmp, ZooKeeperServer(Path(tmp)) as server:
         yield server
 

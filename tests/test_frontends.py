@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EngineProcess, run_cli
+from conftest import EngineProcess, needs, run_cli
 from terminal import Terminal, open_terminal
 from test_shell_tmux import terminal as terminal  # a fixture, used by name
 
@@ -201,7 +201,7 @@ def test_the_journal_escapes_client_names(engine_proc: EngineProcess) -> None:
         assert "evil\\x1b[2J" in out
 
 
-@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native version")
+@needs(None if find_compiler() else "no C compiler: no native version")
 def test_long_ids_keep_the_columns(engine_proc: EngineProcess) -> None:
     run_cli("load", str(RULES / "spam_native_v2.c"))
     watch = run_cli("shell", "-c", "watch --for 0.2").stdout.splitlines()
@@ -304,7 +304,7 @@ def test_ctrl_c_in_the_demo_interrupts_the_command_only(
     assert not pid_alive(pid)
 
 
-@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native copies to clean")
+@needs(None if find_compiler() else "no C compiler: no native copies to clean")
 def test_closing_the_terminal_cleans_up_the_demo(
     demo_terminal: Terminal, runtime_dir: Path
 ) -> None:

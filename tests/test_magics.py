@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EngineProcess
+from conftest import EngineProcess, needs
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.lib.pretty import pretty
@@ -477,7 +477,7 @@ def test_view_wraps_data_models(engine_proc: EngineProcess) -> None:
         view(42)
 
 
-@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: the native slot has no v1")
+@needs(None if find_compiler() else "no C compiler: the native slot has no v1")
 def test_load_picks_the_native_slot_for_a_c_file(ip: InteractiveShell, engine_proc: Any) -> None:
     version = hs(ip, f"load {rule_path('spam_native_v2.c')}")
     assert str(version) == "spam_native@2"
