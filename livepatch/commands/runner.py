@@ -250,7 +250,7 @@ class CommandRunner:
         needs_engine = parsed.spec.name not in ("help", "quit")
         try:
             announce = self.link.ensure() if needs_engine else ""
-            result = self._handlers[parsed.spec.name](parsed)
+            result = self.dispatch(parsed)
         except ShellUsageError as exc:
             return self._failure(text, str(exc), usage=True)
         except ConnectionLost as exc:
@@ -272,6 +272,16 @@ class CommandRunner:
         if announce:
             result = replace(result, text=f"{announce}\n{result.text}" if result.text else announce)
         return result
+
+    def dispatch(self, parsed: ParsedCommand) -> CommandResult:
+        """Run one parsed command with its handler, letting errors through.
+
+        :meth:`execute` wraps this with the shell's and the CLI's error
+        policy; a front end with its own (``%hotswap``: one ``UsageError``
+        line, its own reconnect messages) calls this directly and catches
+        :class:`ShellUsageError` and :class:`LivepatchError` itself.
+        """
+        return self._handlers[parsed.spec.name](parsed)
 
     def _lost_message(self, exc: ConnectionLost) -> str:
         from .link import EngineGone
