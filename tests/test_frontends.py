@@ -343,6 +343,13 @@ def test_the_tour_prints_real_commands_and_purges(runtime_dir: Path) -> None:
         line[len("$ livepatch ") :] for line in done.stdout.splitlines() if line.startswith("$ ")
     ]
     assert "purge spam@2" in commands and "purged spam@2" in done.stdout
+    # Step 7: spam@6 counted two messages; spam@7's hook carried them across the swap
+    # (no demo traffic here, so the counts are exactly the tour's two calls).
+    stats = re.findall(r"^(spam@\d+): (\{\"messages\".*\})$", done.stdout, re.M)
+    counts = [(version, json.loads(seen)["messages"]) for version, seen in stats]
+    assert counts == [("spam@6", 2), ("spam@7", 2)]
+    assert re.search(r"\+ +\d+ T __livepatch_handoff__ +\(previous\)$", done.stdout, re.M)
+    assert "spam: spam@6 -> spam@7 (spam@7's __livepatch_handoff__ took over" in done.stdout
     parser = build_parser()
     for command in commands:
         parser.parse_args(shlex.split(command))  # each one runs as printed (exits 2 if not)

@@ -582,7 +582,7 @@ def test_script_on_stdin(engine_proc: EngineProcess) -> None:
 def test_demo_without_a_terminal_runs_the_tour(runtime_dir: Path) -> None:
     done = run_cli("demo", "--rate", "100", input="")
     assert done.returncode == 0, done.stderr
-    assert "## 1." in done.stdout and "## 7." in done.stdout
+    assert "## 1." in done.stdout and "## 8." in done.stdout
     assert "stopped" in done.stdout
     assert list_engines(runtime_dir) == []  # the demo's engine is gone
 

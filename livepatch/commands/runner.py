@@ -389,6 +389,8 @@ class CommandRunner:
     def _swapped(self, parsed: ParsedCommand, result: dict[str, Any]) -> CommandResult:
         if result["changed"]:
             text = f"{result['slot']}: {result['previous'] or 'nothing'} -> {result['active']}"
+            if result.get("handed_over"):
+                text += f" ({result['active']}'s __livepatch_handoff__ took over the state)"
         else:
             text = f"{result['slot']}: {result['active']} is already active"
         return self._ok(parsed, text, data=result)
