@@ -582,6 +582,9 @@ environment:
                          (default: $XDG_RUNTIME_DIR/livepatch, else ~/.livepatch/runtime)
   LIVEPATCH_STATE_HOME   where the shell keeps its history
                          (default: $XDG_STATE_HOME/livepatch, else ~/.local/state/livepatch)
+  LIVEPATCH_LOG_MAX_BYTES
+                         rotate NAME.log (engines the demo or %hotswap start started)
+                         to NAME.log.1 past this many bytes (default: 10 MiB)
   LIVEPATCH_DEBUG=1      show the traceback of an internal error
   NO_COLOR, TERM=dumb    no colour
   CC                     the C compiler for native slots (default: cc)

@@ -411,6 +411,50 @@ def test_a_one_shot_verb_imports_no_engine_core(engine_proc: EngineProcess) -> N
     assert not stdlib & loaded, stdlib & loaded
 
 
+def test_the_log_is_bounded_at_start_and_while_running(
+    runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = 64 * 1024
+    monkeypatch.setenv("LIVEPATCH_LOG_MAX_BYTES", str(limit))
+    log = runtime_dir / "bounded.log"
+    older = runtime_dir / "bounded.log.1"
+    runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log.write_text("an earlier run\n" * 10_000)  # 150 KiB left by earlier starts
+    engine = EngineProcess("bounded", ["--no-quarantine"])
+    engine.start()
+    try:
+        # At start: the full log moved to .1, this run's log begins afresh.
+        assert older.read_text().startswith("an earlier run")
+        assert "an earlier run" not in log.read_text() and '{"ready"' in log.read_text()
+        with Client.connect("bounded") as client:
+            v = client.load("spam", PRINTING_RULE, "chatty.py")
+            assert client.check(v).ok
+            client.swap(v)
+            msg = {"sender": "a@b.c", "text": "hi", "links": []}
+            for _ in range(64):  # 256 KiB: four times the limit
+                client.call("spam", "classify", [msg])
+        # While running: copied to .1 and emptied, and the engine writes on.
+        wait_for(lambda: log.stat().st_size < limit and "chatty rule" in older.read_text())
+        assert engine.alive
+        with Client.connect("bounded") as client:
+            client.call("spam", "classify", [msg])
+        wait_for(lambda: "chatty rule" in log.read_text())
+        assert log.read_bytes()[:1] != b"\0"  # O_APPEND: no hole before the new line
+        shown = run_cli("log", "--lines", "3", "--existing", "bounded")
+        assert shown.returncode == 0 and shown.stdout.count("chatty rule xxxx") == 3
+    finally:
+        engine.stop()
+    # One older generation only: this run's rotation replaced the earlier run's.
+    assert "an earlier run" not in older.read_text()
+    assert sorted(p.name for p in runtime_dir.glob("bounded.log*")) == ["bounded.log", older.name]
+
+
+def test_a_bad_log_limit_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEPATCH_LOG_MAX_BYTES", "10MB")
+    with pytest.raises(ValueError, match=r"LIVEPATCH_LOG_MAX_BYTES='10MB': use a positive"):
+        EngineProcess("x")
+
+
 def test_shell_keys_in_a_real_terminal(terminal: Terminal) -> None:
     terminal.wait_for("rules>")
     # "sy" and Tab in one burst (a paste, a laggy ssh) still completes.
