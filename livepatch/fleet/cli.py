@@ -75,8 +75,6 @@ def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | Non
     validate_fleet_name(fleet)
     member: Any
     if _is_zk(args.registry):
-        import dataclasses
-
         from ..client import Client
         from ..runtime import write_connection_file
         from .handle import ClientHandle
@@ -88,7 +86,7 @@ def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | Non
         member = ZkMember(address, fleet, ClientHandle(client), pid=info.pid)
         state = member.start()
         # Local tools (status, the demo) find ZooKeeper members here too.
-        write_connection_file(dataclasses.replace(info, fleet=fleet))
+        write_connection_file(info._replace(fleet=fleet))
     else:
         from .local import LocalMember
 
