@@ -51,6 +51,7 @@ from .display import (
     html_table,
     themed,
 )
+from .fleetview import fleet_line
 from .session import DEFAULT_RATE, HotswapSession
 
 __all__ = ["VERBS", "HotswapMagics", "Verb", "load_ipython_extension", "unload_ipython_extension"]
@@ -200,7 +201,14 @@ class HotswapMagics(Magics):
         version of SLOT. JSON arguments of `call` are written as on a shell
         command line ('{"sender": "a", "text": "b"}'); a name that is not
         JSON passes the notebook variable of that name.
+
+        `%hotswap connect --fleet F [--registry URL]` drives a whole fleet:
+        status (every member side by side), push FILE --slot S, rollback S,
+        symbols/diff by sha, history; `%hotswap connect NAME` goes back.
         """
+        fleet = fleet_line(self, line, cell)  # a fleet verb, or None: an engine's
+        if fleet is not None:
+            return fleet
         args = self._parse(line)
         if args.verb is None:
             raise UsageError(f"%hotswap needs a verb: {', '.join(VERBS)} (see %hotswap?)")

@@ -454,14 +454,16 @@ def localize(message: str, prefix: str) -> str:
     return _QUOTED_COMMAND.sub(sub, message)
 
 
-def lookup(name: str) -> CommandSpec:
-    """The command called ``name``; the error suggests the closest one."""
-    spec = COMMANDS.get(name)
+def lookup(name: str, commands: Mapping[str, CommandSpec] | None = None) -> CommandSpec:
+    """The command called ``name`` (in ``commands``, default :data:`COMMANDS`);
+    the error suggests the closest one."""
+    table = COMMANDS if commands is None else commands
+    spec = table.get(name)
     if spec is not None:
         return spec
     import difflib
 
-    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    close = difflib.get_close_matches(name, list(table), n=1)
     hint = f"did you mean `{close[0]}`? " if close else ""
     raise ShellUsageError(f"unknown command {name!r}: {hint}`help` lists the commands")
 
@@ -482,12 +484,16 @@ def _convert(option: Option, raw: str) -> object:
     return raw
 
 
-def parse(words: Iterable[str]) -> ParsedCommand:
-    """Parse one command's words (already split) against its spec."""
+def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = None) -> ParsedCommand:
+    """Parse one command's words (already split) against its spec.
+
+    ``commands`` is another command table (the fleet console's), default
+    :data:`COMMANDS`.
+    """
     words = tuple(words)
     if not words:
         raise ShellUsageError("empty command")
-    spec = lookup(words[0])
+    spec = lookup(words[0], commands)
     values: dict[str, object] = {o.dest: None for o in spec.options}
     positionals: list[str] = []
     rest = iter(words[1:])
