@@ -169,8 +169,8 @@ def test_shell_prompt_shows_members_pushes_and_completes_shas(
 
 def test_hotswap_connect_fleet_in_a_real_kernel(
     members: list[EngineProcess],
-    kernel: Any,
-    tmp_path: Path,  # noqa: F811
+    kernel: Any,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
 ) -> None:
     _km, kc = kernel
     two = write(tmp_path / "rule_v2.py", 2)
