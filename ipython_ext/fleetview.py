@@ -290,6 +290,6 @@ def fleet_line(magics: Any, line: str, cell: str | None) -> View | None:
     if not result.ok:
         from IPython.display import display
 
-        display(view)  # every member's reason, then the one line
+        display(view)  # type: ignore[no-untyped-call]  # every reason, then one line
         raise UsageError(result.error or "failed")
     return view
