@@ -61,6 +61,7 @@ from .display import (
     html_table,
     themed,
 )
+from .fleetview import fleet_line
 from .session import DEFAULT_RATE, HotswapSession
 
 __all__ = [
@@ -188,7 +189,11 @@ As a cell magic, `%%hotswap load SLOT` loads the cell as a new
 version of SLOT. JSON arguments of `call` are written as on a shell
 command line ('{"sender": "a", "text": "b"}'); a name that is not
 JSON passes the notebook variable of that name. `%hotswap VERB --help`
-shows one verb's help with examples."""
+shows one verb's help with examples.
+
+`%hotswap connect --fleet F [--registry URL]` drives a whole fleet:
+status (every member side by side), push FILE --slot S, rollback S,
+symbols/diff by sha, history; `%hotswap connect NAME` goes back."""
 
 
 def help_text() -> str:
@@ -290,6 +295,9 @@ class HotswapMagics(Magics):
     def hotswap(self, line: str, cell: str | None = None) -> View | None:
         # The docstring is help_text(), built from the verb table.
         type(self).hotswap.__doc__ = help_text()  # verbs registered since are listed
+        fleet = fleet_line(self, line, cell)  # a fleet verb, or None: an engine's
+        if fleet is not None:
+            return fleet
         parsed = self._parse(line, cell)
         if parsed.help:
             prefix = "%%hotswap " if cell is not None else PREFIX

@@ -550,7 +550,7 @@ def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = Non
     """Parse one command's words (already split) against its spec.
 
     ``commands`` is the table to find the command in: :data:`COMMANDS`, or a
-    front end's own that adds verbs of its own to it (``%hotswap start``).
+    front end's own that adds verbs of its own to it (``%hotswap start``, the fleet console's).
     """
     words = tuple(words)
     if not words:
