@@ -46,6 +46,8 @@ class Rules:
     @property
     def _ns(self) -> dict[str, Any] | None: ...
     def open_pins(self) -> dict[int, int]: ...
+    #: A shadow run's sampler of the calls the dispatcher makes on these rules.
+    _sampler: Sampler | None
     def __getattr__(self, name: str) -> Callable[..., Any]: ...
 
 @final
@@ -78,3 +80,18 @@ class Counter:
     def __next__(self) -> int: ...
     @property
     def value(self) -> int: ...
+
+@final
+class Sampler:
+    """A shadow run's sampler: every ``countdown``-th dispatched call is timed
+    and handed to ``hook(symbol, args, kwargs, result, error, elapsed_ns)``,
+    which returns the calls until the next one."""
+
+    def __new__(
+        cls,
+        hook: Callable[[str, tuple[Any, ...], dict[str, Any] | None, Any, Any, int], int],
+        countdown: int,
+    ) -> Sampler: ...
+    countdown: int
+    @property
+    def hook(self) -> Callable[..., int]: ...

@@ -62,14 +62,16 @@ from .states import VersionState
 from .versions import Version, counter_value
 
 if typing.TYPE_CHECKING:
+    from ._speedups import Rules, Sampler
     from .engine import Engine
 
+_CRules: type[Rules] | None
+_CSampler: type[Sampler] | None
 try:
     from ._speedups import Rules as _CRules
     from ._speedups import Sampler as _CSampler
 except ImportError:  # the Python path samples in PySampler
-    _CRules = None  # type: ignore[assignment,misc]
-    _CSampler = None  # type: ignore[assignment,misc]
+    _CRules = _CSampler = None
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -218,6 +220,19 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+def _keep(found: list[dict[str, Any]], finding: dict[str, Any] | None) -> None:
+    """Keep the first :data:`MAX_SHOWN` distinct findings; a finding seen
+    again (the same call, the same outcome) counts on the first one."""
+    if finding is None:
+        return
+    for kept in found:
+        if all(kept.get(k) == v for k, v in finding.items() if k != "times"):
+            kept["times"] += 1
+            return
+    if len(found) < MAX_SHOWN:
+        found.append(finding)
+
+
 def _shown(value: Any) -> Any:
     try:
         return to_json(value)
@@ -325,7 +340,7 @@ class ShadowRun:
         self._open = True
         self._worker.start()
         self._watchdog.start()
-        if self.engine.accelerated and _CSampler is not None:
+        if self.engine.accelerated and _CSampler is not None and _CRules is not None:
             rules = self._active.rules
             if isinstance(rules, _CRules):
                 self._sampler = _CSampler(self._hand_over, self._gap())
@@ -390,6 +405,7 @@ class ShadowRun:
     def _run_candidate(self, item: _Item) -> tuple[Any, BaseException | None, int, bool]:
         namespace = self._candidate.namespace
         fn = namespace.get(item.symbol) if namespace is not None else None
+        error: BaseException | None = None
         if not callable(fn):
             error = LookupError(f"{self.candidate} has no callable {item.symbol!r}")
             return None, error, 0, False
@@ -398,7 +414,6 @@ class ShadowRun:
         self._current = (time.monotonic() + self.timeout_s, watch)
         try:
             result = fn(*item.args, **(item.kwargs or {}))
-            error: BaseException | None = None
         except Interrupted as exc:
             result, error = None, exc
         except Exception as exc:  # noqa: BLE001 - the candidate's failure is a finding
@@ -421,15 +436,14 @@ class ShadowRun:
             kind = "candidate-error"
         elif error is not None and item.error is not None:
             kind = "same" if type(error) is type(item.error) else "differed"
-        elif item.error is not None:
-            kind = "differed"
-        elif not _same(item.result, result):
+        elif item.error is not None or not _same(item.result, result):
             kind = "differed"
         if kind != "same":
             finding = {
                 "symbol": item.symbol,
                 "args": _shown(list(item.args)),
                 "kwargs": _shown(item.kwargs or {}),
+                "times": 1,
             }
             if kind == "differed":
                 finding["active"] = (
@@ -460,15 +474,13 @@ class ShadowRun:
                 s.candidate_ns.add(elapsed)
             if kind == "differed":
                 s.differed += 1
-                if len(s.differences) < MAX_SHOWN:
-                    s.differences.append(finding or {})
+                _keep(s.differences, finding)
             elif kind in ("candidate-error", "timeout"):
                 if kind == "timeout":
                     s.timeouts += 1
                 else:
                     s.candidate_errors += 1
-                if len(s.errors) < MAX_SHOWN:
-                    s.errors.append(finding or {})
+                _keep(s.errors, finding)
             elif error is not None:
                 s.both_raised += 1
 
@@ -676,9 +688,7 @@ class Shadows:
         self.engine._slot(slot)  # UnknownSlot, with the list
         run = self._runs.get(slot)
         if run is None:
-            raise BadState(
-                f"{slot} has had no shadow run: `shadow VERSION` starts one", slot=slot
-            )
+            raise BadState(f"{slot} has had no shadow run: `shadow VERSION` starts one", slot=slot)
         return run
 
     def _candidate_sha(self, run: ShadowRun) -> str | None:
@@ -724,9 +734,7 @@ class Shadows:
         if reason is not None:
             # The sampler comes off at once, before the swap is visible.
             run.detach()
-            threading.Thread(
-                target=self._end_on_its_own, args=(run, reason), daemon=True
-            ).start()
+            threading.Thread(target=self._end_on_its_own, args=(run, reason), daemon=True).start()
 
     def close(self) -> None:
         """End every run (the engine is stopping)."""
