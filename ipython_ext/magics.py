@@ -52,6 +52,7 @@ from .display import (
     themed,
 )
 from .session import DEFAULT_RATE, HotswapSession
+from .shadowview import ShadowView, shadow_verb
 
 __all__ = ["VERBS", "HotswapMagics", "Verb", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -120,6 +121,13 @@ VERBS: Final[dict[str, Verb]] = {
     ),
     "journal": Verb("journal [--limit N]", "the engine's audit log", 0, 0, frozenset({"limit"})),
     "unwatch": Verb("unwatch", "stop every `load FILE --watch` of this kernel", 0, 0),
+    "shadow": Verb(
+        "shadow V|stop|report [S] [--sample F] [--for SECONDS] [--queue N]",
+        "run V beside the active version on live calls, and compare",
+        1,
+        2,
+        frozenset({"sample", "for", "queue"}),
+    ),
     "log": Verb(
         "log [--lines N]",
         "the end of the engine's output (rules' print, warnings)",
@@ -136,7 +144,7 @@ for _name, _verb in list(VERBS.items()):
     if _name in COMMANDS and _name != "load":
         VERBS[_name] = dataclasses.replace(_verb, summary=COMMANDS[_name].summary)
 
-_OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate", "lines")
+_OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate", "lines", "sample", "for", "queue")
 
 #: How a command is written here, for hints in messages.
 PREFIX: Final = "%hotswap "
@@ -183,6 +191,9 @@ class HotswapMagics(Magics):
         "--watch", action="store_true", help="load: load FILE again on every save (until unwatch)"
     )
     @argument("--swap", action="store_true", help="load --watch: swap clean saves in")
+    @argument("--sample", type=float, metavar="F", help="shadow: the fraction of calls compared")
+    @argument("--for", dest="for", type=float, metavar="SECONDS", help="shadow: run, then report")
+    @argument("--queue", type=int, metavar="N", help="shadow: sampled calls that may wait")
     @_with_verb_help
     def hotswap(self, line: str, cell: str | None = None) -> View:
         """Drive a running livepatch engine: load, check, swap, purge, unload rules.
@@ -496,6 +507,15 @@ class HotswapMagics(Magics):
         lines = tail(path, args.lines or 20)
         summary = "\n".join(lines) or f"{path} is empty"
         return Outcome("log", {"path": str(path), "lines": lines}, summary)
+
+    def _shadow(self, args: Any, cell: str | None) -> ShadowView:
+        return shadow_verb(
+            self._client(),
+            args.args,
+            sample=args.sample,
+            for_s=getattr(args, "for"),
+            queue=args.queue,
+        )
 
     def _journal(self, args: Any, cell: str | None) -> JournalView:
         if args.limit is not None and args.limit < 1:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import EngineProcess, run_cli, start_engine
+from test_notebook_frontends import kernel  # noqa: F401 - the real-kernel fixture
 
 from livepatch.engine import Engine
 from livepatch.errors import BadState
@@ -278,3 +279,46 @@ def test_shell_shadow_runs_and_stops(traffic_engine: EngineProcess) -> None:
     assert done.returncode == 0, done.stderr
     assert "shadowing spam@2 against spam@1 on 100% of spam's calls" in done.stdout
     assert "ended after" in done.stdout and ": stopped" in done.stdout
+
+
+# --- %hotswap shadow in a real kernel ------------------------------------------------------
+
+
+def test_hotswap_shadow_in_a_real_kernel_shows_the_report_live_then_final(
+    kernel: Any, runtime_dir: Path
+) -> None:
+    _km, kc = kernel
+    messages: list[dict[str, Any]] = []
+
+    def run(code: str) -> str:
+        out: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            messages.append(msg)
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            assert msg["msg_type"] != "error", msg["content"]
+
+        kc.execute_interactive(code, output_hook=hook, timeout=120)
+        return "".join(out)
+
+    run("%load_ext livepatch\nr = %hotswap start shadowed --rate 200")
+    run(f"%hotswap load {rule_path('spam_v2.py')} --slot spam\n%hotswap check spam@2")
+    shown = run(
+        "r = %hotswap shadow spam@2 --sample 1 --for 2\n"
+        "print(r['state'], r['reason'], r['compared'] > 0, r['differed'] > 0)\n"
+        "html = r._repr_html_()\n"
+        "print('lp-shadow-differed' in html, 'lp-themed' in html, 'spam@1' in html)"
+    )
+    assert "ended time is up True True" in shown and "True True True" in shown
+    kinds = [m["msg_type"] for m in messages]
+    assert "display_data" in kinds and "update_display_data" in kinds  # live in the cell
+    started = run("r = %hotswap shadow spam@2\nprint(r)")
+    assert "`%hotswap shadow stop spam` ends it" in started
+    stopped = run("r = %hotswap shadow stop\nprint(r['reason'])")
+    assert stopped.strip().endswith("stopped")
+    usage = run(
+        "from IPython.core.error import UsageError\n"
+        "try:\n    %hotswap shadow spam@2 --sample 5\nexcept UsageError as e:\n    print(e)"
+    )
+    assert "--sample" in usage

@@ -25,7 +25,7 @@ from .runner import CommandResult, CommandRunner, register_handler
 from .spec import VERSION_ID, Arg, ArgKind, CommandSpec, Option, ParsedCommand, ShellUsageError
 from .spec import register as register_spec
 
-__all__ = ["SHADOW", "render_shadow", "shadow_params", "wait_for_end"]
+__all__ = ["SHADOW", "default_slot", "render_shadow", "shadow_params", "wait_for_end"]
 
 _BOLD = "\x1b[1m"
 _DIM = "\x1b[2m"
@@ -107,9 +107,26 @@ def shadow_params(what: str, slot: str | None, options: dict[str, Any]) -> dict[
         value = options.get(option)
         if value is not None:
             params[param] = int(value) if option == "queue" else float(value)
+    sample = params.get("sample")
+    if sample is not None and not 0 < sample <= 1:  # the magics parse their own options
+        raise ShellUsageError(
+            f"--sample {sample:g}: expected a fraction above 0 and at most 1 (0.1 is 10 %)"
+        )
     if params.get("for_s") == 0:
         raise ShellUsageError("--for 0: give a number of seconds above 0, or leave it out")
     return params
+
+
+def default_slot(status: dict[str, Any], what: str) -> str:
+    """The slot ``shadow stop``/``report`` mean without one: the only slot,
+    or the only Python slot (the demo's ``spam`` next to ``spam_native``)."""
+    slots = status["slots"]
+    python = [s for s in slots if s.get("kind", "python") == "python"]
+    for choice in (slots, python):
+        if len(choice) == 1:
+            return str(choice[0]["name"])
+    names = ", ".join(str(s["name"]) for s in slots) or "none"
+    raise ShellUsageError(f"which slot? the engine has {names}: shadow {what} SLOT")
 
 
 def wait_for_end(
@@ -234,12 +251,7 @@ def _shadow(runner: CommandRunner, parsed: ParsedCommand) -> CommandResult:
         {k: parsed.values.get(k) for k in ("sample", "for", "queue")},
     )
     if params["action"] != "start" and "slot" not in params:
-        slots = [str(s["name"]) for s in runner.client.status()["slots"]]
-        if len(slots) != 1:
-            raise ShellUsageError(
-                f"which slot? the engine has {', '.join(slots) or 'none'}: shadow {what} SLOT"
-            )
-        params["slot"] = slots[0]
+        params["slot"] = default_slot(runner.client.status(), what)
     report: dict[str, Any] = dict(runner.client.request("shadow", params))
     if params["action"] == "start":
         if params.get("for_s") is None:
