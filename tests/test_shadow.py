@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import EngineProcess, run_cli, start_engine
-from test_notebook_frontends import kernel  # noqa: F401 - the real-kernel fixture
+from test_notebook_frontends import kernel
 
 from livepatch.engine import Engine
 from livepatch.errors import BadState
@@ -27,6 +27,9 @@ from livepatch.journal import Journal, Peer
 from livepatch.shadow import Shadows
 
 PEER = Peer(client="test")
+
+#: The real-kernel fixture of the notebook front-end tests.
+kernel = test_notebook_frontends.kernel
 
 #: Raises on one input, never returns on another (a Python loop, which the
 #: deadline can interrupt), and otherwise answers like spam_v1.

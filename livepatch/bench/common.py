@@ -26,6 +26,7 @@ SCHEMA = 1
 SECTIONS = (
     "hot_path",
     "callgrind",
+    "shadow",
     "swap_under_load",
     "control_plane",
     "load_check",
@@ -79,6 +80,9 @@ class Settings:
     peer_reloads: int
     peer_interval_s: float
     peer_budget_s: float
+    #: Shadow section: timed calls per block (each way) and rounds of blocks.
+    shadow_calls: int = 20_000
+    shadow_rounds: int = 5
 
 
 QUICK = Settings(
@@ -125,6 +129,8 @@ FULL = Settings(
     peer_reloads=200,
     peer_interval_s=0.05,
     peer_budget_s=20.0,
+    shadow_calls=50_000,
+    shadow_rounds=10,
 )
 
 

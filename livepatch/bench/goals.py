@@ -154,6 +154,9 @@ def evaluate_goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "requests",
             "==",
         )
+    from .shadow import shadow_goals  # the section's own goal, next to its measurement
+
+    goals.update(shadow_goals(results))
     return goals
 
 
