@@ -1,5 +1,6 @@
 """Types of the optional C accelerator (livepatch/_speedups.c)."""
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
@@ -83,15 +84,13 @@ class Counter:
 
 @final
 class Sampler:
-    """A shadow run's sampler: every ``countdown``-th dispatched call is timed
-    and handed to ``hook(symbol, args, kwargs, result, error, elapsed_ns)``,
-    which returns the calls until the next one."""
+    """A shadow run's sampler: about ``sample`` of the dispatched calls are
+    timed and appended to ``queue`` as ``(symbol, args, kwargs, result, error,
+    elapsed_ns)``, or counted as dropped while it holds ``capacity`` items."""
 
-    def __new__(
-        cls,
-        hook: Callable[[str, tuple[Any, ...], dict[str, Any] | None, Any, Any, int], int],
-        countdown: int,
-    ) -> Sampler: ...
+    def __new__(cls, queue: deque[Any], capacity: int, sample: float, seed: int) -> Sampler: ...
     countdown: int
     @property
-    def hook(self) -> Callable[..., int]: ...
+    def sampled(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...

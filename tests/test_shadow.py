@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_notebook_frontends
 from conftest import EngineProcess, run_cli, start_engine
-from test_notebook_frontends import kernel
 
 from livepatch.engine import Engine
 from livepatch.errors import BadState

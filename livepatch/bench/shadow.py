@@ -28,11 +28,12 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ..examples.spam import rule_source
 from ..journal import Journal, Peer
-from ..shadow import ShadowRun, Shadows
+from ..shadow import Shadows
 from .common import ProgressFn, _no_progress, percentile
 from .hot_path import hot_engine
 
@@ -116,28 +117,20 @@ GRIND_CASES = ("loop", "call", "sampler_idle", "sampled")
 def _grind_child(case: str, calls: int) -> None:
     """Set the rules up as the timed figure does, then call ``calls`` times."""
     engine, _functions, msg = hot_engine()
-    candidate = engine._version(_candidate(engine))
-    active = engine._version("spam@1")
-    run = ShadowRun(
-        engine,
-        candidate,
-        active,
-        sample=SAMPLE,
-        for_s=None,
-        queue=calls + 1,  # never full: every sample is queued, as on a quiet engine
-        timeout_s=1.0,
-        peer=Peer(),
-    )
-    if case in ("sampler_idle", "sampled"):
-        # The run's own hand-over, its threads not started: the candidate's
-        # work is another thread's and is not the active path's cost.
-        run._open = True
+    candidate = _candidate(engine)
+    if case == "sampler_idle":
+        # A sampler whose first sample is further away than the loop is long:
+        # what every call between two samples pays.
+        import collections
+
         from .._speedups import Rules, Sampler
 
-        rules = active.rules
+        rules = engine._version("spam@1").rules
         assert isinstance(rules, Rules)
-        countdown = calls * 10 if case == "sampler_idle" else run._gap()
-        rules._sampler = Sampler(run._hand_over, countdown)
+        rules._sampler = Sampler(collections.deque(), 1, 1e-12, 1)
+    elif case == "sampled":
+        # A real run, its threads comparing: only this thread is counted.
+        Shadows(engine, Journal()).start(candidate, peer=Peer(), sample=SAMPLE, queue=calls)
     call = engine.call
     if case == "loop":
         for _ in range(calls):
@@ -148,17 +141,19 @@ def _grind_child(case: str, calls: int) -> None:
 
 
 def _instructions(valgrind: str, case: str, calls: int) -> int:
+    """Instructions of the main thread only (callgrind's --separate-threads)."""
     with tempfile.TemporaryDirectory(prefix="lpbench-sh-") as tmp:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         proc = subprocess.run(
             [
                 valgrind,
                 "--tool=callgrind",
+                "--separate-threads=yes",
                 f"--callgrind-out-file={tmp}/out",
                 sys.executable,
                 "-c",
                 "import sys; from livepatch.bench.shadow import _grind_child; "
-                "_grind_child(sys.argv[1], int(sys.argv[2]))",
+                "_grind_child(sys.argv[1], int(sys.argv[2])); import os; os._exit(0)",
                 case,
                 str(calls),
             ],
@@ -167,10 +162,12 @@ def _instructions(valgrind: str, case: str, calls: int) -> int:
             env=env,
             timeout=900,
         )
-    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+        main = next(iter(sorted(Path(tmp).glob("out-01"))), None)
+        text = main.read_text(encoding="utf-8", errors="replace") if main else ""
+    found = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
     if proc.returncode != 0 or found is None:
         raise RuntimeError(f"callgrind run failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return int(found.group(1).replace(",", ""))
+    return int(found.group(1))
 
 
 def _measure_grind(calls: int, progress: ProgressFn) -> dict[str, Any]:
