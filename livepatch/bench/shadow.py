@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +93,6 @@ def measure_shadow(
         "calls_per_block": calls,
         "rounds": rounds,
         "accelerated": engine.accelerated,
-        "threads": threading.active_count(),
         "p50_ns": {"without": p50_without, "with": p50_with},
         "p99_ns": {"without": percentile(without, 99), "with": percentile(with_shadow, 99)},
         "mean_ns": {
