@@ -63,6 +63,7 @@ from .display import (
 )
 from .fleetview import fleet_line
 from .session import DEFAULT_RATE, HotswapSession
+from .shadowview import ShadowView, shadow_verb
 
 __all__ = [
     "MAGIC_VERBS",
@@ -288,6 +289,7 @@ class HotswapMagics(Magics):
             "call": self._call,
             "log": self._log,
             "journal": self._journal,
+            "shadow": self._shadow,
         }
 
     @line_cell_magic
@@ -613,6 +615,17 @@ class HotswapMagics(Magics):
     def _journal(self, parsed: ParsedCommand, cell: str | None) -> JournalView:
         limit = parsed.number("limit")
         return JournalView(self._client().journal(int(limit) if limit else None))
+
+    def _shadow(self, parsed: ParsedCommand, cell: str | None) -> ShadowView:
+        queue = parsed.number("queue")
+        words = [parsed.string("what"), *filter(None, [parsed.optional("slot")])]
+        return shadow_verb(
+            self._client(),
+            words,
+            sample=parsed.number("sample"),
+            for_s=parsed.number("for"),
+            queue=int(queue) if queue is not None else None,
+        )
 
 
 # --- extension entry points -------------------------------------------------------

@@ -740,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(
             "hot_path",
             "callgrind",
+            "shadow",
             "swap_under_load",
             "control_plane",
             "load_check",

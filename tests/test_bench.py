@@ -95,6 +95,7 @@ def test_goals_have_met_booleans(bench_run: tuple[dict[str, Any], str, str]) -> 
         "peers_livepatch_failed",
         "fleet_commit_skew_p99_ms",
         "fleet_failed_calls",
+        "shadow_p50_overhead_pct",
     }
     assert expected <= goals.keys()
     for name, goal in goals.items():
@@ -124,6 +125,11 @@ def test_sections_hold_numbers(bench_run: tuple[dict[str, Any], str, str]) -> No
     # --quick skips the valgrind runs, and says so
     grind = results["callgrind"]
     assert grind["available"] is False and "--section callgrind" in grind["reason"]
+    shadow = results["shadow"]
+    _assert_numbers(shadow, "p50_overhead_pct", "sampled", "compared")
+    assert shadow["sampled"] > 0 and shadow["compared"] > 0
+    assert shadow["p50_ns"]["without"] > 0 and shadow["p50_ns"]["with"] > 0
+    assert shadow["callgrind"]["available"] is False
     swap = results["swap_under_load"]
     assert swap["callers"] == 8
     _assert_numbers(swap, "swaps", "requests", "p99_ratio", "duration_s")

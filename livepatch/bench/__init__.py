@@ -13,6 +13,10 @@ Each section is a module of this package:
     The same statements in instructions per call, counted by valgrind's
     callgrind: figures that hold still on a busy machine. Skipped by
     ``--quick`` unless asked for with ``--section callgrind``.
+``shadow`` (:mod:`.shadow`)
+    ``engine.call`` on ``classify`` with and without a shadow run at 10 %
+    sampling: the p50 of each, and instructions per call (callgrind, the
+    caller's thread only) between samples and with the sampled calls.
 ``swap_under_load``
     Caller threads run requests through ``pin`` (each request calls two
     functions and records the version marker each returned) while the main

@@ -26,6 +26,7 @@ SCHEMA = 1
 SECTIONS = (
     "hot_path",
     "callgrind",
+    "shadow",
     "swap_under_load",
     "control_plane",
     "load_check",
@@ -87,6 +88,9 @@ class Settings:
     fleet_quiet_s: float
     fleet_zk_sizes: tuple[int, ...]
     fleet_zk_pushes: int
+    #: Shadow section: timed calls per block (each way) and rounds of blocks.
+    shadow_calls: int = 20_000
+    shadow_rounds: int = 5
 
 
 QUICK = Settings(
@@ -143,6 +147,8 @@ FULL = Settings(
     fleet_quiet_s=5.0,
     fleet_zk_sizes=(10, 100, 1_000),
     fleet_zk_pushes=5,
+    shadow_calls=50_000,
+    shadow_rounds=10,
 )
 
 

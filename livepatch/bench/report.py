@@ -28,6 +28,7 @@ from .hot_path_callgrind import measure_callgrind
 from .load_check import measure_load_check
 from .memory import measure_memory
 from .peers import measure_peers
+from .shadow import measure_shadow, shadow_lines
 from .swap import measure_swap_under_load
 
 # Running and reporting
@@ -52,10 +53,18 @@ def run(
         },
     }
     asked_for_grind = 4_000 if tuple(sections) != SECTIONS and "callgrind" in sections else 0
+    asked_for_shadow_grind = 8_000 if tuple(sections) != SECTIONS and "shadow" in sections else 0
     measures: dict[str, Callable[[ProgressFn], dict[str, Any]]] = {
         "hot_path": lambda p: measure_hot_path(settings.hot_number, settings.hot_repeat, p),
         # Slow (a valgrind run per figure): skipped by --quick unless asked for.
         "callgrind": lambda p: measure_callgrind(settings.callgrind_calls or asked_for_grind, p),
+        # Its callgrind figures follow the callgrind section's setting.
+        "shadow": lambda p: measure_shadow(
+            settings.shadow_calls,
+            settings.shadow_rounds,
+            (settings.callgrind_calls or (asked_for_shadow_grind)) // 4,
+            p,
+        ),
         "swap_under_load": lambda p: measure_swap_under_load(settings, p),
         "control_plane": lambda p: measure_control_plane(settings, p),
         "load_check": lambda p: measure_load_check(settings.load_sizes, settings.load_repeat, p),
@@ -127,6 +136,7 @@ def render_table(results: dict[str, Any]) -> str:
                     f"{row['pin_call_extra_instructions']:>+9,}"
                     f"{row['pin_block_extra_instructions']:>+11,}"
                 )
+    out += shadow_lines(results)
     swap = results.get("swap_under_load")
     if swap:
         lat = swap["latency_us"]

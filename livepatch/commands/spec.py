@@ -68,6 +68,7 @@ class ArgKind(enum.Enum):
     ENGINE = "engine"  # an engine's name
     COUNT = "count"
     SWITCH = "switch"  # an option that takes no value: ``--watch``
+    FRACTION = "fraction"  # a number above 0 and at most 1: ``--sample 0.1``
 
 
 class Arg(Record):
@@ -538,6 +539,17 @@ def _convert(option: Option, raw: str) -> object:
             value = -1.0
         if not value >= 0:  # also refuses nan
             raise ShellUsageError(f"{option.flag}: expected a number of seconds, got {raw!r}")
+        return value
+    if option.kind is ArgKind.FRACTION:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 1:  # also refuses nan
+            raise ShellUsageError(
+                f"{option.flag}: expected a fraction above 0 and at most 1 (0.1 is 10 %), "
+                f"got {raw!r}"
+            )
         return value
     if option.kind is ArgKind.COUNT:
         if not raw.isdigit() or int(raw) < 1:
