@@ -22,7 +22,7 @@ from ..engine import Engine
 #: Version of the JSON shape; bumped only when a key changes meaning or goes away.
 SCHEMA = 1
 
-#: The sections, in the order they run (the peers last: they import IPython).
+#: The sections, in the order they run (the peers last: they import IPython and jurigged).
 SECTIONS = (
     "hot_path",
     "callgrind",
@@ -31,6 +31,7 @@ SECTIONS = (
     "load_check",
     "memory",
     "peers",
+    "savelive",
 )
 
 #: Helpers between ``first`` and ``second`` in the module the peers reload.
@@ -79,6 +80,8 @@ class Settings:
     peer_reloads: int
     peer_interval_s: float
     peer_budget_s: float
+    #: Good saves timed per tool in ``savelive`` (then two broken ones).
+    savelive_saves: int
 
 
 QUICK = Settings(
@@ -102,6 +105,7 @@ QUICK = Settings(
     peer_reloads=20,
     peer_interval_s=0.05,
     peer_budget_s=2.0,
+    savelive_saves=6,
 )
 
 FULL = Settings(
@@ -125,6 +129,7 @@ FULL = Settings(
     peer_reloads=200,
     peer_interval_s=0.05,
     peer_budget_s=20.0,
+    savelive_saves=40,
 )
 
 
@@ -412,6 +417,10 @@ class _Callers:
                 if len(latencies) >= LATENCY_SAMPLES:
                     del latencies[1::2]
                     stride *= 2
+
+    def latencies_ns(self) -> list[int]:
+        """Every thread's kept latency samples, in nanoseconds (after the run)."""
+        return [n for s in self._stats for n in s.latencies_ns]
 
     def counts(self) -> tuple[int, int]:
         """Mixed and failed requests so far (read while the callers run)."""
