@@ -119,7 +119,14 @@ VERBS: Final[dict[str, Verb]] = {
         None,
     ),
     "journal": Verb("journal [--limit N]", "the engine's audit log", 0, 0, frozenset({"limit"})),
-    "unwatch": Verb("unwatch", "stop every `load FILE --watch` of this kernel", 0, 0),
+    "watch": Verb(
+        "watch [--for SECONDS]",
+        "a live chart of calls/s per version, updated in place (until unwatch)",
+        0,
+        0,
+        frozenset({"for"}),
+    ),
+    "unwatch": Verb("unwatch", "stop every `watch` and `load FILE --watch` of this kernel", 0, 0),
     "log": Verb(
         "log [--lines N]",
         "the end of the engine's output (rules' print, warnings)",
@@ -131,12 +138,12 @@ VERBS: Final[dict[str, Verb]] = {
 
 # A verb the command layer defines says what it does in the same words as
 # `livepatch VERB` and the shell's help (one definition); `load` keeps its
-# mention of the cell form, connect/start/stop are the magics' own.
+# mention of the cell form and `watch` its chart, connect/start/stop are the magics' own.
 for _name, _verb in list(VERBS.items()):
-    if _name in COMMANDS and _name != "load":
+    if _name in COMMANDS and _name not in ("load", "watch"):
         VERBS[_name] = dataclasses.replace(_verb, summary=COMMANDS[_name].summary)
 
-_OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate", "lines")
+_OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate", "lines", "for")
 
 #: How a command is written here, for hints in messages.
 PREFIX: Final = "%hotswap "
@@ -179,6 +186,7 @@ class HotswapMagics(Magics):
     @argument("--limit", type=int, metavar="N", help="journal: the last N entries")
     @argument("--rate", type=float, metavar="R", help="start: demo calls per second (default: 20)")
     @argument("--lines", type=int, metavar="N", help="log: the last N lines (default: 20)")
+    @argument("--for", type=float, metavar="SECONDS", help="watch: stop after SECONDS")
     @argument(
         "--watch", action="store_true", help="load: load FILE again on every save (until unwatch)"
     )
@@ -249,7 +257,7 @@ class HotswapMagics(Magics):
             if getattr(args, switch) and name != "load":
                 raise UsageError(f"%hotswap {name} does not take --{switch}: {verb.usage}")
         # The same limits as the shell's and the CLI's parser.
-        for option, least in (("rate", 0.0), ("wait", 0.0), ("lines", 1)):
+        for option, least in (("rate", 0.0), ("wait", 0.0), ("lines", 1), ("for", 0.5)):
             value = getattr(args, option)
             if value is not None and not value >= least:
                 raise UsageError(f"--{option} {value:g}: use {least:g} or more")
@@ -401,6 +409,20 @@ class HotswapMagics(Magics):
         handle = display(watch, display_id=True)
         watch.start(handle)
         return None
+
+    def _watch(self, args: Any, cell: str | None) -> None:
+        from IPython.display import display
+
+        from .chart import TrafficChart
+
+        client = self._client()
+        # A connection of its own: the session's client serves the next cells.
+        chart = TrafficChart(
+            Client(client.info, client_name=f"{self.session.client_name}-traffic"),
+            duration=getattr(args, "for"),
+        )
+        self.session.watches.append(chart)
+        chart.start(display(chart, display_id=True))
 
     def _unwatch(self, args: Any, cell: str | None) -> Outcome:
         stopped = self.session.unwatch()

@@ -199,7 +199,7 @@ def test_savelive_side_by_side_and_broken_saves_observed(
     for key, row in section["tools"].items():
         # jurigged is in the test extra: CI measures it, never "not installed".
         assert row["available"] is True, row
-        assert row["missed"] == 0, key
+        assert row["missed"] == 0, (key, row["missed_saves"])
         _assert_distribution(row["save_to_serving_ms"])
         assert row["save_to_serving_ms"]["count"] == section["saves"]
         assert row["probe_error"] is None

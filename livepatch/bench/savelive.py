@@ -63,7 +63,7 @@ TOOLS = ("livepatch", "livepatch_no_quarantine", "jurigged", "ipython_autoreload
 BROKEN_SAVES = ("syntax_error", "unresolved_name")
 
 #: How long a save may take to serve before it counts as missed.
-SERVE_DEADLINE_S = 15.0
+SERVE_DEADLINE_S = 30.0
 #: After a broken save: how long to wait for the tool to react, then how
 #: long the probes go on watching what serves.
 REACT_DEADLINE_S = 5.0
@@ -230,6 +230,8 @@ class _Session:
         #: Whether the tool reacted to a save made at the time given (waits).
         self.reacted = reacted
         self.marker = 1
+        #: For each good save that never served: its marker and what the tool said.
+        self.missed: list[dict[str, Any]] = []
 
     def save(self, marker: int, broken: str | None = None) -> float:
         """Write the module (as an editor does: the whole file in place); the time after."""
@@ -246,7 +248,11 @@ class _Session:
             saved, lambda s: s.first == new and s.second == new, SERVE_DEADLINE_S
         )
         time.sleep(GAP_S)
-        return None if sample is None else max(0.0, sample.at - saved)
+        if sample is None:
+            said = [text for _, text, _error in self.said.since(saved)]
+            self.missed.append({"marker": new, "tool_said": said[:5]})
+            return None
+        return max(0.0, sample.at - saved)
 
     def broken_save(self, broken: str) -> dict[str, Any]:
         """A broken save of the next marker, observed; then a good save to recover."""
@@ -331,6 +337,7 @@ def _run_saves(session: _Session, saves: int, progress: ProgressFn) -> dict[str,
         "available": True,
         "saves": saves,
         "missed": missed,
+        "missed_saves": session.missed,
         "save_to_serving_ms": _distribution(latencies, 1e3, 3),
         "probes": len(session.prober.since(0.0)),
         "broken": broken,
