@@ -44,7 +44,9 @@ Each section is a module of this package:
 The results print as a table and, with ``--json FILE``, are written as JSON
 of a stable shape (``schema`` 1): ``machine``, ``settings``, ``goals`` (each
 with its limit, measured value and ``met``, :mod:`.goals`), and one block
-per section; :mod:`.report` runs them and prints the table.
+per section; :mod:`.report` runs them and prints the table. ``--plot
+FILE.svg`` draws the ``swap_under_load`` latency distributions with and
+without swaps (:mod:`.plot`, SVG written by hand).
 
 IPython and jurigged are imported only inside the peer and savelive measurements.
 """

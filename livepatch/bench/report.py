@@ -251,28 +251,28 @@ def render_savelive(section: dict[str, Any]) -> list[str]:
         f"Save to serving ({section['saves']} saves per tool; ms from the write to the first "
         "call that ran the new code)",
         f"  method: {section['method']}",
-        f"  {'tool':<20}{'p50':>10}{'p99':>10}{'max':>10}{'missed':>8}  how",
+        f"  {'tool':<26}{'p50':>10}{'p99':>10}{'max':>10}{'missed':>8}  how",
     ]
     tools = section["tools"].values()
     for row in tools:
         if not row.get("available"):
-            out.append(f"  {row['tool']:<20}  ({row.get('reason', 'not available')})")
+            out.append(f"  {row['tool']:<26}  ({row.get('reason', 'not available')})")
             continue
         d = row["save_to_serving_ms"]
         out.append(
-            f"  {row['tool']:<20}{_fmt(d['p50'], '.1f'):>10}{_fmt(d['p99'], '.1f'):>10}"
+            f"  {row['tool']:<26}{_fmt(d['p50'], '.1f'):>10}{_fmt(d['p99'], '.1f'):>10}"
             f"{_fmt(d['max'], '.1f'):>10}{row['missed']:>8}  {row['how']}"
         )
         step = row.get("watch_step_ms")
         if step and step["count"]:
             out.append(
-                f"  {'':<20}  of which the watch's load + check + diff + swap: "
+                f"  {'':<26}  of which the watch's load + check + diff + swap: "
                 f"p50 {_fmt(step['p50'], '.1f')}, p99 {_fmt(step['p99'], '.1f')} "
                 "(the rest: watchfiles' debounce, and the event reaching it)"
             )
     out += [
         "  Broken saves, as observed (probes kept calling first() and second()):",
-        f"  {'tool':<20}{'save':<17}{'old kept':>9}{'failed':>8}  {'applied':<24}"
+        f"  {'tool':<26}{'save':<17}{'old kept':>9}{'failed':>8}  {'applied':<24}"
         f"{'recovers':<9} what the tool said",
     ]
     for row in tools:
@@ -288,7 +288,7 @@ def render_savelive(section: dict[str, Any]) -> list[str]:
             applied = f"{broken['applied'] or '-'} ({after.get('first')}/{after.get('second')})"
             recovered = "no" if broken["recovered_ms"] is None else "yes"
             out.append(
-                f"  {row['tool']:<20}{broken['save']:<17}"
+                f"  {row['tool']:<26}{broken['save']:<17}"
                 f"{'yes' if broken['old_code_kept_serving'] else 'no':>9}"
                 f"{broken['failed_probes']:>8}  {applied:<24}{recovered:<9} {said}"
             )
