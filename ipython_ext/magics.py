@@ -290,6 +290,7 @@ class HotswapMagics(Magics):
             "log": self._log,
             "journal": self._journal,
             "shadow": self._shadow,
+            "watch": self._watch,
         }
 
     @line_cell_magic
@@ -513,6 +514,20 @@ class HotswapMagics(Magics):
         handle = display(watch, display_id=True)
         watch.start(handle)
         return None
+
+    def _watch(self, parsed: ParsedCommand, cell: str | None) -> None:
+        from IPython.display import display
+
+        from .chart import TrafficChart
+
+        client = self._client()
+        # A connection of its own: the session's client serves the next cells.
+        chart = TrafficChart(
+            Client(client.info, client_name=f"{self.session.client_name}-traffic"),
+            duration=parsed.number("for"),
+        )
+        self.session.watches.append(chart)
+        chart.start(display(chart, display_id=True))
 
     def _unwatch(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
         stopped = self.session.unwatch()

@@ -729,11 +729,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure livepatch against a direct call and its peers (table + JSON)",
         description="Measure the hot path (timed, and in instructions under callgrind), swaps "
         "under load, the control socket under 8 calling clients, load + check time, memory over "
-        "load/unload cycles, and importlib.reload, IPython autoreload and jurigged next to "
-        "livepatch, side by side in one run. Exit 1 only when a correctness goal is missed.",
+        "load/unload cycles, importlib.reload, IPython autoreload and jurigged next to "
+        "livepatch, and the time from a file save to the new code serving (load --watch "
+        "--swap, jurigged, autoreload) with what each does with a broken save, side by side "
+        "in one run. Exit 1 only when a correctness goal is missed.",
     )
     p.add_argument("--quick", action="store_true", help="small counts (about 15 s), as CI runs it")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.svg",
+        help="also draw the request latency with and without swaps (swap_under_load) as SVG",
+    )
     p.add_argument(
         "--section",
         action="append",
@@ -747,6 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
             "memory",
             "fleet",
             "peers",
+            "savelive",
         ),
         help="measure only this section (repeatable; default: all)",
     )
