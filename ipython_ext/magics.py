@@ -520,11 +520,14 @@ class HotswapMagics(Magics):
 
         from .chart import TrafficChart
 
+        duration = parsed.number("for")
+        if duration is not None and duration < 0.5:  # the chart samples every 0.5 s
+            raise UsageError(f"--for {duration:g}: use 0.5 or more")
         client = self._client()
         # A connection of its own: the session's client serves the next cells.
         chart = TrafficChart(
             Client(client.info, client_name=f"{self.session.client_name}-traffic"),
-            duration=parsed.number("for"),
+            duration=duration,
         )
         self.session.watches.append(chart)
         chart.start(display(chart, display_id=True))
