@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "livepatch"
+#: Exit status when stdout's reader is gone, as for a tool killed by SIGPIPE.
+BROKEN_PIPE = 128 + 13
 
 
 class UsageError(Exception):
@@ -576,6 +578,8 @@ exit status:
   1  the engine refused (or a check found problems); one line on stderr says why
   2  usage error: the command cannot be run as written
   70 a bug in livepatch (LIVEPATCH_DEBUG=1 shows the traceback)
+  130 interrupted (Ctrl-C)
+  141 the output's reader went away (`livepatch journal | head`): stopped quietly
 
 environment:
   LIVEPATCH_RUNTIME_DIR  where engines' sockets, connection files and logs live
@@ -839,6 +843,12 @@ def _guarded(run: Callable[[], int], as_json: bool) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`livepatch journal | head`): stop quietly, as
+        # a tool killed by SIGPIPE does, and keep the exit-time flush quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
     except Exception as exc:
         if os.environ.get("LIVEPATCH_DEBUG"):
             raise

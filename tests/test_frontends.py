@@ -169,6 +169,25 @@ def test_cli_verbs_as_the_readme_says(engine_proc: EngineProcess) -> None:
     assert [(e["op"], e["version"], e["ok"]) for e in journal[-1:]] == [("check", "spam@3", False)]
 
 
+def test_a_reader_that_goes_away_stops_the_output_quietly(engine_proc: EngineProcess) -> None:
+    # `livepatch status --json | head -1`, made deterministic: the pipe's
+    # reading end is closed before the verb writes anything.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "livepatch", "status", "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
+
+
 def test_exit_codes_are_the_same_for_the_cli_and_shell_c(engine_proc: EngineProcess) -> None:
     for command, code in [
         ("check spam@99", 1),  # refused
