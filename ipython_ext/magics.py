@@ -130,7 +130,7 @@ MAGIC_VERBS: Final[Mapping[str, CommandSpec]] = MappingProxyType(
             ),
             CommandSpec(
                 "unwatch",
-                "stop every `load FILE --watch` of this kernel",
+                "stop every `watch` chart and `load FILE --watch` of this kernel",
                 "Stop every file watch `%hotswap load FILE --watch` started here.",
                 examples=("unwatch",),
             ),
@@ -197,6 +197,17 @@ status (every member side by side), push FILE --slot S, rollback S,
 symbols/diff by sha, history; `%hotswap connect NAME` goes back."""
 
 
+def _here(text: str) -> str:
+    """Help written for the shell and the CLI, in this front end's terms: its
+    syntax, and a watch here runs in the background until `%hotswap unwatch`
+    (Ctrl-C would interrupt the cell, not the watch)."""
+    return (
+        localize(text, PREFIX)
+        .replace("until Ctrl-C", f"until `{PREFIX}unwatch`")
+        .replace("Ctrl-C stops watching", f"`{PREFIX}unwatch` stops watching")
+    )
+
+
 def help_text() -> str:
     """``%hotswap?``: the usage, every verb, and every option with its verb.
 
@@ -218,7 +229,8 @@ def help_text() -> str:
     options: dict[str, tuple[Option, list[str]]] = {}
     for spec in specs:
         for option in spec.options:
-            options.setdefault(option.flag, (option, []))[1].append(f"{spec.name}: {option.help}")
+            described = f"{spec.name}: {_here(option.help)}"
+            options.setdefault(option.flag, (option, []))[1].append(described)
     decorators = [
         argument("verb", nargs="?", help="what to do (see Verbs above)"),
         argument("args", nargs="*", metavar="ARG", help="the verb's arguments"),
@@ -304,7 +316,7 @@ class HotswapMagics(Magics):
         parsed = self._parse(line, cell)
         if parsed.help:
             prefix = "%%hotswap " if cell is not None else PREFIX
-            print(localize(parsed.spec.help_text(prefix), PREFIX))
+            print(_here(parsed.spec.help_text(prefix)))
             return None
         name = parsed.spec.name
         handler = self._handlers.get(name, self._shared)
