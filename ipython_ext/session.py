@@ -197,9 +197,12 @@ class HotswapSession:
                 f"`%hotswap connect {name}` to use it"
             )
         # Tied to this kernel: a kernel killed with -9 takes its engine along.
-        process = EngineProcess(
-            name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True
-        )
+        try:
+            process = EngineProcess(
+                name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True
+            )
+        except ValueError as exc:  # a bad LIVEPATCH_LOG_MAX_BYTES
+            raise EngineStartFailed(f"could not start engine {name!r}: {exc}") from None
         try:
             process.start()
         except (LivepatchError, OSError, ValueError) as exc:

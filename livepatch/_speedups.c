@@ -19,6 +19,10 @@
  *               rules.f(...) calls f of that version, counted.
  *   Counted     what rules.f is: f with the version's counters around it.
  *   Counter     a call counter advanced in place.
+ *   Sampler     a shadow run's sampler (livepatch/shadow.py): set on the
+ *               active version's Rules (`_sampler`), it counts calls down and
+ *               queues a sample of them, timed, for the run's thread. Unset,
+ *               it costs the dispatcher one compare.
  *
  * What the dispatcher reads (all maintained by the engine, in Python):
  *
@@ -55,6 +59,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h> /* offsetof */
+#include <math.h>   /* log, log1p: the gaps between a shadow run's samples */
+#include <time.h>   /* clock_gettime: the sampled calls' latency */
 
 #if PY_VERSION_HEX < 0x030C0000
 /* Python 3.11 spells the member-type constants only in structmember.h; 3.12
@@ -74,6 +80,7 @@ typedef struct {
     PyTypeObject *counted;
     PyTypeObject *pin;
     PyTypeObject *hook;
+    PyTypeObject *sampler;
     PinStack *stacks; /* borrowed: every live PinStack, for open_pins */
 } speedups_state;
 
@@ -114,6 +121,7 @@ typedef struct {
     PyObject *errors;    /* strong: counter */
     PyObject *cache;     /* strong: dict name -> Counted */
     PyObject *weakreflist;
+    PyObject *sampler;   /* strong or NULL: a shadow run's Sampler (see sampled_call) */
 } Rules;
 
 /* Counted: rules.NAME, the function with its version's counters. */
@@ -222,6 +230,291 @@ counted_call(PyObject *fn, PyObject *calls, PyObject *errors, PyObject *const *a
         count_error(errors);
     }
     return result;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shadow sampling (livepatch/shadow.py)
+ *
+ * A shadow run sets a Sampler on the Rules of the slot's active version. Its
+ * countdown is decremented on every call the dispatcher makes on them; the
+ * call that brings it to zero is timed, and its inputs and outcome are
+ * appended to the run's queue (a collections.deque, which the run's own
+ * thread drains) as one tuple, or counted as dropped when the queue is full.
+ * No Python code runs on the caller's thread for it, and nothing waits. The
+ * next countdown is drawn from a geometric distribution (mean 1 / sample),
+ * so a traffic pattern that repeats cannot line up with the sampling.
+ * Without a sampler this costs the dispatcher one compare. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *queue;         /* strong: the run's deque */
+    PyObject *append;        /* strong: queue.append */
+    Py_ssize_t capacity;     /* at most this many items queued */
+    Py_ssize_t countdown;    /* calls until the next sample (>= 1 between calls) */
+    double log_keep;         /* log(1 - sample); 0.0: every call */
+    unsigned long long rng;  /* xorshift64 state, never 0 */
+    unsigned long long sampled;
+    unsigned long long dropped;
+} Sampler;
+
+static inline long long
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Calls until the next sample: 1 + floor(log(U) / log(1 - p)), U in (0, 1]. */
+static Py_ssize_t
+sampler_gap(Sampler *s)
+{
+    double u, gap;
+    if (s->log_keep == 0.0) {
+        return 1;
+    }
+    s->rng ^= s->rng << 13;
+    s->rng ^= s->rng >> 7;
+    s->rng ^= s->rng << 17;
+    u = ((double)(s->rng >> 11) + 1.0) / 9007199254740992.0; /* (0, 1] */
+    gap = 1.0 + floor(log(u) / s->log_keep);
+    return gap >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)gap;
+}
+
+/* Queue one finished call: (symbol, args, kwargs or None, result or None,
+ * error or None, elapsed_ns). Never raises: a failure (memory) is
+ * reported as unraisable and the caller gets its own outcome untouched. */
+static void
+sample_queue(Sampler *s, PyObject *symbol, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames, PyObject *result, PyObject *error, long long elapsed)
+{
+    PyObject *tuple = NULL, *kwargs = NULL, *item = NULL, *done;
+    Py_ssize_t i, length, nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    s->sampled++;
+    length = PyObject_Size(s->queue);
+    if (length < 0) {
+        goto failed;
+    }
+    if (length >= s->capacity) {
+        s->dropped++;
+        return;
+    }
+    tuple = PyTuple_New(nargs);
+    if (tuple == NULL) {
+        goto failed;
+    }
+    for (i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    }
+    if (nkw > 0) {
+        kwargs = PyDict_New();
+        if (kwargs == NULL) {
+            goto failed;
+        }
+        for (i = 0; i < nkw; i++) {
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                goto failed;
+            }
+        }
+    }
+    item = Py_BuildValue("(OOOOOL)", symbol, tuple, kwargs != NULL ? kwargs : Py_None,
+                         result != NULL ? result : Py_None, error != NULL ? error : Py_None,
+                         elapsed);
+    if (item == NULL) {
+        goto failed;
+    }
+    done = PyObject_CallOneArg(s->append, item); /* deque.append: C, never blocks */
+    if (done == NULL) {
+        goto failed;
+    }
+    Py_DECREF(done);
+    Py_DECREF(item);
+    Py_DECREF(tuple);
+    Py_XDECREF(kwargs);
+    return;
+failed:
+    Py_XDECREF(item);
+    Py_XDECREF(tuple);
+    Py_XDECREF(kwargs);
+    PyErr_WriteUnraisable((PyObject *)s);
+}
+
+/* counted_call with a shadow run's sampler: off the sampled calls, a
+ * decrement and a compare more; on them, the timing and the queueing. */
+static Py_NO_INLINE PyObject *
+sampled_call(PyObject *sampler, PyObject *fn, PyObject *calls, PyObject *errors, PyObject *symbol,
+             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Sampler *s = (Sampler *)sampler;
+    PyObject *result;
+    long long started;
+    if (--s->countdown > 0) {
+        return counted_call(fn, calls, errors, args, (size_t)nargs, kwnames);
+    }
+    s->countdown = sampler_gap(s);
+    Py_INCREF(sampler); /* the callee may take it off the Rules (a swap ends the run) */
+    started = monotonic_ns();
+    result = counted_call(fn, calls, errors, args, (size_t)nargs, kwnames);
+    started = monotonic_ns() - started;
+    if (result != NULL) {
+        sample_queue(s, symbol, args, nargs, kwnames, result, NULL, started);
+    }
+    else {
+        /* The active version raised: the run sees the exception, and the
+         * caller gets it back exactly as it was. */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        if (traceback != NULL && value != NULL) {
+            PyException_SetTraceback(value, traceback);
+        }
+        sample_queue(s, symbol, args, nargs, kwnames, NULL, value, started);
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_DECREF(sampler);
+    return result;
+}
+
+static PyObject *
+sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"queue", "capacity", "sample", "seed", NULL};
+    PyObject *queue, *append;
+    Py_ssize_t capacity;
+    double sample;
+    unsigned long long seed;
+    Sampler *self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OndK:Sampler", kwlist, &queue, &capacity,
+                                     &sample, &seed)) {
+        return NULL;
+    }
+    if (capacity < 1 || !(sample > 0.0 && sample <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Sampler(queue, capacity, sample, seed): capacity >= 1, 0 < sample <= 1");
+        return NULL;
+    }
+    append = PyObject_GetAttrString(queue, "append");
+    if (append == NULL) {
+        return NULL;
+    }
+    self = (Sampler *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(append);
+        return NULL;
+    }
+    self->queue = Py_NewRef(queue);
+    self->append = append;
+    self->capacity = capacity;
+    self->log_keep = sample < 1.0 ? log1p(-sample) : 0.0;
+    self->rng = seed != 0 ? seed : 0x9E3779B97F4A7C15ULL;
+    self->countdown = sampler_gap(self);
+    return (PyObject *)self;
+}
+
+static int
+sampler_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((Sampler *)op)->queue);
+    Py_VISIT(((Sampler *)op)->append);
+    return 0;
+}
+
+static int
+sampler_clear(PyObject *op)
+{
+    Py_CLEAR(((Sampler *)op)->queue);
+    Py_CLEAR(((Sampler *)op)->append);
+    return 0;
+}
+
+static void
+sampler_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)sampler_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+sampler_get_sampled(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(((Sampler *)op)->sampled);
+}
+
+static PyObject *
+sampler_get_dropped(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(((Sampler *)op)->dropped);
+}
+
+static PyGetSetDef sampler_getset[] = {
+    {"sampled", sampler_get_sampled, NULL, PyDoc_STR("Calls sampled so far."), NULL},
+    {"dropped", sampler_get_dropped, NULL, PyDoc_STR("Sampled calls the full queue refused."),
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef sampler_members[] = {
+    {"countdown", Py_T_PYSSIZET, offsetof(Sampler, countdown), 0,
+     PyDoc_STR("Calls until the next sample.")},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(sampler_doc,
+             "Sampler(queue, capacity, sample, seed)\n"
+             "--\n"
+             "\n"
+             "A shadow run's sampler, set as rules._sampler on the active version's\n"
+             "Rules: about `sample` of the engine.call calls on them are timed and\n"
+             "appended to `queue` as (symbol, args, kwargs, result, error, elapsed_ns),\n"
+             "or counted as dropped while it holds `capacity` items.");
+
+static PyType_Slot sampler_slots[] = {
+    {Py_tp_doc, (void *)sampler_doc},
+    {Py_tp_new, sampler_new},
+    {Py_tp_dealloc, sampler_dealloc},
+    {Py_tp_traverse, sampler_traverse},
+    {Py_tp_clear, sampler_clear},
+    {Py_tp_getset, sampler_getset},
+    {Py_tp_members, sampler_members},
+    {0, NULL},
+};
+
+static PyType_Spec sampler_spec = {
+    .name = "livepatch._speedups.Sampler",
+    .basicsize = sizeof(Sampler),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = sampler_slots,
+};
+
+/* rules._sampler: the Sampler, or None. */
+static PyObject *
+rules_get_sampler(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *sampler = ((Rules *)op)->sampler;
+    return Py_NewRef(sampler != NULL ? sampler : Py_None);
+}
+
+static int
+rules_set_sampler(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    speedups_state *state = PyType_GetModuleState(Py_TYPE(op));
+    if (state == NULL) {
+        return -1;
+    }
+    if (value == Py_None) {
+        value = NULL;
+    }
+    if (value != NULL && !Py_IS_TYPE(value, state->sampler)) {
+        PyErr_SetString(PyExc_TypeError, "_sampler must be a Sampler or None");
+        return -1;
+    }
+    Py_XSETREF(((Rules *)op)->sampler, Py_XNewRef(value));
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -433,7 +726,13 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
      * PY_VECTORCALL_ARGUMENTS_OFFSET is deliberately not passed: it would
      * let the callee overwrite args[1], and the caller's array may be a
      * tuple shared with other threads (PyVectorcall_Call). */
-    result = counted_call(fn, r->calls, r->errors, args + 2, (size_t)(nargs - 2), kwnames);
+    if (r->sampler == NULL) {
+        result = counted_call(fn, r->calls, r->errors, args + 2, (size_t)(nargs - 2), kwnames);
+    }
+    else {
+        result = sampled_call(r->sampler, fn, r->calls, r->errors, args[1], args + 2, nargs - 2,
+                              kwnames);
+    }
     Py_DECREF(fn);
     Py_DECREF(rules);
     return result;
@@ -998,6 +1297,7 @@ rules_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->calls);
     Py_VISIT(self->errors);
     Py_VISIT(self->cache);
+    Py_VISIT(self->sampler);
     return 0;
 }
 
@@ -1008,6 +1308,7 @@ rules_clear(PyObject *op)
     Py_CLEAR(self->version);
     Py_CLEAR(self->namespace);
     Py_CLEAR(self->cache);
+    Py_CLEAR(self->sampler);
     /* vid and the counters hold nothing: kept for repr and open pins. */
     return 0;
 }
@@ -1060,6 +1361,8 @@ static PyGetSetDef rules_getset[] = {
     /* What the Python Engine.call reads of pinned rules, C or Python. */
     {"_v", rules_get_v, NULL, NULL, NULL},
     {"_ns", rules_get_ns, NULL, NULL, NULL},
+    {"_sampler", rules_get_sampler, rules_set_sampler, PyDoc_STR("A shadow run's Sampler, or None."),
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1511,6 +1814,7 @@ speedups_exec(PyObject *module)
         add_type(module, &pin_spec, "PinStack", &state->pin) < 0 ||
         add_type(module, &hook_spec, "PinHook", &state->hook) < 0 ||
         add_type(module, &counter_spec, "Counter", &state->counter) < 0 ||
+        add_type(module, &sampler_spec, "Sampler", &state->sampler) < 0 ||
         add_type(module, &dispatcher_spec, "Dispatcher", &state->dispatcher) < 0) {
         return -1;
     }
@@ -1527,6 +1831,7 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->counted);
     Py_VISIT(state->pin);
     Py_VISIT(state->hook);
+    Py_VISIT(state->sampler);
     return 0;
 }
 
@@ -1540,6 +1845,7 @@ speedups_clear(PyObject *module)
     Py_CLEAR(state->counted);
     Py_CLEAR(state->pin);
     Py_CLEAR(state->hook);
+    Py_CLEAR(state->sampler);
     return 0;
 }
 

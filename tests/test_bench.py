@@ -108,6 +108,9 @@ def test_goals_have_met_booleans(bench_run: tuple[dict[str, Any], str, str]) -> 
         "memory_rss_growth_mb",
         "peers_livepatch_mixed",
         "peers_livepatch_failed",
+        "fleet_commit_skew_p99_ms",
+        "fleet_failed_calls",
+        "shadow_p50_overhead_pct",
     }
     assert expected <= goals.keys()
     for name, goal in goals.items():
@@ -137,6 +140,11 @@ def test_sections_hold_numbers(bench_run: tuple[dict[str, Any], str, str]) -> No
     # --quick skips the valgrind runs, and says so
     grind = results["callgrind"]
     assert grind["available"] is False and "--section callgrind" in grind["reason"]
+    shadow = results["shadow"]
+    _assert_numbers(shadow, "p50_overhead_pct", "sampled", "compared")
+    assert shadow["sampled"] > 0 and shadow["compared"] > 0
+    assert shadow["p50_ns"]["without"] > 0 and shadow["p50_ns"]["with"] > 0
+    assert shadow["callgrind"]["available"] is False
     swap = results["swap_under_load"]
     assert swap["callers"] == 8
     _assert_numbers(swap, "swaps", "requests", "p99_ratio", "duration_s")
@@ -167,6 +175,24 @@ def test_sections_hold_numbers(bench_run: tuple[dict[str, Any], str, str]) -> No
 
     memory = results["memory"]
     _assert_numbers(memory, "cycles", "rss_start_mb", "rss_end_mb", "rss_growth_mb")
+
+
+def test_fleet_on_both_registries(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    results, stdout, _ = bench_run
+    local, zk = results["fleet"]["local"], results["fleet"]["zookeeper"]
+    assert local["aborted"] == 0 and local["failed_calls"] == 0
+    assert local["skews_measured"] > 0
+    _assert_numbers(local["push_ms"], "p50", "p99")
+    _assert_numbers(local["commit_skew_ms"], "p50", "p99")
+    assert "Fleet push, local registry" in stdout
+    if "skipped" in zk:  # only off CI: .ci/run installs ZooKeeper
+        assert not os.environ.get("CI") and zk["required"] is False
+        assert "Fleet push, ZooKeeper: skipped" in stdout
+        return
+    for size in zk["sizes"]:
+        assert zk[str(size)]["acks_min"] == size  # every simulated member acked
+        _assert_numbers(zk[str(size)], "push_s_median", "push_s_max")
+    assert "1,000-member goals need the full run" in stdout
 
 
 def test_peers_side_by_side(bench_run: tuple[dict[str, Any], str, str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EngineProcess, run_cli, start_engine
+from conftest import EngineProcess, needs, run_cli, start_engine
 from prompt_toolkit.completion import CompleteEvent, ThreadedCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
@@ -621,7 +621,7 @@ def test_demo_on_a_terminal_attaches_the_shell(
     assert "stopped" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: the native slot has no v1")
+@needs(None if find_compiler() else "no C compiler: the native slot has no v1")
 def test_load_picks_the_slot_by_the_files_kind(runner: CommandRunner) -> None:
     # Two slots: a .c file goes to the native one, a .py file to the Python one.
     native = run(runner, "load spam_native_v2.c").text

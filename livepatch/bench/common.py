@@ -26,10 +26,12 @@ SCHEMA = 1
 SECTIONS = (
     "hot_path",
     "callgrind",
+    "shadow",
     "swap_under_load",
     "control_plane",
     "load_check",
     "memory",
+    "fleet",
     "peers",
     "savelive",
 )
@@ -80,8 +82,18 @@ class Settings:
     peer_reloads: int
     peer_interval_s: float
     peer_budget_s: float
+    #: Fleet: local engines with traffic, pushes to them, the quiet window
+    #: before (the calls' baseline); ZooKeeper fleet sizes, pushes per size.
+    fleet_engines: int
+    fleet_pushes: int
+    fleet_quiet_s: float
+    fleet_zk_sizes: tuple[int, ...]
+    fleet_zk_pushes: int
     #: Good saves timed per tool in ``savelive`` (then two broken ones).
     savelive_saves: int
+    #: Shadow section: timed calls per block (each way) and rounds of blocks.
+    shadow_calls: int = 20_000
+    shadow_rounds: int = 5
 
 
 QUICK = Settings(
@@ -105,6 +117,11 @@ QUICK = Settings(
     peer_reloads=20,
     peer_interval_s=0.05,
     peer_budget_s=2.0,
+    fleet_engines=3,
+    fleet_pushes=6,
+    fleet_quiet_s=1.0,
+    fleet_zk_sizes=(10, 100),
+    fleet_zk_pushes=2,
     savelive_saves=6,
 )
 
@@ -129,6 +146,13 @@ FULL = Settings(
     peer_reloads=200,
     peer_interval_s=0.05,
     peer_budget_s=20.0,
+    fleet_engines=8,
+    fleet_pushes=40,
+    fleet_quiet_s=5.0,
+    fleet_zk_sizes=(10, 100, 1_000),
+    fleet_zk_pushes=5,
+    shadow_calls=50_000,
+    shadow_rounds=10,
     savelive_saves=40,
 )
 

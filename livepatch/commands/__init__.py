@@ -18,13 +18,18 @@ Adding a verb from another module (``livepatch.fleet``'s ``push``)::
 
 Do it at import of a module that ``livepatch.cli`` imports before
 ``build_parser`` runs; the CLI (``livepatch push``), the shell (parser, help,
-completion) then offer it with no other edit.
+completion) and ``%hotswap`` (parser, ``%hotswap?``, the handler's text as
+the result) then offer it with no other edit. Verbs only the magics have
+(``%hotswap start``) live in ``ipython_ext.magics.MAGIC_VERBS``, never here.
 
 Nothing here imports the engine core, prompt-toolkit or IPython.
 """
 
 from __future__ import annotations
 
+# Verbs defined in modules of their own, registered at import so that every
+# front end (the CLI, the shell, %hotswap) has them whatever it imports first.
+from . import shadowcmd  # noqa: F401  (the shadow verb)
 from .spec import COMMANDS, CommandSpec, ShellUsageError, parse, register
 
 __all__ = ["COMMANDS", "CommandSpec", "ShellUsageError", "parse", "register"]
