@@ -305,7 +305,7 @@ def test_completion_offers_commands_slots_versions_and_files(
     assert complete(completer, "call spam@2.") == ["spam@2.classify"]
 
     files = complete(completer, "load spam_v")
-    assert files == ["spam_v1.py", "spam_v2.py"]
+    assert files == ["spam_v1.py", "spam_v2.py", "spam_v3.py", "spam_v4.py"]
 
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "mine.py").write_text("")
