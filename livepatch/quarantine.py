@@ -30,6 +30,13 @@ imported what it needs (it says so with one byte), so a loaded machine that
 is slow to start a Python process does not fail trivial bodies. Start-up has
 a deadline of its own (:data:`START_TIMEOUT_S`).
 
+Starting a child (Python plus the engine's imports) costs ~0.3 s, most of a
+save-to-live round trip. So after the first quarantined load a process keeps
+one spare child, started and imported, waiting for its request
+(:attr:`Quarantine.warm`); each load takes it and a new one is started behind
+it. A spare holds no state of any load (the request carries every setting),
+and it dies with its engine like any quarantine child.
+
 Consequence worth knowing: a module body runs twice (once here, once in the
 engine), so module bodies should have no side effects beyond defining
 things. The check report warns about threads started at import.
@@ -58,13 +65,12 @@ from .processstate import (
     kill_descendants,
 )
 
-__all__ = ["START_TIMEOUT_S", "Quarantine", "interface_spec", "main"]
+__all__ = ["START_TIMEOUT_S", "Quarantine", "interface_spec", "main", "spare_pid"]
 
 #: How long the child may take to start, before the body's limit begins.
 START_TIMEOUT_S = 60.0
 
 _PARENT_ENV = "LIVEPATCH_QUARANTINE_PARENT"
-_TIMEOUT_ENV = "LIVEPATCH_QUARANTINE_TIMEOUT"
 #: Exit status of a child that could not write its result (the body closed it).
 _NO_RESULT = 97
 #: The child's first byte on its result pipe: started, the body's clock runs.
@@ -80,6 +86,8 @@ class Quarantine:
 
     timeout_s: float = 10.0
     memory_mb: int = 1024
+    #: Keep a started child waiting for the next load (see the module's doc).
+    warm: bool = True
 
     def run(self, source: str, filename: str, interface: type | None) -> None:
         """Run the source in a child process; :class:`LoadFailed` if it misbehaves."""
@@ -88,6 +96,7 @@ class Quarantine:
             "filename": filename,
             "interface": interface_spec(interface),
             "memory_mb": self.memory_mb,
+            "timeout_s": self.timeout_s,
         }
         self._child(
             request,
@@ -100,7 +109,12 @@ class Quarantine:
     def run_native(self, path: str, filename: str) -> None:
         """``dlopen`` a shared object in a child process first (its constructors
         run there); :class:`LoadFailed` if that crashes, hangs or fails."""
-        request = {"native": path, "filename": filename, "memory_mb": self.memory_mb}
+        request = {
+            "native": path,
+            "filename": filename,
+            "memory_mb": self.memory_mb,
+            "timeout_s": self.timeout_s,
+        }
         self._child(
             request,
             filename,
@@ -110,20 +124,9 @@ class Quarantine:
         )
 
     def _child(self, request: dict[str, Any], filename: str, timeout_hint: str, what: str) -> None:
-        env = {
-            **os.environ,
-            # The child's own safety nets: die with us, and a CPU budget.
-            _PARENT_ENV: str(os.getpid()),
-            _TIMEOUT_ENV: repr(self.timeout_s),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "livepatch.quarantine"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # so a body that forks can be killed as a group
-            env=env,
-        )
+        proc = _SPARES.take() if self.warm else None
+        if proc is None:
+            proc = _spawn()
         try:
             _await_start(proc, filename)
             out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
@@ -139,6 +142,75 @@ class Quarantine:
             if proc.poll() is None:
                 _kill_group(proc)
         _raise_for(proc.returncode, out, filename, what=what)
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    """Start a quarantine child; it imports, says it started, then waits."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "livepatch.quarantine"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so a body that forks can be killed as a group
+        # The child's own safety net: it dies with us (its CPU budget comes
+        # with the request).
+        env={**os.environ, _PARENT_ENV: str(os.getpid())},
+    )
+
+
+class _Spares:
+    """One started quarantine child kept waiting for the next load.
+
+    Spares are started by one long-lived thread of their own: the kernel sends
+    a child's PR_SET_PDEATHSIG when the *thread* that forked it ends, so a
+    spare forked by a short-lived thread would die with that thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: subprocess.Popen[bytes] | None = None
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> subprocess.Popen[bytes] | None:
+        """The spare if there is a live one (and order the next), else ``None``."""
+        with self._lock:
+            proc, self._ready = self._ready, None
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="livepatch-quarantine-spares", daemon=True
+                )
+                self._thread.start()
+        self._wanted.set()
+        if proc is not None and proc.poll() is not None:
+            return None  # it died waiting (killed by hand?): start afresh
+        return proc
+
+    def pid(self) -> int | None:
+        with self._lock:
+            return self._ready.pid if self._ready is not None else None
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            with self._lock:
+                if self._ready is not None and self._ready.poll() is None:
+                    continue
+            try:
+                proc = _spawn()
+            except OSError:
+                continue  # out of processes: the next load starts its own child
+            with self._lock:
+                self._ready = proc
+
+
+_SPARES = _Spares()
+
+
+def spare_pid() -> int | None:
+    """The pid of this process's waiting quarantine child, if one is ready."""
+    return _SPARES.pid()
 
 
 def _await_start(proc: subprocess.Popen[bytes], filename: str) -> None:
@@ -231,7 +303,6 @@ def main() -> None:
     if parent:
         die_with_parent(parent)
     become_subreaper()
-    timeout_s = float(os.environ.get(_TIMEOUT_ENV, "0") or 0)
     # The module body may print or write to fd 1: keep the real stdout for
     # our one result line and point fd 1 (and sys.stdout) at stderr.
     result_fd = os.dup(1)
@@ -243,6 +314,7 @@ def main() -> None:
 
     os.write(result_fd, _STARTED)
     request = json.loads(sys.stdin.read())
+    timeout_s = float(request.get("timeout_s") or 0)
     try:
         limit = int(request["memory_mb"]) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -161,7 +161,7 @@ def test_the_time_limit_is_the_bodys_not_the_childs_start_up() -> None:
     # still pass a trivial body and fail one that loops.
     from livepatch.quarantine import Quarantine
 
-    quarantine = Quarantine(timeout_s=0.1)
+    quarantine = Quarantine(timeout_s=0.1, warm=False)  # each run starts its child
     started = time.monotonic()
     quarantine.run("def f(x):\n    return x\n", "quick.py", None)
     assert time.monotonic() - started > 0.1  # start-up really was longer than the limit
@@ -169,3 +169,44 @@ def test_the_time_limit_is_the_bodys_not_the_childs_start_up() -> None:
         quarantine.run("while True:\n    pass\n", "loop.py", None)
     assert info.value.data["reason"] == "timeout"
     assert "did not finish within 0.1 s" in info.value.message
+
+
+def test_a_warm_spare_child_serves_the_next_load_and_dies_with_its_engine(
+    runtime_dir: Path, tmp_path: Path
+) -> None:
+    from livepatch.quarantine import Quarantine, spare_pid
+
+    quarantine = Quarantine(timeout_s=5)
+    quarantine.run("X = 1\n", "first.py", None)
+    deadline = time.monotonic() + 60
+    while spare_pid() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    waiting = spare_pid()
+    assert waiting is not None, "no spare child was started after a load"
+    # The next load runs in that very child (the body says where it ran)...
+    where = tmp_path / "pid"
+    quarantine.run(f"import os\nopen({str(where)!r}, 'w').write(str(os.getpid()))\n", "b.py", None)
+    assert int(where.read_text()) == waiting
+    # ...with the limits of its own request, not of the load that ordered it.
+    with pytest.raises(LoadFailed, match=r"did not finish within 0\.3 s"):
+        Quarantine(timeout_s=0.3).run("while True:\n    pass\n", "loop.py", None)
+
+    # An engine's spare dies with the engine, like any quarantine child.
+    proc = start_engine()
+    try:
+        with Client.connect() as client:
+            client.load("spam", rule_source("spam_v2.py"), "spam_v2.py")
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while not children and time.monotonic() < deadline:
+            children = _quarantine_children(proc.proc.pid)
+            time.sleep(0.05)
+        assert children, "the engine kept no spare quarantine child"
+        os.kill(proc.proc.pid, signal.SIGKILL)
+        proc.proc.wait(10)
+        deadline = time.monotonic() + 20
+        while any(_alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(child) for child in children), "the spare outlived its engine"
+    finally:
+        proc.stop()
