@@ -135,6 +135,7 @@ VALID_PARAMS: dict[str, dict[str, Any]] = {
     "call": {"slot": "spam", "symbol": "classify", "args": [{"text": "hi"}], "kwargs": {"x": None}},
     "subscribe": {},
     "journal": {"limit": 10},
+    "shadow": {"version": "spam@2", "sample": 0.1, "for_s": 10, "queue": 100, "timeout_s": 1},
 }
 
 # The spec's numbers, written out independently of the module's table.

@@ -10,6 +10,7 @@ through the CLI and the shell.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import test_notebook_frontends
 from conftest import EngineProcess, run_cli, start_engine
 
 from livepatch.engine import Engine
-from livepatch.errors import BadState
+from livepatch.errors import BadState, StorageError
 from livepatch.examples.spam import Message, SpamRules, Verdict, rule_path, rule_source
 from livepatch.journal import Journal, Peer
 from livepatch.shadow import Shadows
@@ -325,3 +326,31 @@ def test_hotswap_shadow_in_a_real_kernel_shows_the_report_live_then_final(
         "try:\n    %hotswap shadow spam@2 --sample 5\nexcept UsageError as e:\n    print(e)"
     )
     assert "--sample" in usage
+
+
+def test_a_stop_that_cannot_be_journaled_leaves_the_run_going(
+    engine: Engine, tmp_path: Path
+) -> None:
+    v2 = candidate(engine, rule_source("spam_v2.py"), "spam_v2.py")
+    path = tmp_path / "journal.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    journal = Journal(path, fd=fd)
+    shadows = Shadows(engine, journal)
+    shadows.start(v2, peer=PEER, sample=1.0)
+    assert '"op":"shadow"' in path.read_text(encoding="utf-8")  # written before started
+    # The journal's descriptor now reads only: its next write fails for real.
+    readonly = os.open(path, os.O_RDONLY)
+    os.dup2(readonly, fd)
+    os.close(readonly)
+    with pytest.raises(StorageError):
+        shadows.stop("spam", peer=PEER)
+    before = shadows.report("spam")
+    assert before["state"] == "running"
+    for msg in MESSAGES:
+        engine.call("spam", "classify", msg)
+    assert shadows.report("spam")["sampled"] == before["sampled"] + len(MESSAGES)
+    # A run that ends on its own still ends, its record deferred.
+    engine.swap(v2)
+    wait_until(lambda: not shadows._runs["spam"].running)
+    wait_until(lambda: journal.pending)
+    journal.close()
