@@ -263,7 +263,10 @@ class Service:
                 fn,
                 args,
                 kwargs,
-                lambda _v, _s, *a, **k: getattr(rules, symbol)(*a, **k),
+                # engine.call inside the pin runs the pinned version, through
+                # the dispatcher: a socket call is counted and can be
+                # sampled by a shadow run like any call of the slot.
+                lambda _v, _s, *a, **k: self.engine.call(slot, symbol, *a, **k),
             )
 
     def _invoke(

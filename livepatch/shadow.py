@@ -30,9 +30,10 @@ Choices (docs: the README's "Shadow runs"):
   written leaves the run going and answers ``storage``. A run that ends on
   its own cannot be kept going: its record is written, or deferred to the
   next record if the disk refuses it now.
-- Only calls made through ``engine.call`` are sampled (the traffic of the
-  host, nested rule calls); calls on a pinned rules object
-  (``rules.f(...)``, and the control socket's ``call``) are not. A
+- Calls made through ``engine.call`` are sampled: the traffic of the host,
+  nested rule calls, and the control socket's ``call`` (which runs through
+  ``engine.call`` inside its pin). Calls on a pinned rules object
+  (``rules.f(...)``) are not: that path has no sampler. A
   candidate's own nested ``engine.call`` runs on the active version, as
   any caller's would.
 - Shadow calls are not counted in the candidate's call statistics: they

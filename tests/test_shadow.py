@@ -354,3 +354,30 @@ def test_a_stop_that_cannot_be_journaled_leaves_the_run_going(
     wait_until(lambda: not shadows._runs["spam"].running)
     wait_until(lambda: journal.pending)
     journal.close()
+
+
+def test_calls_over_the_socket_are_sampled_too(runtime_dir: Path) -> None:
+    # No --traffic: every call the engine sees comes over its socket.
+    from livepatch.client import Client
+
+    proc = start_engine("--traffic", "0")
+    try:
+        with Client.connect() as client:
+            v2 = client.load("spam", rule_source("spam_v2.py"), "spam_v2.py")
+            assert client.check(v2).ok
+            client.request("shadow", {"action": "start", "version": v2, "sample": 1.0})
+            for i in range(40):
+                msg = MESSAGES[i % len(MESSAGES)]
+                arg = {"sender": msg.sender, "text": msg.text, "links": list(msg.links)}
+                got = client.call("spam", "classify", [arg])
+                assert got["version"] == "spam@1"  # callers get the active version
+
+            def compared() -> int:
+                report = client.request("shadow", {"action": "report", "slot": "spam"})
+                return int(report["compared"])
+
+            wait_until(lambda: compared() >= 40)
+            report = client.request("shadow", {"action": "stop", "slot": "spam"})
+            assert report["compared"] >= 40 and report["differed"] > 0
+    finally:
+        proc.stop()
