@@ -86,9 +86,13 @@ class Quarantine:
             what="the module body",
         )
 
-    def run_native(self, path: str, filename: str) -> None:
+    def run_native(self, path: str, filename: str, *, fd: int | None = None) -> None:
         """``dlopen`` a shared object in a child process first (its constructors
-        run there); :class:`LoadFailed` if that crashes, hangs or fails."""
+        run there); :class:`LoadFailed` if that crashes, hangs or fails.
+
+        ``fd``: the object is a memory file, ``path`` its ``/proc/self/fd/N``;
+        the child inherits the fd under the same number, so the path holds there.
+        """
         request = {"native": path, "filename": filename, "memory_mb": self.memory_mb}
         self._child(
             request,
@@ -96,9 +100,17 @@ class Quarantine:
             timeout_hint="mapping the object did not finish within {limit} in quarantine "
             "(a constructor that never returns?); it was not mapped here",
             what="mapping the object (its constructors)",
+            pass_fds=() if fd is None else (fd,),
         )
 
-    def _child(self, request: dict[str, Any], filename: str, timeout_hint: str, what: str) -> None:
+    def _child(
+        self,
+        request: dict[str, Any],
+        filename: str,
+        timeout_hint: str,
+        what: str,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         env = {
             **os.environ,
             # The child's own safety nets: die with us, and a CPU budget.
@@ -112,6 +124,7 @@ class Quarantine:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # so a body that forks can be killed as a group
             env=env,
+            pass_fds=pass_fds,
         )
         try:
             out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)

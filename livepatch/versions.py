@@ -19,15 +19,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from .model import VersionInfo
-from .native import NativeBackend, NativeObject
 from .pinning import PinnedRules
 from .reclaim import all_dead, threads_running, weak_namespace
-from .resolve import Problem, ResolveReport, interface_members
+from .resolve import Problem, ResolveReport
 from .states import VersionState
 from .symbols import SymbolTable
 
 if typing.TYPE_CHECKING:
     from ._speedups import Counter, Rules
+    from .backend import Backend
+    from .native_object import NativeObject
 
 # The C counter and pinned rules (livepatch/_speedups.c) when built, else
 # itertools.count and the Python PinnedRules.
@@ -219,23 +220,17 @@ class Slot:
 
     ``backend`` is the seam between the lifecycle, which the engine owns for
     every kind of slot (states, locks, publication, events, statistics), and
-    what each step does to the code. ``None`` is the built-in Python path:
-    modules, bytecode checks, the garbage collector. A
-    :class:`~livepatch.native.NativeBackend` does load, check, symbols, purge
-    and unload to shared objects instead: compile, resolve + dlopen, .dynsym,
-    forget the pointers, dlclose + /proc/self/maps.
+    what each step does to the code (see :mod:`livepatch.backend`): a
+    :class:`~livepatch.pyload.PythonBackend` does modules, bytecode checks
+    and the garbage collector; a :class:`~livepatch.native.NativeBackend`
+    does load, check, symbols, purge and unload to shared objects: compile,
+    resolve + dlopen, .dynsym, forget the pointers, dlclose + /proc/self/maps.
     """
 
-    def __init__(
-        self, name: str, interface: type | None, backend: NativeBackend | None = None
-    ) -> None:
+    def __init__(self, name: str, backend: Backend) -> None:
         self.name = name
-        self.interface = interface
         self.backend = backend
-        members: dict[str, Any] = interface_members(interface) if interface else {}
-        if backend is not None:
-            members = dict(backend.members())
-        self.members = members
+        self.members: dict[str, Any] = dict(backend.members())
         self.versions: dict[int, Version] = {}
         self.next_number = 1
         self.active: Version | None = None
