@@ -36,8 +36,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
-from .files import read_regular_file
+from .errors import (
+    BadState,
+    CheckFailed,
+    Conflict,
+    LoadFailed,
+    TooLarge,
+    UnknownSlot,
+    UnknownVersion,
+)
+from .files import read_regular_file, text_or_object
 from .handoff import hand_over
 from .model import (
     Change,
@@ -50,7 +58,7 @@ from .model import (
     is_slot_name,
     parse_version_id,
 )
-from .native import MAX_OBJECT, NativeBackend, NativeInterface, is_elf
+from .native import MAX_OBJECT, NativeBackend, NativeInterface
 from .pinning import Pin, PinnedRules
 from .pyload import MAX_SOURCE, MODULE_PREFIX, PythonBackend
 from .quarantine import Quarantine
@@ -267,28 +275,47 @@ class Engine:
         given = os.fspath(path)
         name = filename or os.path.basename(given) or given
         # Regular files only, the cap enforced while reading, with a deadline.
-        data = read_regular_file(given, MAX_OBJECT, name=name)
+        content = text_or_object(read_regular_file(given, MAX_OBJECT, name=name), name)
         origin = os.path.dirname(os.path.abspath(given))
-        if is_elf(data):
-            return self._load(slot, data, name, None, origin=origin, commit=commit)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise LoadFailed(
-                f"{name} is neither UTF-8 text (bad byte at offset {exc.start}) "
-                "nor an ELF shared object",
-                filename=name,
-            ) from None
-        return self._load(slot, text, name, None, origin=origin, commit=commit)
+        return self._load(slot, content, name, None, origin=origin, commit=commit)
 
-    def restore(self, version: str, source: str, filename: str | None = None) -> str:
-        """Load ``source`` under a given id (``spam@3``), e.g. after a restart.
+    def load_object(
+        self, slot: str, data: bytes, filename: str | None = None, *, commit: Commit | None = None
+    ) -> str:
+        """Load a ready ELF shared object from its bytes (native slots).
+
+        The object is mapped from memory (``memfd_create``, then ``dlopen``
+        of ``/proc/self/fd/N``): it need not be a file this machine can see.
+        The check's rules are those of :meth:`load_path`, except that an
+        object with no file has no origin (``$ORIGIN`` in its ``RUNPATH``
+        means nothing; see docs/state.md).
+        """
+        if len(data) > MAX_OBJECT:
+            raise TooLarge(
+                f"{filename or 'the object'} is {len(data)} bytes, over the {MAX_OBJECT}-byte "
+                "limit for a shared object",
+                slot=slot,
+            )
+        return self._load(slot, data, filename, None, in_memory=True, commit=commit)
+
+    def restore(
+        self,
+        version: str,
+        content: str | bytes,
+        filename: str | None = None,
+        *,
+        origin: str | None = None,
+    ) -> str:
+        """Load a source (or, native, an object's bytes, mapped from memory)
+        under a given id (``spam@3``), e.g. after a restart; ``origin`` is the
+        directory it was first loaded from, if any.
 
         The number must not be in use. Returns the id; a later :meth:`load`
         continues numbering after the highest number seen.
         """
         slot, number = parse_version_id(version)
-        return self._load(slot, source, filename, number)
+        in_memory = isinstance(content, bytes)
+        return self._load(slot, content, filename, number, origin=origin, in_memory=in_memory)
 
     def reserve_numbers(self, slot: str, highest: int) -> None:
         """Make the slot's next version number at least ``highest + 1``."""
@@ -304,6 +331,7 @@ class Engine:
         number: int | None,
         *,
         origin: str | None = None,
+        in_memory: bool = False,
         commit: Commit | None = None,
     ) -> str:
         """Load text (``str``) or, for a native slot, a ready object (``bytes``)."""
@@ -316,7 +344,7 @@ class Engine:
         data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
         sha = hashlib.sha256(data).hexdigest()
         with s.load_lock:
-            existing = self._find_loaded(s, sha)
+            existing = s.find_loaded(sha)
             if existing is not None:
                 return existing.id
             if number is None:
@@ -332,10 +360,20 @@ class Engine:
                 origin=Path(origin) if origin else None,
                 build_dir=self.build_dir,
                 quarantine=self.quarantine,
+                in_memory=in_memory,
             )
             if commit is not None:
+                change = Change(
+                    "load",
+                    vid,
+                    sha,
+                    source=version.source,
+                    filename=filename,
+                    data=source if isinstance(source, bytes) else None,
+                    origin=origin,
+                )
                 try:
-                    commit(Change("load", vid, sha, source=version.source, filename=filename))
+                    commit(change)
                 except BaseException:
                     s.backend.discard(version)  # not journaled, so never a version
                     raise
@@ -344,16 +382,6 @@ class Engine:
                 s.versions[number] = version
                 self._emit(version, None, "load")
         return vid
-
-    @staticmethod
-    def _find_loaded(s: Slot, sha: str) -> Version | None:
-        for version in s.versions.values():
-            if version.sha256 == sha and version.state not in (
-                VersionState.PURGED,
-                VersionState.UNLOADED,
-            ):
-                return version
-        return None
 
     # -- check --------------------------------------------------------------
 
@@ -673,22 +701,7 @@ class Engine:
         """A snapshot of every slot and version, with call statistics."""
         with self._lock:
             slots = list(self._slots.values())
-        infos = []
-        for s in slots:
-            with s.lock:
-                versions = tuple(v.info() for v in s.versions.values())
-                active = s.active.id if s.active else None
-            infos.append(
-                SlotInfo(
-                    name=s.name,
-                    interface=s.backend.describe(),
-                    members=tuple(s.members),
-                    active=active,
-                    versions=versions,
-                    kind=s.backend.kind,
-                )
-            )
-        return EngineStatus(self.name, os.getpid(), tuple(infos))
+        return EngineStatus(self.name, os.getpid(), tuple(s.info() for s in slots))
 
     def info(self, version: str) -> VersionInfo:
         """A snapshot of one version."""

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .errors import BadState, LoadFailed
 from .model import parse_version_id
-from .native_build import BASE_FLAGS, compile_c, find_compiler
+from .native_build import BASE_FLAGS, cached_build, compile_c, find_compiler
 from .native_elf import ElfInfo, ElfSymbol, NotSharedObject, is_elf, read_elf
 from .native_interface import NativeFunction, NativeInterface, make_pointer
 from .native_link import RTLD_LOCAL, RTLD_NOW, MissingVersion, Scope, dl, dlsym, mappings
@@ -266,10 +266,10 @@ class NativeBackend:
     def _build(
         self, source: str, filename: str, origin: Path | None, build_dir: Path | None
     ) -> Path:
-        """The compiled object for ``source``, from the cache when built before.
-
-        The cache key covers the compiler, the flags and the source, so an
-        engine restarted on its state directory does not compile again.
+        """The compiled object for ``source``, from the cache when built before
+        (:func:`~livepatch.native_build.cached_build`: keyed by content, not by
+        ``origin``, which is only where ``#include "x.h"`` looks), so an engine
+        restarted on its state directory does not compile again.
         """
         compiler = self.compiler or find_compiler()
         if compiler is None:
@@ -279,17 +279,9 @@ class NativeBackend:
                 reason="no-compiler",
             )
         cache = (build_dir if build_dir is not None else private_dir()) / "cache"
-        key = hashlib.sha256(
-            "\0".join([*compiler, *BASE_FLAGS, *self.flags, str(origin or ""), source]).encode(
-                "utf-8", "surrogateescape"
-            )
-        ).hexdigest()
-        built = cache / f"{key[:32]}.so"
-        if not built.is_file():
-            compile_c(
-                source, filename, built, compiler=compiler, flags=self.flags, include_dir=origin
-            )
-        return built
+        return cached_build(
+            source, filename, cache, compiler=compiler, flags=self.flags, include_dir=origin
+        )
 
     # -- check -------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .model import VersionInfo
+from .model import SlotInfo, VersionInfo
 from .pinning import PinnedRules
 from .reclaim import all_dead, threads_running, weak_namespace
 from .resolve import Problem, ResolveReport
@@ -240,3 +240,27 @@ class Slot:
         # loads take their own so that a slow module body never delays a swap.
         self.lock = threading.RLock()
         self.load_lock = threading.Lock()
+
+    def find_loaded(self, sha256: str) -> Version | None:
+        """The version loaded from this content that still has its symbols."""
+        for version in self.versions.values():
+            if version.sha256 == sha256 and version.state not in (
+                VersionState.PURGED,
+                VersionState.UNLOADED,
+            ):
+                return version
+        return None
+
+    def info(self) -> SlotInfo:
+        """A snapshot of the slot and its versions, with call statistics."""
+        with self.lock:
+            versions = tuple(v.info() for v in self.versions.values())
+            active = self.active.id if self.active else None
+        return SlotInfo(
+            name=self.name,
+            interface=self.backend.describe(),
+            members=tuple(self.members),
+            active=active,
+            versions=versions,
+            kind=self.backend.kind,
+        )
