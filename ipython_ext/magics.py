@@ -13,14 +13,13 @@ traceback from inside livepatch.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
+import difflib
 import json
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -29,7 +28,18 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 
 from livepatch.client import Client, ConnectionLost, file_load_params, split_call_target
-from livepatch.commands.spec import COMMANDS, localize
+from livepatch.commands.spec import (
+    COMMANDS,
+    Arg,
+    ArgKind,
+    CommandSpec,
+    Option,
+    ParsedCommand,
+    ShellUsageError,
+    command_names,
+    localize,
+    parse,
+)
 from livepatch.errors import LivepatchError
 from livepatch.filekind import check_slot_kind
 from livepatch.launcher import log_path, tail
@@ -53,101 +63,186 @@ from .display import (
 )
 from .session import DEFAULT_RATE, HotswapSession
 
-__all__ = ["VERBS", "HotswapMagics", "Verb", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = [
+    "MAGIC_VERBS",
+    "PREFIX",
+    "HotswapMagics",
+    "help_text",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+    "verb_table",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
-class Verb:
-    """One ``%hotswap`` verb: how it is written, what it does, what it accepts."""
-
-    usage: str
-    summary: str
-    min_args: int
-    max_args: int | None
-    options: frozenset[str] = frozenset()
-
-
-#: Every verb, in the order the help lists them. Handlers are ``HotswapMagics._<verb>``.
-VERBS: Final[dict[str, Verb]] = {
-    "connect": Verb("connect [NAME]", "use the engine NAME (default: the only one running)", 0, 1),
-    "start": Verb(
-        "start [NAME] [--rate R]",
-        "run a demo engine with live traffic for this kernel (stops with it)",
-        0,
-        1,
-        frozenset({"rate"}),
-    ),
-    "stop": Verb(
-        "stop [NAME]",
-        "stop the engines `start` started (or NAME, left by an earlier kernel)",
-        0,
-        1,
-    ),
-    "status": Verb("status", "slots, versions, states and call counts", 0, 0),
-    "load": Verb(
-        "load FILE [--slot S] [--watch [--swap]]",
-        "load a file as a new version (%%hotswap load SLOT: the cell)",
-        0,
-        1,
-        frozenset({"slot"}),
-    ),
-    "check": Verb("check V", "resolve-check a version; problems link to their lines", 1, 1),
-    "swap": Verb(
-        "swap V [--expect V]",
-        "make V active atomically (only if --expect is active now)",
-        1,
-        1,
-        frozenset({"expect"}),
-    ),
-    "rollback": Verb("rollback S", "swap slot S back to its last retired version", 1, 1),
-    "purge": Verb("purge V", "forget a version's symbols (calls in flight finish)", 1, 1),
-    "unload": Verb(
-        "unload V [--wait S]",
-        "drop the engine's references; says whether the code was freed",
-        1,
-        1,
-        frozenset({"wait"}),
-    ),
-    "symbols": Verb("symbols V [V2]", "a symbol table, or two side by side", 1, 2),
-    "diff": Verb("diff A B", "two versions' symbol tables side by side (= ~ + -)", 2, 2),
-    "call": Verb(
-        "call S.SYMBOL [JSON ...]",
-        "call a rule of slot S (or version S@N) with JSON arguments",
-        1,
-        None,
-    ),
-    "journal": Verb("journal [--limit N]", "the engine's audit log", 0, 0, frozenset({"limit"})),
-    "unwatch": Verb("unwatch", "stop every `load FILE --watch` of this kernel", 0, 0),
-    "log": Verb(
-        "log [--lines N]",
-        "the end of the engine's output (rules' print, warnings)",
-        0,
-        0,
-        frozenset({"lines"}),
-    ),
-}
-
-# A verb the command layer defines says what it does in the same words as
-# `livepatch VERB` and the shell's help (one definition); `load` keeps its
-# mention of the cell form, connect/start/stop are the magics' own.
-for _name, _verb in list(VERBS.items()):
-    if _name in COMMANDS and _name != "load":
-        VERBS[_name] = dataclasses.replace(_verb, summary=COMMANDS[_name].summary)
-
-_OPTIONS: Final = ("slot", "expect", "wait", "limit", "rate", "lines")
-
 #: How a command is written here, for hints in messages.
 PREFIX: Final = "%hotswap "
 
+_NAME = Arg("name", "NAME", ArgKind.ENGINE, optional=True)
 
-def _with_verb_help(func: _F) -> _F:
-    """Append the verb table to the docstring, so ``%hotswap?`` lists every verb."""
-    width = max(len(v.usage) for v in VERBS.values())
-    table = "\n".join(f"  {v.usage:<{width}}  {v.summary}" for v in VERBS.values())
-    func.__doc__ = f"{inspect.cleandoc(func.__doc__ or '')}\n\nVerbs:\n{table}\n"
+#: The verbs only ``%hotswap`` has: this kernel's engines and file watches.
+#: Every other verb is the command layer's (:data:`livepatch.commands.spec.COMMANDS`),
+#: parsed by the same parser as the CLI's and the shell's. A magics-only verb
+#: is one entry here plus a handler in ``HotswapMagics._handlers``; one named
+#: like a shared verb replaces it here (it must then accept all its options).
+MAGIC_VERBS: Final[Mapping[str, CommandSpec]] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            CommandSpec(
+                "connect",
+                "use the engine NAME (default: the only one running)",
+                "Talk to the engine NAME from now on (default: the only one running).\n"
+                "The session stays bound to it: after a lost connection it reconnects\n"
+                "to that engine only, and says so when it was restarted.",
+                args=(_NAME,),
+                examples=("connect rules",),
+            ),
+            CommandSpec(
+                "start",
+                "run a demo engine with live traffic for this kernel (stops with it)",
+                "Start an engine with the bundled demo rules and synthetic traffic, tied\n"
+                "to this kernel (it stops when the kernel exits, even killed), and\n"
+                "connect to it. NAME defaults to ipython-PID. Its output goes to a log\n"
+                "file (`%hotswap log`).",
+                args=(_NAME,),
+                options=(
+                    Option(
+                        "--rate",
+                        "rate",
+                        "R",
+                        ArgKind.NUMBER,
+                        f"demo calls per second (default: {DEFAULT_RATE:g}; 0: none)",
+                    ),
+                ),
+                examples=("start", "start lab --rate 0"),
+            ),
+            CommandSpec(
+                "stop",
+                "stop the engines `start` started (or NAME, left by an earlier kernel)",
+                "Stop every engine `%hotswap start` started in this kernel, or just NAME;\n"
+                "NAME may also be an ipython-PID engine whose kernel is gone.",
+                args=(_NAME,),
+                examples=("stop",),
+            ),
+            CommandSpec(
+                "unwatch",
+                "stop every `load FILE --watch` of this kernel",
+                "Stop every file watch `%hotswap load FILE --watch` started here.",
+                examples=("unwatch",),
+            ),
+        )
+    }
+)
+
+#: The cell form, ``%%hotswap load SLOT``: the cell is the source.
+_CELL_LOAD: Final = CommandSpec(
+    "load",
+    "load the cell as a new version of SLOT",
+    "Load the cell's source as a new version of SLOT (default: the only Python slot).",
+    args=(Arg("slot", "SLOT", ArgKind.SLOT, optional=True),),
+    options=(Option("--slot", "slot_option", "SLOT", ArgKind.SLOT, "the slot to load into"),),
+)
+
+#: Magics-only verbs listed before the shared ones in the help (the rest after).
+_FIRST: Final = ("connect", "start", "stop")
+
+
+def verb_table() -> dict[str, CommandSpec]:
+    """Every ``%hotswap`` verb (and alias), in the order the help lists them.
+
+    Built on each use from the command layer's table, so a verb another module
+    registers there (``register(CommandSpec(...))``) is a ``%hotswap`` verb
+    too, with no edit here. Verbs that are not one-shot commands
+    (``help``, ``quit``: ``spec.cli`` false) have no meaning in IPython.
+    """
+    table = {name: MAGIC_VERBS[name] for name in _FIRST}
+    for name in command_names(aliases=False):
+        spec = COMMANDS[name]
+        if spec.cli and name not in table:
+            chosen = MAGIC_VERBS.get(name, spec)
+            table.update(dict.fromkeys((name, *chosen.aliases), chosen))
+    for name, spec in MAGIC_VERBS.items():
+        table.setdefault(name, spec)
+    return table
+
+
+def _verb_specs() -> list[CommandSpec]:
+    return list(dict.fromkeys(verb_table().values()))
+
+
+_DESCRIPTION: Final = """\
+Drive a running livepatch engine: load, check, swap, purge, unload rules.
+
+Connects to the only running engine on first use (or `%hotswap
+connect NAME`; `%hotswap start` runs one for this kernel). Every verb
+returns an object shown as a table, with the data in `.data`:
+
+    r = %hotswap status
+    v = %hotswap load spam_v2.py --slot spam
+    %hotswap check {v}
+    %hotswap swap {v} --expect spam@1
+
+As a cell magic, `%%hotswap load SLOT` loads the cell as a new
+version of SLOT. JSON arguments of `call` are written as on a shell
+command line ('{"sender": "a", "text": "b"}'); a name that is not
+JSON passes the notebook variable of that name. `%hotswap VERB --help`
+shows one verb's help with examples."""
+
+
+def help_text() -> str:
+    """``%hotswap?``: the usage, every verb, and every option with its verb.
+
+    Built by IPython's ``magic_arguments`` from the verb table (so it reads
+    like any magic's help); refreshed on every use, so verbs registered
+    after the extension loaded are listed too.
+    """
+    specs = _verb_specs()
+    width = max(len(s.usage()) for s in specs)
+    rows = "\n".join(f"  {s.usage():<{width}}  {s.summary}" for s in specs)
+    cell = f"  %%hotswap {_CELL_LOAD.usage()}  {_CELL_LOAD.summary} (a cell magic)"
+
+    def stub() -> None:
+        pass
+
+    stub.__name__ = "hotswap"
+    stub.__doc__ = f"{_DESCRIPTION}\n\nVerbs:\n{rows}\n{cell}\n"
+    # One argparse option per flag; a flag several verbs take says which.
+    options: dict[str, tuple[Option, list[str]]] = {}
+    for spec in specs:
+        for option in spec.options:
+            options.setdefault(option.flag, (option, []))[1].append(f"{spec.name}: {option.help}")
+    decorators = [
+        argument("verb", nargs="?", help="what to do (see Verbs above)"),
+        argument("args", nargs="*", metavar="ARG", help="the verb's arguments"),
+    ]
+    for flag, (option, helps) in options.items():
+        described = "; ".join(helps).replace("%", "%%")  # argparse formats help with %
+        if option.kind is ArgKind.SWITCH:
+            decorators.append(argument(flag, action="store_true", help=described))
+        else:
+            decorators.append(argument(flag, metavar=option.metavar, help=described))
+    # Decorators apply innermost first; magic_arguments lists them in source order.
+    func: Any = stub
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    func = magic_arguments()(func)
+    return str(func.__doc__)
+
+
+def _refresh_help(func: _F) -> _F:
+    func.__doc__ = help_text()
     return func
+
+
+def _in_magic_syntax(message: str, verb: str, prefix: str) -> str:
+    """A parser's message (``swap needs VERSION: usage: swap VERSION``) in
+    ``%hotswap`` syntax (``%hotswap swap needs ...: usage: %hotswap swap VERSION``)."""
+    message = localize(message, PREFIX).replace("usage: ", f"usage: {prefix}")
+    if verb and message.startswith((f"{verb} ", f"{verb}:")):
+        message = prefix + message
+    return message
 
 
 def _split_target(text: str) -> tuple[str, str]:
@@ -168,91 +263,79 @@ class HotswapMagics(Magics):
     def __init__(self, shell: InteractiveShell, session: HotswapSession) -> None:
         super().__init__(shell)
         self.session = session
+        #: The verbs with a view of their own (HTML tables, reports, results
+        #: that are objects). Any other verb of the command layer runs through
+        #: its shared handler (:meth:`_shared`) and shows its text.
+        self._handlers: dict[str, Callable[[ParsedCommand, str | None], View | None]] = {
+            "connect": self._connect,
+            "start": self._start,
+            "stop": self._stop,
+            "unwatch": self._unwatch,
+            "status": self._status,
+            "load": self._load,
+            "check": self._check,
+            "swap": self._swap,
+            "rollback": self._rollback,
+            "purge": self._purge,
+            "unload": self._unload,
+            "symbols": self._symbols,
+            "diff": self._diff,
+            "call": self._call,
+            "log": self._log,
+            "journal": self._journal,
+        }
 
     @line_cell_magic
-    @magic_arguments()
-    @argument("verb", nargs="?", help="what to do (see Verbs below)")
-    @argument("args", nargs="*", metavar="ARG", help="the verb's arguments")
-    @argument("--slot", metavar="S", help="load: the slot to load into")
-    @argument("--expect", metavar="V", help="swap: only if V is the active version now")
-    @argument("--wait", type=float, metavar="SECONDS", help="unload: wait for calls in flight")
-    @argument("--limit", type=int, metavar="N", help="journal: the last N entries")
-    @argument("--rate", type=float, metavar="R", help="start: demo calls per second (default: 20)")
-    @argument("--lines", type=int, metavar="N", help="log: the last N lines (default: 20)")
-    @argument(
-        "--watch", action="store_true", help="load: load FILE again on every save (until unwatch)"
-    )
-    @argument("--swap", action="store_true", help="load --watch: swap clean saves in")
-    @_with_verb_help
-    def hotswap(self, line: str, cell: str | None = None) -> View:
-        """Drive a running livepatch engine: load, check, swap, purge, unload rules.
-
-        Connects to the only running engine on first use (or `%hotswap
-        connect NAME`; `%hotswap start` runs one for this kernel). Every verb
-        returns an object shown as a table, with the data in `.data`:
-
-            r = %hotswap status
-            v = %hotswap load spam_v2.py --slot spam
-            %hotswap check {v}
-            %hotswap swap {v} --expect spam@1
-
-        As a cell magic, `%%hotswap load SLOT` loads the cell as a new
-        version of SLOT. JSON arguments of `call` are written as on a shell
-        command line ('{"sender": "a", "text": "b"}'); a name that is not
-        JSON passes the notebook variable of that name.
-        """
-        args = self._parse(line)
-        if args.verb is None:
-            raise UsageError(f"%hotswap needs a verb: {', '.join(VERBS)} (see %hotswap?)")
-        verb = VERBS.get(args.verb)
-        if verb is None:
-            raise UsageError(
-                f"unknown verb {args.verb!r}: use one of {', '.join(VERBS)} (see %hotswap?)"
-            )
-        if cell is not None and args.verb != "load":
-            raise UsageError(f"%%hotswap {args.verb}: only `%%hotswap load SLOT` takes a cell")
-        self._validate(args.verb, verb, args)
-        handler: Callable[[Any, str | None], View] = getattr(self, f"_{args.verb}")
+    @_refresh_help
+    def hotswap(self, line: str, cell: str | None = None) -> View | None:
+        # The docstring is help_text(), built from the verb table.
+        type(self).hotswap.__doc__ = help_text()  # verbs registered since are listed
+        parsed = self._parse(line, cell)
+        if parsed.help:
+            prefix = "%%hotswap " if cell is not None else PREFIX
+            print(localize(parsed.spec.help_text(prefix), PREFIX))
+            return None
+        name = parsed.spec.name
+        handler = self._handlers.get(name, self._shared)
         with self._one_line_errors():
-            result = handler(args, cell)
+            result = handler(parsed, cell)
         note = self.session.take_note()
         if note:
             print(note)
         bound = self.session.bound
         # With several engines running, say which one this result is from.
-        if args.verb not in ("start", "stop", "connect") and bound and len(list_engines()) > 1:
+        if name not in ("start", "stop", "connect") and bound and len(list_engines()) > 1:
             print(f"(engine {bound[0]!r})")
         return result
 
     # -- parsing and errors -------------------------------------------------------
 
-    def _parse(self, line: str) -> Any:
+    def _parse(self, line: str, cell: str | None) -> ParsedCommand:
         try:
-            argv = arg_split(line, posix=True, strict=True)
+            words = arg_split(line, posix=True, strict=True)
         except ValueError as exc:  # an unclosed quote
             raise UsageError(f"cannot split {line!r}: {exc}") from None
-        if "-h" in argv or "--help" in argv:
-            # argparse's own -h would print a usage line without the verbs.
+        table = verb_table()
+        if not words:
+            raise UsageError(f"%hotswap needs a verb: {', '.join(table)} (see %hotswap?)")
+        verb = words[0]
+        if verb in ("-h", "--help"):
             raise UsageError("`%hotswap?` shows the help: every verb, option and an example")
-        # Intermixed: `load --slot spam FILE` and `load FILE --slot spam` both work.
-        return cast(Any, self.hotswap).parser.parse_intermixed_args(argv)
-
-    @staticmethod
-    def _validate(name: str, verb: Verb, args: Any) -> None:
-        count = len(args.args)
-        if count < verb.min_args or (verb.max_args is not None and count > verb.max_args):
-            raise UsageError(f"usage: %hotswap {verb.usage}")
-        for option in _OPTIONS:
-            if getattr(args, option) is not None and option not in verb.options:
-                raise UsageError(f"%hotswap {name} does not take --{option}: {verb.usage}")
-        for switch in ("watch", "swap"):  # store_true: False when not given
-            if getattr(args, switch) and name != "load":
-                raise UsageError(f"%hotswap {name} does not take --{switch}: {verb.usage}")
-        # The same limits as the shell's and the CLI's parser.
-        for option, least in (("rate", 0.0), ("wait", 0.0), ("lines", 1)):
-            value = getattr(args, option)
-            if value is not None and not value >= least:
-                raise UsageError(f"--{option} {value:g}: use {least:g} or more")
+        if verb not in table:
+            close = difflib.get_close_matches(verb, list(table), n=1)
+            hint = f"did you mean `{PREFIX}{close[0]}`? " if close else ""
+            raise UsageError(
+                f"unknown verb {verb!r}: {hint}use one of {', '.join(table)} (see %hotswap?)"
+            )
+        prefix = PREFIX
+        if cell is not None:
+            if verb != "load":
+                raise UsageError(f"%%hotswap {verb}: only `%%hotswap load SLOT` takes a cell")
+            table, prefix = {"load": _CELL_LOAD}, "%%hotswap "
+        try:
+            return parse(words, table)
+        except ShellUsageError as exc:
+            raise UsageError(_in_magic_syntax(str(exc), verb, prefix)) from None
 
     @contextlib.contextmanager
     def _one_line_errors(self) -> Iterator[None]:
@@ -271,6 +354,8 @@ class HotswapMagics(Magics):
             raise UsageError(exc.message) from None
         except LivepatchError as exc:
             raise UsageError(localize(exc.message, PREFIX)) from None
+        except ShellUsageError as exc:  # from a shared handler
+            raise UsageError(_in_magic_syntax(str(exc), "", PREFIX)) from None
 
     def _client(self) -> Client:
         return self.session.client()
@@ -310,17 +395,39 @@ class HotswapMagics(Magics):
 
     # -- verbs ----------------------------------------------------------------------
 
-    def _connect(self, args: Any, cell: str | None) -> Outcome:
-        client = self.session.connect(args.args[0] if args.args else None)
+    def _shared(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        """A verb of the command layer with no view of its own: the shared
+        handler's text, its data in ``.data``, a failure as one line."""
+        from livepatch.commands.link import EngineLink
+        from livepatch.commands.runner import CommandRunner
+
+        runner = CommandRunner(EngineLink(self._client()), prefix=PREFIX)
+        result = runner.dispatch(parsed)
+        name = parsed.spec.name
+        if result.action is not None:  # a live view or a loop a terminal runs
+            raise UsageError(
+                f"`{PREFIX}{parsed.text}` needs a terminal: run it in `livepatch shell`"
+            )
+        if not result.ok:
+            if result.usage or not result.text:
+                raise UsageError(_in_magic_syntax(result.error or "failed", name, PREFIX))
+            error = result.error or "failed"
+            return Outcome(name, result.data, error, ok=False, detail=result.text)
+        summary, _, detail = result.text.partition("\n")
+        return Outcome(name, result.data, summary or f"{name}: done", detail=detail or None)
+
+    def _connect(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        client = self.session.connect(parsed.optional("name"))
         hello = client.hello
         slots = ", ".join(hello.get("slots", [])) or "none"
         return Outcome(
             "connect", hello, f"connected to engine {hello.get('engine')!r} (slots: {slots})"
         )
 
-    def _start(self, args: Any, cell: str | None) -> Outcome:
-        rate = DEFAULT_RATE if args.rate is None else args.rate
-        name = args.args[0] if args.args else self.session.default_name()
+    def _start(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        rate = parsed.number("rate")
+        rate = DEFAULT_RATE if rate is None else rate
+        name = parsed.optional("name") or self.session.default_name()
         before = self.session.engines.get(name)
         started = self.session.start(name, rate)
         again = started is before
@@ -333,21 +440,21 @@ class HotswapMagics(Magics):
             "It stops when this kernel exits, or with `%hotswap stop`.",
         )
 
-    def _stop(self, args: Any, cell: str | None) -> Outcome:
-        names = self.session.stop(args.args[0] if args.args else None)
+    def _stop(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        names = self.session.stop(parsed.optional("name"))
         summary = f"stopped {', '.join(map(repr, names))}" if names else "no engine started here"
         return Outcome("stop", {"stopped": names}, summary)
 
-    def _status(self, args: Any, cell: str | None) -> StatusView:
+    def _status(self, parsed: ParsedCommand, cell: str | None) -> StatusView:
         return StatusView(self._client().status())
 
-    def _load(self, args: Any, cell: str | None) -> LoadResult | None:
+    def _load(self, parsed: ParsedCommand, cell: str | None) -> LoadResult | None:
         client = self._client()
         if cell is not None:
-            if len(args.args) == 1 and args.slot is not None:
+            if parsed.optional("slot") and parsed.optional("slot_option"):
                 raise UsageError("usage: %%hotswap load SLOT (the cell is the source)")
             # A cell is Python: with no slot named, the only Python slot.
-            given = args.slot or (args.args[0] if args.args else None)
+            given = parsed.optional("slot") or parsed.optional("slot_option")
             slot = self._slot(client, given, "<cell>")
             if not cell.strip():
                 raise UsageError(
@@ -356,31 +463,26 @@ class HotswapMagics(Magics):
             filename = f"<cell-{self._cell_number(cell)}>"
             # One blank line for the `%%hotswap` line, so a problem's line
             # number is the line of the cell the user sees.
-            source = "\n" + cell
-        else:
-            if not args.args:
-                raise UsageError(
-                    "usage: %hotswap load FILE [--slot S] (or `%%hotswap load SLOT` in a cell)"
-                )
-            path = Path(os.path.expanduser(args.args[0]))
-            if args.swap and not args.watch:
-                raise UsageError("--swap goes with --watch: %hotswap load FILE --watch --swap")
-            if args.watch:
-                self._watch_file(client, path, args.slot, swap=args.swap)
-                return None
+            params = {"slot": slot, "source": "\n" + cell, "filename": filename}
+            return LoadResult(client.request("load", params), filename)
+        path = Path(os.path.expanduser(parsed.string("file")))
+        given = parsed.optional("slot")
+        if parsed.flag("swap") and not parsed.flag("watch"):
+            raise UsageError("--swap goes with --watch: %hotswap load FILE --watch --swap")
+        if parsed.flag("watch"):
+            self._watch_file(client, path, given, swap=parsed.flag("swap"))
+            return None
+        try:
+            params = file_load_params(path)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        params["slot"] = self._slot(client, given, path.name)
+        if given:
             try:
-                params = file_load_params(path)
+                check_slot_kind(client.status()["slots"], given, path.name)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
-            params["slot"] = self._slot(client, args.slot, path.name)
-            if args.slot:
-                try:
-                    check_slot_kind(client.status()["slots"], args.slot, path.name)
-                except ValueError as exc:
-                    raise UsageError(str(exc)) from None
-            return LoadResult(client.request("load", params), path.name)
-        params = {"slot": slot, "source": source, "filename": filename}
-        return LoadResult(client.request("load", params), filename)
+        return LoadResult(client.request("load", params), path.name)
 
     def _watch_file(self, client: Any, path: Path, slot: str | None, *, swap: bool) -> None:
         from IPython.display import display
@@ -402,7 +504,7 @@ class HotswapMagics(Magics):
         watch.start(handle)
         return None
 
-    def _unwatch(self, args: Any, cell: str | None) -> Outcome:
+    def _unwatch(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
         stopped = self.session.unwatch()
         summary = f"stopped watching {', '.join(stopped)}" if stopped else "nothing is watched"
         return Outcome("unwatch", {"stopped": stopped}, summary)
@@ -421,9 +523,9 @@ class HotswapMagics(Magics):
             return len(history) - 1
         return int(shell.execution_count)
 
-    def _check(self, args: Any, cell: str | None) -> ReportView:
+    def _check(self, parsed: ParsedCommand, cell: str | None) -> ReportView:
         client = self._client()
-        version = args.args[0]
+        version = parsed.string("version")
         report = client.check(version)
         source = filename = None
         if any(p.line is not None for p in report.problems):
@@ -433,11 +535,12 @@ class HotswapMagics(Magics):
                 source, filename = got.get("source"), got.get("filename")
         return ReportView(report, source, filename)
 
-    def _swap(self, args: Any, cell: str | None) -> Outcome:
-        return self._swapped("swap", self._client().swap(args.args[0], expect=args.expect))
+    def _swap(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        result = self._client().swap(parsed.string("version"), expect=parsed.optional("expect"))
+        return self._swapped("swap", result)
 
-    def _rollback(self, args: Any, cell: str | None) -> Outcome:
-        return self._swapped("rollback", self._client().rollback(args.args[0]))
+    def _rollback(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        return self._swapped("rollback", self._client().rollback(parsed.string("slot")))
 
     @staticmethod
     def _swapped(verb: str, result: dict[str, Any]) -> Outcome:
@@ -447,18 +550,18 @@ class HotswapMagics(Magics):
             summary = f"{result['slot']}: {result['active']} is already active"
         return Outcome(verb, result, summary)
 
-    def _purge(self, args: Any, cell: str | None) -> Outcome:
-        result = self._client().purge(args.args[0])
+    def _purge(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        version = parsed.string("version")
+        result = self._client().purge(version)
         return Outcome(
             "purge",
             result,
-            f"purged {args.args[0]}: nothing new can find its symbols "
-            "(calls already running finish)",
+            f"purged {version}: nothing new can find its symbols (calls already running finish)",
         )
 
-    def _unload(self, args: Any, cell: str | None) -> Outcome:
-        version = args.args[0]
-        result = self._client().unload(version, wait_s=args.wait)
+    def _unload(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        version = parsed.string("version")
+        result = self._client().unload(version, wait_s=parsed.number("wait"))
         if result["freed"]:
             return Outcome("unload", result, f"unloaded {version}: freed")
         return Outcome(
@@ -469,23 +572,24 @@ class HotswapMagics(Magics):
             ok=False,
         )
 
-    def _symbols(self, args: Any, cell: str | None) -> TableView | DiffView:
+    def _symbols(self, parsed: ParsedCommand, cell: str | None) -> TableView | DiffView:
         client = self._client()
-        if len(args.args) == 2:
-            return DiffView(client.diff(args.args[0], args.args[1]))
-        return TableView(client.symbols(args.args[0]))
+        version, other = parsed.string("version"), parsed.optional("other")
+        if other is not None:
+            return DiffView(client.diff(version, other))
+        return TableView(client.symbols(version))
 
-    def _diff(self, args: Any, cell: str | None) -> DiffView:
-        return DiffView(self._client().diff(args.args[0], args.args[1]))
+    def _diff(self, parsed: ParsedCommand, cell: str | None) -> DiffView:
+        return DiffView(self._client().diff(parsed.string("a"), parsed.string("b")))
 
-    def _call(self, args: Any, cell: str | None) -> Outcome:
-        target, symbol = _split_target(args.args[0])
-        values = [self._json_arg(i, text) for i, text in enumerate(args.args[1:], 1)]
+    def _call(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
+        target, symbol = _split_target(parsed.string("target"))
+        values = [self._json_arg(i, text) for i, text in enumerate(parsed.strings("args"), 1)]
         result = self._client().call(target, symbol, values)
         shown = json.dumps(result["result"], ensure_ascii=False)
         return Outcome("call", result, f"{result['version']}: {shown}")
 
-    def _log(self, args: Any, cell: str | None) -> Outcome:
+    def _log(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
         name = self.session.bound[0] if self.session.bound else self._client().info.name
         path = log_path(name)
         if not path.exists():
@@ -493,14 +597,14 @@ class HotswapMagics(Magics):
                 f"engine {name!r} has no log here: only engines started by "
                 "`%hotswap start` or `livepatch demo` write one"
             )
-        lines = tail(path, args.lines or 20)
+        count = parsed.number("lines")
+        lines = tail(path, int(count) if count else 20)
         summary = "\n".join(lines) or f"{path} is empty"
         return Outcome("log", {"path": str(path), "lines": lines}, summary)
 
-    def _journal(self, args: Any, cell: str | None) -> JournalView:
-        if args.limit is not None and args.limit < 1:
-            raise UsageError("--limit must be 1 or more")
-        return JournalView(self._client().journal(args.limit))
+    def _journal(self, parsed: ParsedCommand, cell: str | None) -> JournalView:
+        limit = parsed.number("limit")
+        return JournalView(self._client().journal(int(limit) if limit else None))
 
 
 # --- extension entry points -------------------------------------------------------

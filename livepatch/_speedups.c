@@ -19,6 +19,10 @@
  *               rules.f(...) calls f of that version, counted.
  *   Counted     what rules.f is: f with the version's counters around it.
  *   Counter     a call counter advanced in place.
+ *   Sampler     a shadow run's sampler (livepatch/shadow.py): set on the
+ *               active version's Rules (`_sampler`), it counts calls down and
+ *               hands every Nth one, timed, to a Python hook. Unset, it costs
+ *               the dispatcher one compare.
  *
  * What the dispatcher reads (all maintained by the engine, in Python):
  *
@@ -55,6 +59,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h> /* offsetof */
+#include <time.h>   /* clock_gettime, for the sampled calls of a shadow run */
 
 #if PY_VERSION_HEX < 0x030C0000
 /* Python 3.11 spells the member-type constants only in structmember.h; 3.12
@@ -74,6 +79,7 @@ typedef struct {
     PyTypeObject *counted;
     PyTypeObject *pin;
     PyTypeObject *hook;
+    PyTypeObject *sampler;
     PinStack *stacks; /* borrowed: every live PinStack, for open_pins */
 } speedups_state;
 
@@ -114,6 +120,7 @@ typedef struct {
     PyObject *errors;    /* strong: counter */
     PyObject *cache;     /* strong: dict name -> Counted */
     PyObject *weakreflist;
+    PyObject *sampler;   /* strong or NULL: a shadow run's Sampler (see sampled_call) */
 } Rules;
 
 /* Counted: rules.NAME, the function with its version's counters. */
@@ -222,6 +229,261 @@ counted_call(PyObject *fn, PyObject *calls, PyObject *errors, PyObject *const *a
         count_error(errors);
     }
     return result;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shadow sampling (livepatch/shadow.py)
+ *
+ * A shadow run sets a Sampler on the Rules of the slot's active version. Its
+ * countdown is decremented on every call the dispatcher makes on them; the
+ * call that brings it to zero is timed and handed, with its arguments and
+ * its result (or exception), to the hook, which queues it for the candidate
+ * without blocking and returns the number of calls until the next sample.
+ * Without a sampler this costs the dispatcher one compare. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *hook;        /* strong: hook(symbol, args, kwargs, result, error, elapsed_ns) -> int */
+    Py_ssize_t countdown;  /* calls until the next sample; <= 0 never happens between calls */
+} Sampler;
+
+static inline long long
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The sampled call's inputs as a tuple and a dict (NULL: no keywords). */
+static int
+sampled_inputs(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **tuple,
+               PyObject **kwargs)
+{
+    Py_ssize_t i, nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    *kwargs = NULL;
+    *tuple = PyTuple_New(nargs);
+    if (*tuple == NULL) {
+        return -1;
+    }
+    for (i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(*tuple, i, Py_NewRef(args[i]));
+    }
+    if (nkw == 0) {
+        return 0;
+    }
+    *kwargs = PyDict_New();
+    if (*kwargs == NULL) {
+        Py_CLEAR(*tuple);
+        return -1;
+    }
+    for (i = 0; i < nkw; i++) {
+        if (PyDict_SetItem(*kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+            Py_CLEAR(*tuple);
+            Py_CLEAR(*kwargs);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Hand one finished call to the hook and take the next countdown from it.
+ * Never raises: whatever goes wrong in the hook is reported as unraisable
+ * and stops the sampling, and the caller gets its own result untouched. */
+static void
+sample_hand_over(Sampler *s, PyObject *symbol, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, PyObject *result, PyObject *error, long long elapsed)
+{
+    PyObject *tuple, *kwargs, *ns, *gap;
+    Py_ssize_t next;
+    if (sampled_inputs(args, nargs, kwnames, &tuple, &kwargs) < 0) {
+        PyErr_WriteUnraisable(s->hook);
+        return;
+    }
+    ns = PyLong_FromLongLong(elapsed);
+    if (ns == NULL) {
+        Py_DECREF(tuple);
+        Py_XDECREF(kwargs);
+        PyErr_WriteUnraisable(s->hook);
+        return;
+    }
+    gap = PyObject_CallFunctionObjArgs(s->hook, symbol, tuple, kwargs != NULL ? kwargs : Py_None,
+                                       result != NULL ? result : Py_None,
+                                       error != NULL ? error : Py_None, ns, NULL);
+    Py_DECREF(tuple);
+    Py_XDECREF(kwargs);
+    Py_DECREF(ns);
+    if (gap == NULL) {
+        PyErr_WriteUnraisable(s->hook);
+        return;
+    }
+    next = PyLong_AsSsize_t(gap);
+    Py_DECREF(gap);
+    if (next == -1 && PyErr_Occurred()) {
+        PyErr_WriteUnraisable(s->hook);
+        return;
+    }
+    if (next >= 1) {
+        s->countdown = next;
+    }
+}
+
+/* counted_call with a shadow run's sampler: off the sampled calls, a
+ * decrement and a compare more; on them, the timing and the hand-over. */
+static Py_NO_INLINE PyObject *
+sampled_call(PyObject *sampler, PyObject *fn, PyObject *calls, PyObject *errors, PyObject *symbol,
+             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Sampler *s = (Sampler *)sampler;
+    PyObject *result;
+    long long started;
+    if (--s->countdown > 0) {
+        return counted_call(fn, calls, errors, args, (size_t)nargs, kwnames);
+    }
+    /* Until the hook says otherwise, so that a failing hook stops sampling
+     * (and a sampled call that itself calls the slot is not sampled again). */
+    s->countdown = PY_SSIZE_T_MAX;
+    Py_INCREF(sampler); /* the callee or the hook may take it off the Rules */
+    started = monotonic_ns();
+    result = counted_call(fn, calls, errors, args, (size_t)nargs, kwnames);
+    started = monotonic_ns() - started;
+    if (result != NULL) {
+        sample_hand_over(s, symbol, args, nargs, kwnames, result, NULL, started);
+    }
+    else {
+        /* The active version raised: the hook sees the exception, and the
+         * caller gets it back exactly as it was. */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        if (traceback != NULL && value != NULL) {
+            PyException_SetTraceback(value, traceback);
+        }
+        sample_hand_over(s, symbol, args, nargs, kwnames, NULL, value, started);
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_DECREF(sampler);
+    return result;
+}
+
+static PyObject *
+sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"hook", "countdown", NULL};
+    PyObject *hook;
+    Py_ssize_t countdown;
+    Sampler *self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On:Sampler", kwlist, &hook, &countdown)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(hook) || countdown < 1) {
+        PyErr_SetString(PyExc_TypeError, "Sampler(hook, countdown): a callable and a count >= 1");
+        return NULL;
+    }
+    self = (Sampler *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->hook = Py_NewRef(hook);
+    self->countdown = countdown;
+    return (PyObject *)self;
+}
+
+static int
+sampler_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((Sampler *)op)->hook);
+    return 0;
+}
+
+static int
+sampler_clear(PyObject *op)
+{
+    Py_CLEAR(((Sampler *)op)->hook);
+    return 0;
+}
+
+static void
+sampler_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)sampler_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+sampler_get_hook(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *hook = ((Sampler *)op)->hook;
+    return Py_NewRef(hook != NULL ? hook : Py_None);
+}
+
+static PyGetSetDef sampler_getset[] = {
+    {"hook", sampler_get_hook, NULL, PyDoc_STR("What a sampled call is handed to."), NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef sampler_members[] = {
+    {"countdown", Py_T_PYSSIZET, offsetof(Sampler, countdown), 0,
+     PyDoc_STR("Calls until the next sample.")},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(sampler_doc,
+             "Sampler(hook, countdown)\n"
+             "--\n"
+             "\n"
+             "A shadow run's sampler, set as rules._sampler on the active version's\n"
+             "Rules: every countdown-th engine.call on them is timed and handed to\n"
+             "hook(symbol, args, kwargs, result, error, elapsed_ns), which returns\n"
+             "the number of calls until the next sample.");
+
+static PyType_Slot sampler_slots[] = {
+    {Py_tp_doc, (void *)sampler_doc},
+    {Py_tp_new, sampler_new},
+    {Py_tp_dealloc, sampler_dealloc},
+    {Py_tp_traverse, sampler_traverse},
+    {Py_tp_clear, sampler_clear},
+    {Py_tp_getset, sampler_getset},
+    {Py_tp_members, sampler_members},
+    {0, NULL},
+};
+
+static PyType_Spec sampler_spec = {
+    .name = "livepatch._speedups.Sampler",
+    .basicsize = sizeof(Sampler),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = sampler_slots,
+};
+
+/* rules._sampler: the Sampler, or None. */
+static PyObject *
+rules_get_sampler(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *sampler = ((Rules *)op)->sampler;
+    return Py_NewRef(sampler != NULL ? sampler : Py_None);
+}
+
+static int
+rules_set_sampler(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    speedups_state *state = PyType_GetModuleState(Py_TYPE(op));
+    if (state == NULL) {
+        return -1;
+    }
+    if (value == Py_None) {
+        value = NULL;
+    }
+    if (value != NULL && !Py_IS_TYPE(value, state->sampler)) {
+        PyErr_SetString(PyExc_TypeError, "_sampler must be a Sampler or None");
+        return -1;
+    }
+    Py_XSETREF(((Rules *)op)->sampler, Py_XNewRef(value));
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -433,7 +695,13 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
      * PY_VECTORCALL_ARGUMENTS_OFFSET is deliberately not passed: it would
      * let the callee overwrite args[1], and the caller's array may be a
      * tuple shared with other threads (PyVectorcall_Call). */
-    result = counted_call(fn, r->calls, r->errors, args + 2, (size_t)(nargs - 2), kwnames);
+    if (r->sampler == NULL) {
+        result = counted_call(fn, r->calls, r->errors, args + 2, (size_t)(nargs - 2), kwnames);
+    }
+    else {
+        result = sampled_call(r->sampler, fn, r->calls, r->errors, args[1], args + 2, nargs - 2,
+                              kwnames);
+    }
     Py_DECREF(fn);
     Py_DECREF(rules);
     return result;
@@ -998,6 +1266,7 @@ rules_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->calls);
     Py_VISIT(self->errors);
     Py_VISIT(self->cache);
+    Py_VISIT(self->sampler);
     return 0;
 }
 
@@ -1008,6 +1277,7 @@ rules_clear(PyObject *op)
     Py_CLEAR(self->version);
     Py_CLEAR(self->namespace);
     Py_CLEAR(self->cache);
+    Py_CLEAR(self->sampler);
     /* vid and the counters hold nothing: kept for repr and open pins. */
     return 0;
 }
@@ -1060,6 +1330,8 @@ static PyGetSetDef rules_getset[] = {
     /* What the Python Engine.call reads of pinned rules, C or Python. */
     {"_v", rules_get_v, NULL, NULL, NULL},
     {"_ns", rules_get_ns, NULL, NULL, NULL},
+    {"_sampler", rules_get_sampler, rules_set_sampler, PyDoc_STR("A shadow run's Sampler, or None."),
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1511,6 +1783,7 @@ speedups_exec(PyObject *module)
         add_type(module, &pin_spec, "PinStack", &state->pin) < 0 ||
         add_type(module, &hook_spec, "PinHook", &state->hook) < 0 ||
         add_type(module, &counter_spec, "Counter", &state->counter) < 0 ||
+        add_type(module, &sampler_spec, "Sampler", &state->sampler) < 0 ||
         add_type(module, &dispatcher_spec, "Dispatcher", &state->dispatcher) < 0) {
         return -1;
     }
@@ -1527,6 +1800,7 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->counted);
     Py_VISIT(state->pin);
     Py_VISIT(state->hook);
+    Py_VISIT(state->sampler);
     return 0;
 }
 
@@ -1540,6 +1814,7 @@ speedups_clear(PyObject *module)
     Py_CLEAR(state->counted);
     Py_CLEAR(state->pin);
     Py_CLEAR(state->hook);
+    Py_CLEAR(state->sampler);
     return 0;
 }
 

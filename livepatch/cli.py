@@ -682,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
             "control_plane",
             "load_check",
             "memory",
+            "fleet",
             "peers",
         ),
         help="measure only this section (repeatable; default: all)",

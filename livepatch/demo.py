@@ -63,8 +63,9 @@ def _step(title: str) -> None:
 
 def tour(client: Client) -> int:
     """The guided tour: load, check, compare, swap, a broken push, roll back,
-    purge and free. Each step is a real ``livepatch`` command run by the same
-    command layer as the CLI, so what it prints is what the command prints.
+    purge and free, state handed over at swap. Each step is a real
+    ``livepatch`` command run by the same command layer as the CLI, so what
+    it prints is what the command prints.
     Returns 0, or 1 if a step that should work did not."""
     from .commands.link import EngineLink
     from .commands.runner import CommandRunner
@@ -108,7 +109,23 @@ def tour(client: Client) -> int:
                 ("status", True),
             ],
         ),
-        ("7. Every change is in the audit journal", [("journal --limit 8", True)]),
+        (
+            "7. Hand state over at swap: spam@7's __livepatch_handoff__ takes spam@6's counts",
+            [
+                (f"load {rule_path('spam_v3.py')}", True),
+                ("check spam@6", True),
+                ("swap spam@6", True),
+                (f"call spam.classify '{msg}'", True),
+                (f"call spam.classify '{msg}'", True),
+                ("call spam.stats", True),
+                (f"load {rule_path('spam_v4.py')}", True),
+                ("check spam@7", True),
+                ("symbols spam@6 spam@7", True),
+                ("swap spam@7 --expect spam@6", True),
+                ("call spam.stats", True),
+            ],
+        ),
+        ("8. Every change is in the audit journal", [("journal --limit 8", True)]),
     ]
     code = 0
     for title, commands in steps:

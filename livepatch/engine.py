@@ -594,6 +594,11 @@ class Engine:
         fn = namespace.get(symbol) if namespace is not None else None
         if not callable(fn):
             raise self._not_callable(version, symbol)
+        if version.sampler is not None:
+            # A shadow run samples this version's calls (livepatch/shadow.py).
+            return version.sampler.call(
+                version, fn, symbol, args if arg is _NO_ARG else (arg, *args), kwargs
+            )
         next(version.calls)
         try:
             # One positional argument is the common case: call it without

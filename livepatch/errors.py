@@ -8,13 +8,22 @@ same in-process and over the socket.
 Every class also subclasses the standard exception it resembles
 (``LookupError``, ``RuntimeError``, ``ValueError`` ...) so callers who do not
 know livepatch can still catch something sensible.
+
+A new kind of error is one edit: a subclass that sets ``kind`` and its
+JSON-RPC ``wire_code`` registers itself (a kind without a code is raised
+locally only, like the client's ``connection-lost``), and the protocol's code table
+(``livepatch.protocol.ERROR_CODES``) is built from the registry.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Final
 
 __all__ = [
+    "WIRE_CODES",
+    "WIRE_KINDS",
     "BadResult",
     "BadState",
     "Busy",
@@ -33,6 +42,15 @@ __all__ = [
 ]
 
 
+_BY_KIND: dict[str, type[LivepatchError]] = {}
+_CODE_OF: dict[str, int] = {}
+_KIND_OF: dict[int, str] = {}
+#: Every kind that travels on the wire -> its JSON-RPC code (a live view: a
+#: class defined later is in it), and the other way round.
+WIRE_CODES: Final[Mapping[str, int]] = MappingProxyType(_CODE_OF)
+WIRE_KINDS: Final[Mapping[int, str]] = MappingProxyType(_KIND_OF)
+
+
 class LivepatchError(Exception):
     """Base class: a one-line ``message`` plus a stable ``kind`` and details.
 
@@ -41,8 +59,25 @@ class LivepatchError(Exception):
     """
 
     kind: ClassVar[str] = "error"
+    #: The JSON-RPC ``error.code`` for this kind (the -32000..-32099 range).
+    wire_code: ClassVar[int]
     #: The JSON-RPC error code, set on errors that came back over the wire.
     code: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class that names a kind and a code of its own is that kind's
+        # class on the wire. A subclass sharing its parent's kind (UnknownSlot)
+        # is not, nor is a kind only ever raised locally (connection-lost).
+        if "kind" in cls.__dict__ and "wire_code" in cls.__dict__:
+            if cls.kind in _CODE_OF or cls.wire_code in _KIND_OF:
+                raise TypeError(
+                    f"{cls.__name__}: kind {cls.kind!r} or code {cls.wire_code} is already "
+                    "taken; give the new kind a name and code of its own"
+                )
+            _BY_KIND[cls.kind] = cls
+            _CODE_OF[cls.kind] = cls.wire_code
+            _KIND_OF[cls.wire_code] = cls.kind
 
     def __init__(self, message: str, **data: Any) -> None:
         super().__init__(message)
@@ -61,6 +96,7 @@ class LoadFailed(LivepatchError, ValueError):
     """
 
     kind = "load-failed"
+    wire_code = -32002
 
 
 class CheckFailed(LivepatchError, ValueError):
@@ -68,18 +104,21 @@ class CheckFailed(LivepatchError, ValueError):
     a resolved version may do (for example, be swapped in)."""
 
     kind = "check-failed"
+    wire_code = -32003
 
 
 class BadState(LivepatchError, RuntimeError):
     """The operation is not allowed in the version's current state."""
 
     kind = "bad-state"
+    wire_code = -32004
 
 
 class UnknownVersion(LivepatchError, LookupError):
     """No such version (or it has been unloaded and forgotten)."""
 
     kind = "unknown-version"
+    wire_code = -32005
 
 
 class UnknownSlot(UnknownVersion):
@@ -90,6 +129,7 @@ class Conflict(LivepatchError, RuntimeError):
     """A compare-and-swap lost: another client swapped first."""
 
     kind = "conflict"
+    wire_code = -32006
 
 
 class Busy(LivepatchError, RuntimeError):
@@ -97,6 +137,7 @@ class Busy(LivepatchError, RuntimeError):
     was not obtained in time)."""
 
     kind = "busy"
+    wire_code = -32007
 
 
 class CallFailed(LivepatchError, RuntimeError):
@@ -107,6 +148,7 @@ class CallFailed(LivepatchError, RuntimeError):
     """
 
     kind = "call-failed"
+    wire_code = -32009
 
     @classmethod
     def from_exception(cls, version: str, symbol: str, exc: BaseException) -> CallFailed:
@@ -137,6 +179,7 @@ class Timeout(LivepatchError, TimeoutError):
     """
 
     kind = "timeout"
+    wire_code = -32011
 
 
 class BadResult(LivepatchError, ValueError):
@@ -144,49 +187,31 @@ class BadResult(LivepatchError, ValueError):
     too long to print, nesting too deep). The rule's fault, not livepatch's."""
 
     kind = "bad-result"
+    wire_code = -32012
 
 
 class TooLarge(LivepatchError, ValueError):
     """A request, frame or source is over the size limit."""
 
     kind = "too-large"
+    wire_code = -32008
 
 
 class StorageError(LivepatchError, OSError):
     """The state directory could not be written (full disk, I/O error, a
     read-only file system): the change was not made, nothing else changed, and
     the engine keeps serving. The message says what to do.
-
-    JSON-RPC code -32010.
     """
 
     kind = "storage"
-    code = -32010
+    wire_code = -32010
 
 
 class Unauthenticated(LivepatchError, PermissionError):
     """No good ``hello`` yet, or a wrong token."""
 
     kind = "unauthenticated"
-
-
-_BY_KIND: dict[str, type[LivepatchError]] = {
-    cls.kind: cls
-    for cls in (
-        LoadFailed,
-        CheckFailed,
-        BadState,
-        UnknownVersion,
-        Conflict,
-        Busy,
-        CallFailed,
-        Timeout,
-        BadResult,
-        TooLarge,
-        StorageError,
-        Unauthenticated,
-    )
-}
+    wire_code = -32001
 
 
 def error_for_kind(kind: str) -> type[LivepatchError]:

@@ -25,6 +25,11 @@ its own (``RLIMIT_CPU``) and kills what the body left behind, also when its
 own deadline passes; on the engine's side a child past its time is killed
 with its process group and reaped.
 
+The time limit is the body's: it starts when the child has started and
+imported what it needs (it says so with one byte), so a loaded machine that
+is slow to start a Python process does not fail trivial bodies. Start-up has
+a deadline of its own (:data:`START_TIMEOUT_S`).
+
 Consequence worth knowing: a module body runs twice (once here, once in the
 engine), so module bodies should have no side effects beyond defining
 things. The check report warns about threads started at import.
@@ -36,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -52,12 +58,17 @@ from .processstate import (
     kill_descendants,
 )
 
-__all__ = ["Quarantine", "interface_spec", "main"]
+__all__ = ["START_TIMEOUT_S", "Quarantine", "interface_spec", "main"]
+
+#: How long the child may take to start, before the body's limit begins.
+START_TIMEOUT_S = 60.0
 
 _PARENT_ENV = "LIVEPATCH_QUARANTINE_PARENT"
 _TIMEOUT_ENV = "LIVEPATCH_QUARANTINE_TIMEOUT"
 #: Exit status of a child that could not write its result (the body closed it).
 _NO_RESULT = 97
+#: The child's first byte on its result pipe: started, the body's clock runs.
+_STARTED = b"R"
 #: Bound at import, before any body runs: a body that rebinds json.dumps must
 #: not garble our answer (the comparison reports it instead).
 _dumps = json.dumps
@@ -127,6 +138,7 @@ class Quarantine:
             pass_fds=pass_fds,
         )
         try:
+            _await_start(proc, filename)
             out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
@@ -140,6 +152,24 @@ class Quarantine:
             if proc.poll() is None:
                 _kill_group(proc)
         _raise_for(proc.returncode, out, filename, what=what)
+
+
+def _await_start(proc: subprocess.Popen[bytes], filename: str) -> None:
+    """Wait for the child's started byte; a child that exits first is left
+    to :func:`_raise_for` (its exit status says why)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        if not selector.select(START_TIMEOUT_S):
+            _kill_group(proc)
+            raise LoadFailed(
+                f"{filename}: the quarantine process did not start within "
+                f"{START_TIMEOUT_S:g} s (is the machine overloaded?); nothing was loaded",
+                filename=filename,
+                reason="timeout",
+            )
+    os.read(fd, len(_STARTED))  # b"" if it exited: communicate() collects the rest
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -220,17 +250,22 @@ def main() -> None:
     result_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    import resource
+
+    from . import engine  # noqa: F401 - imported before the body's clock starts
+
+    os.write(result_fd, _STARTED)
     request = json.loads(sys.stdin.read())
     try:
-        import resource
-
         limit = int(request["memory_mb"]) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         if timeout_s > 0:
-            # Should the engine die between PDEATHSIG's cracks, the CPU runs out.
-            cpu = math.ceil(timeout_s) + 1
+            # Should the engine die between PDEATHSIG's cracks, the CPU runs
+            # out: the body's budget on top of what start-up used.
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = math.ceil(used.ru_utime + used.ru_stime + timeout_s) + 1
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    except (ImportError, ValueError, OSError):
+    except (ValueError, OSError):
         pass  # no limit available here: the time limit still applies
     answer = _Answer(result_fd)
     if timeout_s > 0:

@@ -31,6 +31,7 @@ from .journal import Journal, Peer
 from .model import Change
 from .native import MAX_OBJECT
 from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams, decode_object
+from .shadow import DEFAULT_QUEUE, DEFAULT_SAMPLE, DEFAULT_TIMEOUT_S, Shadows
 
 if TYPE_CHECKING:
     from .statedir import SourceStore
@@ -65,7 +66,10 @@ class Service:
             "diff": self._diff,
             "call": self._call,
             "journal": self._journal,
+            "shadow": self._shadow,
         }
+        #: Shadow runs of candidate versions on live calls (livepatch/shadow.py).
+        self.shadows = Shadows(engine, self.journal)
         #: (slot, member) -> (the interface's member, its resolved hints).
         self._interface_hints: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
         #: (version, symbol) -> (function, its signature), for calls. Dropped
@@ -212,6 +216,37 @@ class Service:
     def _journal(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
         entries = self.journal.entries(params.get("limit"))
         return {"entries": [e.to_json() for e in entries]}
+
+    def _shadow(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        # start VERSION (the default), stop SLOT|VERSION, report SLOT|VERSION.
+        action = params.get("action", "start")
+        if action not in ("start", "stop", "report"):
+            raise InvalidParams(
+                f"shadow action {action!r}: use start, stop or report", param="action"
+            )
+        target = params.get("version") or params.get("slot")
+        if not target:
+            raise InvalidParams(f"shadow {action} needs a version or a slot", param="version")
+        if action == "start":
+            if "version" not in params:
+                raise InvalidParams("shadow start needs a version (SLOT@N)", param="version")
+            try:
+                return self.shadows.start(
+                    params["version"],
+                    peer=peer,
+                    sample=float(params.get("sample", DEFAULT_SAMPLE)),
+                    for_s=params.get("for_s"),
+                    queue=int(params.get("queue", DEFAULT_QUEUE)),
+                    timeout_s=float(params.get("timeout_s", DEFAULT_TIMEOUT_S)),
+                )
+            except StorageError:
+                raise  # nothing started, and the journal cannot take a record now
+            except LivepatchError as exc:
+                self._audit("shadow", target, peer, ok=False, result=exc.message)
+                raise
+        if action == "stop":
+            return self.shadows.stop(target, peer=peer)
+        return self.shadows.report(target)
 
     def _call(self, params: dict[str, Any], peer: Peer) -> dict[str, Any]:
         symbol = params["symbol"]

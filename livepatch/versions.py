@@ -137,6 +137,9 @@ class Version:
         self.rules: PinnedRules | Rules | None = PinnedRules(self, namespace)
         # The C Rules, weakly: its open pins still count after unload.
         self.native: weakref.ref[Rules] | None = None
+        # A shadow run's sampler of this version's calls on the Python path
+        # (livepatch/shadow.py; the C path keeps its own on the Rules).
+        self.sampler: Any = None
 
     def in_flight(self) -> int:
         """Open pin blocks, plus threads running this version's code outside one.

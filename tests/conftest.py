@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,27 @@ import pytest
 
 from livepatch.launcher import EngineProcess
 
-__all__ = ["EngineProcess", "run_cli", "start_engine"]
+__all__ = ["EngineProcess", "needs", "require", "run_cli", "start_engine"]
+
+
+def require(missing: str | None) -> None:
+    """Skip a test whose part (a compiler, tmux, ZooKeeper...) is ``missing``,
+    outside CI only: CI (``CI`` set) installs every part the tests need, so
+    there a missing part is a failure, never a skip."""
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; .ci/run installs it, so in CI this fails", pytrace=False)
+        pytest.skip(missing)
+
+
+def needs(missing: str | None) -> pytest.MarkDecorator:
+    """:func:`require` as a mark: ``@needs(None if found else "why it is missing")``."""
+    return pytest.mark.needs(missing)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        require(mark.args[0])
 
 
 @pytest.fixture

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from livepatch.client import Client
@@ -130,3 +133,44 @@ class SocketTraffic:
                     continue  # a version from before the test's
                 if reasons != [f"v{n}", f"v{n}"]:
                     self.mixed.append((name, reply))
+
+
+# A pusher process that stops between prepare and commit: it writes its push
+# id to MARK once every member voted, then waits to be killed.
+PUSHER = """
+import pathlib, sys, time
+from livepatch.fleet.local import push_local
+from livepatch.fleet.zk import ZkRegistry, parse_zk_url
+mark, fleet, registry, source = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+
+def phase(name, record):
+    if name == "prepared":
+        mark.write_text(record.id)
+        time.sleep(3600)
+
+if registry == "local":
+    push_local(fleet, "spam", source, "abandoned.py", phase=phase, deadline_s=600)
+else:
+    with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+        reg.push("spam", source, "abandoned.py", phase=phase, deadline_s=600)
+"""
+
+
+def start_pusher(mark: Path, fleet: str, registry: str, source: str) -> subprocess.Popen[bytes]:
+    """A real pushing process, stopped between prepare and commit (see PUSHER)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", PUSHER, str(mark), fleet, registry, source],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def versions_of(name: str, sha: str, slot: str = "spam") -> list[str]:
+    """The states of engine ``name``'s versions of ``sha`` (unloaded ones included)."""
+    with Client(find_engine(name), client_name="test") as client:
+        return [
+            str(v["state"])
+            for s in client.status()["slots"]
+            if s["name"] == slot
+            for v in s["versions"]
+            if v["sha256"] == sha
+        ]

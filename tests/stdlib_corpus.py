@@ -45,7 +45,7 @@ def loaded(source: str, *, filename: str = "<rules>", stem: str = "t") -> Iterat
     name in ``sys.modules`` while its body runs (as the engine does), then
     removed again on exit."""
     name = f"livepatch.loaded._test_{stem}_{next(_counter)}"
-    code = compile(source, filename, "exec")
+    code = compile(source, filename, "exec", dont_inherit=True)  # as pyload does
     module = types.ModuleType(name)
     module.__file__ = filename
     sys.modules[name] = module

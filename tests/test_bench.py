@@ -93,6 +93,8 @@ def test_goals_have_met_booleans(bench_run: tuple[dict[str, Any], str, str]) -> 
         "memory_rss_growth_mb",
         "peers_livepatch_mixed",
         "peers_livepatch_failed",
+        "fleet_commit_skew_p99_ms",
+        "fleet_failed_calls",
     }
     assert expected <= goals.keys()
     for name, goal in goals.items():
@@ -152,6 +154,24 @@ def test_sections_hold_numbers(bench_run: tuple[dict[str, Any], str, str]) -> No
 
     memory = results["memory"]
     _assert_numbers(memory, "cycles", "rss_start_mb", "rss_end_mb", "rss_growth_mb")
+
+
+def test_fleet_on_both_registries(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    results, stdout, _ = bench_run
+    local, zk = results["fleet"]["local"], results["fleet"]["zookeeper"]
+    assert local["aborted"] == 0 and local["failed_calls"] == 0
+    assert local["skews_measured"] > 0
+    _assert_numbers(local["push_ms"], "p50", "p99")
+    _assert_numbers(local["commit_skew_ms"], "p50", "p99")
+    assert "Fleet push, local registry" in stdout
+    if "skipped" in zk:  # only off CI: .ci/run installs ZooKeeper
+        assert not os.environ.get("CI") and zk["required"] is False
+        assert "Fleet push, ZooKeeper: skipped" in stdout
+        return
+    for size in zk["sizes"]:
+        assert zk[str(size)]["acks_min"] == size  # every simulated member acked
+        _assert_numbers(zk[str(size)], "push_s_median", "push_s_max")
+    assert "1,000-member goals need the full run" in stdout
 
 
 def test_peers_side_by_side(bench_run: tuple[dict[str, Any], str, str]) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess, run_cli, start_engine
+from conftest import EngineProcess, require, run_cli, start_engine
 
 from livepatch import LivepatchError
 from livepatch.client import Client
@@ -102,8 +102,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         text=True,
     )
     if done.returncode != 0:
-        # Only this one case may skip: the machine will not let us mount.
-        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}); needs root")
+        require(f"cannot mount a small tmpfs here ({done.stderr.strip()}); needs root")
     try:
         yield mount
     finally:
@@ -488,8 +487,7 @@ def test_an_engine_name_is_unique_whatever_the_transport(
 @pytest.fixture
 def stranger() -> Iterator[int]:
     """The uid of a throwaway local user (``nobody`` if useradd is not there)."""
-    if os.geteuid() != 0:
-        pytest.skip("a foreign-owned directory needs root (chown) here")
+    require(None if os.geteuid() == 0 else "a foreign-owned directory needs root (chown) here")
     name = f"lp{uuid.uuid4().hex[:8]}"
     made = shutil.which("useradd") is not None and (
         subprocess.run(["useradd", "--no-create-home", name], capture_output=True).returncode == 0

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 from conftest import EngineProcess, run_cli, start_engine
-from fleet_helpers import SLOT_ARGS, SocketTraffic, active_sha, rule, sha_to_n, wait_for
+from fleet_helpers import (
+    SLOT_ARGS,
+    SocketTraffic,
+    active_sha,
+    rule,
+    sha_to_n,
+    start_pusher,
+    versions_of,
+    wait_for,
+)
 
 from livepatch.client import Client
 from livepatch.fleet.local import push_local
@@ -187,6 +196,37 @@ def test_kill9_during_commit_and_late_members_converge_or_diverge(
 
 
 @pytest.mark.slow
+def test_pusher_killed_between_prepare_and_commit_leaves_nothing_loaded(
+    engines: list[EngineProcess], tmp_path: Path
+) -> None:
+    member(engines, "a")
+    member(engines, "b")
+    assert push_local(FLEET, "spam", rule(1), "rule_v1.py").ok
+    mark = tmp_path / "prepared"
+    pusher = start_pusher(mark, FLEET, "local", rule(9))
+    try:
+        wait_for(mark.exists, timeout=120, what="the pusher to finish prepare")
+        new = sha_of(rule(9))
+        assert versions_of("a", new) == versions_of("b", new) == ["resolved"]
+    finally:
+        pusher.kill()  # SIGKILL, between prepare and commit
+        pusher.wait(10)
+    push_id = mark.read_text()
+    for name in "ab":
+        wait_for(
+            lambda name=name: versions_of(name, new) == ["unloaded"],
+            what=f"{name} to unload the abandoned push's version",
+        )
+        assert active_sha(name) == sha_of(rule(1))  # nobody swapped
+    record = next(p for p in LocalStore(FLEET).read().pushes if p.id == push_id)
+    assert record.outcome == "abandoned" and "went away" in record.reason
+    assert "abandoned" in run_cli("status", "--fleet", FLEET).stdout
+    # The fleet works on: the same source pushed again commits everywhere.
+    assert push_local(FLEET, "spam", rule(9), "rule_v9.py").ok
+    assert active_sha("a") == active_sha("b") == new
+
+
+@pytest.mark.slow
 def test_concurrent_pushes_conflict_cleanly_and_rollback(engines: list[EngineProcess]) -> None:
     member(engines, "a")
     member(engines, "b")
@@ -248,3 +288,20 @@ def test_engine_core_imports_nothing_of_the_fleet() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_abandoned_push_can_no_longer_commit(fleet_env: Path) -> None:
+    from livepatch.fleet.local import abandoned
+    from livepatch.fleet.model import Desired, FleetConflict
+
+    store = LocalStore(FLEET)
+    sha = store.put_source(rule(1), "rule_v1.py")
+    record = PushRecord("p1", "spam", sha, "rule_v1.py", started=0.0, pusher=os.getpid())
+    record.deadline = 1.0  # long past
+    store.record(record)
+    assert abandoned(record) == "it was not committed by its deadline"
+    assert store.abandon("p1", "given up")
+    assert not store.abandon("p1", "again")  # only a preparing push is given up
+    with pytest.raises(FleetConflict, match="gave it up"):
+        store.commit(record, Desired("spam", sha, "rule_v1.py", None, "p1", 0.0), 0)
+    assert "spam" not in store.read().desired  # nothing flipped

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess, run_cli, start_engine
-from fleet_helpers import SLOT_ARGS, active_sha, rule, wait_for
+from conftest import EngineProcess, require, run_cli, start_engine
+from fleet_helpers import SLOT_ARGS, active_sha, rule, start_pusher, versions_of, wait_for
 
 from livepatch.fleet.model import PushRecord, sha_of
 from livepatch.fleet.zk import ZkRegistry, parse_zk_url
@@ -31,11 +31,7 @@ SESSION_S = 2
 
 @pytest.fixture(scope="module")
 def zk_server() -> Iterator[ZooKeeperServer]:
-    missing = zookeeper_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"ZooKeeper is needed in CI: {missing}")
-        pytest.skip(missing)
+    require(zookeeper_missing())
     with tempfile.TemporaryDirectory(prefix="lp-zk-") as tmp, ZooKeeperServer(Path(tmp)) as server:
         yield server
 
@@ -161,6 +157,39 @@ def test_kill9_during_prepare_and_commit_then_restart_converges(
     assert active_sha("a") == active_sha("b") == sha_of(rule(3))
     member(engines, registry_url, "c", env=env)  # ready only once converged
     assert active_sha("c") == sha_of(rule(3))
+
+
+@pytest.mark.slow
+def test_pusher_killed_between_prepare_and_commit_leaves_nothing_loaded(
+    engines: list[EngineProcess], registry_url: str, tmp_path: Path
+) -> None:
+    for name in "ab":
+        member(engines, registry_url, name)
+    assert push(registry_url, 1).ok
+    mark = tmp_path / "prepared"
+    pusher = start_pusher(mark, FLEET, registry_url, rule(9))
+    try:
+        wait_for(mark.exists, timeout=120, what="the pusher to finish prepare")
+        new = sha_of(rule(9))
+        assert versions_of("a", new) == versions_of("b", new) == ["resolved"]
+    finally:
+        pusher.kill()  # SIGKILL, between prepare and commit
+        pusher.wait(10)
+    push_id = mark.read_text()
+    # Its session (and with it the push's lease node) expires: the members
+    # give the push up and unload what they prepared.
+    for name in "ab":
+        wait_for(
+            lambda name=name: versions_of(name, new) == ["unloaded"],
+            what=f"{name} to unload the abandoned push's version",
+        )
+        assert active_sha(name) == sha_of(rule(1))
+    with ZkRegistry(parse_zk_url(registry_url), FLEET) as reg:
+        history = {r.id: r for r in reg.history(50)}
+        assert reg.desired()["spam"][0].sha256 == sha_of(rule(1))
+    assert history[push_id].outcome == "abandoned"
+    assert push(registry_url, 9).ok
+    assert active_sha("a") == active_sha("b") == new
 
 
 @pytest.mark.slow

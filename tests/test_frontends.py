@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EngineProcess, run_cli
-from test_shell_tmux import EXITED, TMUX, Terminal
+from conftest import EngineProcess, needs, run_cli
+from terminal import Terminal, open_terminal
 from test_shell_tmux import terminal as terminal  # a fixture, used by name
 
 from livepatch.client import Client
@@ -201,7 +201,7 @@ def test_the_journal_escapes_client_names(engine_proc: EngineProcess) -> None:
         assert "evil\\x1b[2J" in out
 
 
-@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native version")
+@needs(None if find_compiler() else "no C compiler: no native version")
 def test_long_ids_keep_the_columns(engine_proc: EngineProcess) -> None:
     run_cli("load", str(RULES / "spam_native_v2.c"))
     watch = run_cli("shell", "-c", "watch --for 0.2").stdout.splitlines()
@@ -268,46 +268,14 @@ def test_every_readme_command_runs_as_written(runtime_dir: Path) -> None:
 
 @pytest.fixture
 def demo_terminal(runtime_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
-    if TMUX is None:
-        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
-    conf = tmp_path / "tmux.conf"
-    conf.write_text("set -g remain-on-exit on\nset -g status off\n")
     env = {
         "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
         "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
         "TERM": "xterm-256color",
     }
-    demo = shlex.join(
-        [
-            "env",
-            *(f"{k}={v}" for k, v in env.items()),
-            sys.executable,
-            "-m",
-            "livepatch",
-            "demo",
-            "--rate",
-            "20",
-        ]
-    )
-    term = Terminal(runtime_dir.parent / "tmux.sock", name="demo")
-    try:
-        term.tmux(
-            "-f",
-            str(conf),
-            "new-session",
-            "-d",
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "-s",
-            "demo",
-            f'cd {shlex.quote(str(tmp_path))} && {demo}; echo "{EXITED}$?]"',
-        )
+    argv = [sys.executable, "-m", "livepatch", "demo", "--rate", "20"]
+    with open_terminal(runtime_dir.parent, "demo", argv, env, cwd=tmp_path) as term:
         yield term
-    finally:
-        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
-        term.socket.unlink(missing_ok=True)
 
 
 def _demo_engine(runtime_dir: Path) -> int:
@@ -336,7 +304,7 @@ def test_ctrl_c_in_the_demo_interrupts_the_command_only(
     assert not pid_alive(pid)
 
 
-@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: no native copies to clean")
+@needs(None if find_compiler() else "no C compiler: no native copies to clean")
 def test_closing_the_terminal_cleans_up_the_demo(
     demo_terminal: Terminal, runtime_dir: Path
 ) -> None:
@@ -375,6 +343,13 @@ def test_the_tour_prints_real_commands_and_purges(runtime_dir: Path) -> None:
         line[len("$ livepatch ") :] for line in done.stdout.splitlines() if line.startswith("$ ")
     ]
     assert "purge spam@2" in commands and "purged spam@2" in done.stdout
+    # Step 7: spam@6 counted two messages; spam@7's hook carried them across the swap
+    # (no demo traffic here, so the counts are exactly the tour's two calls).
+    stats = re.findall(r"^(spam@\d+): (\{\"messages\".*\})$", done.stdout, re.M)
+    counts = [(version, json.loads(seen)["messages"]) for version, seen in stats]
+    assert counts == [("spam@6", 2), ("spam@7", 2)]
+    assert re.search(r"\+ +\d+ T __livepatch_handoff__ +\(previous\)$", done.stdout, re.M)
+    assert "spam: spam@6 -> spam@7 (spam@7's __livepatch_handoff__ took over" in done.stdout
     parser = build_parser()
     for command in commands:
         parser.parse_args(shlex.split(command))  # each one runs as printed (exits 2 if not)
@@ -430,19 +405,13 @@ def test_shell_keys_in_a_real_terminal(terminal: Terminal) -> None:
 def test_side_by_side_falls_back_to_stacked_at_80_columns(
     engine_proc: EngineProcess, runtime_dir: Path, tmp_path: Path
 ) -> None:
-    if TMUX is None:
-        pytest.fail("tmux is needed for the terminal tests (.ci/run installs it)")
     env = {
         "LIVEPATCH_RUNTIME_DIR": str(runtime_dir),
         "LIVEPATCH_STATE_HOME": str(tmp_path / "state"),
         "TERM": "xterm-256color",
     }
-    shell = shlex.join(
-        ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "livepatch", "shell"]
-    )
-    term = Terminal(runtime_dir.parent / "tmux.sock", name="narrow")
-    try:
-        term.tmux("new-session", "-d", "-x", "80", "-y", "60", "-s", "narrow", shell)
+    argv = [sys.executable, "-m", "livepatch", "shell"]
+    with open_terminal(runtime_dir.parent, "narrow", argv, env, size=(80, 60)) as term:
         term.wait_for("rules>")
         term.type(f"load {rule_path('spam_v2.py')}", "Enter")
         term.wait_for("loaded spam@2")
@@ -456,9 +425,6 @@ def test_side_by_side_falls_back_to_stacked_at_80_columns(
         start = next(i for i, line in enumerate(lines) if "(stacked" in line)
         end = next(i for i, line in enumerate(lines) if line.startswith("= 8  ~ 2"))
         assert all(len(line) < 80 for line in lines[start : end + 1]), screen
-    finally:
-        subprocess.run([TMUX, "-S", str(term.socket), "kill-server"], capture_output=True)
-        term.socket.unlink(missing_ok=True)
 
 
 def test_the_shell_watches_a_file_until_ctrl_c(terminal: Terminal, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess, run_cli, start_engine
+from conftest import EngineProcess, needs, run_cli, start_engine
 from test_protocol_doc import exchanges, replay
 
 from livepatch import BadState, CheckFailed, Engine, LoadFailed
@@ -39,11 +39,12 @@ from livepatch.quarantine import Quarantine
 from livepatch.runtime import find_engine
 
 COMPILER = find_compiler()
-pytestmark = pytest.mark.skipif(
-    COMPILER is None,
-    reason="no C compiler (cc, gcc, clang or $CC): the native backend compiles C rules",
+pytestmark = needs(
+    None
+    if COMPILER
+    else "no C compiler (cc, gcc, clang or $CC): the native backend compiles C rules"
 )
-needs_nm = pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) is not installed")
+needs_nm = needs(None if shutil.which("nm") else "nm (binutils) is not installed")
 
 CLASSIFY = NativeInterface({"classify": (ctypes.c_int, [("text", ctypes.c_char_p)])})
 

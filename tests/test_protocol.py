@@ -165,11 +165,28 @@ SPEC_CODES = {
 # tables and round trips
 
 
+def test_an_error_kind_is_defined_once_by_its_class() -> None:
+    # Every class with a kind and a code of its own is that kind on the wire...
+    def subclasses(cls: type) -> list[type]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    for cls in subclasses(errors.LivepatchError):
+        if "kind" in cls.__dict__ and "wire_code" in cls.__dict__:
+            assert proto.ERROR_CODES[cls.kind] == cls.wire_code
+            assert proto.error_class_for_kind(cls.kind) is cls
+    # ...and a second class cannot take a kind or a code already taken.
+    with pytest.raises(TypeError, match="already taken"):
+        type("Again", (errors.LivepatchError,), {"kind": "storage", "wire_code": -32099})
+    with pytest.raises(TypeError, match="already taken"):
+        type("Again", (errors.LivepatchError,), {"kind": "fresh-kind", "wire_code": -32010})
+    assert "fresh-kind" not in proto.ERROR_CODES
+
+
 def test_tables_match_the_spec() -> None:
     assert dict(proto.ERROR_CODES) == SPEC_CODES
     # One class per engine kind, carrying its kind and its code.
     assert errors.error_for_kind("storage") is errors.StorageError
-    assert proto.code_for_kind(errors.StorageError.kind) == errors.StorageError.code
+    assert proto.code_for_kind(errors.StorageError.kind) == errors.StorageError.wire_code
     assert set(METHODS) == set(VALID_PARAMS)
     assert proto.PROTOCOL_VERSION == 1
     assert MAX_FRAME == 16 * 1024 * 1024

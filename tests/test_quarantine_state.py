@@ -153,3 +153,19 @@ def test_quarantine_child_dies_with_a_killed_engine(runtime_dir: Path) -> None:
         assert errors  # the client saw its engine go, it was not left waiting
     finally:
         proc.stop()
+
+
+def test_the_time_limit_is_the_bodys_not_the_childs_start_up() -> None:
+    # Starting the child and importing the engine takes ~0.3 s on a quiet
+    # machine and far more on a loaded one; a 0.1 s limit on the body must
+    # still pass a trivial body and fail one that loops.
+    from livepatch.quarantine import Quarantine
+
+    quarantine = Quarantine(timeout_s=0.1)
+    started = time.monotonic()
+    quarantine.run("def f(x):\n    return x\n", "quick.py", None)
+    assert time.monotonic() - started > 0.1  # start-up really was longer than the limit
+    with pytest.raises(LoadFailed) as info:
+        quarantine.run("while True:\n    pass\n", "loop.py", None)
+    assert info.value.data["reason"] == "timeout"
+    assert "did not finish within 0.1 s" in info.value.message

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EngineProcess, run_cli, start_engine
+from conftest import EngineProcess, needs, run_cli, start_engine
 from prompt_toolkit.completion import CompleteEvent, ThreadedCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
@@ -582,7 +582,7 @@ def test_script_on_stdin(engine_proc: EngineProcess) -> None:
 def test_demo_without_a_terminal_runs_the_tour(runtime_dir: Path) -> None:
     done = run_cli("demo", "--rate", "100", input="")
     assert done.returncode == 0, done.stderr
-    assert "## 1." in done.stdout and "## 7." in done.stdout
+    assert "## 1." in done.stdout and "## 8." in done.stdout
     assert "stopped" in done.stdout
     assert list_engines(runtime_dir) == []  # the demo's engine is gone
 
@@ -621,7 +621,7 @@ def test_demo_on_a_terminal_attaches_the_shell(
     assert "stopped" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(find_compiler() is None, reason="no C compiler: the native slot has no v1")
+@needs(None if find_compiler() else "no C compiler: the native slot has no v1")
 def test_load_picks_the_slot_by_the_files_kind(runner: CommandRunner) -> None:
     # Two slots: a .c file goes to the native one, a .py file to the Python one.
     native = run(runner, "load spam_native_v2.c").text

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import needs, require
 
 from livepatch import BadState, Engine, UnknownSlot, UnknownVersion
 
@@ -89,7 +90,7 @@ def depth(engine, n):
 RULES_V2 = RULES_V1.replace("VERSION = 1", "VERSION = 2")
 
 accelerate_params = [
-    pytest.param(True, id="c", marks=pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)),
+    pytest.param(True, id="c", marks=needs(None if HAVE_SPEEDUPS else NO_SPEEDUPS)),
     pytest.param(False, id="python"),
 ]
 
@@ -116,8 +117,7 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
 @pytest.fixture
 def both() -> Iterator[tuple[Engine, Engine]]:
     """A C engine and a Python engine in the same state, to compare outcomes."""
-    if not HAVE_SPEEDUPS:
-        pytest.skip(NO_SPEEDUPS)
+    require(None if HAVE_SPEEDUPS else NO_SPEEDUPS)
     fast, slow = make_engine(True), make_engine(False)
     assert fast.accelerated and not slow.accelerated
     yield fast, slow
@@ -147,8 +147,7 @@ def rule(engine: Engine, name: str, version: str = "rules@1") -> Any:
 def test_the_accelerator_is_importable_where_a_compiler_exists() -> None:
     if os.environ.get("LIVEPATCH_REQUIRE_SPEEDUPS"):
         assert HAVE_SPEEDUPS, NO_SPEEDUPS
-    if not HAVE_SPEEDUPS:
-        pytest.skip(NO_SPEEDUPS)
+    require(None if HAVE_SPEEDUPS else NO_SPEEDUPS)
     for accelerate in (True, False):
         engine = make_engine(accelerate, active=None)
         assert engine.accelerated is accelerate
@@ -698,7 +697,7 @@ def test_an_engine_is_collected(engine: Engine) -> None:
 # -- the C type itself --------------------------------------------------------------
 
 
-@pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)
+@needs(None if HAVE_SPEEDUPS else NO_SPEEDUPS)
 def test_dispatcher_construction_and_fields() -> None:
     import contextvars
 
@@ -724,7 +723,7 @@ def test_dispatcher_construction_and_fields() -> None:
         d.pin("nope")
 
 
-@pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)
+@needs(None if HAVE_SPEEDUPS else NO_SPEEDUPS)
 def test_dispatcher_reads_only_well_formed_records() -> None:
     import contextvars
     import itertools
@@ -776,7 +775,7 @@ def test_the_signature_is_the_reference_one(engine: Engine) -> None:
     assert Engine.call.__doc__ and "hot path" in Engine.call.__doc__
 
 
-@pytest.mark.skipif(not HAVE_SPEEDUPS, reason=NO_SPEEDUPS)
+@needs(None if HAVE_SPEEDUPS else NO_SPEEDUPS)
 def test_the_c_counter_counts_in_place_and_through_next() -> None:
     import contextvars
 
@@ -805,8 +804,8 @@ def test_the_c_counter_counts_in_place_and_through_next() -> None:
 
 @pytest.mark.parametrize("accelerate", [True, False], ids=["c", "python"])
 def test_stats_read_the_same_whatever_the_counter(accelerate: bool) -> None:
-    if accelerate and not HAVE_SPEEDUPS:
-        pytest.skip(NO_SPEEDUPS)
+    if accelerate:
+        require(None if HAVE_SPEEDUPS else NO_SPEEDUPS)
     engine = make_engine(accelerate)
     for _ in range(7):
         engine.call("rules", "which")

@@ -30,6 +30,11 @@ Each section is a module of this package:
 ``memory`` (:mod:`.memory`)
     load/check/swap/purge/unload cycles: how many unloaded versions were
     freed, and the growth of resident memory.
+``fleet`` (:mod:`.fleet`)
+    A fleet push: real engines with traffic on the local registry (push
+    time, commit skew, call p99 during pushes) and simulated members on a
+    private ZooKeeper server (push time per fleet size). Without ZooKeeper
+    that half is skipped and says so, except under CI.
 ``peers`` (:mod:`.peers`)
     ``importlib.reload``, IPython's ``%autoreload 2`` and jurigged on the
     same module under the same caller threads, next to livepatch: reload
@@ -56,6 +61,7 @@ from .common import (
     peer_module,
     percentile,
 )
+from .fleet import measure_fleet
 from .goals import evaluate_goals
 from .hot_path import measure_hot_path
 from .load_check import generated_module, measure_load_check
@@ -74,6 +80,7 @@ __all__ = [
     "evaluate_goals",
     "generated_module",
     "machine_info",
+    "measure_fleet",
     "measure_hot_path",
     "measure_load_check",
     "measure_memory",

@@ -30,6 +30,7 @@ SECTIONS = (
     "control_plane",
     "load_check",
     "memory",
+    "fleet",
     "peers",
 )
 
@@ -79,6 +80,13 @@ class Settings:
     peer_reloads: int
     peer_interval_s: float
     peer_budget_s: float
+    #: Fleet: local engines with traffic, pushes to them, the quiet window
+    #: before (the calls' baseline); ZooKeeper fleet sizes, pushes per size.
+    fleet_engines: int
+    fleet_pushes: int
+    fleet_quiet_s: float
+    fleet_zk_sizes: tuple[int, ...]
+    fleet_zk_pushes: int
 
 
 QUICK = Settings(
@@ -102,6 +110,11 @@ QUICK = Settings(
     peer_reloads=20,
     peer_interval_s=0.05,
     peer_budget_s=2.0,
+    fleet_engines=3,
+    fleet_pushes=6,
+    fleet_quiet_s=1.0,
+    fleet_zk_sizes=(10, 100),
+    fleet_zk_pushes=2,
 )
 
 FULL = Settings(
@@ -125,6 +138,11 @@ FULL = Settings(
     peer_reloads=200,
     peer_interval_s=0.05,
     peer_budget_s=20.0,
+    fleet_engines=8,
+    fleet_pushes=40,
+    fleet_quiet_s=5.0,
+    fleet_zk_sizes=(10, 100, 1_000),
+    fleet_zk_pushes=5,
 )
 
 

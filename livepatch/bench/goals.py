@@ -154,7 +154,46 @@ def evaluate_goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "requests",
             "==",
         )
+    fleet = results.get("fleet")
+    if fleet:
+        _fleet_goals(goals, fleet)
     return goals
+
+
+def _fleet_goals(goals: dict[str, dict[str, Any]], fleet: dict[str, Any]) -> None:
+    local, zk = fleet["local"], fleet["zookeeper"]
+    goals["fleet_commit_skew_p99_ms"] = _goal(
+        f"commit skew over {local['engines']} local engines (first to last member's swap), p99",
+        local["commit_skew_ms"]["p99"] if local["skews_measured"] else None,
+        20,
+        "ms",
+    )
+    goals["fleet_failed_calls"] = _goal(
+        "calls that failed on fleet members during pushes",
+        local["failed_calls"],
+        0,
+        "requests",
+        "==",
+    )
+    if zk.get("required"):
+        goals["fleet_zookeeper_available"] = _goal(
+            f"a ZooKeeper server to measure (CI installs it): {zk['skipped']}", 0, 1, "", ">="
+        )
+    small, large = zk.get("10"), zk.get("1000")
+    if large:
+        goals["fleet_zk_1000_push_s"] = _goal(
+            "a push to 1,000 simulated ZooKeeper members, median",
+            large["push_s_median"],
+            5,
+            "s",
+        )
+    if small and large:
+        goals["fleet_zk_1000_vs_10"] = _goal(
+            "a push to 1,000 ZooKeeper members / a push to 10",
+            round(large["push_s_median"] / small["push_s_median"], 2),
+            10,
+            "x",
+        )
 
 
 #: Goals about correctness, not speed: a miss makes ``livepatch bench`` exit 1.
@@ -166,5 +205,7 @@ CORRECTNESS_GOALS = frozenset(
         "memory_not_freed",
         "peers_livepatch_mixed",
         "peers_livepatch_failed",
+        "fleet_failed_calls",
+        "fleet_zookeeper_available",
     }
 )

@@ -21,6 +21,7 @@ from .common import (
     machine_info,
 )
 from .control_plane import measure_control_plane
+from .fleet import measure_fleet
 from .goals import CORRECTNESS_GOALS, evaluate_goals
 from .hot_path import measure_hot_path
 from .hot_path_callgrind import measure_callgrind
@@ -59,6 +60,7 @@ def run(
         "control_plane": lambda p: measure_control_plane(settings, p),
         "load_check": lambda p: measure_load_check(settings.load_sizes, settings.load_repeat, p),
         "memory": lambda p: measure_memory(settings.memory_cycles, settings.memory_warmup, p),
+        "fleet": lambda p: measure_fleet(settings, p),
         "peers": lambda p: measure_peers(settings, p),
     }
     for name in SECTIONS:
@@ -199,6 +201,7 @@ def render_table(results: dict[str, Any]) -> str:
             f"{memory['rss_start_mb']:.1f} MB -> {memory['rss_end_mb']:.1f} MB "
             f"({memory['rss_growth_mb']:+.2f} MB)",
         ]
+    out += _fleet_lines(results.get("fleet"))
     peers = results.get("peers")
     if peers:
         out += [
@@ -237,6 +240,38 @@ def render_table(results: dict[str, Any]) -> str:
             )
     out.append(f"\nelapsed {results['elapsed_s']:.1f} s")
     return "\n".join(out)
+
+
+def _fleet_lines(fleet: dict[str, Any] | None) -> list[str]:
+    if not fleet:
+        return []
+    local, zk = fleet["local"], fleet["zookeeper"]
+    p, s = local["push_ms"], local["commit_skew_ms"]
+    out = [
+        "",
+        f"Fleet push, local registry ({local['engines']} engines with traffic, "
+        f"{local['pushes']} pushes, {local['aborted']} aborted)",
+        f"  push (prepare + commit) p50 {_fmt(p['p50'], '.1f', ' ms')}, "
+        f"p99 {_fmt(p['p99'], '.1f', ' ms')}; commit skew p50 {_fmt(s['p50'], '.2f', ' ms')}, "
+        f"p99 {_fmt(s['p99'], '.2f', ' ms')} ({local['skews_measured']} pushes)",
+        f"  call p99 over the socket: {_fmt(local['call_p99_ms_during'], '.2f', ' ms')} during "
+        f"pushes, {_fmt(local['call_p99_ms_without'], '.2f', ' ms')} without "
+        f"({_fmt(local['call_p99_ratio'], '.2f', 'x')}); {local['failed_calls']} failed calls",
+    ]
+    if "skipped" in zk:
+        what = "a missed goal under CI" if zk.get("required") else "skipped"
+        out.append(f"Fleet push, ZooKeeper: {what}: {zk['skipped']}")
+        return out
+    out.append("Fleet push, ZooKeeper (simulated members, each with its own session)")
+    for size in zk["sizes"]:
+        row = zk[str(size)]
+        out.append(
+            f"  {size:>6,} members: push median {row['push_s_median']:.3f} s, "
+            f"max {row['push_s_max']:.3f} s, every push acked by >= {row['acks_min']:,}"
+        )
+    if 1_000 not in zk["sizes"]:
+        out.append("  (the 1,000-member goals need the full run: livepatch bench --section fleet)")
+    return out
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -18,7 +18,9 @@ Adding a verb from another module (``livepatch.fleet``'s ``push``)::
 
 Do it at import of a module that ``livepatch.cli`` imports before
 ``build_parser`` runs; the CLI (``livepatch push``), the shell (parser, help,
-completion) then offer it with no other edit.
+completion) and ``%hotswap`` (parser, ``%hotswap?``, the handler's text as
+the result) then offer it with no other edit. Verbs only the magics have
+(``%hotswap start``) live in ``ipython_ext.magics.MAGIC_VERBS``, never here.
 
 Nothing here imports the engine core, prompt-toolkit or IPython.
 """

@@ -250,7 +250,7 @@ class CommandRunner:
         needs_engine = parsed.spec.name not in ("help", "quit")
         try:
             announce = self.link.ensure() if needs_engine else ""
-            result = self._handlers[parsed.spec.name](parsed)
+            result = self.dispatch(parsed)
         except ShellUsageError as exc:
             return self._failure(text, str(exc), usage=True)
         except ConnectionLost as exc:
@@ -272,6 +272,16 @@ class CommandRunner:
         if announce:
             result = replace(result, text=f"{announce}\n{result.text}" if result.text else announce)
         return result
+
+    def dispatch(self, parsed: ParsedCommand) -> CommandResult:
+        """Run one parsed command with its handler, letting errors through.
+
+        :meth:`execute` wraps this with the shell's and the CLI's error
+        policy; a front end with its own (``%hotswap``: one ``UsageError``
+        line, its own reconnect messages) calls this directly and catches
+        :class:`ShellUsageError` and :class:`LivepatchError` itself.
+        """
+        return self._handlers[parsed.spec.name](parsed)
 
     def _lost_message(self, exc: ConnectionLost) -> str:
         from .link import EngineGone
@@ -379,6 +389,8 @@ class CommandRunner:
     def _swapped(self, parsed: ParsedCommand, result: dict[str, Any]) -> CommandResult:
         if result["changed"]:
             text = f"{result['slot']}: {result['previous'] or 'nothing'} -> {result['active']}"
+            if result.get("handed_over"):
+                text += f" ({result['active']}'s __livepatch_handoff__ took over the state)"
         else:
             text = f"{result['slot']}: {result['active']} is already active"
         return self._ok(parsed, text, data=result)

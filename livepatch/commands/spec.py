@@ -63,6 +63,8 @@ class ArgKind(enum.Enum):
     TARGET = "target"  # SLOT.SYMBOL or SLOT@N.SYMBOL
     JSON = "json"
     SECONDS = "seconds"
+    NUMBER = "number"  # any number of 0 or more: a rate
+    ENGINE = "engine"  # an engine's name
     COUNT = "count"
     SWITCH = "switch"  # an option that takes no value: ``--watch``
 
@@ -454,19 +456,29 @@ def localize(message: str, prefix: str) -> str:
     return _QUOTED_COMMAND.sub(sub, message)
 
 
-def lookup(name: str) -> CommandSpec:
-    """The command called ``name``; the error suggests the closest one."""
-    spec = COMMANDS.get(name)
+def lookup(name: str, commands: Mapping[str, CommandSpec] | None = None) -> CommandSpec:
+    """The command called ``name`` (in ``commands``, default :data:`COMMANDS`);
+    the error suggests the closest one."""
+    table = COMMANDS if commands is None else commands
+    spec = table.get(name)
     if spec is not None:
         return spec
     import difflib
 
-    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    close = difflib.get_close_matches(name, list(table), n=1)
     hint = f"did you mean `{close[0]}`? " if close else ""
     raise ShellUsageError(f"unknown command {name!r}: {hint}`help` lists the commands")
 
 
 def _convert(option: Option, raw: str) -> object:
+    if option.kind is ArgKind.NUMBER:
+        try:
+            number = float(raw)
+        except ValueError:
+            number = -1.0
+        if not number >= 0:
+            raise ShellUsageError(f"{option.flag}: expected a number of 0 or more, got {raw!r}")
+        return number
     if option.kind is ArgKind.SECONDS:
         try:
             value = float(raw)
@@ -482,12 +494,16 @@ def _convert(option: Option, raw: str) -> object:
     return raw
 
 
-def parse(words: Iterable[str]) -> ParsedCommand:
-    """Parse one command's words (already split) against its spec."""
+def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = None) -> ParsedCommand:
+    """Parse one command's words (already split) against its spec.
+
+    ``commands`` is the table to find the command in: :data:`COMMANDS`, or a
+    front end's own that adds verbs of its own to it (``%hotswap start``).
+    """
     words = tuple(words)
     if not words:
         raise ShellUsageError("empty command")
-    spec = lookup(words[0])
+    spec = lookup(words[0], commands)
     values: dict[str, object] = {o.dest: None for o in spec.options}
     positionals: list[str] = []
     rest = iter(words[1:])

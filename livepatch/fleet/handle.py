@@ -27,6 +27,7 @@ __all__ = [
     "converge",
     "prepare",
     "release",
+    "release_since",
 ]
 
 #: Version states from which a version can be made active again.
@@ -245,6 +246,36 @@ def release(handle: EngineHandle, vote: Vote) -> None:
         handle.unload(vote.version)
     except (ConnectionLost, LivepatchError):
         pass  # gone, or already unloaded by someone: nothing left to undo
+
+
+def release_since(handle: EngineHandle, pushes: list[tuple[str, str, float]]) -> list[str]:
+    """Unload what abandoned pushes prepared here. Each push is ``(slot,
+    sha, started)``: versions of ``slot`` with source ``sha`` loaded at or
+    after ``started`` that are not active go. A version loaded before the
+    push started stays: the push did not make it. Returns the ids unloaded."""
+    from ..client import ConnectionLost
+
+    if not pushes:
+        return []
+    status = handle.status()
+    gone = []
+    for slot, sha, since in pushes:
+        s = _slot_status(status, slot)
+        if s is None:
+            continue
+        for v in s["versions"]:
+            if v["sha256"] != sha or v["id"] == s["active"] or v["state"] == "unloaded":
+                continue
+            if float(v.get("loaded_at") or 0.0) < since or v["id"] in gone:
+                continue
+            try:
+                handle.unload(str(v["id"]))
+            except ConnectionLost:
+                raise
+            except LivepatchError:
+                continue  # swapped in meanwhile, or already gone: nothing to undo
+            gone.append(str(v["id"]))
+    return gone
 
 
 @dataclass(slots=True)

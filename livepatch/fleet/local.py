@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 from ..client import Client, ConnectionLost
 from ..errors import LivepatchError
 from ..runtime import ConnectionInfo, list_engines, write_connection_file
-from .handle import ClientHandle, converge, prepare, release
+from .handle import ClientHandle, converge, prepare, release, release_since
 from .model import (
     Desired,
     FleetConflict,
@@ -36,7 +37,14 @@ from .model import (
 )
 from .store import LocalStore
 
-__all__ = ["LocalMember", "Phase", "local_members", "push_local", "rollback_local"]
+__all__ = [
+    "LocalMember",
+    "Phase",
+    "abandoned",
+    "local_members",
+    "push_local",
+    "rollback_local",
+]
 
 #: A member re-checks its engine against the desired versions this often.
 REFRESH_S = 2.0
@@ -46,8 +54,42 @@ REFRESH_S = 2.0
 #: reconciles at the same moment only competes with those swaps for the CPU.
 GRACE_S = 0.5
 
+#: A push still preparing this long past its deadline is abandoned even when
+#: a process with its pusher's pid is alive (the pid reused, a pusher stuck).
+ABANDON_SLACK_S = 10.0
+
+#: How long after a push was abandoned its members still look for versions
+#: it prepared (a load it started can finish after the pusher died).
+RELEASE_WINDOW_S = 120.0
+
 #: Called by :func:`push_local` between phases (tests inject faults there).
 Phase = Callable[[str, PushRecord], None]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def abandoned(record: PushRecord, now: float | None = None) -> str | None:
+    """Why nobody will ever commit ``record`` (``None`` if it may still be).
+
+    A push that is still ``preparing`` is abandoned once its pusher (a
+    process of this host) is gone, or well past its deadline.
+    """
+    if record.outcome != "preparing":
+        return None
+    now = time.time() if now is None else now
+    if record.pusher > 0 and not _alive(record.pusher):
+        return f"its pusher (pid {record.pusher}) went away before committing"
+    if record.deadline is not None and now > record.deadline + ABANDON_SLACK_S:
+        return "it was not committed by its deadline"
+    return None
 
 
 def local_members(fleet: str) -> list[ConnectionInfo]:
@@ -119,9 +161,41 @@ class LocalMember:
             return {slot: (d.sha256, d.filename) for slot, d in desired.items()}
 
         handle = ClientHandle(self._client)
+        self._release_abandoned(handle)
         result = converge(handle, read_desired, self.store.get_source, self.info.pid)
         self.state = result.state
         self.store.write_member(self.state)
+
+    def _release_abandoned(self, handle: ClientHandle) -> None:
+        """A pusher that died between prepare and commit left versions loaded
+        here: mark its push abandoned (so it can never commit) and unload
+        what it prepared. Every member does this for itself; the first one
+        to look marks the record. A load the dead pusher started may still
+        finish after that, so a recently abandoned push is looked at again
+        on every pass for a while."""
+        state = self.store.read()
+        now = time.time()
+        desired = {slot: d.sha256 for slot, d in state.desired.items()}
+        wanted = {
+            (p.slot, p.sha256)
+            for p in state.pushes
+            if p.outcome == "preparing" and abandoned(p, now) is None
+        }
+        targets = []
+        for record in state.pushes:
+            why = abandoned(record, now)
+            if why is not None:
+                if not self.store.abandon(record.id, why):
+                    continue  # it committed or ended just now
+                record.finished = now
+            elif record.outcome != "abandoned":
+                continue
+            if now - (record.finished or now) > RELEASE_WINDOW_S:
+                continue
+            if desired.get(record.slot) == record.sha256 or (record.slot, record.sha256) in wanted:
+                continue  # the same source is wanted (or being pushed) again
+            targets.append((record.slot, record.sha256, record.started))
+        release_since(handle, targets)
 
 
 # ---------------------------------------------------------------------------
@@ -197,6 +271,8 @@ def push_local(
         started=time.time(),
         previous=current.sha256 if current else None,
         rollback=rollback,
+        pusher=os.getpid(),
+        deadline=time.time() + deadline_s,
     )
     if expect is not None and not _matches(current, expect):
         return _abort(

@@ -171,6 +171,12 @@ class PushRecord:
     #: members that were down (or left) during the push: they converge later.
     down: list[str] = field(default_factory=list)
     rollback: bool = False
+    #: The pushing process (local registry): a member that finds it gone while
+    #: the push is still ``preparing`` knows nobody will commit it.
+    pusher: int = 0
+    #: Wall-clock time by which the push must have committed; past it (plus
+    #: some slack) a push still ``preparing`` is abandoned.
+    deadline: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of the fields."""
@@ -188,6 +194,8 @@ class PushRecord:
             "acks": dict(self.acks),
             "down": list(self.down),
             "rollback": self.rollback,
+            "pusher": self.pusher,
+            "deadline": self.deadline,
         }
 
     @classmethod
@@ -207,6 +215,8 @@ class PushRecord:
             acks=dict(data.get("acks") or {}),
             down=list(data.get("down") or []),
             rollback=bool(data.get("rollback")),
+            pusher=int(data.get("pusher") or 0),
+            deadline=data.get("deadline"),
         )
 
     @property

@@ -185,6 +185,11 @@ class LocalStore:
         ``generation``, recording the push in the same write; returns the new
         generation. :class:`FleetConflict` if another push got there first."""
         with self.transaction() as state:
+            if any(p.id == record.id and p.outcome == "abandoned" for p in state.pushes):
+                raise FleetConflict(
+                    f"push {record.id} ran past its deadline and its members gave it up: "
+                    "nobody swapped; push again (with a longer --deadline)"
+                )
             now = state.generation.get(desired.slot, 0)
             if now != generation:
                 current = state.desired.get(desired.slot)
@@ -198,6 +203,20 @@ class LocalStore:
             record.outcome = "committed"
             _put_record(state, record)
             return now + 1
+
+    def abandon(self, push_id: str, reason: str) -> bool:
+        """Mark a push that is still ``preparing`` ``abandoned`` (nobody will
+        commit it: :meth:`commit` refuses it from now on). False if it had
+        committed or ended meanwhile."""
+        import time
+
+        with self.transaction() as state:
+            for record in state.pushes:
+                if record.id == push_id and record.outcome == "preparing":
+                    record.outcome, record.reason = "abandoned", reason
+                    record.finished = time.time()
+                    return True
+            return False
 
     def record(self, record: PushRecord) -> None:
         """Add or update a push record."""

@@ -95,6 +95,10 @@ def _connect(address: ZkAddress, wait_s: float = 15.0, handler: Any = None) -> A
     return client
 
 
+class _Abandoned(FleetError):
+    """The members gave a push up before its pusher could commit it."""
+
+
 class _Paths:
     def __init__(self, root: str, fleet: str) -> None:
         self.base = f"{root}/fleets/{fleet}"
@@ -254,7 +258,10 @@ class ZkRegistry:
             rollback=rollback,
         )
         base = f"{self.paths.pushes}/{record.id}"
-        meta = {"deadline": time.time() + deadline_s}
+        # ``lease``: an ephemeral child of the push node that lives as long as
+        # this session. Members that find it gone while the push is still
+        # preparing know nobody will commit it, and release what they prepared.
+        meta = {"deadline": time.time() + deadline_s, "lease": "pusher"}
         if expect is not None and not _matches(current, expect):
             record.outcome, record.reason = (
                 "aborted",
@@ -295,6 +302,8 @@ class ZkRegistry:
         desired = Desired(slot, sha, filename, record.previous, record.id, time.time())
         try:
             self._commit(base, record, meta, desired, zversion)
+        except _Abandoned as exc:
+            return self._finish(base, record, meta, "aborted", exc.message)
         except BadVersionError:
             return self._finish(
                 base,
@@ -331,6 +340,7 @@ class ZkRegistry:
             tx.create(f"{base}/votes")
             tx.create(f"{base}/acks")
             tx.create(f"{base}/roster", _dumps(names))
+            tx.create(f"{base}/pusher", ephemeral=True)
             results = tx.commit()
             failed = [r for r in results if isinstance(r, Exception)]
             if failed and not isinstance(failed[0], NodeExistsError):
@@ -361,7 +371,9 @@ class ZkRegistry:
                     tx.create(path, _dumps(desired.to_json()))
                 else:
                     tx.set_data(path, _dumps(desired.to_json()), version=zversion)
-                tx.set_data(base, body)
+                # version=0: the push node as we created it. A member that
+                # gave the push up as abandoned changed it: then no commit.
+                tx.set_data(base, body, version=0)
                 results = tx.commit()
             except (ConnectionLoss, SessionExpiredError, KazooTimeoutError):
                 self._wait_connected()
@@ -372,6 +384,12 @@ class ZkRegistry:
             failed = [r for r in results if isinstance(r, Exception)]
             if not failed:
                 return
+            if isinstance(results[1], BadVersionError):
+                record.outcome = "preparing"
+                raise _Abandoned(
+                    "the members gave this push up as abandoned before it could commit "
+                    "(its deadline passed): nobody swapped; push again"
+                )
             if isinstance(failed[0], BadVersionError | NodeExistsError):
                 record.outcome = "preparing"
                 raise BadVersionError()

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from kazoo.client import KazooState
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from ..errors import LivepatchError
@@ -165,7 +165,10 @@ class ZkMember:
             fresh = self._prepare_new(
                 self.client.get_children(pushes, watch=self._on_watch), check_votes=full
             )
-        touched = {p[len(pushes) + 1 :] for p in dirty if p.startswith(pushes + "/")}
+        # A watch on a push node or on its lease (``<id>/pusher``) names the push.
+        touched = {
+            p[len(pushes) + 1 :].partition("/")[0] for p in dirty if p.startswith(pushes + "/")
+        }
         # A push prepared in this very pass was just read: no need to look again.
         self._release_aborted(None if full or pushes in dirty else touched, skip=fresh)
         desired_dir = self.paths.desired
@@ -252,19 +255,37 @@ class ZkMember:
                 continue
             base = f"{self.paths.pushes}/{push_id}"
             try:
-                data, _ = self.client.get(base, watch=self._on_watch)
+                data, stat = self.client.get(base, watch=self._on_watch)
                 push = _loads(data)
             except NoNodeError:
-                push = {"outcome": "aborted"}
+                push, stat = {"outcome": "aborted"}, None
             outcome = push.get("outcome")
-            stale = (
-                outcome == "preparing"
-                and time.time() > float(push.get("deadline", 0)) + STALE_PUSH_S
-            )
-            if outcome == "aborted" or stale:
+            if outcome == "preparing" and stat is not None and self._abandoned(base, push):
+                outcome = self._give_up(base, push, stat.version)
+            if outcome in ("aborted", "abandoned"):
                 release(self.handle, vote)
-            if outcome != "preparing" or stale:
+            if outcome != "preparing":
                 del self._prepared[push_id]
+
+    def _abandoned(self, base: str, push: dict[str, Any]) -> bool:
+        """Nobody will commit this push: its pusher's session (the lease) is
+        gone, or it is long past its deadline."""
+        if time.time() > float(push.get("deadline", 0)) + STALE_PUSH_S:
+            return True
+        lease = push.get("lease")
+        return bool(lease) and self.client.exists(f"{base}/{lease}", watch=self._on_watch) is None
+
+    def _give_up(self, base: str, push: dict[str, Any], version: int) -> str:
+        """Mark the push abandoned, unless it changed meanwhile (the pusher's
+        commit is a compare-and-set on the same node version): the outcome."""
+        body = {**push, "outcome": "abandoned", "finished": time.time()}
+        body["reason"] = "its pusher went away (or stalled) before committing"
+        try:
+            self.client.set(base, _dumps(body), version=version)
+        except BadVersionError:
+            data, _ = self.client.get(base, watch=self._on_watch)
+            return str(_loads(data).get("outcome"))
+        return "abandoned"
 
     def _read_desired(self, slots: set[str] | None = None) -> dict[str, Desired]:
         c = self.client

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from livepatch.errors import LivepatchError, error_for_kind
+from livepatch.errors import (
+    WIRE_CODES,
+    WIRE_KINDS,
+    BadResult,
+    BadState,
+    Busy,
+    CallFailed,
+    CheckFailed,
+    Conflict,
+    LivepatchError,
+    LoadFailed,
+    StorageError,
+    Timeout,
+    TooLarge,
+    Unauthenticated,
+    UnknownVersion,
+    error_for_kind,
+)
 
 if TYPE_CHECKING:
     from .events import ErrorResponse
@@ -29,48 +45,24 @@ INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601
 INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
-# The engine's codes (the -32000..-32099 "server error" range).
-UNAUTHENTICATED: Final = -32001
-LOAD_FAILED: Final = -32002
-CHECK_FAILED: Final = -32003
-BAD_STATE: Final = -32004
-UNKNOWN_VERSION: Final = -32005
-CONFLICT: Final = -32006
-BUSY: Final = -32007
-TOO_LARGE: Final = -32008
+# The engine's codes (the -32000..-32099 "server error" range), each defined
+# once, by its exception class in livepatch.errors.
+UNAUTHENTICATED: Final = Unauthenticated.wire_code
+LOAD_FAILED: Final = LoadFailed.wire_code
+CHECK_FAILED: Final = CheckFailed.wire_code
+BAD_STATE: Final = BadState.wire_code
+UNKNOWN_VERSION: Final = UnknownVersion.wire_code
+CONFLICT: Final = Conflict.wire_code
+BUSY: Final = Busy.wire_code
+TOO_LARGE: Final = TooLarge.wire_code
 #: ``errors.CallFailed``: a rule raised while serving ``call``.
-CALL_FAILED: Final = -32009
+CALL_FAILED: Final = CallFailed.wire_code
 #: ``errors.StorageError``: the state directory could not be written; nothing changed.
-STORAGE: Final = -32010
+STORAGE: Final = StorageError.wire_code
 #: ``errors.Timeout``: a rule call overran its deadline.
-TIMEOUT: Final = -32011
+TIMEOUT: Final = Timeout.wire_code
 #: ``errors.BadResult``: a rule returned a value the protocol cannot carry.
-BAD_RESULT: Final = -32012
-
-#: ``error.data.kind`` -> ``error.code``. The kinds are the stable part: clients
-#: should switch on the kind, not on the number.
-ERROR_CODES: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "parse-error": PARSE_ERROR,
-        "invalid-request": INVALID_REQUEST,
-        "unknown-method": METHOD_NOT_FOUND,
-        "bad-params": INVALID_PARAMS,
-        "internal": INTERNAL_ERROR,
-        "unauthenticated": UNAUTHENTICATED,
-        "load-failed": LOAD_FAILED,
-        "check-failed": CHECK_FAILED,
-        "bad-state": BAD_STATE,
-        "unknown-version": UNKNOWN_VERSION,
-        "conflict": CONFLICT,
-        "busy": BUSY,
-        "too-large": TOO_LARGE,
-        "call-failed": CALL_FAILED,
-        "storage": STORAGE,
-        "timeout": TIMEOUT,
-        "bad-result": BAD_RESULT,
-    }
-)
-KINDS_BY_CODE: Final[Mapping[int, str]] = {code: kind for kind, code in ERROR_CODES.items()}
+BAD_RESULT: Final = BadResult.wire_code
 
 
 # ---------------------------------------------------------------------------
@@ -104,12 +96,14 @@ class ParseError(LivepatchError, ValueError):
     """The frame was not UTF-8 JSON (code -32700)."""
 
     kind = "parse-error"
+    wire_code = PARSE_ERROR
 
 
 class InvalidRequest(LivepatchError, ValueError):
     """The JSON was not a valid JSON-RPC 2.0 request object (code -32600)."""
 
     kind = "invalid-request"
+    wire_code = INVALID_REQUEST
 
 
 class UnknownMethod(LivepatchError, ValueError):
@@ -117,6 +111,7 @@ class UnknownMethod(LivepatchError, ValueError):
     :meth:`ClientConnection.send_request` for a method not in :data:`METHODS`."""
 
     kind = "unknown-method"
+    wire_code = METHOD_NOT_FOUND
 
 
 class InvalidParams(LivepatchError, ValueError):
@@ -129,6 +124,7 @@ class InvalidParams(LivepatchError, ValueError):
     """
 
     kind = "bad-params"
+    wire_code = INVALID_PARAMS
 
 
 class InvalidParamType(InvalidParams, TypeError):
@@ -140,18 +136,20 @@ class InternalError(LivepatchError, RuntimeError):
     """The engine failed in a way it did not expect (code -32603)."""
 
     kind = "internal"
+    wire_code = INTERNAL_ERROR
 
 
-_PROTOCOL_ERRORS: Final[Mapping[str, type[LivepatchError]]] = {
-    cls.kind: cls
-    for cls in (ParseError, InvalidRequest, UnknownMethod, InvalidParams, InternalError)
-}
+#: ``error.data.kind`` -> ``error.code``. The kinds are the stable part: clients
+#: should switch on the kind, not on the number. Built from the exception
+#: classes: JSON-RPC's own (above) and every kind :mod:`livepatch.errors` defines.
+ERROR_CODES: Final[Mapping[str, int]] = WIRE_CODES
+KINDS_BY_CODE: Final[Mapping[int, str]] = WIRE_KINDS
 
 
 def error_class_for_kind(kind: str) -> type[LivepatchError]:
-    """The exception class for an ``error.data.kind``: the JSON-RPC kinds
-    defined here, then the engine's (``livepatch.errors.error_for_kind``)."""
-    return _PROTOCOL_ERRORS.get(kind) or error_for_kind(kind)
+    """The exception class for an ``error.data.kind`` (``LivepatchError`` if
+    the kind is not known): JSON-RPC's kinds defined here and the engine's."""
+    return error_for_kind(kind)
 
 
 def code_for_kind(kind: str) -> int:

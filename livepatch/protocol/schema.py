@@ -78,6 +78,16 @@ METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
             },
             "subscribe": {},
             "journal": {"limit": Param(("integer",), minimum=1)},
+            # A shadow run: start VERSION, or stop / report the run of a slot.
+            "shadow": {
+                "action": Param(_STR),
+                "version": Param(_STR, text="version"),
+                "slot": Param(_STR, text="slot"),
+                "sample": Param(("number",), minimum=0.0001, maximum=1),
+                "for_s": Param(("number",), minimum=0.001, maximum=86400),
+                "queue": Param(("integer",), minimum=1, maximum=1_000_000),
+                "timeout_s": Param(("number",), minimum=0.001, maximum=3600),
+            },
         }.items()
     }
 )

@@ -1,0 +1,60 @@
+"""Spam rules, version 4: one more keyword, and the counts handed over at swap."""
+
+import re
+
+from livepatch.examples.spam import Message, Verdict
+
+KEYWORDS = ("free", "win", "click now", "limited offer", "no prescription", "crypto")
+BAD_DOMAINS = frozenset({"deals.biz", "pharma.biz"})
+THRESHOLD = 0.5
+_DOMAIN = re.compile(r"^https?://([^/:]+)")
+
+
+def keyword_hits(text: str) -> list[str]:
+    lowered = text.lower()
+    return [word for word in KEYWORDS if word in lowered]
+
+
+def shouting(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    return len(letters) >= 3 and sum(c.isupper() for c in letters) / len(letters) > 0.3
+
+
+def bad_links(links: tuple[str, ...]) -> list[str]:
+    found = []
+    for link in links:
+        match = _DOMAIN.match(link)
+        if match and match.group(1) in BAD_DOMAINS:
+            found.append(match.group(1))
+    return found
+
+
+#: What the rules have classified, this version and the ones before it.
+SEEN = {"messages": 0, "spam": 0}
+
+
+def __livepatch_handoff__(previous):
+    """Run at swap, before this version serves: carry the counts over.
+
+    ``previous`` is the namespace of the version being replaced (read-only).
+    """
+    for key, count in previous.get("SEEN", {}).items():
+        SEEN[key] = SEEN.get(key, 0) + count
+
+
+def stats() -> dict[str, int]:
+    return dict(SEEN)
+
+
+def classify(msg: Message) -> Verdict:
+    reasons = [f"keyword:{word}" for word in keyword_hits(msg.text)]
+    if shouting(msg.text) or "!!!" in msg.text:
+        reasons.append("shouting")
+    reasons.extend(f"domain:{domain}" for domain in bad_links(msg.links))
+    if len(msg.links) > 2:
+        reasons.append("many-links")
+    score = min(1.0, 0.25 * len(reasons))
+    verdict = Verdict(spam=score >= THRESHOLD, score=round(score, 3), reasons=tuple(reasons))
+    SEEN["messages"] += 1
+    SEEN["spam"] += verdict.spam
+    return verdict
