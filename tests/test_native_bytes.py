@@ -11,6 +11,7 @@ C version hits the compile cache.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -64,6 +65,17 @@ def memfd_maps(pid: int, version: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.endswith(f"/memfd:{version}.so (deleted)")]
 
 
+def memory_files(pid: int) -> list[str]:
+    """The memory files the engine has open (its fds that are memfds)."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("/memfd:"):
+                found.append(target)
+    return found
+
+
 def native_slot(client: Client) -> dict[str, object]:
     return next(s for s in client.status()["slots"] if s["name"] == NATIVE_SLOT)
 
@@ -114,8 +126,7 @@ def test_cli_sends_the_bytes_and_the_engine_serves_them_from_memory(
         client.swap(previous)
         assert client.unload(version)["freed"] is True
         assert memfd_maps(pid, version) == []
-    listed = Path(f"/proc/{pid}/fd")
-    assert not any("memfd:" in os.readlink(listed / fd) for fd in os.listdir(listed))
+    assert memory_files(pid) == []
 
 
 def test_bad_objects_get_one_line_errors_and_change_nothing(
@@ -257,8 +268,7 @@ def test_a_full_disk_refuses_an_object_and_leaves_nothing(
             assert version_ids(client) == before
             assert not [n for n in os.listdir(state / "sources") if n.endswith((".so", ".tmp"))]
             # No memory file left open for it either.
-            fds = Path(f"/proc/{pid}/fd")
-            assert not any("memfd:" in os.readlink(fds / fd) for fd in os.listdir(fds))
+            assert memory_files(pid) == []
             # With room again the same bytes load, are stored, and serve.
             make_room(filler, 256 * 1024)
             version = client.load_object(NATIVE_SLOT, data, "v2.so")
