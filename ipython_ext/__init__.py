@@ -41,7 +41,12 @@ def load_ipython_extension(ipython: Any, *, fresh_code: bool = False) -> None:
     """
     global _loaded_at
     if fresh_code or 0 < _loaded_at < _executions:
-        for name in ("ipython_ext.display", "ipython_ext.session", "ipython_ext.magics"):
+        for name in (
+            "ipython_ext.theme",
+            "ipython_ext.display",
+            "ipython_ext.session",
+            "ipython_ext.magics",
+        ):
             module = sys.modules.get(name)
             if module is not None:
                 importlib.reload(module)

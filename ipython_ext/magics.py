@@ -61,7 +61,9 @@ from .display import (
     html_table,
     themed,
 )
+from .fleetview import fleet_line
 from .session import DEFAULT_RATE, HotswapSession
+from .shadowview import ShadowView, shadow_verb
 
 __all__ = [
     "MAGIC_VERBS",
@@ -188,7 +190,11 @@ As a cell magic, `%%hotswap load SLOT` loads the cell as a new
 version of SLOT. JSON arguments of `call` are written as on a shell
 command line ('{"sender": "a", "text": "b"}'); a name that is not
 JSON passes the notebook variable of that name. `%hotswap VERB --help`
-shows one verb's help with examples."""
+shows one verb's help with examples.
+
+`%hotswap connect --fleet F [--registry URL]` drives a whole fleet:
+status (every member side by side), push FILE --slot S, rollback S,
+symbols/diff by sha, history; `%hotswap connect NAME` goes back."""
 
 
 def help_text() -> str:
@@ -283,6 +289,8 @@ class HotswapMagics(Magics):
             "call": self._call,
             "log": self._log,
             "journal": self._journal,
+            "shadow": self._shadow,
+            "watch": self._watch,
         }
 
     @line_cell_magic
@@ -290,6 +298,9 @@ class HotswapMagics(Magics):
     def hotswap(self, line: str, cell: str | None = None) -> View | None:
         # The docstring is help_text(), built from the verb table.
         type(self).hotswap.__doc__ = help_text()  # verbs registered since are listed
+        fleet = fleet_line(self, line, cell)  # a fleet verb, or None: an engine's
+        if fleet is not None:
+            return fleet
         parsed = self._parse(line, cell)
         if parsed.help:
             prefix = "%%hotswap " if cell is not None else PREFIX
@@ -504,6 +515,23 @@ class HotswapMagics(Magics):
         watch.start(handle)
         return None
 
+    def _watch(self, parsed: ParsedCommand, cell: str | None) -> None:
+        from IPython.display import display
+
+        from .chart import TrafficChart
+
+        duration = parsed.number("for")
+        if duration is not None and duration < 0.5:  # the chart samples every 0.5 s
+            raise UsageError(f"--for {duration:g}: use 0.5 or more")
+        client = self._client()
+        # A connection of its own: the session's client serves the next cells.
+        chart = TrafficChart(
+            Client(client.info, client_name=f"{self.session.client_name}-traffic"),
+            duration=duration,
+        )
+        self.session.watches.append(chart)
+        chart.start(display(chart, display_id=True))
+
     def _unwatch(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
         stopped = self.session.unwatch()
         summary = f"stopped watching {', '.join(stopped)}" if stopped else "nothing is watched"
@@ -605,6 +633,17 @@ class HotswapMagics(Magics):
     def _journal(self, parsed: ParsedCommand, cell: str | None) -> JournalView:
         limit = parsed.number("limit")
         return JournalView(self._client().journal(int(limit) if limit else None))
+
+    def _shadow(self, parsed: ParsedCommand, cell: str | None) -> ShadowView:
+        queue = parsed.number("queue")
+        words = [parsed.string("what"), *filter(None, [parsed.optional("slot")])]
+        return shadow_verb(
+            self._client(),
+            words,
+            sample=parsed.number("sample"),
+            for_s=parsed.number("for"),
+            queue=int(queue) if queue is not None else None,
+        )
 
 
 # --- extension entry points -------------------------------------------------------

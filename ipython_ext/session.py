@@ -89,7 +89,8 @@ class HotswapSession:
         self.bound: tuple[str, int] | None = None
         #: Said once with the next result (the bound engine was restarted).
         self.note = ""
-        #: ``%hotswap load FILE --watch`` loops (ipython_ext.watching.NotebookWatch).
+        #: ``%hotswap load FILE --watch`` loops (ipython_ext.watching.NotebookWatch)
+        #: and ``%hotswap watch`` charts (ipython_ext.chart.TrafficChart).
         self.watches: list[Any] = []
 
     # -- connection ---------------------------------------------------------------
@@ -196,9 +197,12 @@ class HotswapSession:
                 f"`%hotswap connect {name}` to use it"
             )
         # Tied to this kernel: a kernel killed with -9 takes its engine along.
-        process = EngineProcess(
-            name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True
-        )
+        try:
+            process = EngineProcess(
+                name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True
+            )
+        except ValueError as exc:  # a bad LIVEPATCH_LOG_MAX_BYTES
+            raise EngineStartFailed(f"could not start engine {name!r}: {exc}") from None
         try:
             process.start()
         except (LivepatchError, OSError, ValueError) as exc:
@@ -262,7 +266,7 @@ class HotswapSession:
 
     def unwatch(self) -> list[str]:
         """Stop every file watch; the names of the files that were watched."""
-        stopped = [w.path.name for w in self.watches]
+        stopped = [w.label for w in self.watches]
         for watch in self.watches:
             watch.stop()
         self.watches.clear()

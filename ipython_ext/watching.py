@@ -52,6 +52,11 @@ class NotebookWatch:
         self._client.close()
 
     @property
+    def label(self) -> str:
+        """What ``%hotswap unwatch`` names when it stops this watch."""
+        return self.path.name
+
+    @property
     def running(self) -> bool:
         """True until :meth:`stop` (or a lost engine) ends the loop."""
         return self._thread.is_alive()

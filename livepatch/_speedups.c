@@ -21,8 +21,8 @@
  *   Counter     a call counter advanced in place.
  *   Sampler     a shadow run's sampler (livepatch/shadow.py): set on the
  *               active version's Rules (`_sampler`), it counts calls down and
- *               hands every Nth one, timed, to a Python hook. Unset, it costs
- *               the dispatcher one compare.
+ *               queues a sample of them, timed, for the run's thread. Unset,
+ *               it costs the dispatcher one compare.
  *
  * What the dispatcher reads (all maintained by the engine, in Python):
  *
@@ -59,7 +59,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h> /* offsetof */
-#include <time.h>   /* clock_gettime, for the sampled calls of a shadow run */
+#include <math.h>   /* log, log1p: the gaps between a shadow run's samples */
+#include <time.h>   /* clock_gettime: the sampled calls' latency */
 
 #if PY_VERSION_HEX < 0x030C0000
 /* Python 3.11 spells the member-type constants only in structmember.h; 3.12
@@ -236,15 +237,24 @@ counted_call(PyObject *fn, PyObject *calls, PyObject *errors, PyObject *const *a
  *
  * A shadow run sets a Sampler on the Rules of the slot's active version. Its
  * countdown is decremented on every call the dispatcher makes on them; the
- * call that brings it to zero is timed and handed, with its arguments and
- * its result (or exception), to the hook, which queues it for the candidate
- * without blocking and returns the number of calls until the next sample.
+ * call that brings it to zero is timed, and its inputs and outcome are
+ * appended to the run's queue (a collections.deque, which the run's own
+ * thread drains) as one tuple, or counted as dropped when the queue is full.
+ * No Python code runs on the caller's thread for it, and nothing waits. The
+ * next countdown is drawn from a geometric distribution (mean 1 / sample),
+ * so a traffic pattern that repeats cannot line up with the sampling.
  * Without a sampler this costs the dispatcher one compare. */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *hook;        /* strong: hook(symbol, args, kwargs, result, error, elapsed_ns) -> int */
-    Py_ssize_t countdown;  /* calls until the next sample; <= 0 never happens between calls */
+    PyObject *queue;         /* strong: the run's deque */
+    PyObject *append;        /* strong: queue.append */
+    Py_ssize_t capacity;     /* at most this many items queued */
+    Py_ssize_t countdown;    /* calls until the next sample (>= 1 between calls) */
+    double log_keep;         /* log(1 - sample); 0.0: every call */
+    unsigned long long rng;  /* xorshift64 state, never 0 */
+    unsigned long long sampled;
+    unsigned long long dropped;
 } Sampler;
 
 static inline long long
@@ -255,81 +265,82 @@ monotonic_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* The sampled call's inputs as a tuple and a dict (NULL: no keywords). */
-static int
-sampled_inputs(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **tuple,
-               PyObject **kwargs)
+/* Calls until the next sample: 1 + floor(log(U) / log(1 - p)), U in (0, 1]. */
+static Py_ssize_t
+sampler_gap(Sampler *s)
 {
-    Py_ssize_t i, nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
-    *kwargs = NULL;
-    *tuple = PyTuple_New(nargs);
-    if (*tuple == NULL) {
-        return -1;
+    double u, gap;
+    if (s->log_keep == 0.0) {
+        return 1;
     }
-    for (i = 0; i < nargs; i++) {
-        PyTuple_SET_ITEM(*tuple, i, Py_NewRef(args[i]));
-    }
-    if (nkw == 0) {
-        return 0;
-    }
-    *kwargs = PyDict_New();
-    if (*kwargs == NULL) {
-        Py_CLEAR(*tuple);
-        return -1;
-    }
-    for (i = 0; i < nkw; i++) {
-        if (PyDict_SetItem(*kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-            Py_CLEAR(*tuple);
-            Py_CLEAR(*kwargs);
-            return -1;
-        }
-    }
-    return 0;
+    s->rng ^= s->rng << 13;
+    s->rng ^= s->rng >> 7;
+    s->rng ^= s->rng << 17;
+    u = ((double)(s->rng >> 11) + 1.0) / 9007199254740992.0; /* (0, 1] */
+    gap = 1.0 + floor(log(u) / s->log_keep);
+    return gap >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)gap;
 }
 
-/* Hand one finished call to the hook and take the next countdown from it.
- * Never raises: whatever goes wrong in the hook is reported as unraisable
- * and stops the sampling, and the caller gets its own result untouched. */
+/* Queue one finished call: (symbol, args, kwargs or None, result or None,
+ * error or None, elapsed_ns). Never raises: a failure (memory) is
+ * reported as unraisable and the caller gets its own outcome untouched. */
 static void
-sample_hand_over(Sampler *s, PyObject *symbol, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames, PyObject *result, PyObject *error, long long elapsed)
+sample_queue(Sampler *s, PyObject *symbol, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames, PyObject *result, PyObject *error, long long elapsed)
 {
-    PyObject *tuple, *kwargs, *ns, *gap;
-    Py_ssize_t next;
-    if (sampled_inputs(args, nargs, kwnames, &tuple, &kwargs) < 0) {
-        PyErr_WriteUnraisable(s->hook);
+    PyObject *tuple = NULL, *kwargs = NULL, *item = NULL, *done;
+    Py_ssize_t i, length, nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    s->sampled++;
+    length = PyObject_Size(s->queue);
+    if (length < 0) {
+        goto failed;
+    }
+    if (length >= s->capacity) {
+        s->dropped++;
         return;
     }
-    ns = PyLong_FromLongLong(elapsed);
-    if (ns == NULL) {
-        Py_DECREF(tuple);
-        Py_XDECREF(kwargs);
-        PyErr_WriteUnraisable(s->hook);
-        return;
+    tuple = PyTuple_New(nargs);
+    if (tuple == NULL) {
+        goto failed;
     }
-    gap = PyObject_CallFunctionObjArgs(s->hook, symbol, tuple, kwargs != NULL ? kwargs : Py_None,
-                                       result != NULL ? result : Py_None,
-                                       error != NULL ? error : Py_None, ns, NULL);
+    for (i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    }
+    if (nkw > 0) {
+        kwargs = PyDict_New();
+        if (kwargs == NULL) {
+            goto failed;
+        }
+        for (i = 0; i < nkw; i++) {
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                goto failed;
+            }
+        }
+    }
+    item = Py_BuildValue("(OOOOOL)", symbol, tuple, kwargs != NULL ? kwargs : Py_None,
+                         result != NULL ? result : Py_None, error != NULL ? error : Py_None,
+                         elapsed);
+    if (item == NULL) {
+        goto failed;
+    }
+    done = PyObject_CallOneArg(s->append, item); /* deque.append: C, never blocks */
+    if (done == NULL) {
+        goto failed;
+    }
+    Py_DECREF(done);
+    Py_DECREF(item);
     Py_DECREF(tuple);
     Py_XDECREF(kwargs);
-    Py_DECREF(ns);
-    if (gap == NULL) {
-        PyErr_WriteUnraisable(s->hook);
-        return;
-    }
-    next = PyLong_AsSsize_t(gap);
-    Py_DECREF(gap);
-    if (next == -1 && PyErr_Occurred()) {
-        PyErr_WriteUnraisable(s->hook);
-        return;
-    }
-    if (next >= 1) {
-        s->countdown = next;
-    }
+    return;
+failed:
+    Py_XDECREF(item);
+    Py_XDECREF(tuple);
+    Py_XDECREF(kwargs);
+    PyErr_WriteUnraisable((PyObject *)s);
 }
 
 /* counted_call with a shadow run's sampler: off the sampled calls, a
- * decrement and a compare more; on them, the timing and the hand-over. */
+ * decrement and a compare more; on them, the timing and the queueing. */
 static Py_NO_INLINE PyObject *
 sampled_call(PyObject *sampler, PyObject *fn, PyObject *calls, PyObject *errors, PyObject *symbol,
              PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -340,18 +351,16 @@ sampled_call(PyObject *sampler, PyObject *fn, PyObject *calls, PyObject *errors,
     if (--s->countdown > 0) {
         return counted_call(fn, calls, errors, args, (size_t)nargs, kwnames);
     }
-    /* Until the hook says otherwise, so that a failing hook stops sampling
-     * (and a sampled call that itself calls the slot is not sampled again). */
-    s->countdown = PY_SSIZE_T_MAX;
-    Py_INCREF(sampler); /* the callee or the hook may take it off the Rules */
+    s->countdown = sampler_gap(s);
+    Py_INCREF(sampler); /* the callee may take it off the Rules (a swap ends the run) */
     started = monotonic_ns();
     result = counted_call(fn, calls, errors, args, (size_t)nargs, kwnames);
     started = monotonic_ns() - started;
     if (result != NULL) {
-        sample_hand_over(s, symbol, args, nargs, kwnames, result, NULL, started);
+        sample_queue(s, symbol, args, nargs, kwnames, result, NULL, started);
     }
     else {
-        /* The active version raised: the hook sees the exception, and the
+        /* The active version raised: the run sees the exception, and the
          * caller gets it back exactly as it was. */
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
@@ -359,7 +368,7 @@ sampled_call(PyObject *sampler, PyObject *fn, PyObject *calls, PyObject *errors,
         if (traceback != NULL && value != NULL) {
             PyException_SetTraceback(value, traceback);
         }
-        sample_hand_over(s, symbol, args, nargs, kwnames, NULL, value, started);
+        sample_queue(s, symbol, args, nargs, kwnames, NULL, value, started);
         PyErr_Restore(type, value, traceback);
     }
     Py_DECREF(sampler);
@@ -369,23 +378,36 @@ sampled_call(PyObject *sampler, PyObject *fn, PyObject *calls, PyObject *errors,
 static PyObject *
 sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"hook", "countdown", NULL};
-    PyObject *hook;
-    Py_ssize_t countdown;
+    static char *kwlist[] = {"queue", "capacity", "sample", "seed", NULL};
+    PyObject *queue, *append;
+    Py_ssize_t capacity;
+    double sample;
+    unsigned long long seed;
     Sampler *self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On:Sampler", kwlist, &hook, &countdown)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OndK:Sampler", kwlist, &queue, &capacity,
+                                     &sample, &seed)) {
         return NULL;
     }
-    if (!PyCallable_Check(hook) || countdown < 1) {
-        PyErr_SetString(PyExc_TypeError, "Sampler(hook, countdown): a callable and a count >= 1");
+    if (capacity < 1 || !(sample > 0.0 && sample <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Sampler(queue, capacity, sample, seed): capacity >= 1, 0 < sample <= 1");
+        return NULL;
+    }
+    append = PyObject_GetAttrString(queue, "append");
+    if (append == NULL) {
         return NULL;
     }
     self = (Sampler *)type->tp_alloc(type, 0);
     if (self == NULL) {
+        Py_DECREF(append);
         return NULL;
     }
-    self->hook = Py_NewRef(hook);
-    self->countdown = countdown;
+    self->queue = Py_NewRef(queue);
+    self->append = append;
+    self->capacity = capacity;
+    self->log_keep = sample < 1.0 ? log1p(-sample) : 0.0;
+    self->rng = seed != 0 ? seed : 0x9E3779B97F4A7C15ULL;
+    self->countdown = sampler_gap(self);
     return (PyObject *)self;
 }
 
@@ -393,14 +415,16 @@ static int
 sampler_traverse(PyObject *op, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(op));
-    Py_VISIT(((Sampler *)op)->hook);
+    Py_VISIT(((Sampler *)op)->queue);
+    Py_VISIT(((Sampler *)op)->append);
     return 0;
 }
 
 static int
 sampler_clear(PyObject *op)
 {
-    Py_CLEAR(((Sampler *)op)->hook);
+    Py_CLEAR(((Sampler *)op)->queue);
+    Py_CLEAR(((Sampler *)op)->append);
     return 0;
 }
 
@@ -415,14 +439,21 @@ sampler_dealloc(PyObject *op)
 }
 
 static PyObject *
-sampler_get_hook(PyObject *op, void *Py_UNUSED(closure))
+sampler_get_sampled(PyObject *op, void *Py_UNUSED(closure))
 {
-    PyObject *hook = ((Sampler *)op)->hook;
-    return Py_NewRef(hook != NULL ? hook : Py_None);
+    return PyLong_FromUnsignedLongLong(((Sampler *)op)->sampled);
+}
+
+static PyObject *
+sampler_get_dropped(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(((Sampler *)op)->dropped);
 }
 
 static PyGetSetDef sampler_getset[] = {
-    {"hook", sampler_get_hook, NULL, PyDoc_STR("What a sampled call is handed to."), NULL},
+    {"sampled", sampler_get_sampled, NULL, PyDoc_STR("Calls sampled so far."), NULL},
+    {"dropped", sampler_get_dropped, NULL, PyDoc_STR("Sampled calls the full queue refused."),
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -433,13 +464,13 @@ static PyMemberDef sampler_members[] = {
 };
 
 PyDoc_STRVAR(sampler_doc,
-             "Sampler(hook, countdown)\n"
+             "Sampler(queue, capacity, sample, seed)\n"
              "--\n"
              "\n"
              "A shadow run's sampler, set as rules._sampler on the active version's\n"
-             "Rules: every countdown-th engine.call on them is timed and handed to\n"
-             "hook(symbol, args, kwargs, result, error, elapsed_ns), which returns\n"
-             "the number of calls until the next sample.");
+             "Rules: about `sample` of the engine.call calls on them are timed and\n"
+             "appended to `queue` as (symbol, args, kwargs, result, error, elapsed_ns),\n"
+             "or counted as dropped while it holds `capacity` items.");
 
 static PyType_Slot sampler_slots[] = {
     {Py_tp_doc, (void *)sampler_doc},

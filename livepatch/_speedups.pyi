@@ -1,5 +1,6 @@
 """Types of the optional C accelerator (livepatch/_speedups.c)."""
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
@@ -46,6 +47,8 @@ class Rules:
     @property
     def _ns(self) -> dict[str, Any] | None: ...
     def open_pins(self) -> dict[int, int]: ...
+    #: A shadow run's sampler of the calls the dispatcher makes on these rules.
+    _sampler: Sampler | None
     def __getattr__(self, name: str) -> Callable[..., Any]: ...
 
 @final
@@ -78,3 +81,16 @@ class Counter:
     def __next__(self) -> int: ...
     @property
     def value(self) -> int: ...
+
+@final
+class Sampler:
+    """A shadow run's sampler: about ``sample`` of the dispatched calls are
+    timed and appended to ``queue`` as ``(symbol, args, kwargs, result, error,
+    elapsed_ns)``, or counted as dropped while it holds ``capacity`` items."""
+
+    def __new__(cls, queue: deque[Any], capacity: int, sample: float, seed: int) -> Sampler: ...
+    countdown: int
+    @property
+    def sampled(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...

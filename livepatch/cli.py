@@ -8,12 +8,14 @@ verb takes ``--existing NAME`` (default: the only engine running) and
 found problems (one line on stderr says why), 2 for a usage error.
 
 A client verb imports neither the engine core nor the analysis modules: only
-``livepatch engine`` (and ``demo``, ``bench``) pay for them.
+``livepatch engine`` (and ``demo``, ``bench``) pay for them. A one-shot verb
+that the command layer's parser accepts as written does not build the
+argparse parser either (see :func:`_one_shot`): that, and the modules it
+would import, were a third of the verb's start-up.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
@@ -29,6 +31,9 @@ from . import __version__
 from .errors import LivepatchError, StorageError
 
 if TYPE_CHECKING:
+    # argparse is imported where a parser is built: a one-shot verb needs none.
+    import argparse
+
     from .engine import Engine
     from .native import NativeInterface
     from .quarantine import Quarantine
@@ -37,17 +42,24 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "livepatch"
+#: Exit status when stdout's reader is gone, as for a tool killed by SIGPIPE.
+BROKEN_PIPE = 128 + 13
 
 
 class UsageError(Exception):
     """A command line that cannot be run; the message says how to fix it."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors raised (so ``--json`` can show them as JSON)."""
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse's parser, with its usage errors raised (so ``--json`` can show
+    them as JSON)."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message}; `{self.prog} --help` shows the usage")
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(f"{message}; `{self.prog} --help` shows the usage")
+
+    return _Parser
 
 
 # ---------------------------------------------------------------------------
@@ -427,16 +439,19 @@ def _emit_error(message: str, kind: str, code: int) -> None:
 
 def run_verb(args: argparse.Namespace) -> int:
     """Run a one-shot verb against an engine, through the shared command runner."""
+    return _run_words(_verb_words(args), args.existing, as_json=args.json)
+
+
+def _run_words(words: list[str], existing: str | None, *, as_json: bool) -> int:
     from .client import Client
     from .commands.link import EngineLink
     from .commands.runner import CommandRunner
     from .render import color_allowed
 
-    words = _verb_words(args)
-    with Client.connect(args.existing, client_name="livepatch-cli") as client:
+    with Client.connect(existing, client_name="livepatch-cli") as client:
         runner = CommandRunner(
             EngineLink(client),
-            color=color_allowed(sys.stdout) and not args.json,
+            color=color_allowed(sys.stdout) and not as_json,
             prefix=f"{PROG} ",
         )
         if sys.stdout.isatty():
@@ -445,8 +460,8 @@ def run_verb(args: argparse.Namespace) -> int:
             runner.width = shutil.get_terminal_size().columns
         result = runner.execute(words)
         if result.action == "watch-file" and isinstance(result.data, dict):
-            return _watch_file(client, result.data, as_json=args.json, color=runner.color)
-    if args.json:
+            return _watch_file(client, result.data, as_json=as_json, color=runner.color)
+    if as_json:
         if result.data is not None:
             _emit_json(result.data)
         elif result.error:
@@ -458,6 +473,43 @@ def run_verb(args: argparse.Namespace) -> int:
     if result.error:
         print(f"{PROG}: error: {result.error}", file=sys.stderr)
     return result.exit_code
+
+
+def _one_shot(argv: list[str]) -> tuple[list[str], str | None, bool] | None:
+    """A one-shot verb's words, ``--existing`` and ``--json``, when the command
+    layer's parser takes ``argv`` as written; else ``None`` (argparse then
+    parses it: ``--help``, fleet options, abbreviations and every usage error,
+    so messages are argparse's as before).
+
+    The runner parses the words with that same parser anyway; skipping
+    argparse here only saves building a parser of every verb, which cost a
+    third of a verb's start-up.
+    """
+    from .commands.spec import COMMANDS, ShellUsageError, parse
+
+    spec = COMMANDS.get(argv[0]) if argv else None
+    if spec is None or not spec.cli or spec.name != argv[0]:
+        return None
+    words, existing, as_json = [argv[0]], None, False
+    rest = iter(argv[1:])
+    for word in rest:
+        if word == "--json":
+            as_json = True
+        elif word == "--existing":
+            existing = next(rest, None)
+            if existing is None or existing.startswith("-"):
+                return None
+        elif word.startswith("--existing="):
+            existing = word.partition("=")[2]
+        elif word.startswith("-") and (not word.startswith("--") or spec.option(word) is None):
+            return None  # -h, --help, a fleet option, a negative number: argparse's
+        else:
+            words.append(word)
+    try:
+        parse(words)
+    except ShellUsageError:
+        return None
+    return words, existing, as_json
 
 
 # ---------------------------------------------------------------------------
@@ -507,6 +559,8 @@ def _positive(kind: Callable[[str], float], *, allow_zero: bool = False) -> Call
     """An argparse type: a number > 0 (>= 0 with ``allow_zero``), else a usage error."""
 
     def parse(text: str) -> float:
+        import argparse
+
         try:
             value = kind(text)
         except ValueError:
@@ -524,12 +578,17 @@ exit status:
   1  the engine refused (or a check found problems); one line on stderr says why
   2  usage error: the command cannot be run as written
   70 a bug in livepatch (LIVEPATCH_DEBUG=1 shows the traceback)
+  130 interrupted (Ctrl-C)
+  141 the output's reader went away (`livepatch journal | head`): stopped quietly
 
 environment:
   LIVEPATCH_RUNTIME_DIR  where engines' sockets, connection files and logs live
                          (default: $XDG_RUNTIME_DIR/livepatch, else ~/.livepatch/runtime)
   LIVEPATCH_STATE_HOME   where the shell keeps its history
                          (default: $XDG_STATE_HOME/livepatch, else ~/.local/state/livepatch)
+  LIVEPATCH_LOG_MAX_BYTES
+                         rotate NAME.log (engines the demo or %hotswap start started)
+                         to NAME.log.1 past this many bytes (default: 10 MiB)
   LIVEPATCH_DEBUG=1      show the traceback of an internal error
   NO_COLOR, TERM=dumb    no colour
   CC                     the C compiler for native slots (default: cc)
@@ -543,6 +602,8 @@ example:
 def _add_command_verbs(sub: Any) -> None:
     """One subcommand per command of :mod:`livepatch.commands` (``cli`` ones),
     with its arguments, options (defaults in their help) and examples."""
+    import argparse
+
     from .commands.spec import COMMANDS, ArgKind, command_names
 
     for name in command_names(aliases=False):
@@ -584,14 +645,19 @@ def _add_command_verbs(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``livepatch`` command."""
-    parser = _Parser(
+    import argparse
+
+    parser_class = _parser_class()
+    parser = parser_class(
         prog=PROG,
         description="Hot-swap versioned rule modules inside a running Python process.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="verb", metavar="COMMAND", required=True, parser_class=parser_class
+    )
 
     p = sub.add_parser("engine", help="run an engine (the bundled spam demo by default)")
     p.add_argument("--name", default="rules", help="engine name (default: rules)")
@@ -667,23 +733,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure livepatch against a direct call and its peers (table + JSON)",
         description="Measure the hot path (timed, and in instructions under callgrind), swaps "
         "under load, the control socket under 8 calling clients, load + check time, memory over "
-        "load/unload cycles, and importlib.reload, IPython autoreload and jurigged next to "
-        "livepatch, side by side in one run. Exit 1 only when a correctness goal is missed.",
+        "load/unload cycles, importlib.reload, IPython autoreload and jurigged next to "
+        "livepatch, and the time from a file save to the new code serving (load --watch "
+        "--swap, jurigged, autoreload) with what each does with a broken save, side by side "
+        "in one run. Exit 1 only when a correctness goal is missed.",
     )
     p.add_argument("--quick", action="store_true", help="small counts (about 15 s), as CI runs it")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.svg",
+        help="also draw the request latency with and without swaps (swap_under_load) as SVG",
+    )
     p.add_argument(
         "--section",
         action="append",
         choices=(
             "hot_path",
             "callgrind",
+            "shadow",
             "swap_under_load",
             "control_plane",
             "load_check",
             "memory",
             "fleet",
             "peers",
+            "savelive",
         ),
         help="measure only this section (repeatable; default: all)",
     )
@@ -714,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _unknown_verb(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     """ "did you mean" for a misspelled verb (argparse only lists the choices)."""
+    import argparse
+
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is None or argv[0].startswith("-"):
         return None
@@ -729,8 +806,12 @@ def _unknown_verb(parser: argparse.ArgumentParser, argv: list[str]) -> str | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``livepatch`` console script."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    one_shot = _one_shot(argv)
+    if one_shot is not None:
+        words, existing, as_json = one_shot
+        return _guarded(lambda: _run_words(words, existing, as_json=as_json), as_json)
+    parser = build_parser()
     unknown = _unknown_verb(parser, argv)
     if unknown:
         print(f"{PROG}: error: {unknown}", file=sys.stderr)
@@ -743,9 +824,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _emit_error(str(exc), "usage", 2)
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
-    as_json = getattr(args, "json", None) is True
+    return _guarded(lambda: func(args), getattr(args, "json", None) is True)
+
+
+def _guarded(run: Callable[[], int], as_json: bool) -> int:
+    """Run a verb: its errors as one line (and JSON with ``--json``), exit codes."""
     try:
-        return func(args)
+        return run()
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         if as_json:
@@ -758,6 +843,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`livepatch journal | head`): stop quietly, as
+        # a tool killed by SIGPIPE does, and keep the exit-time flush quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
     except Exception as exc:
         if os.environ.get("LIVEPATCH_DEBUG"):
             raise

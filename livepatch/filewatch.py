@@ -144,12 +144,15 @@ def watch_file(
 
     path = path.absolute()
     stop = stop or threading.Event()
+    # Taken before the first load: a save made before the watcher below is
+    # set up (right after the first report) has no event, but changes this.
+    seen = _stamp(path)
     yield load_once(client, path, slot, swap=swap)
 
     def ours(change: watchfiles.Change, changed: str) -> bool:
         return change is not watchfiles.Change.deleted and Path(changed) == path
 
-    for _changes in watchfiles.watch(
+    for changes in watchfiles.watch(
         path.parent,
         watch_filter=ours,
         debounce=debounce_ms,
@@ -157,13 +160,27 @@ def watch_file(
         stop_event=stop,
         recursive=False,
         rust_timeout=500,
-        yield_on_timeout=False,
+        # Every 0.5 s without an event too: the stamp check below.
+        yield_on_timeout=True,
         raise_interrupt=False,
     ):
         if stop.is_set():
             return
+        stamp = _stamp(path)
+        if not changes and stamp == seen:
+            continue
+        seen = stamp
         if path.exists():
             yield load_once(client, path, slot, swap=swap)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """The file's modification time and size (``None`` while it is missing)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def describe_step(step: WatchStep, *, color: bool = False) -> str:

@@ -11,7 +11,8 @@ import os
 import threading
 
 from .errors import BadState, UnknownSlot, UnknownVersion
-from .model import EngineStatus, VersionInfo, parse_version_id
+from .ids import parse_version_id
+from .model import EngineStatus, VersionInfo
 from .states import VersionState
 from .symbols import SymbolDiff, SymbolTable, diff_tables
 from .versions import Slot, Version

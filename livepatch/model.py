@@ -7,10 +7,9 @@ engine.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from .errors import UnknownVersion
+from .ids import SLOT_NAME, is_slot_name, parse_version_id
 from .jsonable import JsonFields
 
 __all__ = [
@@ -25,40 +24,6 @@ __all__ = [
     "is_slot_name",
     "parse_version_id",
 ]
-
-#: A slot name: an ASCII Python identifier of at most 64 characters.
-SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-
-
-def is_slot_name(name: str) -> bool:
-    """Whether ``name`` is a slot name (see :data:`SLOT_NAME`)."""
-    return SLOT_NAME.match(name) is not None
-
-
-def parse_version_id(version: str) -> tuple[str, int]:
-    """Split ``"spam@2"`` into ``("spam", 2)``; :class:`UnknownVersion` if malformed.
-
-    The number is ASCII digits with no leading zero (``spam@01``, ``spam@²``
-    and Arabic-Indic digits are not ids: ``str.isdigit`` would take them), and the
-    slot a slot name (:data:`SLOT_NAME`), so one id never has two spellings.
-    """
-    slot, sep, number = version.rpartition("@")
-    if (
-        not sep
-        or not is_slot_name(slot)
-        or not (number.isascii() and number.isdigit())
-        or (number.startswith("0"))
-        or len(number) > 18
-    ):
-        raise UnknownVersion(
-            f"{_shown(version)} is not a version id: use SLOT@N, e.g. spam@2", version=version
-        )
-    return slot, int(number)
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """``repr`` of a client's text, clipped: a 5,000-digit id makes a short error."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import BadState, LoadFailed
-from .model import parse_version_id
+from .ids import parse_version_id
 from .native_build import BASE_FLAGS, cached_build, compile_c, find_compiler
 from .native_elf import ElfInfo, ElfSymbol, NotSharedObject, is_elf, read_elf
 from .native_interface import NativeFunction, NativeInterface, make_pointer

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from .errors import BadState, LoadFailed
 from .handoff import check_handoff
-from .model import parse_version_id
+from .ids import parse_version_id
 from .resolve import Problem, ResolveReport, check_module, interface_members
 from .symbols import SymbolTable, build_symbol_table
 from .versions import Version

@@ -21,9 +21,8 @@ import os
 import re
 import socket
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import LivepatchError
 
@@ -58,9 +57,9 @@ class EngineNotFound(LivepatchError, LookupError):
     kind = "engine-not-found"
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """The contents of a connection file."""
+class ConnectionInfo(NamedTuple):
+    """The contents of a connection file (``info._replace(fleet=...)`` for a
+    changed copy; a NamedTuple, not a dataclass: every client reads one)."""
 
     name: str
     pid: int

@@ -42,10 +42,8 @@ Choices (docs: the README's "Shadow runs"):
 from __future__ import annotations
 
 import collections
-import itertools
 import math
 import random
-import sys
 import threading
 import time
 import typing
@@ -59,17 +57,20 @@ from .interrupt import Interrupted, absorb_interrupt, interrupt_thread
 from .journal import Journal, Peer
 from .model import Event, parse_version_id
 from .states import VersionState
-from .versions import Version, counter_value
+from .versions import Version
 
 if typing.TYPE_CHECKING:
+    from ._speedups import Rules, Sampler
+    from ._speedups import Sampler as _CSampler_t
     from .engine import Engine
 
+_CRules: type[Rules] | None
+_CSampler: type[Sampler] | None
 try:
     from ._speedups import Rules as _CRules
     from ._speedups import Sampler as _CSampler
 except ImportError:  # the Python path samples in PySampler
-    _CRules = None  # type: ignore[assignment,misc]
-    _CSampler = None  # type: ignore[assignment,misc]
+    _CRules = _CSampler = None
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -91,23 +92,36 @@ DEFAULT_TIMEOUT_S = 1.0
 MAX_SHOWN = 10
 #: Latency samples kept per side (a reservoir beyond that).
 _LATENCIES = 20_000
+#: How long the shadow thread sleeps when its queue is empty.
+_IDLE_S = 0.005
 
 #: Who the journal names for a run that ended on its own.
 _ENGINE_PEER = Peer(client="livepatch-engine")
 
-#: Hook = (symbol, args, kwargs, result, error, elapsed_ns) -> calls until the next sample.
-Hook = Callable[[str, tuple[Any, ...], "dict[str, Any] | None", Any, Any, int], int]
+#: One sampled call, as the samplers queue it:
+#: (symbol, args, kwargs or None, result or None, error or None, elapsed_ns).
+Item = tuple[str, tuple[Any, ...], "dict[str, Any] | None", Any, "BaseException | None", int]
 
 
 class PySampler:
     """The sampler of the Python path, called by ``Engine.call`` with the
-    version's function; the same countdown and hook as the C ``Sampler``."""
+    version's function: what the C ``Sampler`` does, in Python."""
 
-    __slots__ = ("countdown", "hook")
+    __slots__ = ("_log_keep", "capacity", "countdown", "dropped", "queue", "sampled")
 
-    def __init__(self, hook: Hook, countdown: int) -> None:
-        self.hook = hook
-        self.countdown = countdown
+    def __init__(self, queue: collections.deque[Item], capacity: int, sample: float) -> None:
+        self.queue = queue
+        self.capacity = capacity
+        self._log_keep = math.log1p(-sample) if sample < 1 else 0.0
+        self.sampled = 0
+        self.dropped = 0
+        self.countdown = self._gap()
+
+    def _gap(self) -> int:
+        """Calls until the next sample: geometric with mean ``1 / sample``."""
+        if self._log_keep == 0.0:
+            return 1
+        return 1 + int(math.log(1.0 - random.random()) / self._log_keep)
 
     def call(
         self,
@@ -127,7 +141,7 @@ class PySampler:
             except BaseException:
                 next(version.errors)
                 raise
-        self.countdown = sys.maxsize  # until the hook says otherwise (as in C)
+        self.countdown = self._gap()
         next(version.calls)
         started = time.monotonic_ns()
         try:
@@ -135,38 +149,19 @@ class PySampler:
         except BaseException as exc:
             elapsed = time.monotonic_ns() - started
             next(version.errors)
-            self._hand_over(symbol, args, kwargs, None, exc, elapsed)
+            self._queue((symbol, args, kwargs or None, None, exc, elapsed))
             raise
-        self._hand_over(symbol, args, kwargs, result, None, time.monotonic_ns() - started)
+        self._queue((symbol, args, kwargs or None, result, None, time.monotonic_ns() - started))
         return result
 
-    def _hand_over(
-        self,
-        symbol: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        result: Any,
-        error: BaseException | None,
-        elapsed: int,
-    ) -> None:
-        try:
-            gap = self.hook(symbol, args, kwargs or None, result, error, elapsed)
-        except Exception as exc:  # noqa: BLE001 - never the caller's problem
-            # As the C sampler does: said on stderr, and sampling stops.
-            print(f"livepatch: shadow sampler failed: {exc!r}", file=sys.stderr)
-            return
-        if gap >= 1:
-            self.countdown = gap
-
-
-@dataclass(slots=True)
-class _Item:
-    symbol: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any] | None
-    result: Any
-    error: BaseException | None
-    elapsed_ns: int
+    def _queue(self, item: Item) -> None:
+        # Counted from several caller threads: += is not atomic, but these are
+        # figures for a report, and the C path (the one that matters) is exact.
+        self.sampled += 1
+        if len(self.queue) >= self.capacity:
+            self.dropped += 1
+        else:
+            self.queue.append(item)
 
 
 class _Reservoir:
@@ -216,6 +211,19 @@ def _same(a: Any, b: Any) -> bool:
         return bool(to_json(a) == to_json(b))
     except Exception:  # noqa: BLE001 - no comparable form: count it as differing
         return False
+
+
+def _keep(found: list[dict[str, Any]], finding: dict[str, Any] | None) -> None:
+    """Keep the first :data:`MAX_SHOWN` distinct findings; a finding seen
+    again (the same call, the same outcome) counts on the first one."""
+    if finding is None:
+        return
+    for kept in found:
+        if all(kept.get(k) == v for k, v in finding.items() if k != "times"):
+            kept["times"] += 1
+            return
+    if len(found) < MAX_SHOWN:
+        found.append(finding)
 
 
 def _shown(value: Any) -> Any:
@@ -269,19 +277,15 @@ class ShadowRun:
         self.reason: str | None = None
         self._candidate = candidate
         self._active = active
-        self._queue: collections.deque[_Item] = collections.deque()
-        self._wake = threading.Event()
+        self._queue: collections.deque[Item] = collections.deque()
         self._lock = threading.Lock()
         self._stats = _Stats()
-        self._sampled = itertools.count()
-        self._dropped = itertools.count()
-        # open: samples are queued; frozen (a stop being journaled) or
-        # ended: they are not, and findings are no longer recorded.
+        # open: calls are sampled; frozen (a stop being journaled) or ended:
+        # they are not, and findings are no longer recorded.
         self._open = False
         self._ending = False
-        self._log_gap = math.log1p(-sample) if sample < 1 else 0.0
         self._current: tuple[float, _Watch] | None = None
-        self._sampler: Any = None
+        self._sampler: _CSampler_t | PySampler | None = None
         self._worker = threading.Thread(
             target=self._work, name=f"livepatch-shadow-{self.slot}", daemon=True
         )
@@ -289,53 +293,29 @@ class ShadowRun:
             target=self._watch, name=f"livepatch-shadow-{self.slot}-deadline", daemon=True
         )
 
-    # -- the hot path's side -------------------------------------------------------
-
-    def _gap(self) -> int:
-        """Calls until the next sample: geometric with mean ``1 / sample``."""
-        if self._log_gap == 0.0:
-            return 1
-        return 1 + int(math.log(1.0 - random.random()) / self._log_gap)
-
-    def _hand_over(
-        self,
-        symbol: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        result: Any,
-        error: Any,
-        elapsed_ns: int,
-    ) -> int:
-        """The sampler's hook, on the caller's thread: queue without blocking."""
-        if self._open:
-            next(self._sampled)
-            if len(self._queue) >= self.capacity:
-                next(self._dropped)
-            else:
-                self._queue.append(_Item(symbol, args, kwargs, result, error, elapsed_ns))
-                # Only a sleeping worker needs waking (is_set is a plain read).
-                if not self._wake.is_set():
-                    self._wake.set()
-        return self._gap()
-
     # -- lifecycle ----------------------------------------------------------------
 
     def attach(self) -> None:
         """Start sampling the active version's calls (under the slot's lock)."""
+        c_rules = _CRules is not None and isinstance(self._active.rules, _CRules)
+        if self.engine.accelerated and _CSampler is not None and c_rules:
+            seed = random.getrandbits(64) | 1
+            self._sampler = _CSampler(self._queue, self.capacity, self.sample, seed)
+        if self._sampler is None:
+            self._sampler = PySampler(self._queue, self.capacity, self.sample)
         self._open = True
+        self._plug()
         self._worker.start()
         self._watchdog.start()
-        if self.engine.accelerated and _CSampler is not None:
-            rules = self._active.rules
-            if isinstance(rules, _CRules):
-                self._sampler = _CSampler(self._hand_over, self._gap())
-                rules._sampler = self._sampler
-                return
-        self._sampler = PySampler(self._hand_over, self._gap())
-        self._active.sampler = self._sampler
+
+    def _plug(self) -> None:
+        if isinstance(self._sampler, PySampler):
+            self._active.sampler = self._sampler
+        elif isinstance(self._active.rules, _CRules):  # type: ignore[arg-type]
+            self._active.rules._sampler = self._sampler
 
     def detach(self) -> None:
-        """Stop sampling; calls already handed over are dropped, not compared."""
+        """Stop sampling; calls already queued are dropped, not compared."""
         rules = self._active.rules
         if _CRules is not None and isinstance(rules, _CRules) and rules._sampler is self._sampler:
             rules._sampler = None
@@ -343,15 +323,17 @@ class ShadowRun:
             self._active.sampler = None
 
     def freeze(self) -> None:
-        """No new findings (a stop is being journaled)."""
+        """No new samples and no new findings (a stop is being journaled)."""
         with self._lock:
             self._open = False
+        self.detach()
 
     def thaw(self) -> None:
         """Back to running after a stop that could not be journaled."""
         with self._lock:
             if self.ended is None and not self._ending:
                 self._open = True
+                self._plug()
 
     def finish(self, reason: str) -> None:
         """The end: no more sampling, the threads told to go."""
@@ -361,7 +343,6 @@ class ShadowRun:
             self.ended = time.time()
         self.detach()
         self._queue.clear()
-        self._wake.set()
 
     @property
     def running(self) -> bool:
@@ -371,34 +352,29 @@ class ShadowRun:
     # -- the shadow thread -----------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            if not self._queue:
-                self._wake.clear()
-                if not self._queue:  # re-read after clearing: no wake-up lost
-                    if self.ended is not None:
-                        return
-                    self._wake.wait()
-                    continue
-            if self.ended is not None:
-                return
+        # A poll of the queue, every few milliseconds while it is empty: a
+        # wake-up per sample would cost each sampled caller a notification.
+        while self.ended is None:
             try:
                 item = self._queue.popleft()
             except IndexError:
+                time.sleep(_IDLE_S)
                 continue
             self._compare(item)
 
-    def _run_candidate(self, item: _Item) -> tuple[Any, BaseException | None, int, bool]:
+    def _run_candidate(self, item: Item) -> tuple[Any, BaseException | None, int, bool]:
+        symbol, args, kwargs = item[0], item[1], item[2]
         namespace = self._candidate.namespace
-        fn = namespace.get(item.symbol) if namespace is not None else None
+        fn = namespace.get(symbol) if namespace is not None else None
+        error: BaseException | None = None
         if not callable(fn):
-            error = LookupError(f"{self.candidate} has no callable {item.symbol!r}")
+            error = LookupError(f"{self.candidate} has no callable {symbol!r}")
             return None, error, 0, False
         watch = _Watch(threading.get_ident())
         started = time.monotonic_ns()
         self._current = (time.monotonic() + self.timeout_s, watch)
         try:
-            result = fn(*item.args, **(item.kwargs or {}))
-            error: BaseException | None = None
+            result = fn(*args, **(kwargs or {}))
         except Interrupted as exc:
             result, error = None, exc
         except Exception as exc:  # noqa: BLE001 - the candidate's failure is a finding
@@ -411,64 +387,62 @@ class ShadowRun:
             absorb_interrupt()
         return result, error, elapsed, fired
 
-    def _compare(self, item: _Item) -> None:
+    def _compare(self, item: Item) -> None:
+        symbol, args, kwargs, active_result, active_error, active_ns = item
         result, error, elapsed, timed_out = self._run_candidate(item)
         finding: dict[str, Any] | None = None
         kind = "same"
         if timed_out:
             kind = "timeout"
-        elif error is not None and item.error is None:
+        elif error is not None and active_error is None:
             kind = "candidate-error"
-        elif error is not None and item.error is not None:
-            kind = "same" if type(error) is type(item.error) else "differed"
-        elif item.error is not None:
-            kind = "differed"
-        elif not _same(item.result, result):
+        elif error is not None and active_error is not None:
+            kind = "same" if type(error) is type(active_error) else "differed"
+        elif active_error is not None or not _same(active_result, result):
             kind = "differed"
         if kind != "same":
             finding = {
-                "symbol": item.symbol,
-                "args": _shown(list(item.args)),
-                "kwargs": _shown(item.kwargs or {}),
+                "symbol": symbol,
+                "args": _shown(list(args)),
+                "kwargs": _shown(kwargs or {}),
+                "times": 1,
             }
             if kind == "differed":
                 finding["active"] = (
-                    _shown(item.result)
-                    if item.error is None
-                    else {"$error": _describe_error(self.active, item.symbol, item.error)}
+                    _shown(active_result)
+                    if active_error is None
+                    else {"$error": _describe_error(self.active, symbol, active_error)}
                 )
                 finding["candidate"] = (
                     _shown(result)
                     if error is None
-                    else {"$error": _describe_error(self.candidate, item.symbol, error)}
+                    else {"$error": _describe_error(self.candidate, symbol, error)}
                 )
             else:
-                finding["active"] = _shown(item.result)
+                finding["active"] = _shown(active_result)
                 finding["error"] = (
-                    f"{self.candidate} {item.symbol}() did not return within "
+                    f"{self.candidate} {symbol}() did not return within "
                     f"{self.timeout_s:g} s: interrupted"
                     if kind == "timeout"
-                    else _describe_error(self.candidate, item.symbol, error or Exception())
+                    else _describe_error(self.candidate, symbol, error or Exception())
                 )
         with self._lock:
             if not self._open:
                 return  # stopped (or stopping) meanwhile: the report is final
             s = self._stats
             s.compared += 1
-            s.active_ns.add(item.elapsed_ns)
+            s.active_ns.add(active_ns)
             if not timed_out:
                 s.candidate_ns.add(elapsed)
             if kind == "differed":
                 s.differed += 1
-                if len(s.differences) < MAX_SHOWN:
-                    s.differences.append(finding or {})
+                _keep(s.differences, finding)
             elif kind in ("candidate-error", "timeout"):
                 if kind == "timeout":
                     s.timeouts += 1
                 else:
                     s.candidate_errors += 1
-                if len(s.errors) < MAX_SHOWN:
-                    s.errors.append(finding or {})
+                _keep(s.errors, finding)
             elif error is not None:
                 s.both_raised += 1
 
@@ -503,13 +477,13 @@ class ShadowRun:
                 "started": self.started,
                 "ended": self.ended,
                 "elapsed_s": round((self.ended or time.time()) - self.started, 3),
-                "sampled": counter_value(self._sampled),
+                "sampled": self._sampler.sampled if self._sampler is not None else 0,
                 "compared": s.compared,
                 "differed": s.differed,
                 "candidate_errors": s.candidate_errors,
                 "both_raised": s.both_raised,
                 "timeouts": s.timeouts,
-                "dropped": counter_value(self._dropped),
+                "dropped": self._sampler.dropped if self._sampler is not None else 0,
                 "pending": len(self._queue),
                 "latency": {
                     self.active: s.active_ns.summary(),
@@ -676,9 +650,7 @@ class Shadows:
         self.engine._slot(slot)  # UnknownSlot, with the list
         run = self._runs.get(slot)
         if run is None:
-            raise BadState(
-                f"{slot} has had no shadow run: `shadow VERSION` starts one", slot=slot
-            )
+            raise BadState(f"{slot} has had no shadow run: `shadow VERSION` starts one", slot=slot)
         return run
 
     def _candidate_sha(self, run: ShadowRun) -> str | None:
@@ -724,9 +696,7 @@ class Shadows:
         if reason is not None:
             # The sampler comes off at once, before the swap is visible.
             run.detach()
-            threading.Thread(
-                target=self._end_on_its_own, args=(run, reason), daemon=True
-            ).start()
+            threading.Thread(target=self._end_on_its_own, args=(run, reason), daemon=True).start()
 
     def close(self) -> None:
         """End every run (the engine is stopping)."""

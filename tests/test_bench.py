@@ -11,16 +11,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
-from livepatch.bench import SECTIONS, Progress, peer_module, percentile
+from livepatch.bench import SECTIONS, Progress, peer_module, percentile, saved_module
+from livepatch.bench.plot import BINS
 
 PEERS = ("livepatch", "importlib_reload", "ipython_autoreload", "jurigged")
+SAVELIVE = ("livepatch", "livepatch_no_quarantine", "jurigged", "ipython_autoreload")
 
 
 def _is_number(value: Any) -> bool:
@@ -43,8 +47,19 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     """One real ``livepatch bench --quick --json FILE`` run, shared by the tests."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     env = {k: v for k, v in os.environ.items() if k != "LIVEPATCH_RUNTIME_DIR"}
+    plot = out.with_suffix(".svg")
     proc = subprocess.run(
-        [sys.executable, "-m", "livepatch", "bench", "--quick", "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "livepatch",
+            "bench",
+            "--quick",
+            "--json",
+            str(out),
+            "--plot",
+            str(plot),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -95,6 +110,7 @@ def test_goals_have_met_booleans(bench_run: tuple[dict[str, Any], str, str]) -> 
         "peers_livepatch_failed",
         "fleet_commit_skew_p99_ms",
         "fleet_failed_calls",
+        "shadow_p50_overhead_pct",
     }
     assert expected <= goals.keys()
     for name, goal in goals.items():
@@ -124,6 +140,11 @@ def test_sections_hold_numbers(bench_run: tuple[dict[str, Any], str, str]) -> No
     # --quick skips the valgrind runs, and says so
     grind = results["callgrind"]
     assert grind["available"] is False and "--section callgrind" in grind["reason"]
+    shadow = results["shadow"]
+    _assert_numbers(shadow, "p50_overhead_pct", "sampled", "compared")
+    assert shadow["sampled"] > 0 and shadow["compared"] > 0
+    assert shadow["p50_ns"]["without"] > 0 and shadow["p50_ns"]["with"] > 0
+    assert shadow["callgrind"]["available"] is False
     swap = results["swap_under_load"]
     assert swap["callers"] == 8
     _assert_numbers(swap, "swaps", "requests", "p99_ratio", "duration_s")
@@ -195,6 +216,123 @@ def test_peers_side_by_side(bench_run: tuple[dict[str, Any], str, str]) -> None:
     assert own["retired_freed"] == own["retired"]
 
 
+def test_savelive_side_by_side_and_broken_saves_observed(
+    bench_run: tuple[dict[str, Any], str, str],
+) -> None:
+    section = bench_run[0]["savelive"]
+    assert tuple(section["tools"]) == SAVELIVE
+    assert "autoreload reloads before each cell" in section["tools"]["ipython_autoreload"]["how"]
+    for key, row in section["tools"].items():
+        # jurigged is in the test extra: CI measures it, never "not installed".
+        assert row["available"] is True, row
+        assert row["missed"] == 0, (key, row["missed_saves"])
+        _assert_distribution(row["save_to_serving_ms"])
+        assert row["save_to_serving_ms"]["count"] == section["saves"]
+        assert row["probe_error"] is None
+        assert tuple(row["broken"]) == ("syntax_error", "unresolved_name")
+        for name, broken in row["broken"].items():
+            where = f"{key} {name}"
+            seen = broken["seen"]
+            # The row is what the probes saw after the save, nothing else.
+            assert broken["reacted"] is True, where
+            assert broken["probes"] == sum(seen.values()) > 0, where
+            assert broken["old_code_kept_serving"] is (set(seen) == {"old/old"}), where
+            raised = sum(n for pair, n in seen.items() if set(pair.split("/")) - {"old", "new"})
+            assert broken["failed_probes"] == raised, where
+            after = broken["after"]
+            assert f"{after['first']}/{after['second']}" in seen, where
+            assert broken["error_shown"] is (broken["tool_said"] is not None), where
+            assert broken["recovered_ms"] is not None, f"{where}: the next good save never served"
+    for key in ("livepatch", "livepatch_no_quarantine"):
+        own = section["tools"][key]["broken"]
+        assert all(b["old_code_kept_serving"] and b["applied"] == "none" for b in own.values())
+        assert "SyntaxError" in own["syntax_error"]["tool_said"]
+        assert "undefined_offset" in own["unresolved_name"]["tool_said"]
+    # The peers patch the unresolved name in; it fails only when called, as observed.
+    failing = [
+        key
+        for key in ("jurigged", "ipython_autoreload")
+        if "NameError" in section["tools"][key]["broken"]["unresolved_name"]["errors"]
+    ]
+    assert failing, "no peer was seen raising NameError after the unresolved save"
+    livepatch_row = section["tools"]["livepatch"]
+    _assert_distribution(livepatch_row["watch_step_ms"])
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_plot_draws_the_measured_latencies(bench_run: tuple[dict[str, Any], str, str]) -> None:
+    results, stdout, _ = bench_run
+    found = re.search(r"^wrote (.+\.svg)$", stdout, re.M)
+    assert found, stdout[-500:]
+    root = ElementTree.parse(found.group(1)).getroot()  # well-formed XML, an <svg>
+    assert root.tag == f"{SVG}svg"
+    swap = results["swap_under_load"]
+    hist = swap["latency_histogram"]
+    assert len(hist["edges_us"]) == BINS + 1
+    assert hist["edges_us"] == sorted(hist["edges_us"])
+    drawn = {
+        p.get("data-series"): p
+        for p in root.iter(f"{SVG}polyline")
+        if p.get("class") == "histogram"
+    }
+    assert set(drawn) == {"with_swaps", "without_swaps"}
+    for key, poly in drawn.items():
+        series = hist["series"][key]
+        # The histogram holds the very samples the section's distribution came from.
+        assert series["count"] == sum(series["counts"]) == swap["latency_us"][key]["count"] > 0
+        assert series["p50_us"] == swap["latency_us"][key]["p50"]
+        assert series["p99_us"] == swap["latency_us"][key]["p99"]
+        counts = [int(c) for c in (poly.get("data-counts") or "").split()]
+        assert counts and counts == series["counts"][: len(counts)]
+        # Two points per bin (a step), each as high as the bin's share of the requests.
+        ys = [float(point.split(",")[1]) for point in (poly.get("points") or "").split()][::2]
+        assert len(ys) == len(counts)
+        tallest = max(range(len(counts)), key=counts.__getitem__)
+        lowest = min(range(len(counts)), key=counts.__getitem__)
+        assert counts[tallest] > counts[lowest]
+        per_count = (ys[lowest] - ys[tallest]) / (counts[tallest] - counts[lowest])
+        assert per_count > 0  # more requests, higher up
+        bottom = ys[tallest] + per_count * counts[tallest]
+        for y, count in zip(ys, counts, strict=True):
+            assert abs((bottom - y) - per_count * count) < 0.3, (key, y, count)
+        tail = [
+            p
+            for p in root.iter(f"{SVG}polyline")
+            if p.get("class") == "tail" and p.get("data-series") == key
+        ]
+        assert len(tail) == 1
+
+
+def test_plot_needs_the_swap_section_and_an_svg_name(tmp_path: Path) -> None:
+    for args, message in (
+        (["--section", "memory", "--plot", str(tmp_path / "a.svg")], "--section swap_under_load"),
+        (["--section", "swap_under_load", "--plot", str(tmp_path / "a.png")], "name a .svg"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "livepatch", "bench", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert not list(tmp_path.iterdir())
+
+
+def test_saved_module_versions() -> None:
+    good: dict[str, Any] = {}
+    exec(compile(saved_module(4), "saved.py", "exec"), good)
+    assert (good["first"](), good["second"]()) == (4, 4)
+    with pytest.raises(SyntaxError):
+        compile(saved_module(5, "syntax_error"), "saved.py", "exec")
+    unresolved: dict[str, Any] = {}
+    exec(compile(saved_module(6, "unresolved_name"), "saved.py", "exec"), unresolved)
+    assert unresolved["first"]() == 6
+    with pytest.raises(NameError, match="undefined_offset"):
+        unresolved["second"]()
+
+
 def test_livepatch_never_fails_or_mixes(bench_run: tuple[dict[str, Any], str, str]) -> None:
     results = bench_run[0]
     swap = results["swap_under_load"]
@@ -222,6 +360,8 @@ def test_table_and_no_progress_bar_off_a_terminal(
         "Load + check",
         "Memory",
         "Peers",
+        "Save to serving",
+        "Broken saves, as observed",
         "Goals",
     ):
         assert title in stdout

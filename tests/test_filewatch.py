@@ -180,3 +180,23 @@ def test_swap_without_watch_is_a_usage_error(engine_proc: EngineProcess, rule_fi
     assert done.returncode == 2
     assert "--swap goes with --watch" in done.stderr
     assert done.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_a_save_right_after_the_first_report_is_not_missed(
+    engine_proc: EngineProcess, rule_file: Path
+) -> None:
+    # The generator sets its watcher up only when asked for the next step: a
+    # save made while the caller handles the first report has no event.
+    stop = threading.Event()
+    deadline = threading.Timer(30, stop.set)  # missed: the watch ends, next() fails
+    deadline.start()
+    with Client.connect(engine_proc.name) as client:
+        steps = watch_file(client, rule_file, "spam", swap=True, stop=stop)
+        assert next(steps).active == "spam@2"
+        rule_file.write_text(RULE.format(spam=True, score=0.7))
+        try:
+            second = next(steps)
+        finally:
+            stop.set()
+            deadline.cancel()
+        assert second.swapped and second.active == "spam@3"

@@ -193,6 +193,28 @@ def test_pusher_killed_between_prepare_and_commit_leaves_nothing_loaded(
 
 
 @pytest.mark.slow
+def test_fleet_shell_on_zookeeper(
+    engines: list[EngineProcess], registry_url: str, tmp_path: Path
+) -> None:
+    for name in "ab":
+        member(engines, registry_url, name)
+    assert push(registry_url, 1).ok
+    path = tmp_path / "rule_v2.py"
+    path.write_text(rule(2), encoding="utf-8")
+    new = sha_of(rule(2))[:12]
+    script = f"push {path} --slot spam; status; history; rollback spam"
+    result = run_cli("shell", "--fleet", FLEET, "--registry", registry_url, "-c", script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"push spam={new} (rule_v2.py): committed on 2 members" in out
+    assert f"fleet {FLEET} (zookeeper://" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("a ", "b "))]
+    assert [r[:3] for r in rows] == [["a", "ready", "yes"], ["b", "ready", "yes"]]
+    assert f"rollback spam={sha_of(rule(1))[:12]}" in out
+    assert active_sha("a") == active_sha("b") == sha_of(rule(1))
+
+
+@pytest.mark.slow
 def test_zookeeper_restart_mid_push_completes_or_aborts_with_a_record(
     engines: list[EngineProcess], registry_url: str, zk_server: ZooKeeperServer
 ) -> None:

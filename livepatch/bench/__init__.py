@@ -13,6 +13,10 @@ Each section is a module of this package:
     The same statements in instructions per call, counted by valgrind's
     callgrind: figures that hold still on a busy machine. Skipped by
     ``--quick`` unless asked for with ``--section callgrind``.
+``shadow`` (:mod:`.shadow`)
+    ``engine.call`` on ``classify`` with and without a shadow run at 10 %
+    sampling: the p50 of each, and instructions per call (callgrind, the
+    caller's thread only) between samples and with the sampled calls.
 ``swap_under_load``
     Caller threads run requests through ``pin`` (each request calls two
     functions and records the version marker each returned) while the main
@@ -39,13 +43,21 @@ Each section is a module of this package:
     ``importlib.reload``, IPython's ``%autoreload 2`` and jurigged on the
     same module under the same caller threads, next to livepatch: reload
     time, and how many requests saw a mix of old and new code.
+``savelive`` (:mod:`.savelive`)
+    From a file save to the new code serving, p50/p99 over N saves, for
+    ``livepatch load --watch --swap``, jurigged's watcher and ``%autoreload
+    2`` in a real kernel; then what each does with a save that has a syntax
+    error and one with an unresolved name, as observed by probes that keep
+    calling the code.
 
 The results print as a table and, with ``--json FILE``, are written as JSON
 of a stable shape (``schema`` 1): ``machine``, ``settings``, ``goals`` (each
 with its limit, measured value and ``met``, :mod:`.goals`), and one block
-per section; :mod:`.report` runs them and prints the table.
+per section; :mod:`.report` runs them and prints the table. ``--plot
+FILE.svg`` draws the ``swap_under_load`` latency distributions with and
+without swaps (:mod:`.plot`, SVG written by hand).
 
-IPython and jurigged are imported only inside the peer measurement.
+IPython and jurigged are imported only inside the peer and savelive measurements.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ from .load_check import generated_module, measure_load_check
 from .memory import measure_memory
 from .peers import measure_peers
 from .report import render_table, run, run_bench
+from .savelive import measure_savelive, saved_module
 from .swap import measure_socket_swap, measure_swap_under_load
 
 __all__ = [
@@ -85,6 +98,7 @@ __all__ = [
     "measure_load_check",
     "measure_memory",
     "measure_peers",
+    "measure_savelive",
     "measure_socket_swap",
     "measure_swap_under_load",
     "peer_module",
@@ -92,4 +106,5 @@ __all__ = [
     "render_table",
     "run",
     "run_bench",
+    "saved_module",
 ]

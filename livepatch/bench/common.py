@@ -22,16 +22,18 @@ from ..engine import Engine
 #: Version of the JSON shape; bumped only when a key changes meaning or goes away.
 SCHEMA = 1
 
-#: The sections, in the order they run (the peers last: they import IPython).
+#: The sections, in the order they run (the peers last: they import IPython and jurigged).
 SECTIONS = (
     "hot_path",
     "callgrind",
+    "shadow",
     "swap_under_load",
     "control_plane",
     "load_check",
     "memory",
     "fleet",
     "peers",
+    "savelive",
 )
 
 #: Helpers between ``first`` and ``second`` in the module the peers reload.
@@ -87,6 +89,11 @@ class Settings:
     fleet_quiet_s: float
     fleet_zk_sizes: tuple[int, ...]
     fleet_zk_pushes: int
+    #: Good saves timed per tool in ``savelive`` (then two broken ones).
+    savelive_saves: int
+    #: Shadow section: timed calls per block (each way) and rounds of blocks.
+    shadow_calls: int = 20_000
+    shadow_rounds: int = 5
 
 
 QUICK = Settings(
@@ -115,6 +122,7 @@ QUICK = Settings(
     fleet_quiet_s=1.0,
     fleet_zk_sizes=(10, 100),
     fleet_zk_pushes=2,
+    savelive_saves=6,
 )
 
 FULL = Settings(
@@ -143,6 +151,9 @@ FULL = Settings(
     fleet_quiet_s=5.0,
     fleet_zk_sizes=(10, 100, 1_000),
     fleet_zk_pushes=5,
+    shadow_calls=50_000,
+    shadow_rounds=10,
+    savelive_saves=40,
 )
 
 
@@ -430,6 +441,10 @@ class _Callers:
                 if len(latencies) >= LATENCY_SAMPLES:
                     del latencies[1::2]
                     stride *= 2
+
+    def latencies_ns(self) -> list[int]:
+        """Every thread's kept latency samples, in nanoseconds (after the run)."""
+        return [n for s in self._stats for n in s.latencies_ns]
 
     def counts(self) -> tuple[int, int]:
         """Mixed and failed requests so far (read while the callers run)."""

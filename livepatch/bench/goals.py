@@ -157,6 +157,9 @@ def evaluate_goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     fleet = results.get("fleet")
     if fleet:
         _fleet_goals(goals, fleet)
+    from .shadow import shadow_goals  # the section's own goal, next to its measurement
+
+    goals.update(shadow_goals(results))
     return goals
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -28,6 +29,8 @@ from .hot_path_callgrind import measure_callgrind
 from .load_check import measure_load_check
 from .memory import measure_memory
 from .peers import measure_peers
+from .savelive import measure_savelive
+from .shadow import measure_shadow, shadow_lines
 from .swap import measure_swap_under_load
 
 # Running and reporting
@@ -52,16 +55,25 @@ def run(
         },
     }
     asked_for_grind = 4_000 if tuple(sections) != SECTIONS and "callgrind" in sections else 0
+    asked_for_shadow_grind = 8_000 if tuple(sections) != SECTIONS and "shadow" in sections else 0
     measures: dict[str, Callable[[ProgressFn], dict[str, Any]]] = {
         "hot_path": lambda p: measure_hot_path(settings.hot_number, settings.hot_repeat, p),
         # Slow (a valgrind run per figure): skipped by --quick unless asked for.
         "callgrind": lambda p: measure_callgrind(settings.callgrind_calls or asked_for_grind, p),
+        # Its callgrind figures follow the callgrind section's setting.
+        "shadow": lambda p: measure_shadow(
+            settings.shadow_calls,
+            settings.shadow_rounds,
+            (settings.callgrind_calls or (asked_for_shadow_grind)) // 4,
+            p,
+        ),
         "swap_under_load": lambda p: measure_swap_under_load(settings, p),
         "control_plane": lambda p: measure_control_plane(settings, p),
         "load_check": lambda p: measure_load_check(settings.load_sizes, settings.load_repeat, p),
         "memory": lambda p: measure_memory(settings.memory_cycles, settings.memory_warmup, p),
         "fleet": lambda p: measure_fleet(settings, p),
         "peers": lambda p: measure_peers(settings, p),
+        "savelive": lambda p: measure_savelive(settings, p),
     }
     for name in SECTIONS:
         if name in sections:
@@ -127,6 +139,7 @@ def render_table(results: dict[str, Any]) -> str:
                     f"{row['pin_call_extra_instructions']:>+9,}"
                     f"{row['pin_block_extra_instructions']:>+11,}"
                 )
+    out += shadow_lines(results)
     swap = results.get("swap_under_load")
     if swap:
         lat = swap["latency_us"]
@@ -228,6 +241,9 @@ def render_table(results: dict[str, Any]) -> str:
                 f"  livepatch reload = load + check + swap; the swap alone: "
                 f"p50 {_fmt(sw['p50'], '.3f', ' ms')}, p99 {_fmt(sw['p99'], '.3f', ' ms')}"
             )
+    savelive = results.get("savelive")
+    if savelive:
+        out += ["", *render_savelive(savelive)]
     goals = results.get("goals", {})
     if goals:
         met = sum(g["met"] for g in goals.values())
@@ -274,6 +290,60 @@ def _fleet_lines(fleet: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def render_savelive(section: dict[str, Any]) -> list[str]:
+    """The ``savelive`` block of the table: save-to-serving, then the broken saves."""
+    out = [
+        f"Save to serving ({section['saves']} saves per tool; ms from the write to the first "
+        "call that ran the new code)",
+        f"  method: {section['method']}",
+        f"  {'tool':<26}{'p50':>10}{'p99':>10}{'max':>10}{'missed':>8}  how",
+    ]
+    tools = section["tools"].values()
+    for row in tools:
+        if not row.get("available"):
+            out.append(f"  {row['tool']:<26}  ({row.get('reason', 'not available')})")
+            continue
+        d = row["save_to_serving_ms"]
+        out.append(
+            f"  {row['tool']:<26}{_fmt(d['p50'], '.1f'):>10}{_fmt(d['p99'], '.1f'):>10}"
+            f"{_fmt(d['max'], '.1f'):>10}{row['missed']:>8}  {row['how']}"
+        )
+        step = row.get("watch_step_ms")
+        if step and step["count"]:
+            out.append(
+                f"  {'':<26}  of which the watch's load + check + diff + swap: "
+                f"p50 {_fmt(step['p50'], '.1f')}, p99 {_fmt(step['p99'], '.1f')} "
+                "(the rest: watchfiles' debounce, and the event reaching it)"
+            )
+    out += [
+        "  Broken saves, as observed (probes kept calling first() and second()):",
+        f"  {'tool':<26}{'save':<17}{'old kept':>9}{'failed':>8}  {'applied':<24}"
+        f"{'recovers':<9} what the tool said",
+    ]
+    for row in tools:
+        if not row.get("available"):
+            continue
+        for broken in row["broken"].values():
+            said = broken["tool_said"] or "(nothing)"
+            if broken["errors"]:
+                said += "; calls raised " + ", ".join(
+                    f"{kind} x{n}" for kind, n in broken["errors"].items()
+                )
+            after = broken["after"] or {}
+            applied = f"{broken['applied'] or '-'} ({after.get('first')}/{after.get('second')})"
+            recovered = "no" if broken["recovered_ms"] is None else "yes"
+            out.append(
+                f"  {row['tool']:<26}{broken['save']:<17}"
+                f"{'yes' if broken['old_code_kept_serving'] else 'no':>9}"
+                f"{broken['failed_probes']:>8}  {applied:<24}{recovered:<9} {said}"
+            )
+    out.append(
+        "  applied: what served after the save, first()/second(): old, new or the "
+        "exception a call raised"
+    )
+    return out
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``livepatch bench`` command: measure, print the table, write the JSON.
 
@@ -282,6 +352,17 @@ def run_bench(args: argparse.Namespace) -> int:
     """
     quick = bool(getattr(args, "quick", False))
     sections = tuple(getattr(args, "section", None) or SECTIONS)
+    plot = getattr(args, "plot", None)
+    if plot and "swap_under_load" not in sections:
+        print(
+            "livepatch: error: --plot draws the swap_under_load latencies: add "
+            "--section swap_under_load (or leave --section out)",
+            file=sys.stderr,
+        )
+        return 2
+    if plot and not str(plot).lower().endswith(".svg"):
+        print(f"livepatch: error: --plot {plot}: it writes SVG; name a .svg file", file=sys.stderr)
+        return 2
     settings = QUICK if quick else FULL
     progress = Progress(sections)
     results = run(settings, sections, progress, quick=quick)
@@ -292,5 +373,10 @@ def run_bench(args: argparse.Namespace) -> int:
             json.dump(results, f, indent=2)
             f.write("\n")
         print(f"wrote {path}")
+    if plot:
+        from .plot import write_plot
+
+        write_plot(results, plot)
+        print(f"wrote {plot}")
     missed = [k for k, g in results["goals"].items() if k in CORRECTNESS_GOALS and not g["met"]]
     return 1 if missed else 0

@@ -18,6 +18,7 @@ from .common import (
     _request_through_pin,
     peer_module,
 )
+from .plot import latency_histogram
 
 # Swap under load
 
@@ -56,10 +57,14 @@ def measure_swap_under_load(
                 time.sleep(settings.pause_s)
             duration = time.perf_counter() - started
         during = callers.result()
+        during_ns = callers.latencies_ns()
         progress(0.6)
         with _Callers(request, settings.callers) as callers:
             time.sleep(0.02 + duration)
         baseline = callers.result()
+        histogram = latency_histogram(
+            {"without_swaps": callers.latencies_ns(), "with_swaps": during_ns}
+        )
         progress(0.7)
     finally:
         engine.close()
@@ -84,6 +89,8 @@ def measure_swap_under_load(
         },
         "seen": {f"rules@{k}": n for k, n in sorted(during["seen"].items())},
         "latency_us": {"without_swaps": baseline["latency_us"], "with_swaps": during["latency_us"]},
+        # The whole distributions, for `livepatch bench --plot FILE`.
+        "latency_histogram": histogram,
         "p99_ratio": round(p99_with / p99_without, 3) if p99_without else None,
         "swap_ms": _distribution(swap_s, 1e3, 4),
         "socket": socket,

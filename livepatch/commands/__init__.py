@@ -27,6 +27,9 @@ Nothing here imports the engine core, prompt-toolkit or IPython.
 
 from __future__ import annotations
 
+# Verbs defined in modules of their own, registered at import so that every
+# front end (the CLI, the shell, %hotswap) has them whatever it imports first.
+from . import shadowcmd  # noqa: F401  (the shadow verb)
 from .spec import COMMANDS, CommandSpec, ShellUsageError, parse, register
 
 __all__ = ["COMMANDS", "CommandSpec", "ShellUsageError", "parse", "register"]

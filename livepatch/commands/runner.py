@@ -17,7 +17,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +28,7 @@ from ..client import (
     split_call_target,
 )
 from ..errors import LivepatchError
+from ..record import Record, set_field
 from .link import EngineLink
 from .spec import (
     ParsedCommand,
@@ -61,26 +61,60 @@ _DIM = "\x1b[2m"
 _RESET = "\x1b[0m"
 
 
-@dataclass(frozen=True, slots=True)
-class CommandResult:
+class CommandResult(Record):
     """What one command did.
 
     ``text`` is its output (ANSI-coloured only when the runner has colour on);
     ``error`` is the one line saying why it failed (``None`` when ``ok``).
     ``usage`` marks a command that could not even be run (unknown command,
     bad arguments, bad JSON), which scripts report with exit status 2.
+    ``data`` is the result as JSON-ready data (``--json``: the engine's reply,
+    mostly); ``kind`` the error's kind (``conflict``, ``unknown-version``,
+    ``usage``...).
     """
 
+    __slots__ = ("action", "command", "data", "error", "kind", "ok", "text", "usage")
     command: str
     ok: bool
-    text: str = ""
-    error: str | None = None
-    usage: bool = False
-    action: Action | None = None
-    #: The result as JSON-ready data (``--json``): the engine's reply, mostly.
-    data: Any = None
-    #: The error's ``kind`` (``conflict``, ``unknown-version``, ``usage``...).
-    kind: str | None = None
+    text: str
+    error: str | None
+    usage: bool
+    action: Action | None
+    data: Any
+    kind: str | None
+
+    def __init__(
+        self,
+        command: str,
+        ok: bool,
+        text: str = "",
+        error: str | None = None,
+        usage: bool = False,
+        action: Action | None = None,
+        data: Any = None,
+        kind: str | None = None,
+    ) -> None:
+        set_field(self, "command", command)
+        set_field(self, "ok", ok)
+        set_field(self, "text", text)
+        set_field(self, "error", error)
+        set_field(self, "usage", usage)
+        set_field(self, "action", action)
+        set_field(self, "data", data)
+        set_field(self, "kind", kind)
+
+    def with_text(self, text: str) -> CommandResult:
+        """The same result with another ``text``."""
+        return CommandResult(
+            self.command,
+            self.ok,
+            text,
+            self.error,
+            self.usage,
+            self.action,
+            self.data,
+            self.kind,
+        )
 
     @property
     def exit_code(self) -> int:
@@ -270,7 +304,7 @@ class CommandRunner:
                 kind="internal",
             )
         if announce:
-            result = replace(result, text=f"{announce}\n{result.text}" if result.text else announce)
+            result = result.with_text(f"{announce}\n{result.text}" if result.text else announce)
         return result
 
     def dispatch(self, parsed: ParsedCommand) -> CommandResult:

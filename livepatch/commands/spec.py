@@ -23,9 +23,10 @@ import enum
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
+
+from ..record import Record, set_field
 
 __all__ = [
     "COMMANDS",
@@ -67,17 +68,27 @@ class ArgKind(enum.Enum):
     ENGINE = "engine"  # an engine's name
     COUNT = "count"
     SWITCH = "switch"  # an option that takes no value: ``--watch``
+    FRACTION = "fraction"  # a number above 0 and at most 1: ``--sample 0.1``
 
 
-@dataclass(frozen=True, slots=True)
-class Arg:
+class Arg(Record):
     """A positional argument."""
 
+    __slots__ = ("dest", "kind", "metavar", "optional", "repeat")
     dest: str
     metavar: str
     kind: ArgKind
-    optional: bool = False
-    repeat: bool = False
+    optional: bool
+    repeat: bool
+
+    def __init__(
+        self, dest: str, metavar: str, kind: ArgKind, optional: bool = False, repeat: bool = False
+    ) -> None:
+        set_field(self, "dest", dest)
+        set_field(self, "metavar", metavar)
+        set_field(self, "kind", kind)
+        set_field(self, "optional", optional)
+        set_field(self, "repeat", repeat)
 
     def usage(self) -> str:
         """How ``help`` shows it: ``VERSION``, ``[VERSION2]``, ``[JSON...]``."""
@@ -85,16 +96,23 @@ class Arg:
         return f"[{text}]" if self.optional else text
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
+class Option(Record):
     """An option that takes one value: ``--slot spam`` or ``--slot=spam``;
     of kind ``SWITCH``, one that takes none: ``--watch``."""
 
+    __slots__ = ("dest", "flag", "help", "kind", "metavar")
     flag: str
     dest: str
     metavar: str
     kind: ArgKind
     help: str
+
+    def __init__(self, flag: str, dest: str, metavar: str, kind: ArgKind, help: str) -> None:
+        set_field(self, "flag", flag)
+        set_field(self, "dest", dest)
+        set_field(self, "metavar", metavar)
+        set_field(self, "kind", kind)
+        set_field(self, "help", help)
 
     def usage(self) -> str:
         """How ``help`` shows it: ``[--slot SLOT]``, ``[--watch]``."""
@@ -103,19 +121,42 @@ class Option:
         return f"[{self.flag} {self.metavar}]"
 
 
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
-    """One shell command: its name, arguments, options and help."""
+class CommandSpec(Record):
+    """One shell command: its name, arguments, options and help.
 
+    ``cli``: whether ``livepatch VERB`` (and ``%hotswap VERB``) offers it as
+    a one-shot verb (not help/quit).
+    """
+
+    __slots__ = ("aliases", "args", "cli", "description", "examples", "name", "options", "summary")
     name: str
     summary: str
     description: str
-    args: tuple[Arg, ...] = ()
-    options: tuple[Option, ...] = ()
-    aliases: tuple[str, ...] = ()
-    examples: tuple[str, ...] = ()
-    #: Whether ``livepatch VERB`` offers it as a one-shot verb (not help/quit).
-    cli: bool = True
+    args: tuple[Arg, ...]
+    options: tuple[Option, ...]
+    aliases: tuple[str, ...]
+    examples: tuple[str, ...]
+    cli: bool
+
+    def __init__(
+        self,
+        name: str,
+        summary: str,
+        description: str,
+        args: tuple[Arg, ...] = (),
+        options: tuple[Option, ...] = (),
+        aliases: tuple[str, ...] = (),
+        examples: tuple[str, ...] = (),
+        cli: bool = True,
+    ) -> None:
+        set_field(self, "name", name)
+        set_field(self, "summary", summary)
+        set_field(self, "description", description)
+        set_field(self, "args", args)
+        set_field(self, "options", options)
+        set_field(self, "aliases", aliases)
+        set_field(self, "examples", examples)
+        set_field(self, "cli", cli)
 
     def usage(self) -> str:
         """``load FILE [--slot SLOT]``."""
@@ -153,8 +194,7 @@ class CommandSpec:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedCommand:
+class ParsedCommand(Record):
     """A command line after parsing: the spec, positional values and options.
 
     ``values`` maps each argument's ``dest`` to a string, a list of strings
@@ -163,10 +203,23 @@ class ParsedCommand:
     ``None``. ``help`` is true for ``COMMAND --help``.
     """
 
+    __slots__ = ("help", "spec", "values", "words")
     spec: CommandSpec
     words: tuple[str, ...]
-    values: Mapping[str, object] = field(default_factory=dict)
-    help: bool = False
+    values: Mapping[str, object]
+    help: bool
+
+    def __init__(
+        self,
+        spec: CommandSpec,
+        words: tuple[str, ...],
+        values: Mapping[str, object] | None = None,
+        help: bool = False,
+    ) -> None:
+        set_field(self, "spec", spec)
+        set_field(self, "words", words)
+        set_field(self, "values", {} if values is None else values)
+        set_field(self, "help", help)
 
     @property
     def text(self) -> str:
@@ -488,6 +541,17 @@ def _convert(option: Option, raw: str) -> object:
         if not value >= 0:  # also refuses nan
             raise ShellUsageError(f"{option.flag}: expected a number of seconds, got {raw!r}")
         return value
+    if option.kind is ArgKind.FRACTION:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 1:  # also refuses nan
+            raise ShellUsageError(
+                f"{option.flag}: expected a fraction above 0 and at most 1 (0.1 is 10 %), "
+                f"got {raw!r}"
+            )
+        return value
     if option.kind is ArgKind.COUNT:
         if not raw.isdigit() or int(raw) < 1:
             raise ShellUsageError(f"{option.flag}: expected a positive whole number, got {raw!r}")
@@ -499,7 +563,7 @@ def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = Non
     """Parse one command's words (already split) against its spec.
 
     ``commands`` is the table to find the command in: :data:`COMMANDS`, or a
-    front end's own that adds verbs of its own to it (``%hotswap start``).
+    front end's own that adds verbs of its own to it (``%hotswap start``, the fleet console's).
     """
     words = tuple(words)
     if not words:

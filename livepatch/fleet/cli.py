@@ -28,7 +28,12 @@ __all__ = [
     "cmd_fleet_status",
     "cmd_fleet_symbols",
     "cmd_push",
+    "fleet_history",
+    "fleet_symbols",
+    "fleet_view",
     "push_source",
+    "read_rule",
+    "rollback_fleet",
     "start_member",
 ]
 
@@ -75,8 +80,6 @@ def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | Non
     validate_fleet_name(fleet)
     member: Any
     if _is_zk(args.registry):
-        import dataclasses
-
         from ..client import Client
         from ..runtime import write_connection_file
         from .handle import ClientHandle
@@ -88,7 +91,7 @@ def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | Non
         member = ZkMember(address, fleet, ClientHandle(client), pid=info.pid)
         state = member.start()
         # Local tools (status, the demo) find ZooKeeper members here too.
-        write_connection_file(dataclasses.replace(info, fleet=fleet))
+        write_connection_file(info._replace(fleet=fleet))
     else:
         from .local import LocalMember
 
@@ -151,20 +154,25 @@ def _report(record: PushRecord, as_json: bool) -> int:
     return 1
 
 
-def cmd_push(args: argparse.Namespace) -> int:
-    """``livepatch push FILE --slot S --fleet F``."""
-    path = Path(args.file)
+def read_rule(path: Path) -> str:
+    """The source of a rule file to push; :class:`FleetError` says what is wrong."""
     if path.suffix in (".so", ".c") or ".so." in path.name:
         raise FleetError(
             f"{path.name}: native objects cannot be pushed to a fleet yet; "
             "push a Python rule module"
         )
     try:
-        source = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FleetError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise FleetError(f"{path} is not UTF-8 text: push a Python rule module") from None
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``livepatch push FILE --slot S --fleet F``."""
+    path = Path(args.file)
+    source = read_rule(path)
     record = push_source(
         args.fleet,
         args.registry,
@@ -177,36 +185,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     return _report(record, args.json)
 
 
-def cmd_fleet_rollback(args: argparse.Namespace) -> int:
-    """``livepatch rollback SLOT --fleet F``: push the previous desired version."""
-    fleet, slot = args.fleet, args.slot
-    validate_fleet_name(fleet)
-    if _is_zk(args.registry):
-        from .zk import ZkRegistry, parse_zk_url
-
-        _quiet_kazoo()
-        with ZkRegistry(parse_zk_url(args.registry), fleet) as reg:
-            desired = reg.desired().get(slot)
-            if desired is None or desired[0].previous is None:
-                raise FleetError(f"fleet {fleet} has no previous version of {slot} to roll back to")
-            source, filename = reg.get_source(desired[0].previous)
-            record = reg.push(
-                slot,
-                source,
-                filename,
-                expect=desired[0].sha256,
-                deadline_s=args.deadline,
-                rollback=True,
-            )
-    else:
-        from .local import rollback_local
-
-        record = rollback_local(fleet, slot, args.deadline)
-    return _report(record, args.json)
-
-
-def fleet_view(fleet: str, registry: str | None) -> dict[str, Any]:
-    """The fleet's members side by side and its push history."""
+def rollback_fleet(
+    fleet: str, registry: str | None, slot: str, deadline_s: float = 60.0
+) -> PushRecord:
+    """Push the version the fleet ran before its current desired one."""
     validate_fleet_name(fleet)
     if _is_zk(registry):
         from .zk import ZkRegistry, parse_zk_url
@@ -214,10 +196,59 @@ def fleet_view(fleet: str, registry: str | None) -> dict[str, Any]:
         assert registry is not None
         _quiet_kazoo()
         with ZkRegistry(parse_zk_url(registry), fleet) as reg:
-            return reg.view()
+            desired = reg.desired().get(slot)
+            if desired is None or desired[0].previous is None:
+                raise FleetError(f"fleet {fleet} has no previous version of {slot} to roll back to")
+            source, filename = reg.get_source(desired[0].previous)
+            return reg.push(
+                slot,
+                source,
+                filename,
+                expect=desired[0].sha256,
+                deadline_s=deadline_s,
+                rollback=True,
+            )
+    from .local import rollback_local
+
+    return rollback_local(fleet, slot, deadline_s)
+
+
+def cmd_fleet_rollback(args: argparse.Namespace) -> int:
+    """``livepatch rollback SLOT --fleet F``: push the previous desired version."""
+    record = rollback_fleet(args.fleet, args.registry, args.slot, args.deadline)
+    return _report(record, args.json)
+
+
+def fleet_view(fleet: str, registry: str | None, history: int = 10) -> dict[str, Any]:
+    """The fleet's members side by side and its push history."""
+    from .view import annotate
+
+    validate_fleet_name(fleet)
+    if _is_zk(registry):
+        from .zk import ZkRegistry, parse_zk_url
+
+        assert registry is not None
+        _quiet_kazoo()
+        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+            return annotate(reg.view(history))
     from .view import local_view
 
-    return local_view(fleet)
+    return annotate(local_view(fleet, history=history))
+
+
+def fleet_history(fleet: str, registry: str | None, limit: int = 10) -> list[PushRecord]:
+    """The fleet's last pushes, oldest first (no member is asked)."""
+    validate_fleet_name(fleet)
+    if _is_zk(registry):
+        from .zk import ZkRegistry, parse_zk_url
+
+        assert registry is not None
+        _quiet_kazoo()
+        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+            return reg.history(limit)
+    from .store import LocalStore
+
+    return LocalStore(fleet).read().pushes[-limit:]
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
@@ -274,32 +305,35 @@ def _resolve_shas(fleet: str, prefixes: list[str]) -> tuple[Any, list[str], int]
     return found[0], found[1], holders
 
 
+def fleet_symbols(fleet: str, shas: list[str]) -> tuple[Any, str]:
+    """One sha's symbol table, or two shas' diff, once for the fleet (one sha
+    is one source everywhere, so one member's table is every member's):
+    the :class:`~livepatch.symbols.SymbolTable` or ``SymbolDiff``, and a
+    line saying where it was read."""
+    validate_fleet_name(fleet)
+    client, ids, holders = _resolve_shas(fleet, shas)
+    with client:
+        result = client.diff(ids[0], ids[1]) if len(ids) == 2 else client.symbols(ids[0])
+    note = (
+        f"# {' vs '.join(shas)}: as {' and '.join(ids)} on {client.info.name} "
+        f"(loaded on {holders} member{'s' * (holders != 1)})"
+    )
+    return result, note
+
+
 def cmd_fleet_symbols(args: argparse.Namespace) -> int:
-    """``livepatch symbols SHA [OTHER] --fleet F``: once for the fleet (one
-    sha is one source everywhere, so one member's table is every member's)."""
+    """``livepatch symbols SHA [OTHER] --fleet F``: once for the fleet."""
     from ..render import color_allowed, render_diff, render_table
 
     shas = [args.version, *([args.other] if args.other else [])]
-    client, ids, holders = _resolve_shas(args.fleet, shas)
+    result, note = fleet_symbols(args.fleet, shas)
     color = color_allowed(sys.stdout)
-    with client:
-        if args.other:
-            diff = client.diff(ids[0], ids[1])
-            text = render_diff(diff, color=color)
-            data: Any = diff.to_json()
-        else:
-            table = client.symbols(ids[0])
-            text = render_table(table, color=color)
-            data = table.to_json()
     if args.json:
-        json.dump(data, sys.stdout, indent=2)
+        json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(
-            f"# {' vs '.join(shas)}: as {' and '.join(ids)} on {client.info.name} "
-            f"(loaded on {holders} member{'s' * (holders != 1)})"
-        )
-        print(text)
+        print(note)
+        print(render_diff(result, color=color) if args.other else render_table(result, color=color))
     return 0
 
 
@@ -377,6 +411,15 @@ def add_fleet_arguments(sub: Any) -> None:
             help="versions named by sha256 (a prefix), shown once for the fleet",
         )
         vp.set_defaults(func=_either(func, vp.get_default("func")))
+
+    shell = choices["shell"]
+    shell.add_argument(
+        "--fleet",
+        type=_fleet_name,
+        metavar="NAME",
+        help="attach to a whole fleet: its members side by side, push, rollback",
+    )
+    _registry_option(shell)
 
     demo = choices["demo"]
     demo.add_argument(

@@ -13,7 +13,6 @@ or killed mid-push, catches up when it comes back.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import threading
@@ -118,7 +117,7 @@ class LocalMember:
         self.store.write_member(self.state)
         self._client = Client(self.info, client_name="livepatch-fleet", timeout=120.0)
         # Membership: our connection file names the fleet from now on.
-        self.info = dataclasses.replace(self.info, fleet=self.fleet)
+        self.info = self.info._replace(fleet=self.fleet)
         write_connection_file(self.info, self.info.path.parent if self.info.path else None)
         signature = self.store.signature()
         self._reconcile()

@@ -17,7 +17,7 @@ from .local import _parallel, local_members
 from .model import PushRecord, short
 from .store import LocalStore
 
-__all__ = ["local_view", "render_push", "render_view"]
+__all__ = ["annotate", "local_view", "render_push", "render_push_line", "render_view"]
 
 
 def _calls(status: dict[str, Any]) -> int:
@@ -82,6 +82,21 @@ def local_view(fleet: str, sample_s: float = 0.5, history: int = 10) -> dict[str
     }
 
 
+def annotate(view: dict[str, Any]) -> dict[str, Any]:
+    """Mark each member ``converged`` (it runs every desired version) or not;
+    ``None`` for a member that is down. Returns ``view``."""
+    desired = view["desired"]
+    for m in view["members"]:
+        if m["state"] in ("down", "unreachable"):
+            m["converged"] = None
+            continue
+        active = m.get("active") or {}
+        m["converged"] = all(
+            (active.get(slot) or {}).get("sha256") == d["sha256"] for slot, d in desired.items()
+        )
+    return view
+
+
 def render_view(view: dict[str, Any]) -> str:
     """The fleet as a text table, then the push history."""
     desired = view["desired"]
@@ -96,10 +111,16 @@ def render_view(view: dict[str, Any]) -> str:
         )
     else:
         lines.append("desired: nothing pushed yet")
-    header = ["member", "state", "calls/s", *slots]
+    header = ["member", "state", "converged", "calls/s", *slots]
     rows = [header]
+    converged = {True: "yes", False: "no", None: "-"}
     for m in view["members"]:
-        cells = [m["name"], m["state"], f"{m['calls_per_s']:g}" if "calls_per_s" in m else "-"]
+        cells = [
+            m["name"],
+            m["state"],
+            converged[m.get("converged")],
+            f"{m['calls_per_s']:g}" if "calls_per_s" in m else "-",
+        ]
         for slot in slots:
             active = m.get("active", {}).get(slot)
             if not active:

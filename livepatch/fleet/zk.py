@@ -6,8 +6,9 @@ Layout under the registry path (``zookeeper://HOST:PORT/PATH``)::
     PATH/fleets/<fleet>/sources/<sha256>     {"filename", "source"}, content-addressed
     PATH/fleets/<fleet>/desired/<slot>       the slot's Desired; CAS on the znode version
     PATH/fleets/<fleet>/pushes/<id>          the PushRecord (+ deadline, members)
-    PATH/fleets/<fleet>/pushes/<id>/votes/<name>   a member's Vote
-    PATH/fleets/<fleet>/pushes/<id>/acks/<name>    {"version"}: it swapped
+    PATH/fleets/<fleet>/pushes/<id>/votes/<name>=<version>=<new>   an ok vote (no data)
+    PATH/fleets/<fleet>/pushes/<id>/votes/<name>   a refusal: the Vote
+    PATH/fleets/<fleet>/pushes/<id>/acks/<name>=<version>   it swapped (no data)
 
 The pusher never talks to an engine: it writes the push node, waits for a
 vote from every member that is still alive, then commits with one
@@ -42,7 +43,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from .model import Desired, FleetError, MemberState, PushRecord, Vote, new_push_id, sha_of
 
-__all__ = ["ZkAddress", "ZkRegistry", "parse_zk_url"]
+__all__ = ["ZkAddress", "ZkRegistry", "parse_zk_url", "vote_member", "vote_node"]
 
 #: Push nodes kept (the oldest are deleted by the next push).
 HISTORY = 50
@@ -202,9 +203,15 @@ class ZkRegistry:
 
     def _votes(self, push_id: str, known: set[str]) -> dict[str, Vote]:
         base = f"{self.paths.pushes}/{push_id}/votes"
-        names = [n for n in self._retry(self.client.get_children, base) if n not in known]
-        results = {n: self.client.get_async(f"{base}/{n}") for n in names}
         votes = {}
+        names = []
+        for name in self._retry(self.client.get_children, base):
+            decoded = _from_name(name, True)
+            if decoded is not None:
+                votes[decoded[0]] = decoded[1]
+            elif name not in known:
+                names.append(name)
+        results = {n: self.client.get_async(f"{base}/{n}") for n in names}
         for name, result in results.items():
             data, _ = result.get(30)
             votes[name] = Vote.from_json(_loads(data))
@@ -410,9 +417,12 @@ class ZkRegistry:
 
         def write() -> None:
             # The full record (every vote and ack) in a child nobody watches;
-            # the header members watch stays small.
+            # the header members watch stays small, and is left alone after a
+            # commit (which already marked it): members that still watch it
+            # need not wake for this.
             tx = self.client.transaction()
-            tx.set_data(base, _header(record, meta))
+            if outcome != "committed":
+                tx.set_data(base, _header(record, meta))
             tx.create(f"{base}/record", _dumps(record.to_json()))
             results = tx.commit()
             failed = [r for r in results if isinstance(r, Exception)]
@@ -439,12 +449,23 @@ class ZkRegistry:
             wake.set()
 
         got: dict[str, Any] = {}
+        seen: set[str] = set()
         live: set[str] = set()
+        votes = path.endswith("/votes")
         while True:
             wake.clear()
             names = set(self._retry(self.client.get_children, path, watch=on_change))
-            new = [n for n in names if n not in got]
-            results = {n: self.client.get_async(f"{path}/{n}") for n in new}
+            new = [n for n in names if n not in seen]
+            seen.update(new)
+            # An ok vote or an ack says everything in its name: only a
+            # refusal (its reason, its problems) is read.
+            for name in new:
+                decoded = _from_name(name, votes)
+                if decoded is not None:
+                    got[decoded[0]] = decoded[1]
+            results = {
+                n: self.client.get_async(f"{path}/{n}") for n in new if _from_name(n, votes) is None
+            }
             for name, result in results.items():
                 data, _ = result.get(30)
                 value = _loads(data)
@@ -475,6 +496,34 @@ class ZkRegistry:
         for name in names[:-HISTORY]:
             with contextlib.suppress(NoNodeError):
                 self._retry(self.client.delete, f"{self.paths.pushes}/{name}", recursive=True)
+
+
+def vote_node(base: str, vote: Vote) -> tuple[str, bytes]:
+    """Where a member puts its vote on the push at ``base``, and the data.
+
+    An ok vote is its name alone, ``member=version=new`` (1 or 0), so the
+    pusher reads a thousand votes with one ``get_children``; a refusal is
+    ``member`` with the vote (reason, problems) as data.
+    """
+    if vote.ok and vote.version:
+        return f"{base}/votes/{vote.member}={vote.version}={int(vote.new)}", b""
+    return f"{base}/votes/{vote.member}", _dumps(vote.to_json())
+
+
+def vote_member(name: str) -> str:
+    """The member a vote (or ack) node is from."""
+    return name.partition("=")[0]
+
+
+def _from_name(name: str, vote: bool) -> tuple[str, Any] | None:
+    """An ok vote (``member=version=new``) or an ack (``member=version``) from
+    its node name; ``None`` for a node whose data must be read."""
+    parts = name.split("=")
+    if vote and len(parts) == 3:
+        return parts[0], Vote(parts[0], True, parts[1], parts[2] == "1")
+    if not vote and len(parts) == 2:
+        return parts[0], {"version": parts[1]}
+    return None
 
 
 def _header(record: PushRecord, meta: dict[str, Any]) -> bytes:

@@ -24,7 +24,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from ..errors import LivepatchError
 from .handle import EngineHandle, converge, prepare, release
 from .model import Desired, MemberState, Vote, sha_of
-from .zk import ZkAddress, _connect, _dumps, _loads, _Paths
+from .zk import ZkAddress, _connect, _dumps, _loads, _Paths, vote_member, vote_node
 
 __all__ = ["ZkMember"]
 
@@ -169,16 +169,21 @@ class ZkMember:
         touched = {
             p[len(pushes) + 1 :].partition("/")[0] for p in dirty if p.startswith(pushes + "/")
         }
-        # A push prepared in this very pass was just read: no need to look again.
-        self._release_aborted(None if full or pushes in dirty else touched, skip=fresh)
+        only = None if full or pushes in dirty else touched
         desired_dir = self.paths.desired
         slots = {p[len(desired_dir) + 1 :] for p in dirty if p.startswith(desired_dir + "/")}
-        if not (full or desired_dir in dirty or slots):
-            return
+        if full or desired_dir in dirty or slots:
+            self._converge(full, desired_dir in dirty, slots)
+        # A push prepared in this very pass was just read: no need to look again.
+        self._release_aborted(only, skip=fresh)
+
+    def _converge(self, full: bool, listing: bool, slots: set[str]) -> None:
+        """Make the engine run the desired versions; ack and report in one
+        transaction (one round trip, and one watch event for nobody)."""
 
         def read_desired() -> dict[str, tuple[str, str]]:
             # Re-read only what changed (a new slot re-reads the list).
-            if full or desired_dir in dirty or not self._desired:
+            if full or listing or not self._desired:
                 self._desired = self._read_desired()
             else:
                 self._desired.update(self._read_desired(slots))
@@ -187,13 +192,30 @@ class ZkMember:
         result = converge(self.handle, read_desired, self._source, self.pid)
         changed = result.state.active != self.state.active or result.state.state != self.state.state
         self.state = result.state
-        pending = self._ack(self._desired)
-        if changed or full:
+        # A push the desired node names is committed: nothing to release, so
+        # its node need not be read (nor watched) again.
+        for d in self._desired.values():
+            self._prepared.pop(d.push, None)
+        acks = self._acks(self._desired)
+        publish = changed or full
+        if publish:
             self._upload_active()
-            pending.append(self._publish_async())
-        for op in pending:  # acks and the report travel together
-            with contextlib.suppress(NodeExistsError, NoNodeError):
-                op.get(30)
+        if not acks and not publish:
+            return
+        tx = self.client.transaction()
+        for path in acks:
+            tx.create(path)
+        if publish:
+            tx.set_data(f"{self.paths.members}/{self.name}", self._report())
+        results = tx.commit_async().get(30)
+        if any(isinstance(r, Exception) for r in results):
+            # An ack for a push already gone (or acked by our previous
+            # incarnation) fails the whole transaction: one at a time, then.
+            for path in acks:
+                with contextlib.suppress(NodeExistsError, NoNodeError):
+                    self.client.create(path)
+            if publish:
+                self._publish()
 
     def _join(self) -> None:
         path = f"{self.paths.members}/{self.name}"
@@ -234,19 +256,26 @@ class ZkMember:
             if push.get("outcome") != "preparing" or time.time() > float(push.get("deadline", 0)):
                 self._seen.add(push_id)
                 continue
-            if check_votes and self.client.exists(f"{base}/votes/{self.name}"):
+            if check_votes and self._voted(base):
                 self._seen.add(push_id)
                 continue  # voted before a restart: the commit (or abort) will tell
             source, filename = self._source(str(push["sha256"]))
             vote = prepare(self.handle, str(push["slot"]), source, filename)
             vote.member = self.name
             with contextlib.suppress(NodeExistsError, NoNodeError):
-                self.client.create(f"{base}/votes/{self.name}", _dumps(vote.to_json()))
+                self.client.create(*vote_node(base, vote))
             # Seen only once voted: a pass that failed half-way votes next time.
             self._seen.add(push_id)
             self._prepared[push_id] = vote
             fresh.add(push_id)
         return fresh
+
+    def _voted(self, base: str) -> bool:
+        try:
+            names = self.client.get_children(f"{base}/votes")
+        except NoNodeError:
+            return False
+        return any(vote_member(n) == self.name for n in names)
 
     def _release_aborted(self, only: set[str] | None, skip: set[str]) -> None:
         """Prepared versions of pushes that were aborted (or abandoned) go."""
@@ -255,7 +284,10 @@ class ZkMember:
                 continue
             base = f"{self.paths.pushes}/{push_id}"
             try:
-                data, stat = self.client.get(base, watch=self._on_watch)
+                # Without a watch first: a push that ended needs none.
+                data, stat = self.client.get(base)
+                if _loads(data).get("outcome") == "preparing":
+                    data, stat = self.client.get(base, watch=self._on_watch)
                 push = _loads(data)
             except NoNodeError:
                 push, stat = {"outcome": "aborted"}, None
@@ -302,23 +334,19 @@ class ZkMember:
                 found[slot] = Desired.from_json(_loads(data))
         return found
 
-    def _ack(self, desired: dict[str, Desired]) -> list[Any]:
-        """Start an ack for every push whose version we now run."""
-        pending = []
+    def _acks(self, desired: dict[str, Desired]) -> list[str]:
+        """The ack nodes of every push whose version we now run. The name says
+        it all (``member=version``): the pusher reads no data."""
+        paths = []
         for slot, d in desired.items():
             active = self.state.active.get(slot)
             if not d.push or d.push in self._acked or not active:
                 continue
             if active.get("sha256") != d.sha256:
                 continue
-            pending.append(
-                self.client.create_async(
-                    f"{self.paths.pushes}/{d.push}/acks/{self.name}",
-                    _dumps({"version": active["version"], "time": time.time()}),
-                )
-            )
+            paths.append(f"{self.paths.pushes}/{d.push}/acks/{self.name}={active['version']}")
             self._acked.add(d.push)
-        return pending
+        return paths
 
     def _upload_active(self) -> None:
         """Keep what we run in the registry, so a fleet rollback to it works."""
@@ -336,7 +364,8 @@ class ZkMember:
                     self.client.create(path, _dumps({"filename": filename, "source": source}))
             self._sources[sha] = self._source(sha)
 
-    def _publish_async(self) -> Any:
+    def _report(self) -> bytes:
+        """Our member node's data: the state, with calls per second since the last."""
         now = time.monotonic()
         rate = 0.0
         if self._last_calls is not None:
@@ -344,14 +373,11 @@ class ZkMember:
             rate = (self.state.calls - calls) / max(now - then, 1e-6)
         self._last_calls = (self.state.calls, now)
         self.state.rate = round(rate, 1)
-        result = self.client.set_async(
-            f"{self.paths.members}/{self.name}", _dumps(self.state.to_json())
-        )
+        return _dumps(self.state.to_json())
 
-        def gone(async_result: Any) -> None:
-            if isinstance(async_result.exception, NoNodeError):
-                self._rejoin = True  # our node went (session expired): join again
-                self._mark("*")
-
-        result.rawlink(gone)
-        return result
+    def _publish(self) -> None:
+        try:
+            self.client.set(f"{self.paths.members}/{self.name}", self._report())
+        except NoNodeError:
+            self._rejoin = True  # our node went (session expired): join again
+            self._mark("*")

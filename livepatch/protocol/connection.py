@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import enum
-import hmac
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 
 from livepatch.errors import LivepatchError, TooLarge, Unauthenticated
 
@@ -59,6 +57,9 @@ def tokens_match(given: object, expected: str) -> bool:
     """
     if not isinstance(given, str):
         return False
+    # Imported here: hmac loads OpenSSL, which a client never needs.
+    import hmac
+
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
 
 
@@ -80,8 +81,7 @@ class ConnState(enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True, slots=True)
-class _Limits:
+class _Limits(NamedTuple):  # not a dataclass: clients import this module
     max_frame: int
     timeout_s: float
     #: The deadline runs from the connection's opening, not a frame's first byte.

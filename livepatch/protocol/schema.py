@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from livepatch.errors import LivepatchError, TooLarge
-from livepatch.model import is_slot_name, parse_version_id
+from livepatch.ids import is_slot_name, parse_version_id
 
 from .codes import InvalidParams, InvalidParamType, UnknownMethod
 

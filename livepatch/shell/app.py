@@ -301,6 +301,10 @@ class Shell:
 
 def run_shell(args: argparse.Namespace) -> int:
     """``livepatch shell``: interactive on a terminal, a script otherwise."""
+    if getattr(args, "fleet", None):
+        from ..fleet.shell import run_fleet_shell
+
+        return run_fleet_shell(args)
     client = Client.connect(args.existing, client_name="livepatch-shell")
     with client:
         if args.commands is not None:

@@ -35,6 +35,8 @@ WANTED_STATES: dict[tuple[str, str], frozenset[str]] = {
     ("check", "version"): frozenset({"loaded", "resolved", "failed", "active", "retired"}),
     ("purge", "version"): frozenset({"loaded", "resolved", "failed", "retired"}),
     ("unload", "version"): frozenset({"loaded", "resolved", "failed", "retired", "purged"}),
+    # `shadow` runs a checked version that is not active.
+    ("shadow", "what"): frozenset({"resolved", "retired"}),
 }
 
 #: How old the cached status may be when completing (seconds): fresh enough to

@@ -1,0 +1,83 @@
+"""Where a ZooKeeper fleet push spends its CPU: per process, per push.
+
+Run: ``.venv/bin/python benchmarks/fleet_cpu.py [--members 1000] [--hosts 2]
+[--pushes 4]``
+
+Starts a private ZooKeeper server and ``--hosts`` processes of simulated
+members (as :func:`livepatch.fleet.bench.measure_zookeeper` does), pushes
+once to warm up, then ``--pushes`` times, and prints the wall time per push
+and the CPU seconds per push of the ZooKeeper server, each member process
+and the pusher (``utime + stime`` from ``/proc/PID/stat``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from livepatch.fleet.bench import _rule
+from livepatch.fleet.zk import ZkRegistry, parse_zk_url
+from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--members", type=int, default=1000)
+    parser.add_argument("--hosts", type=int, default=2)
+    parser.add_argument("--pushes", type=int, default=4)
+    args = parser.parse_args()
+    missing = zookeeper_missing()
+    if missing:
+        raise SystemExit(f"fleet_cpu: {missing}")
+    with tempfile.TemporaryDirectory() as tmp, ZooKeeperServer(Path(tmp)) as zk:
+        url = f"zookeeper://{zk.hosts}/cpu?timeout=30"
+        hosts = []
+        for i in range(args.hosts):
+            cmd = [sys.executable, "-m", "livepatch.fleet.bench", "--host-members"]
+            cmd += [str(args.members // args.hosts), "--registry", url, "--fleet", "cpu"]
+            cmd += ["--prefix", f"p{i}-"]
+            hosts.append(
+                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
+        try:
+            for host in hosts:
+                assert host.stdout is not None
+                if not host.stdout.readline():
+                    raise SystemExit("fleet_cpu: a member host failed to start")
+            assert zk.proc is not None
+            pids = {"zookeeper": zk.proc.pid, "pusher": os.getpid()}
+            pids.update({f"members{i}": h.pid for i, h in enumerate(hosts)})
+            with ZkRegistry(parse_zk_url(url), "cpu") as reg:
+                assert reg.push("spam", _rule(9), "warm.py", deadline_s=120).ok
+                before = {k: cpu_s(p) for k, p in pids.items()}
+                t0 = time.perf_counter()
+                for i in range(args.pushes):
+                    record = reg.push("spam", _rule(1 + i % 2), f"r{i}.py", deadline_s=120)
+                    if not record.ok:
+                        raise SystemExit(f"fleet_cpu: push aborted: {record.reason}")
+                wall = (time.perf_counter() - t0) / args.pushes
+                after = {k: cpu_s(p) for k, p in pids.items()}
+        finally:
+            for host in hosts:
+                assert host.stdin is not None
+                host.stdin.close()
+            for host in hosts:
+                host.wait(60)
+    per = {k: round((after[k] - before[k]) / args.pushes, 3) for k in pids}
+    print(f"{args.members} members: {wall:.3f} s per push; CPU s per push: {per}")
+
+
+if __name__ == "__main__":
+    main()

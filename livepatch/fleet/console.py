@@ -1,0 +1,395 @@
+"""The fleet's commands for the interactive front ends: the shell and ``%hotswap``.
+
+``livepatch shell --fleet F`` and ``%hotswap connect --fleet F`` drive a
+whole fleet rather than one engine. Their commands are a table of
+:class:`~livepatch.commands.spec.CommandSpec` (:data:`FLEET_COMMANDS`),
+parsed by the command layer's own parser, and :class:`FleetRunner` runs them
+to :class:`~livepatch.commands.runner.CommandResult` objects (text, one-line
+error, JSON-ready ``data``), as the engine's runner does:
+
+- ``status``: every member side by side (state, converged, calls/s, the
+  active version of each slot) and the push history;
+- ``push FILE --slot S``, ``rollback S``: the two-phase push, member by member;
+- ``symbols SHA [SHA2]``, ``diff A B``: once for the fleet, by sha;
+- ``history``, ``help``, ``quit``.
+
+:class:`FleetSession` is the fleet and its registry; it holds no connection
+between commands (every registry operation opens its own), so a session
+survives a registry or member restart with nothing to repair.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from ..commands.runner import CommandResult
+from ..commands.spec import (
+    COMMANDS,
+    Arg,
+    ArgKind,
+    CommandSpec,
+    Option,
+    ParsedCommand,
+    ShellUsageError,
+    parse,
+    split_commands,
+)
+from ..errors import LivepatchError
+from .model import PushRecord, short, validate_fleet_name
+
+__all__ = ["FLEET_COMMANDS", "FleetRunner", "FleetSession", "not_in_fleet"]
+
+_SHA = Arg("version", "SHA", ArgKind.VERSION)
+_DEADLINE = Option(
+    "--deadline",
+    "deadline",
+    "SECONDS",
+    ArgKind.SECONDS,
+    "members must vote within this (default: 60)",
+)
+
+_SPECS: Final = (
+    CommandSpec(
+        "status",
+        "every member side by side, and the push history",
+        "One row per member: its state (ready, converging, diverged, down),\n"
+        "whether it runs every desired version (converged), its calls per second\n"
+        "and the active version of each slot (its own id and the sha; ! marks one\n"
+        "that is not the desired version). Then the fleet's last pushes.",
+        examples=("status",),
+    ),
+    CommandSpec(
+        "push",
+        "two-phase push of a rule file to every member",
+        "Prepare: every member loads and checks the same source (same sha) and\n"
+        "votes. Commit: only if every member voted ok, the fleet's desired version\n"
+        "flips and every member swaps. Otherwise nobody swaps, the prepared\n"
+        "versions are unloaded and each member's reason is shown.",
+        args=(Arg("file", "FILE", ArgKind.FILE),),
+        options=(
+            Option("--slot", "slot", "SLOT", ArgKind.SLOT, "the slot to push to (required)"),
+            Option(
+                "--expect",
+                "expect",
+                "SHA",
+                ArgKind.VERSION,
+                "only if the fleet's desired version is SHA (a prefix) now",
+            ),
+            _DEADLINE,
+        ),
+        examples=("push livepatch/examples/rules/spam_v2.py --slot spam",),
+    ),
+    CommandSpec(
+        "rollback",
+        "push the version the fleet ran before",
+        "A push (two-phase, as `push`) of the slot's previous desired version.",
+        args=(Arg("slot", "SLOT", ArgKind.SLOT),),
+        options=(_DEADLINE,),
+        examples=("rollback spam",),
+    ),
+    CommandSpec(
+        "symbols",
+        "a version's symbol table by sha, once for the fleet",
+        "One sha is one source on every member, so one member's table is the\n"
+        "fleet's. With two shas, both side by side (= ~ + -).",
+        args=(_SHA, Arg("other", "SHA2", ArgKind.VERSION, optional=True)),
+        examples=("symbols 3f2a9c1b7d4e",),
+    ),
+    CommandSpec(
+        "diff",
+        "two versions' symbol tables side by side, by sha",
+        "The same view as `symbols A B`, for versions named by their sha.",
+        args=(Arg("a", "A", ArgKind.VERSION), Arg("b", "B", ArgKind.VERSION)),
+        examples=("diff 3f2a9c1b7d4e 91c0e2aa5b77",),
+    ),
+    CommandSpec(
+        "history",
+        "the fleet's last pushes (no member is asked)",
+        "The push history, oldest first: what was pushed, the outcome, how long\n"
+        "it took and how many members swapped.",
+        options=(
+            Option("--limit", "limit", "N", ArgKind.COUNT, "only the last N pushes (default: 10)"),
+        ),
+        examples=("history --limit 5",),
+    ),
+    CommandSpec(
+        "help",
+        "the list of commands, or one command's help",
+        "Without an argument, list the commands; with one, show its usage.",
+        args=(Arg("command", "COMMAND", ArgKind.COMMAND, optional=True),),
+        aliases=("?",),
+        cli=False,
+    ),
+    CommandSpec(
+        "quit",
+        "leave the shell (the fleet keeps running)",
+        "Leave the shell. Ctrl-D on an empty line does the same.",
+        aliases=("exit",),
+        cli=False,
+    ),
+)
+
+#: The fleet console's commands by name and alias.
+FLEET_COMMANDS: Final[Mapping[str, CommandSpec]] = MappingProxyType(
+    {name: spec for spec in _SPECS for name in (spec.name, *spec.aliases)}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSession:
+    """A fleet and its registry (``None``: the local one)."""
+
+    fleet: str
+    registry: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_fleet_name(self.fleet)
+        if self.registry not in (None, "", "local"):
+            from .zk import parse_zk_url
+
+            parse_zk_url(str(self.registry))
+
+    @property
+    def label(self) -> str:
+        """``f (local)``, ``f (zookeeper://...)``."""
+        return f"{self.fleet} ({self.registry or 'local'})"
+
+    def view(self, history: int = 10) -> dict[str, Any]:
+        """Every member side by side, and the last ``history`` pushes."""
+        from .cli import fleet_view
+
+        return fleet_view(self.fleet, self.registry, history)
+
+    def history(self, limit: int = 10) -> list[PushRecord]:
+        """The last ``limit`` pushes, oldest first."""
+        from .cli import fleet_history
+
+        return fleet_history(self.fleet, self.registry, limit)
+
+    def push(
+        self,
+        path: Path,
+        slot: str,
+        *,
+        expect: str | None = None,
+        deadline_s: float = 60.0,
+        source: str | None = None,
+    ) -> PushRecord:
+        """Push the rule file ``path`` (or ``source`` under that file name)."""
+        from .cli import push_source, read_rule
+
+        text = read_rule(path) if source is None else source
+        return push_source(
+            self.fleet, self.registry, slot, text, path.name, expect=expect, deadline_s=deadline_s
+        )
+
+    def rollback(self, slot: str, deadline_s: float = 60.0) -> PushRecord:
+        """Push the slot's previous desired version."""
+        from .cli import rollback_fleet
+
+        return rollback_fleet(self.fleet, self.registry, slot, deadline_s)
+
+    def symbols(self, shas: list[str]) -> tuple[Any, str]:
+        """A ``SymbolTable`` (one sha) or ``SymbolDiff`` (two), and where it was read."""
+        from .cli import fleet_symbols
+
+        return fleet_symbols(self.fleet, shas)
+
+
+def _shas_of(view: Mapping[str, Any]) -> list[str]:
+    """Short shas worth completing: the desired and every active version."""
+    found = {d["sha256"] for d in view.get("desired", {}).values()}
+    for m in view.get("members", []):
+        found |= {a.get("sha256") for a in (m.get("active") or {}).values() if a.get("sha256")}
+    return sorted(short(s) for s in found if s)
+
+
+class FleetRunner:
+    """Runs :data:`FLEET_COMMANDS` against a :class:`FleetSession`; never raises."""
+
+    def __init__(
+        self,
+        session: FleetSession,
+        *,
+        color: bool = False,
+        prefix: str = "",
+        base_dir: Path | None = None,
+    ) -> None:
+        self.session = session
+        self.color = color
+        #: How this front end writes a command, for hints (``%hotswap ``).
+        self.prefix = prefix
+        #: Relative FILE arguments are read from here when not found as given.
+        self.base_dir = base_dir
+        #: The last ``status`` view (the shell's toolbar and completion read it).
+        self.last_view: dict[str, Any] | None = None
+        self._handlers: dict[str, Callable[[ParsedCommand], CommandResult]] = {
+            "status": self._status,
+            "push": self._push,
+            "rollback": self._rollback,
+            "symbols": self._symbols,
+            "diff": self._diff,
+            "history": self._history,
+            "help": self._help,
+            "quit": self._quit,
+        }
+
+    # -- entry points -----------------------------------------------------------
+
+    def iter_line(self, line: str) -> Iterator[CommandResult]:
+        """Run the ``;``-separated commands of ``line``; stop at a failure or ``quit``."""
+        try:
+            commands = split_commands(line)
+        except ShellUsageError as exc:
+            yield CommandResult(line.strip(), False, error=str(exc), usage=True, kind="usage")
+            return
+        for words in commands:
+            result = self.execute(words)
+            yield result
+            if not result.ok or result.action == "quit":
+                return
+
+    def run_script(self, lines: Iterable[str]) -> Iterator[CommandResult]:
+        """Run a script line by line; stops at the first failure or ``quit``."""
+        for line in lines:
+            for result in self.iter_line(line):
+                yield result
+                if not result.ok or result.action == "quit":
+                    return
+
+    def execute(self, words: list[str] | tuple[str, ...]) -> CommandResult:
+        """Run one command given as words."""
+        text = " ".join(words)
+        if words and words[0] not in FLEET_COMMANDS and words[0] in COMMANDS:
+            # An engine's verb (load, swap...): say how it is done for a fleet.
+            error = not_in_fleet(words[0], self.session, self.prefix)
+            return CommandResult(text, False, error=error, usage=True, kind="usage")
+        try:
+            parsed = parse(words, FLEET_COMMANDS)
+        except ShellUsageError as exc:
+            return CommandResult(text, False, error=str(exc), usage=True, kind="usage")
+        if parsed.help:
+            return CommandResult(parsed.text, True, parsed.spec.help_text(self.prefix))
+        try:
+            return self._handlers[parsed.spec.name](parsed)
+        except ShellUsageError as exc:
+            return CommandResult(parsed.text, False, error=str(exc), usage=True, kind="usage")
+        except LivepatchError as exc:
+            return CommandResult(parsed.text, False, error=exc.message, kind=exc.kind)
+        except Exception as exc:  # a traceback shown to a user is a bug
+            if os.environ.get("LIVEPATCH_DEBUG"):
+                raise
+            return CommandResult(
+                parsed.text,
+                False,
+                error=f"internal error: {type(exc).__name__}: {exc} (this is a bug in "
+                "livepatch; LIVEPATCH_DEBUG=1 shows the traceback)",
+                kind="internal",
+            )
+
+    def completions(self) -> list[str]:
+        """Short shas from the last ``status`` (for completion)."""
+        return _shas_of(self.last_view) if self.last_view else []
+
+    # -- commands ---------------------------------------------------------------
+
+    def _status(self, parsed: ParsedCommand) -> CommandResult:
+        from .view import render_view
+
+        view = self.session.view()
+        self.last_view = view
+        return CommandResult(parsed.text, True, render_view(view), data=view)
+
+    def _history(self, parsed: ParsedCommand) -> CommandResult:
+        from .view import render_push_line
+
+        limit = int(parsed.number("limit") or 10)
+        records = self.session.history(limit)
+        text = "\n".join(render_push_line(r) for r in records) or "no pushes yet"
+        return CommandResult(parsed.text, True, text, data=[r.to_json() for r in records])
+
+    def _path(self, name: str) -> Path:
+        path = Path(name).expanduser()
+        if not path.is_absolute() and self.base_dir is not None and not path.exists():
+            bundled = self.base_dir / path
+            if bundled.exists():
+                return bundled
+        return path
+
+    def _pushed(self, parsed: ParsedCommand, record: PushRecord) -> CommandResult:
+        from .view import render_push
+
+        text = render_push(record)
+        if record.ok:
+            return CommandResult(parsed.text, True, text, data=record.to_json())
+        return CommandResult(
+            parsed.text,
+            False,
+            text,
+            error=f"push aborted: {record.reason}; nobody swapped",
+            data=record.to_json(),
+            kind="aborted",
+        )
+
+    def _push(self, parsed: ParsedCommand) -> CommandResult:
+        slot = parsed.optional("slot")
+        if not slot:
+            raise ShellUsageError(f"push needs --slot SLOT: usage: {parsed.spec.usage()}")
+        record = self.session.push(
+            self._path(parsed.string("file")),
+            slot,
+            expect=parsed.optional("expect"),
+            deadline_s=parsed.number("deadline") or 60.0,
+        )
+        return self._pushed(parsed, record)
+
+    def _rollback(self, parsed: ParsedCommand) -> CommandResult:
+        record = self.session.rollback(parsed.string("slot"), parsed.number("deadline") or 60.0)
+        return self._pushed(parsed, record)
+
+    def _side_by_side(self, parsed: ParsedCommand, shas: list[str]) -> CommandResult:
+        from ..render import render_diff, render_table
+
+        result, note = self.session.symbols(shas)
+        if len(shas) == 2:
+            text = render_diff(result, color=self.color)
+        else:
+            text = render_table(result, color=self.color)
+        return CommandResult(parsed.text, True, f"{note}\n{text}", data=result.to_json())
+
+    def _symbols(self, parsed: ParsedCommand) -> CommandResult:
+        other = parsed.optional("other")
+        return self._side_by_side(parsed, [parsed.string("version"), *([other] if other else [])])
+
+    def _diff(self, parsed: ParsedCommand) -> CommandResult:
+        return self._side_by_side(parsed, [parsed.string("a"), parsed.string("b")])
+
+    def _help(self, parsed: ParsedCommand) -> CommandResult:
+        name = parsed.optional("command")
+        if name:
+            spec = FLEET_COMMANDS.get(name)
+            if spec is None:
+                raise ShellUsageError(f"unknown command {name!r}: `help` lists the commands")
+            return CommandResult(parsed.text, True, spec.help_text(self.prefix))
+        width = max(len(s.name) for s in _SPECS)
+        lines = [f"fleet {self.session.label}: commands"]
+        lines += [f"  {s.name:<{width}}  {s.summary}" for s in _SPECS]
+        lines.append(f"{self.prefix}help COMMAND shows one command's usage")
+        return CommandResult(parsed.text, True, "\n".join(lines))
+
+    def _quit(self, parsed: ParsedCommand) -> CommandResult:
+        return CommandResult(parsed.text, True, action="quit")
+
+
+def not_in_fleet(verb: str, session: FleetSession, prefix: str = "") -> str:
+    """The error for an engine verb given while attached to a fleet."""
+    return (
+        f"{verb}: attached to fleet {session.label}, whose verbs are "
+        f"{', '.join(s.name for s in _SPECS if s.cli)}; `{prefix}push FILE --slot S` reaches "
+        "every member"
+    )
