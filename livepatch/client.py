@@ -14,6 +14,7 @@ arrive between replies are queued for :meth:`Client.events`.
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import os
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 from .errors import Conflict, LivepatchError, UnknownVersion
 from .filekind import NATIVE_SUFFIXES, file_kind, is_elf
 from .protocol import (
+    MAX_FRAME,
     NEED_DATA,
     ClientConnection,
     ConnectionClosed,
@@ -259,8 +261,16 @@ class Client:
 
     def load_file(self, path: str | os.PathLike[str], slot: str) -> str:
         """Load a file as a new version of ``slot``: its text, or, for a ready
-        ELF shared object (native slots), its path (see :func:`file_load_params`)."""
+        ELF shared object (native slots), its bytes (see :func:`file_load_params`)."""
         params = {"slot": slot, **file_load_params(Path(path))}
+        return str(self.request("load", params)["version"])
+
+    def load_object(self, slot: str, data: bytes, filename: str | None = None) -> str:
+        """Load a ready shared object's bytes as a new version of a native
+        ``slot`` (the engine maps it from memory); returns its id."""
+        params = {"slot": slot, "object": base64.b64encode(data).decode("ascii")}
+        if filename:
+            params["filename"] = filename
         return str(self.request("load", params)["version"])
 
     def load_path(
@@ -444,14 +454,21 @@ def json_arguments(texts: list[str]) -> list[Any]:
     return values
 
 
+#: Largest object a front end sends as bytes: base64 (4 bytes for 3) and the
+#: rest of the request must fit in one frame.
+MAX_SENT_OBJECT = (MAX_FRAME - 64 * 1024) // 4 * 3
+
+
 def file_load_params(path: Path) -> dict[str, Any]:
     """The ``load`` params (without ``slot``) for a file on this machine.
 
-    Text goes as the ``source``; a ready ELF shared object goes by its
-    absolute ``path``, which the engine maps itself (it runs on this machine:
-    a Unix socket or loopback). ``ValueError`` with a one-line reason when
-    the file cannot be read or is neither. Shared by the CLI, the shell and
-    the magics so that all three load files the same way.
+    Text goes as the ``source``; a ready ELF shared object goes as its bytes
+    (``object``, base64), always: the engine maps it from memory, so the same
+    command works whether or not the engine can see this file (another host,
+    a container, a file deleted right after). ``ValueError`` with a one-line
+    reason when the file cannot be read, is neither, or is an object too large
+    for one frame. Shared by the CLI, the shell and the magics so that all
+    three load files the same way.
     """
     try:
         data = path.read_bytes()
@@ -459,7 +476,14 @@ def file_load_params(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     params: dict[str, Any] = {"filename": path.name}
     if is_elf(data):
-        params["path"] = str(path.resolve())
+        if len(data) > MAX_SENT_OBJECT:
+            raise ValueError(
+                f"{path.name} is {len(data) / 2**20:.1f} MiB: an object sent to the engine may be "
+                f"at most {MAX_SENT_OBJECT / 2**20:.1f} MiB (one {MAX_FRAME // 2**20} MiB frame, "
+                "base64); strip it (`strip --strip-debug`) or load it by path from the engine's "
+                "machine (Client.load_path)"
+            )
+        params["object"] = base64.b64encode(data).decode("ascii")
         return params
     try:
         params["source"] = data.decode("utf-8")

@@ -27,7 +27,6 @@ import gc
 import hashlib
 import linecache
 import os
-import sys
 import threading
 import time
 import types
@@ -37,9 +36,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import BadState, CheckFailed, Conflict, LoadFailed, UnknownSlot, UnknownVersion
-from .files import read_regular_file
-from .handoff import check_handoff, hand_over
+from .errors import (
+    BadState,
+    CheckFailed,
+    Conflict,
+    LoadFailed,
+    TooLarge,
+    UnknownSlot,
+    UnknownVersion,
+)
+from .files import read_regular_file, text_or_object
+from .handoff import hand_over
+from .introspect import Introspection
 from .model import (
     Change,
     EngineStatus,
@@ -51,27 +59,19 @@ from .model import (
     is_slot_name,
     parse_version_id,
 )
-from .native import MAX_OBJECT, NativeBackend, NativeInterface, is_elf
+from .native import MAX_OBJECT, NativeBackend, NativeInterface
 from .pinning import Pin, PinnedRules
-from .pyload import (
-    MAX_SOURCE,
-    MODULE_PREFIX,
-    compile_source,
-    cyclic_gc_paused,
-    execute_module,
-    free_module_name,
-    threads_started_by,
-)
+from .pyload import MAX_SOURCE, MODULE_PREFIX, PythonBackend
 from .quarantine import Quarantine
 from .reclaim import all_dead
 from .reclaim import holders as holders_of
-from .resolve import ResolveReport, check_module
+from .resolve import ResolveReport
 from .states import Op, VersionState, transition
-from .symbols import SymbolDiff, SymbolTable, build_symbol_table, diff_tables
 from .versions import Slot, Version, native_rules
 
 if typing.TYPE_CHECKING:
     from ._speedups import Dispatcher, Rules
+    from .backend import Backend
 
 # The optional C accelerator of Engine.call and Engine.pin
 # (livepatch/_speedups.c), built at install time when a compiler is there;
@@ -102,7 +102,7 @@ _NO_ARG: Any = object()
 Commit = Callable[[Change], None]
 
 
-class Engine:
+class Engine(Introspection):
     """Hosts slots of versioned rule modules and serves calls on them.
 
     >>> engine = Engine(name="rules")
@@ -174,12 +174,15 @@ class Engine:
                 f"slot name {name!r} must be an ASCII identifier of at most 64 characters, "
                 "e.g. spam"
             )
-        backend = NativeBackend(interface) if isinstance(interface, NativeInterface) else None
-        protocol = None if isinstance(interface, NativeInterface) else interface
+        backend: Backend = (
+            NativeBackend(interface)
+            if isinstance(interface, NativeInterface)
+            else PythonBackend(interface)
+        )
         with self._lock:
             if name in self._slots:
                 raise BadState(f"slot {name!r} already exists", slot=name)
-            self._slots[name] = Slot(name, protocol, backend)
+            self._slots[name] = Slot(name, backend)
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -189,13 +192,11 @@ class Engine:
     def interface(self, slot: str) -> type | NativeInterface | None:
         """The Protocol (or, for a native slot, the C signatures) a slot's
         versions must conform to."""
-        s = self._slot(slot)
-        return s.backend.interface if s.backend is not None else s.interface
+        return self._slot(slot).backend.interface
 
     def kind(self, slot: str) -> str:
         """``python`` or ``native``."""
-        backend = self._slot(slot).backend
-        return backend.kind if backend is not None else "python"
+        return self._slot(slot).backend.kind
 
     # -- subscribers --------------------------------------------------------
 
@@ -274,33 +275,47 @@ class Engine:
         given = os.fspath(path)
         name = filename or os.path.basename(given) or given
         # Regular files only, the cap enforced while reading, with a deadline.
-        data = read_regular_file(given, MAX_OBJECT, name=name)
+        content = text_or_object(read_regular_file(given, MAX_OBJECT, name=name), name)
         origin = os.path.dirname(os.path.abspath(given))
-        if is_elf(data):
-            if self._slot(slot).backend is None:
-                raise LoadFailed(
-                    f"{name} is a compiled ELF object, but slot {slot} takes Python source",
-                    filename=name,
-                )
-            return self._load(slot, data, name, None, origin=origin, commit=commit)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise LoadFailed(
-                f"{name} is neither UTF-8 text (bad byte at offset {exc.start}) "
-                "nor an ELF shared object",
-                filename=name,
-            ) from None
-        return self._load(slot, text, name, None, origin=origin, commit=commit)
+        return self._load(slot, content, name, None, origin=origin, commit=commit)
 
-    def restore(self, version: str, source: str, filename: str | None = None) -> str:
-        """Load ``source`` under a given id (``spam@3``), e.g. after a restart.
+    def load_object(
+        self, slot: str, data: bytes, filename: str | None = None, *, commit: Commit | None = None
+    ) -> str:
+        """Load a ready ELF shared object from its bytes (native slots).
+
+        The object is mapped from memory (``memfd_create``, then ``dlopen``
+        of ``/proc/self/fd/N``): it need not be a file this machine can see.
+        The check's rules are those of :meth:`load_path`, except that an
+        object with no file has no origin (``$ORIGIN`` in its ``RUNPATH``
+        means nothing; see docs/state.md).
+        """
+        if len(data) > MAX_OBJECT:
+            raise TooLarge(
+                f"{filename or 'the object'} is {len(data)} bytes, over the {MAX_OBJECT}-byte "
+                "limit for a shared object",
+                slot=slot,
+            )
+        return self._load(slot, data, filename, None, in_memory=True, commit=commit)
+
+    def restore(
+        self,
+        version: str,
+        content: str | bytes,
+        filename: str | None = None,
+        *,
+        origin: str | None = None,
+    ) -> str:
+        """Load a source (or, native, an object's bytes, mapped from memory)
+        under a given id (``spam@3``), e.g. after a restart; ``origin`` is the
+        directory it was first loaded from, if any.
 
         The number must not be in use. Returns the id; a later :meth:`load`
         continues numbering after the highest number seen.
         """
         slot, number = parse_version_id(version)
-        return self._load(slot, source, filename, number)
+        in_memory = isinstance(content, bytes)
+        return self._load(slot, content, filename, number, origin=origin, in_memory=in_memory)
 
     def reserve_numbers(self, slot: str, highest: int) -> None:
         """Make the slot's next version number at least ``highest + 1``."""
@@ -316,6 +331,7 @@ class Engine:
         number: int | None,
         *,
         origin: str | None = None,
+        in_memory: bool = False,
         commit: Commit | None = None,
     ) -> str:
         """Load text (``str``) or, for a native slot, a ready object (``bytes``)."""
@@ -328,7 +344,7 @@ class Engine:
         data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
         sha = hashlib.sha256(data).hexdigest()
         with s.load_lock:
-            existing = self._find_loaded(s, sha)
+            existing = s.find_loaded(sha)
             if existing is not None:
                 return existing.id
             if number is None:
@@ -336,69 +352,36 @@ class Engine:
             elif number in s.versions:
                 raise BadState(f"{slot}@{number} already exists", version=f"{slot}@{number}")
             vid = f"{slot}@{number}"
-            if s.backend is not None:
-                # The native half: compile (or copy) and read the ELF tables.
-                obj = s.backend.load(
-                    vid,
-                    source,
-                    filename,
-                    origin=Path(origin) if origin else None,
-                    build_dir=self.build_dir,
-                )
-                text = source if isinstance(source, str) else None
-                native = Version(
-                    slot, number, text, sha, filename, f"{filename} [{vid}]", None, None, obj
-                )
-                if commit is not None:
-                    try:
-                        commit(Change("load", vid, sha, source=text, filename=filename))
-                    except BaseException:
-                        obj.path.unlink(missing_ok=True)  # nothing is mapped yet
-                        raise
-                with s.lock:
-                    s.next_number = max(s.next_number, number + 1)
-                    s.versions[number] = native
-                    self._emit(native, None, "load")
-                return vid
-            if not isinstance(source, str):  # load_path refuses this before
-                raise LoadFailed(f"{filename}: slot {slot} takes Python source", slot=slot)
-            if self.quarantine is not None:
-                self.quarantine.run(source, filename, s.interface)
-            # A code filename unique to the version keeps tracebacks and
-            # linecache right when two versions come from the same file name.
-            code_filename = f"{filename} [{vid}]"
-            module_name = free_module_name(f"{MODULE_PREFIX}.{slot}_{number}")
-            with cyclic_gc_paused():
-                code = compile_source(source, filename, code_filename)
-                before = set(threading.enumerate())
-                module = execute_module(code, source, filename, code_filename, module_name)
-            threads = threads_started_by(module, before)
-            version = Version(slot, number, source, sha, filename, code_filename, module, code)
-            version.import_threads = threads
+            version = s.backend.load(
+                vid,
+                source,
+                filename,
+                sha256=sha,
+                origin=Path(origin) if origin else None,
+                build_dir=self.build_dir,
+                quarantine=self.quarantine,
+                in_memory=in_memory,
+            )
             if commit is not None:
+                change = Change(
+                    "load",
+                    vid,
+                    sha,
+                    source=version.source,
+                    filename=filename,
+                    data=source if isinstance(source, bytes) else None,
+                    origin=origin,
+                )
                 try:
-                    commit(Change("load", vid, sha, source=source, filename=filename))
+                    commit(change)
                 except BaseException:
-                    # Not journaled, so never a version: leave nothing behind.
-                    if sys.modules.get(module_name) is module:
-                        del sys.modules[module_name]
-                    linecache.cache.pop(code_filename, None)
+                    s.backend.discard(version)  # not journaled, so never a version
                     raise
             with s.lock:
                 s.next_number = max(s.next_number, number + 1)
                 s.versions[number] = version
                 self._emit(version, None, "load")
         return vid
-
-    @staticmethod
-    def _find_loaded(s: Slot, sha: str) -> Version | None:
-        for version in s.versions.values():
-            if version.sha256 == sha and version.state not in (
-                VersionState.PURGED,
-                VersionState.UNLOADED,
-            ):
-                return version
-        return None
 
     # -- check --------------------------------------------------------------
 
@@ -411,40 +394,24 @@ class Engine:
         v = self._version(version)
         s = self._slots[v.slot]
         with s.lock:
-            functions: dict[str, Any] = {}
-            if s.backend is not None:
-                report, functions = self._check_native(s.backend, v)
-            else:
-                module, code = self._live(v)
-                with cyclic_gc_paused():
-                    report = check_module(v.id, module, code, s.interface)
-                extra = (*v.import_threads, *check_handoff(module.__dict__))
-                if extra:
-                    report = ResolveReport(report.version, report.problems + extra)
+            if v.namespace is None:
+                raise BadState(f"{v.id} is unloaded: its code is gone", version=v.id)
+            # Refuse (a purged version) before anything runs or is mapped.
+            transition(v.id, v.state, Op.CHECK_OK)
+            report, functions = s.backend.check(v, self.quarantine)
             op = Op.CHECK_OK if report.ok else Op.CHECK_FAIL
             transition(v.id, v.state, op)  # refuse before the commit, not after
             if commit is not None:
                 commit(Change("check", v.id, v.sha256, ok=report.ok, problems=len(report.errors)))
-            if s.backend is not None:
-                self._publish_native(v, functions)
+            self._publish(v, functions)
             v.report = report
             self._move(v, op)
         return report
 
-    def _check_native(
-        self, backend: NativeBackend, v: Version
-    ) -> tuple[ResolveReport, dict[str, Any]]:
-        """Resolve a native version; a clean one is mapped and its function
-        pointers returned (into its namespace once committed, published later
-        by swap)."""
-        if v.namespace is None or v.obj is None:
-            raise BadState(f"{v.id} is unloaded: its code is gone", version=v.id)
-        # Refuse a purged version before anything is mapped, not after.
-        transition(v.id, v.state, Op.CHECK_OK)
-        return backend.check(v.id, v.obj, self.quarantine)
-
     @staticmethod
-    def _publish_native(v: Version, functions: dict[str, Any]) -> None:
+    def _publish(v: Version, functions: dict[str, Any]) -> None:
+        """Put what the check made (a native version's function pointers)
+        into the version's namespace, where calls find it once swapped in."""
         namespace = v.namespace
         assert namespace is not None
         for name, fn in functions.items():
@@ -549,11 +516,7 @@ class Engine:
             self._forget(v)
 
     def _forget(self, v: Version) -> None:
-        if v.module is not None and sys.modules.get(v.module_name) is v.module:
-            del sys.modules[v.module_name]
-        backend = self._slots[v.slot].backend
-        if backend is not None and v.obj is not None:
-            backend.forget(v.obj)  # the native index: name -> function pointer
+        self._slots[v.slot].backend.forget(v)
         if v in self._slots[v.slot].history:
             self._slots[v.slot].history.remove(v)
 
@@ -595,11 +558,10 @@ class Engine:
             gc.collect()
             freed = all_dead(v.weak)
         holders = {} if freed else holders_of(v.weak, v.weak_namespace())
-        if s.backend is not None and v.obj is not None:
-            # Native: with the pointers gone the object is dlclose'd; whether
-            # it left memory is then for /proc/self/maps to say.
-            freed, reasons = s.backend.release(v.obj, pointers_freed=freed)
-            holders.update(reasons)
+        # Native: with the pointers gone the object is dlclose'd; whether it
+        # left memory is then for /proc/self/maps to say.
+        freed, reasons = s.backend.release(v, pointers_freed=freed)
+        holders.update(reasons)
         v.freed = freed
         return UnloadResult(v.id, freed, v.in_flight(), holders)
 
@@ -706,78 +668,6 @@ class Engine:
             symbol=symbol,
         )
 
-    # -- symbols ----------------------------------------------------------------
-
-    def symbols(self, version: str) -> SymbolTable:
-        """The version's symbol table (nm for Python, .dynsym for native
-        versions). Kept after unload."""
-        v = self._version(version)
-        backend = self._slots[v.slot].backend
-        if v.table is None and backend is not None and v.obj is not None:
-            v.table = backend.table(v.id, v.obj)
-        if v.table is None:
-            module, code = self._live(v)
-            source = v.source or ""
-            with cyclic_gc_paused():
-                v.table = build_symbol_table(v.id, module, code, source)
-        return v.table
-
-    def object_path(self, version: str) -> str | None:
-        """The file a native version is (or would be) mapped from: its private
-        copy, the name ``/proc/self/maps`` shows. ``None`` for Python versions."""
-        obj = self._version(version).obj
-        return str(obj.path) if obj is not None else None
-
-    def diff(self, a: str, b: str) -> SymbolDiff:
-        """Two versions' symbol tables side by side, rows marked = ~ + -."""
-        return diff_tables(self.symbols(a), self.symbols(b))
-
-    def source(self, version: str) -> str:
-        """The source a version was loaded from (gone once it is unloaded)."""
-        v = self._version(version)
-        if v.source is None and v.obj is not None and v.state is not VersionState.UNLOADED:
-            raise BadState(
-                f"{v.id} was loaded from a ready shared object ({v.filename}): it has no source",
-                version=v.id,
-            )
-        if v.source is None:
-            raise BadState(f"{v.id} is unloaded: its source is gone", version=v.id)
-        return v.source
-
-    # -- status -----------------------------------------------------------------
-
-    def status(self) -> EngineStatus:
-        """A snapshot of every slot and version, with call statistics."""
-        with self._lock:
-            slots = list(self._slots.values())
-        infos = []
-        for s in slots:
-            with s.lock:
-                versions = tuple(v.info() for v in s.versions.values())
-                active = s.active.id if s.active else None
-            interface = s.interface
-            described = f"{interface.__module__}.{interface.__qualname__}" if interface else ""
-            infos.append(
-                SlotInfo(
-                    name=s.name,
-                    interface=s.backend.describe() if s.backend is not None else described,
-                    members=tuple(s.members),
-                    active=active,
-                    versions=versions,
-                    kind=s.backend.kind if s.backend is not None else "python",
-                )
-            )
-        return EngineStatus(self.name, os.getpid(), tuple(infos))
-
-    def info(self, version: str) -> VersionInfo:
-        """A snapshot of one version."""
-        return self._version(version).info()
-
-    def versions(self, slot: str | None = None) -> list[str]:
-        """Ids of every version known (including unloaded tombstones)."""
-        slots = [self._slot(slot)] if slot else list(self._slots.values())
-        return [v.id for s in slots for v in s.versions.values()]
-
     def close(self) -> None:
         """Retire the engine: unload every version of every slot.
 
@@ -822,34 +712,3 @@ class Engine:
         )
         server.start()
         return server
-
-    # -- lookups ----------------------------------------------------------------
-
-    def _slot(self, name: str) -> Slot:
-        try:
-            return self._slots[name]
-        except KeyError:
-            raise UnknownSlot(
-                f"no slot named {name!r}; slots: {self._slot_list()}", slot=name
-            ) from None
-
-    def _slot_list(self) -> str:
-        return ", ".join(self._slots) or "(none)"
-
-    def _version(self, version: str) -> Version:
-        slot, number = parse_version_id(version)
-        s = self._slot(slot)
-        try:
-            return s.versions[number]
-        except KeyError:
-            raise UnknownVersion(
-                f"no version {version}; {slot} has "
-                f"{', '.join(v.id for v in s.versions.values()) or 'no versions'}",
-                version=version,
-            ) from None
-
-    @staticmethod
-    def _live(v: Version) -> tuple[types.ModuleType, types.CodeType]:
-        if v.module is None or v.code is None:
-            raise BadState(f"{v.id} is unloaded: its code is gone", version=v.id)
-        return v.module, v.code

@@ -16,8 +16,9 @@ import time
 from typing import Final
 
 from .errors import LoadFailed
+from .filekind import is_elf
 
-__all__ = ["READ_TIMEOUT_S", "read_regular_file"]
+__all__ = ["READ_TIMEOUT_S", "read_regular_file", "text_or_object"]
 
 #: A whole file must be read within this many seconds.
 READ_TIMEOUT_S: Final = 10.0
@@ -105,3 +106,18 @@ def _kind(mode: int) -> str:
         if test(mode):
             return what
     return "not a regular file"
+
+
+def text_or_object(data: bytes, name: str) -> str | bytes:
+    """A file's content as the engine loads it: an ELF object stays bytes,
+    anything else must be UTF-8 text (:class:`LoadFailed` if it is neither)."""
+    if is_elf(data):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LoadFailed(
+            f"{name} is neither UTF-8 text (bad byte at offset {exc.start}) "
+            "nor an ELF shared object",
+            filename=name,
+        ) from None

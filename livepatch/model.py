@@ -127,3 +127,7 @@ class Change:
     #: load: the source text (``None`` for a ready shared object) and its name.
     source: str | None = None
     filename: str = ""
+    #: load: a ready shared object's bytes (stored content-addressed, as a
+    #: source is), and the directory it or its source was read from, if any.
+    data: bytes | None = None
+    origin: str | None = None

@@ -31,10 +31,11 @@ engine's, step for step; only what each step does to the object is native:
 
 Three choices worth knowing, each for safety:
 
-* Every version is ``dlopen``\\ ed from its own private copy of the file. The
-  dynamic linker returns the already-loaded object for a path (or inode) it
-  has seen, so loading a rebuilt ``rules.so`` again would silently give back
-  the old code.
+* Every version is ``dlopen``\\ ed from its own private copy of the file
+  (:mod:`livepatch.native_object`; a memory file for an object sent as
+  bytes). The dynamic linker returns the already-loaded object for a path
+  (or inode) it has seen, so loading a rebuilt ``rules.so`` again would
+  silently give back the old code.
 * ``RTLD_LOCAL``: two versions of a slot both define ``classify``; in the
   global scope the second one's internal calls would bind to the first's.
 * Calls keep the GIL (``ctypes.PYFUNCTYPE``). A thread inside native code
@@ -51,34 +52,35 @@ fails the check instead.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import hashlib
-import inspect
+import os
 import re
 import shutil
 import sys
-import tempfile
-import threading
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import LoadFailed
-from .native_build import BASE_FLAGS, compile_c, find_compiler
+from .errors import BadState, LoadFailed
+from .ids import parse_version_id
+from .native_build import BASE_FLAGS, cached_build, compile_c, find_compiler
 from .native_elf import ElfInfo, ElfSymbol, NotSharedObject, is_elf, read_elf
+from .native_interface import NativeFunction, NativeInterface, make_pointer
 from .native_link import RTLD_LOCAL, RTLD_NOW, MissingVersion, Scope, dl, dlsym, mappings
+from .native_object import NativeObject, memory_file, private_dir, version_file
 from .report import Problem, ResolveReport
 from .symbols import SymbolRow, SymbolTable
+from .versions import Version
 
 if TYPE_CHECKING:
     from .quarantine import Quarantine
 
 __all__ = [
     "BASE_FLAGS",
+    "MAX_OBJECT",
     "NATIVE_LETTERS",
     "ElfInfo",
     "ElfSymbol",
@@ -102,275 +104,6 @@ NATIVE_LETTERS: Final = ("T", "D", "B", "R", "U", "W")
 
 #: Largest ready object accepted, in bytes.
 MAX_OBJECT: Final = 256 * 1024 * 1024
-
-
-# ---------------------------------------------------------------------------
-# The interface: C signatures declared with ctypes types
-# ---------------------------------------------------------------------------
-
-# C spelling of the ctypes types a host may declare. Aliases collapse on a
-# given platform (c_longlong is c_long on LP64), so the plainer name is last.
-_C_NAMES: dict[Any, str] = {}
-for _ctype, _name in (
-    (ctypes.c_bool, "bool"),
-    (ctypes.c_char, "char"),
-    (ctypes.c_wchar, "wchar_t"),
-    (ctypes.c_byte, "signed char"),
-    (ctypes.c_ubyte, "unsigned char"),
-    (ctypes.c_short, "short"),
-    (ctypes.c_ushort, "unsigned short"),
-    (ctypes.c_longlong, "long long"),
-    (ctypes.c_ulonglong, "unsigned long long"),
-    (ctypes.c_long, "long"),
-    (ctypes.c_ulong, "unsigned long"),
-    (ctypes.c_int, "int"),
-    (ctypes.c_uint, "unsigned int"),
-    (ctypes.c_float, "float"),
-    (ctypes.c_double, "double"),
-    (ctypes.c_longdouble, "long double"),
-    (ctypes.c_char_p, "const char *"),
-    (ctypes.c_wchar_p, "const wchar_t *"),
-    (ctypes.c_void_p, "void *"),
-):
-    _C_NAMES[_ctype] = _name
-
-_INTEGERS: Final = frozenset(
-    {
-        ctypes.c_byte,
-        ctypes.c_ubyte,
-        ctypes.c_short,
-        ctypes.c_ushort,
-        ctypes.c_int,
-        ctypes.c_uint,
-        ctypes.c_long,
-        ctypes.c_ulong,
-        ctypes.c_longlong,
-        ctypes.c_ulonglong,
-    }
-)
-_FLOATS: Final = frozenset({ctypes.c_float, ctypes.c_double, ctypes.c_longdouble})
-
-
-class _Text(ctypes.c_char_p):
-    """``const char *`` that also takes ``str``, encoded as UTF-8.
-
-    Arguments arriving over the control protocol are JSON strings; with a
-    plain ``c_char_p`` every caller would have to encode them first. ctypes
-    keeps the encoded bytes alive for the duration of the call.
-    """
-
-    @classmethod
-    def from_param(cls, value: Any) -> Any:
-        """Convert one argument (ctypes' hook for ``argtypes`` entries)."""
-        if isinstance(value, str):
-            value = value.encode("utf-8", "surrogateescape")
-        return ctypes.c_char_p.from_param(value)
-
-
-def _c_name(ctype: Any) -> str:
-    if ctype is None:
-        return "void"
-    name = _C_NAMES.get(ctype)
-    if name is not None:
-        return name
-    if isinstance(ctype, type) and issubclass(ctype, ctypes._Pointer):
-        return _c_name(ctype._type_) + " *"
-    return getattr(ctype, "__name__", repr(ctype))
-
-
-def _python_type(ctype: Any) -> Any:
-    """The Python type a caller passes (or gets back) for a ctypes type."""
-    if ctype is None:
-        return None
-    if ctype is ctypes.c_bool:
-        return bool
-    if ctype in _INTEGERS:
-        return int
-    if ctype in _FLOATS:
-        return float
-    if ctype in (ctypes.c_char_p, ctypes.c_wchar_p, ctypes.c_char, ctypes.c_wchar):
-        return str
-    return Any
-
-
-def _check_ctype(ctype: Any, where: str, *, allow_none: bool) -> None:
-    if ctype is None and allow_none:
-        return
-    if isinstance(ctype, type) and issubclass(
-        ctype, (ctypes._SimpleCData, ctypes._Pointer, ctypes.Structure, ctypes.Union)
-    ):
-        return
-    raise TypeError(f"{where} must be a ctypes type (e.g. ctypes.c_int), not {ctype!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class NativeFunction:
-    """One entry point of a native interface: ``int classify(const char *text)``."""
-
-    name: str
-    restype: Any
-    argtypes: tuple[Any, ...]
-    params: tuple[str, ...]
-
-    def declaration(self) -> str:
-        """The C declaration, e.g. ``int classify(const char *text)``."""
-        args = []
-        for ctype, param in zip(self.argtypes, self.params, strict=True):
-            c = _c_name(ctype)
-            args.append(f"{c}{param}" if c.endswith("*") else f"{c} {param}")
-        return f"{_c_name(self.restype)} {self.name}({', '.join(args) or 'void'})"
-
-    def signature(self) -> inspect.Signature:
-        """The Python view of the call: ``(text: str, /) -> int``."""
-        empty = inspect.Parameter.empty
-        params = [
-            inspect.Parameter(
-                name,
-                inspect.Parameter.POSITIONAL_ONLY,
-                annotation=_python_type(ctype) if _python_type(ctype) is not Any else empty,
-            )
-            for ctype, name in zip(self.argtypes, self.params, strict=True)
-        ]
-        ret = _python_type(self.restype)
-        if self.restype is ctypes.c_char_p:
-            ret = bytes  # ctypes hands back the bytes, not text
-        return inspect.Signature(params, return_annotation=empty if ret is Any else ret)
-
-    def prototype(self) -> Any:
-        """The ctypes function type: GIL kept during the call (see the module doc)."""
-        converters = [_Text if t is ctypes.c_char_p else t for t in self.argtypes]
-        return ctypes.PYFUNCTYPE(self.restype, *converters)
-
-
-class NativeInterface:
-    """The C signatures a native slot's objects must export.
-
-    ``functions`` maps each entry point's name to ``(restype, argtypes)``:
-    ``restype`` a ctypes type or ``None`` (``void``), ``argtypes`` a list of
-    ctypes types or ``(name, ctype)`` pairs (the names show in signatures
-    and symbol tables; unnamed ones become ``arg1``, ``arg2``...). A
-    ``c_char_p`` parameter also accepts ``str`` (encoded as UTF-8).
-
-    The object file carries no types, so the check can verify that each
-    entry point exists and is a function, not that its C signature matches:
-    the declaration is the host's promise, as a header file is.
-    """
-
-    def __init__(
-        self,
-        functions: Mapping[str, tuple[Any, Sequence[Any]]],
-        *,
-        name: str = "NativeInterface",
-    ) -> None:
-        if not functions:
-            raise ValueError("a NativeInterface needs at least one function")
-        self.name = name
-        built: dict[str, NativeFunction] = {}
-        for fname, spec in functions.items():
-            if not (isinstance(fname, str) and fname.isidentifier()):
-                raise ValueError(f"function name {fname!r} is not a C identifier")
-            try:
-                restype, argspec = spec
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{fname}: use (restype, [argtypes]), e.g. (ctypes.c_int, [ctypes.c_char_p])"
-                ) from None
-            _check_ctype(restype, f"{fname}: the return type", allow_none=True)
-            argtypes: list[Any] = []
-            params: list[str] = []
-            for index, arg in enumerate(argspec, 1):
-                pname, ctype = arg if isinstance(arg, tuple) else (f"arg{index}", arg)
-                if not (isinstance(pname, str) and pname.isidentifier()):
-                    raise ValueError(f"{fname}: parameter name {pname!r} is not an identifier")
-                _check_ctype(ctype, f"{fname}: parameter {pname}", allow_none=False)
-                argtypes.append(ctype)
-                params.append(pname)
-            built[fname] = NativeFunction(fname, restype, tuple(argtypes), tuple(params))
-        self.functions: Mapping[str, NativeFunction] = built
-
-    def describe(self) -> str:
-        """Every declaration, ``; ``-separated (what ``status`` shows)."""
-        return "; ".join(f.declaration() for f in self.functions.values())
-
-    def __repr__(self) -> str:
-        return f"NativeInterface({self.describe()})"
-
-
-# ---------------------------------------------------------------------------
-# Build directories
-# ---------------------------------------------------------------------------
-
-_run_dir: Path | None = None
-_run_dir_lock = threading.Lock()
-
-
-def _private_dir() -> Path:
-    """A per-process private directory (0700), removed at exit."""
-    global _run_dir
-    with _run_dir_lock:
-        if _run_dir is None:
-            _run_dir = Path(tempfile.mkdtemp(prefix="livepatch-native-"))
-            atexit.register(shutil.rmtree, _run_dir, True)
-        return _run_dir
-
-
-def _version_file(version: str) -> Path:
-    """A fresh file name for a version's private copy: ``spam_native@2.so``
-    (``-2``, ``-3``... when several engines in this process share slot names)."""
-    directory = _private_dir()
-    with _run_dir_lock:
-        path, k = directory / f"{version}.so", 1
-        while path.exists():
-            k += 1
-            path = directory / f"{version}-{k}.so"
-        path.touch(mode=0o600)
-        return path
-
-
-# ---------------------------------------------------------------------------
-# One loaded object, and the backend
-# ---------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class NativeObject:
-    """One version's object: the file it is mapped from and what is known of it.
-
-    ``path`` is the version's private copy (the name ``/proc/self/maps``
-    shows); ``filename`` the name it was loaded as; ``origin`` the directory
-    the object or source came from;
-    ``handle`` the ``dlopen`` handle once the check mapped it.
-    """
-
-    path: Path
-    info: ElfInfo
-    filename: str
-    origin: Path | None
-    source: str | None
-    handle: int | None = None
-    functions: dict[str, Any] = field(default_factory=dict)
-    closed: bool = False
-    live_pointers: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def _pointer_freed(self) -> None:
-        # weakref.finalize callback of each function pointer: once the last
-        # one is gone nothing can call into the object, so close it now, as
-        # GHC frees an unloaded object at the GC that finds it unreferenced.
-        with self.lock:
-            self.live_pointers -= 1
-            if self.live_pointers > 0:
-                return
-        self.close()
-
-    def close(self) -> None:
-        """``dlclose`` the object (once). Only when no pointer into it is left."""
-        with self.lock:
-            handle, self.handle = self.handle, None
-            self.closed = True
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                dl.dlclose(handle)
 
 
 _TOKEN: Final = re.compile(r"[A-Za-z_]\w*|[{}]")
@@ -456,46 +189,87 @@ class NativeBackend:
     def load(
         self,
         version: str,
-        data: str | bytes,
+        content: str | bytes,
         filename: str,
         *,
+        sha256: str | None = None,
         origin: Path | None = None,
         build_dir: Path | None = None,
-    ) -> NativeObject:
-        """Compile C source (``str``) or take a ready object (``bytes``), copy
-        it to the version's private file and read its ELF tables.
+        quarantine: Quarantine | None = None,
+        in_memory: bool = False,
+    ) -> Version:
+        """A new version ``slot@N`` from C source (``str``, compiled) or a ready
+        object (``bytes``), in its private copy, its ELF tables read.
 
-        Nothing is mapped. :class:`LoadFailed` for a compiler error or a file
-        the dynamic linker would refuse.
+        ``in_memory``: the copy is a memory file (``memfd_create``), for an
+        object that arrived as bytes. Nothing is mapped, so nothing of the
+        object has run (the quarantine maps it at check). :class:`LoadFailed`
+        for a compiler error or an object the dynamic linker would refuse.
         """
+        obj = self._object(version, content, filename, origin, build_dir, in_memory)
+        slot, number = parse_version_id(version)
+        if sha256 is None:
+            data = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+            sha256 = hashlib.sha256(data).hexdigest()
+        source = content if isinstance(content, str) else None
+        return Version(
+            slot, number, source, sha256, filename, f"{filename} [{version}]", None, None, obj
+        )
+
+    def discard(self, version: Version) -> None:
+        """Leave nothing of a version that was never published (its commit
+        failed): nothing is mapped yet, so the private copy just goes."""
+        if version.obj is not None:
+            version.obj.remove()
+
+    def _object(
+        self,
+        version: str,
+        data: str | bytes,
+        filename: str,
+        origin: Path | None,
+        build_dir: Path | None,
+        in_memory: bool,
+    ) -> NativeObject:
         source = data if isinstance(data, str) else None
         private: Path | None = None
+        fd: int | None = None
         try:
             if isinstance(data, str):
                 built = self._build(data, filename, origin, build_dir)
-                private = _version_file(version)
+                private = version_file(version)
                 shutil.copyfile(built, private)
+                info = read_elf(private, shown=filename)
+            elif in_memory:
+                # Read the tables from the bytes first: a refused object never
+                # becomes a memory file.
+                info = read_elf(data, shown=filename)
+                fd = memory_file(version, data)
+                private = Path(f"/proc/self/fd/{fd}")
             else:
-                private = _version_file(version)
+                private = version_file(version)
                 private.write_bytes(data)
-            info = read_elf(private, shown=filename)
+                info = read_elf(private, shown=filename)
         except (NotSharedObject, OSError) as exc:
-            if private is not None:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            elif private is not None:
                 private.unlink(missing_ok=True)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise LoadFailed(
                 reason if reason.startswith(filename) else f"{filename}: {reason}",
                 filename=filename,
             ) from None
-        return NativeObject(private, info, filename, origin, source)
+        return NativeObject(private, info, filename, origin, source, fd=fd)
 
     def _build(
         self, source: str, filename: str, origin: Path | None, build_dir: Path | None
     ) -> Path:
-        """The compiled object for ``source``, from the cache when built before.
-
-        The cache key covers the compiler, the flags and the source, so an
-        engine restarted on its state directory does not compile again.
+        """The compiled object for ``source``, from the cache when built before
+        (:func:`~livepatch.native_build.cached_build`: keyed by content, not by
+        ``origin``, which is only where ``#include "x.h"`` looks), so an engine
+        restarted on its state directory does not compile again.
         """
         compiler = self.compiler or find_compiler()
         if compiler is None:
@@ -504,29 +278,31 @@ class NativeBackend:
                 filename=filename,
                 reason="no-compiler",
             )
-        cache = (build_dir if build_dir is not None else _private_dir()) / "cache"
-        key = hashlib.sha256(
-            "\0".join([*compiler, *BASE_FLAGS, *self.flags, str(origin or ""), source]).encode(
-                "utf-8", "surrogateescape"
-            )
-        ).hexdigest()
-        built = cache / f"{key[:32]}.so"
-        if not built.is_file():
-            compile_c(
-                source, filename, built, compiler=compiler, flags=self.flags, include_dir=origin
-            )
-        return built
+        cache = (build_dir if build_dir is not None else private_dir()) / "cache"
+        return cached_build(
+            source, filename, cache, compiler=compiler, flags=self.flags, include_dir=origin
+        )
 
     # -- check -------------------------------------------------------------------
 
     def check(
-        self, version: str, obj: NativeObject, quarantine: Quarantine | None = None
+        self, version: Version, quarantine: Quarantine | None = None
     ) -> tuple[ResolveReport, dict[str, Any]]:
         """Resolve the object; map it and make its entry points when it resolves.
 
         Returns the report and the entry points (name -> ctypes function
-        pointer; empty unless the report is ok).
+        pointer; empty unless the report is ok), which the engine publishes
+        into the version's namespace once the check is committed.
         """
+        obj = version.obj
+        if obj is None or version.namespace is None:
+            raise BadState(f"{version.id} is unloaded: its code is gone", version=version.id)
+        return self.resolve(version.id, obj, quarantine)
+
+    def resolve(
+        self, version: str, obj: NativeObject, quarantine: Quarantine | None = None
+    ) -> tuple[ResolveReport, dict[str, Any]]:
+        """:meth:`check` of an object outside any engine (``version`` names it)."""
         problems: list[Problem] = []
         lines = _source_lines(obj.source)
         if obj.closed:
@@ -651,13 +427,14 @@ class NativeBackend:
         shown = obj.filename
         if quarantine is not None:
             try:
-                quarantine.run_native(str(obj.path), shown)
+                quarantine.run_native(str(obj.path), shown, fd=obj.fd)
             except LoadFailed as exc:
                 return [Problem("crash", shown, None, exc.message)]
         try:
             handle = int(dl.dlopen(str(obj.path), RTLD_NOW | RTLD_LOCAL))
         except OSError as exc:
-            error = _short_dlerror(str(exc))
+            # dlerror names the copy: the name it was loaded as says more.
+            error = _short_dlerror(str(exc).replace(str(obj.path), shown))
             missing = re.search(r"undefined symbol: (\S+)", error)
             if missing:
                 return [
@@ -671,7 +448,7 @@ class NativeBackend:
                 with contextlib.suppress(OSError):
                     dl.dlclose(handle)
                 return [Problem("missing-member", name, None, f"dlsym found no {name}")]
-            functions[name] = _make_pointer(spec, address, self.interface.name)
+            functions[name] = make_pointer(spec, address, self.interface.name)
         with obj.lock:
             obj.handle = handle
             obj.functions = functions
@@ -683,7 +460,13 @@ class NativeBackend:
 
     # -- symbols -----------------------------------------------------------------
 
-    def table(self, version: str, obj: NativeObject) -> SymbolTable:
+    def table(self, version: Version) -> SymbolTable:
+        """The version's symbol table: see :meth:`object_table`."""
+        if version.obj is None:
+            raise BadState(f"{version.id} has no object", version=version.id)
+        return self.object_table(version.id, version.obj)
+
+    def object_table(self, version: str, obj: NativeObject) -> SymbolTable:
         """The object's ``.dynsym`` as a symbol table, undefined symbols resolved.
 
         ``detail`` is ``size N`` for defined symbols (``weak, size N`` for
@@ -727,12 +510,14 @@ class NativeBackend:
 
     # -- purge and unload ---------------------------------------------------------
 
-    def forget(self, obj: NativeObject) -> None:
+    def forget(self, version: Version) -> None:
         """Purge: drop the backend's own index of the entry points."""
-        with obj.lock:
-            obj.functions = {}
+        obj = version.obj
+        if obj is not None:
+            with obj.lock:
+                obj.functions = {}
 
-    def release(self, obj: NativeObject, *, pointers_freed: bool) -> tuple[bool, dict[str, int]]:
+    def release(self, version: Version, *, pointers_freed: bool) -> tuple[bool, dict[str, int]]:
         """After unload: whether the object left memory, and if not, why.
 
         ``pointers_freed`` says whether every function pointer is gone (the
@@ -740,14 +525,17 @@ class NativeBackend:
         Returns ``(freed, reasons)``: each reason names the evidence, with
         the number of mappings ``/proc/self/maps`` still shows.
         """
+        obj = version.obj
+        if obj is None:
+            return pointers_freed, {}
         if pointers_freed:
             obj.close()
-        maps = mappings(obj.path)
+        maps = mappings(obj.shown)
         if not maps:
             with obj.lock:
                 closed = obj.closed or obj.handle is None
             if closed:
-                obj.path.unlink(missing_ok=True)
+                obj.remove()
             return True, {}
         if not pointers_freed:
             return False, {"maps: still mapped (function pointers still referenced)": len(maps)}
@@ -778,27 +566,3 @@ def _missing_version(sym: ElfSymbol | None, missing: MissingVersion, line: int |
 def _short_dlerror(error: str) -> str:
     # dlerror names the full path of our private copy; the file name is enough.
     return re.sub(r"/\S*/(livepatch-native-[^/\s]+)/", "", error)
-
-
-def _make_pointer(spec: NativeFunction, address: int, interface: str) -> Any:
-    """A ctypes function pointer for ``spec`` at ``address``, introspectable
-    like a Python function (name, signature, annotations)."""
-    fn = spec.prototype()(address)
-    signature = spec.signature()
-    annotations: dict[str, Any] = {
-        p.name: p.annotation
-        for p in signature.parameters.values()
-        if p.annotation is not inspect.Parameter.empty
-    }
-    if signature.return_annotation is not inspect.Signature.empty:
-        annotations["return"] = signature.return_annotation
-    # ctypes function objects take attributes; inspect and typing read these.
-    for attr, value in (
-        ("__name__", spec.name),
-        ("__qualname__", spec.name),
-        ("__signature__", signature),
-        ("__annotations__", annotations),
-        ("__doc__", f"{spec.declaration()} (native code; {interface})"),
-    ):
-        setattr(fn, attr, value)
-    return fn

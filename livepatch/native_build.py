@@ -1,7 +1,17 @@
-"""The system C compiler, for native rule sources."""
+"""The system C compiler, for native rule sources, and the cache of what it built.
+
+A compiled object is cached by its content: the compiler, the flags and the
+source, plus the content of every header the build read outside the system
+directories (the compiler's own dependency list, ``-MMD``). Where the source
+was loaded from (its origin, the ``-I`` directory for ``#include "x.h"``) is
+not part of the key: the same source built against the same headers is the
+same object wherever it came from, and a header edited since is a miss.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -14,7 +24,7 @@ from typing import Final
 
 from .errors import LoadFailed
 
-__all__ = ["BASE_FLAGS", "COMPILE_TIMEOUT", "compile_c", "find_compiler"]
+__all__ = ["BASE_FLAGS", "COMPILE_TIMEOUT", "cached_build", "compile_c", "find_compiler"]
 
 #: The compiler flags every C source is built with (the design's command).
 BASE_FLAGS: Final = ("-shared", "-fPIC", "-O2")
@@ -63,8 +73,9 @@ def compile_c(
     flags: Sequence[str] = (),
     include_dir: Path | None = None,
     timeout: float = COMPILE_TIMEOUT,
-) -> None:
-    """Compile ``source`` into the shared object ``output``.
+) -> list[Path]:
+    """Compile ``source`` into the shared object ``output``; the headers the
+    build read outside the system directories (absolute paths).
 
     The source is compiled under its own file name so that diagnostics name
     it. A compiler error raises :class:`LoadFailed` whose message is the
@@ -75,7 +86,14 @@ def compile_c(
     with tempfile.TemporaryDirectory(prefix="lp-cc-", dir=output.parent) as tmp:
         name = _safe_name(filename)
         (Path(tmp) / name).write_text(source, encoding="utf-8", errors="surrogateescape")
-        command = [*compiler, *BASE_FLAGS, "-x", "c", name, "-x", "none", *flags, "-o", "out.so"]
+        command = [
+            *compiler,
+            *BASE_FLAGS,
+            *("-MMD", "-MF", "deps.d"),
+            *("-x", "c", name, "-x", "none"),
+            *flags,
+            *("-o", "out.so"),
+        ]
         if include_dir is not None:
             command[len(compiler) : len(compiler)] = ["-I", str(include_dir)]
         try:
@@ -104,7 +122,93 @@ def compile_c(
             ) from None
         if proc.returncode != 0:
             raise _compile_error(filename, name, proc.stderr or proc.stdout)
+        headers = _dependencies(Path(tmp))
         os.replace(Path(tmp) / "out.so", output)
+    return headers
+
+
+def _dependencies(build: Path) -> list[Path]:
+    """The files a build read, from its make-style ``deps.d``, outside the
+    build directory (that is the source itself)."""
+    try:
+        text = (build / "deps.d").read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return []
+    _target, _, rest = text.replace("\\\n", " ").partition(": ")
+    found = []
+    for item in re.findall(r"(?:\\.|[^\s\\])+", rest):
+        path = Path(re.sub(r"\\(.)", r"\1", item).replace("$$", "$"))
+        path = path if path.is_absolute() else build / path
+        if build not in path.parents:
+            found.append(path)
+    return found
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+#: How a manifest names a header found in the include directory (the
+#: source's origin): relative to it, so a build from another origin checks
+#: the header it would read there.
+_IN_ORIGIN: Final = "origin:"
+
+
+def _header_name(path: Path, include_dir: Path | None) -> str:
+    if include_dir is not None and path.is_relative_to(include_dir):
+        return _IN_ORIGIN + str(path.relative_to(include_dir))
+    return str(path)
+
+
+def _header_path(name: str, include_dir: Path | None) -> Path:
+    if name.startswith(_IN_ORIGIN):
+        relative = name[len(_IN_ORIGIN) :]
+        # No origin now: nothing to read it from, so never a hit.
+        return include_dir / relative if include_dir is not None else Path("/nonexistent")
+    return Path(name)
+
+
+def cached_build(
+    source: str,
+    filename: str,
+    cache: Path,
+    *,
+    compiler: Sequence[str],
+    flags: Sequence[str] = (),
+    include_dir: Path | None = None,
+) -> Path:
+    """The object built from ``source``: from ``cache`` when the same compiler,
+    flags and source were built before and every header that build read is
+    unchanged (the module doc); else compiled now, and cached."""
+    key = hashlib.sha256(
+        "\0".join([*compiler, *BASE_FLAGS, *flags, source]).encode("utf-8", "surrogateescape")
+    ).hexdigest()[:32]
+    built, manifest = cache / f"{key}.so", cache / f"{key}.headers.json"
+    try:
+        headers = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        headers = None
+    if (
+        isinstance(headers, dict)
+        and built.is_file()
+        and all(
+            _digest(_header_path(name, include_dir)) == digest for name, digest in headers.items()
+        )
+    ):
+        return built
+    read = compile_c(
+        source, filename, built, compiler=compiler, flags=flags, include_dir=include_dir
+    )
+    # The object first, then what it depends on: a crash between the two
+    # leaves no manifest, which is a miss, never a stale hit.
+    record = {_header_name(path, include_dir): _digest(path) for path in read}
+    tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(tmp, manifest)
+    return built
 
 
 def _compile_error(filename: str, compiled_as: str, diagnostics: str) -> LoadFailed:

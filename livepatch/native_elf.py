@@ -8,6 +8,7 @@ Nothing here maps an object into the process: pyelftools reads the file.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -239,31 +240,37 @@ def version_definitions(path: str | os.PathLike[str]) -> frozenset[str] | None:
         return frozenset(names)
 
 
-def read_elf(path: str | os.PathLike[str], *, shown: str | None = None) -> ElfInfo:
-    """Read an object's dynamic symbol table and dynamic section.
+def read_elf(source: str | os.PathLike[str] | bytes, *, shown: str | None = None) -> ElfInfo:
+    """Read an object's dynamic symbol table and dynamic section, from a
+    file or from the object's bytes.
 
     Raises :class:`NotSharedObject` (a ``ValueError``) with a one-line reason
     for anything the dynamic linker would refuse: not ELF, not a shared
     object, built for another machine. ``shown`` is the name to give the
-    file in messages (default: its own).
+    object in messages (default: the file's own, or ``object``).
     """
+    if isinstance(source, bytes):
+        return _read_stream(io.BytesIO(source), shown or "object")
+    name = os.fspath(source)
+    with open(name, "rb") as stream:
+        return _read_stream(stream, shown or Path(name).name)
+
+
+def _read_stream(stream: BinaryIO, label: str) -> ElfInfo:
     from elftools.common.exceptions import ELFError  # imported when needed: ~40 ms
     from elftools.elf.elffile import ELFFile
 
-    name = os.fspath(path)
-    label = shown or Path(name).name
-    with open(name, "rb") as stream:
-        if stream.read(4) != _ELF_MAGIC:
-            raise NotSharedObject(f"{label} is not an ELF file")
-        stream.seek(0)
-        try:
-            elf = ELFFile(stream)
-            return _read(elf, stream, label)
-        except NotSharedObject:
-            raise
-        except (ELFError, Exception) as exc:  # noqa: BLE001 - pyelftools' own errors vary
-            # A truncated or corrupt file: whatever pyelftools tripped on.
-            raise NotSharedObject(f"{label} is a damaged ELF file: {exc}") from None
+    if stream.read(4) != _ELF_MAGIC:
+        raise NotSharedObject(f"{label} is not an ELF file")
+    stream.seek(0)
+    try:
+        elf = ELFFile(stream)
+        return _read(elf, stream, label)
+    except NotSharedObject:
+        raise
+    except (ELFError, Exception) as exc:  # noqa: BLE001 - pyelftools' own errors vary
+        # A truncated or corrupt file: whatever pyelftools tripped on.
+        raise NotSharedObject(f"{label} is a damaged ELF file: {exc}") from None
 
 
 def _read(elf: Any, stream: BinaryIO, shown: str) -> ElfInfo:

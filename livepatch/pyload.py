@@ -1,5 +1,6 @@
-"""The Python half of a load: compile a rule source and run its body in a
-private module, leaving nothing behind when either fails.
+"""The Python half of a slot: compile a rule source and run its body in a
+private module, leaving nothing behind when either fails; check, tabulate
+and forget it (:class:`PythonBackend`, see :mod:`livepatch.backend`).
 
 The engine owns the lifecycle (numbers, states, publication); this module
 owns what a load does to the interpreter: ``sys.modules`` under a private
@@ -11,19 +12,31 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import linecache
 import sys
 import threading
 import traceback
 import types
+import typing
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
 
-from .errors import LoadFailed
-from .resolve import Problem
+from .errors import BadState, LoadFailed
+from .handoff import check_handoff
+from .ids import parse_version_id
+from .resolve import Problem, ResolveReport, check_module, interface_members
+from .symbols import SymbolTable, build_symbol_table
+from .versions import Version
+
+if typing.TYPE_CHECKING:
+    from .quarantine import Quarantine
 
 __all__ = [
     "MAX_SOURCE",
     "MODULE_PREFIX",
+    "PythonBackend",
     "compile_source",
     "cyclic_gc_paused",
     "execute_module",
@@ -170,3 +183,106 @@ def error_position(exc: BaseException, code_filename: str) -> tuple[int, int]:
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class PythonBackend:
+    """The Python half of a slot: rule modules checked against a Protocol
+    (``interface=None``: names only). The engine owns the lifecycle; see
+    :mod:`livepatch.backend`."""
+
+    kind: Final = "python"
+
+    def __init__(self, interface: type | None) -> None:
+        self.interface = interface
+
+    def describe(self) -> str:
+        """The Protocol's dotted name (empty without one)."""
+        i = self.interface
+        return f"{i.__module__}.{i.__qualname__}" if i is not None else ""
+
+    def members(self) -> dict[str, Any]:
+        """The Protocol's members by name."""
+        return interface_members(self.interface) if self.interface is not None else {}
+
+    def load(
+        self,
+        version: str,
+        content: str | bytes,
+        filename: str,
+        *,
+        sha256: str | None = None,
+        origin: Path | None = None,
+        build_dir: Path | None = None,
+        quarantine: Quarantine | None = None,
+        in_memory: bool = False,
+    ) -> Version:
+        """Compile ``content`` and run its body as module of a new version
+        (first in ``quarantine``, when given). A syntax error or an exception
+        in the body is :class:`LoadFailed` naming ``file:line:col``, with
+        nothing left behind."""
+        slot, number = parse_version_id(version)
+        if not isinstance(content, str):
+            what = "a compiled ELF object" if content[:4] == b"\x7fELF" else "not source text"
+            raise LoadFailed(
+                f"{filename} is {what}, but slot {slot} takes Python source", filename=filename
+            )
+        if sha256 is None:
+            sha256 = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+        if quarantine is not None:
+            quarantine.run(content, filename, self.interface)
+        # A code filename unique to the version keeps tracebacks and
+        # linecache right when two versions come from the same file name.
+        code_filename = f"{filename} [{version}]"
+        module_name = free_module_name(f"{MODULE_PREFIX}.{slot}_{number}")
+        with cyclic_gc_paused():
+            code = compile_source(content, filename, code_filename)
+            before = set(threading.enumerate())
+            module = execute_module(code, content, filename, code_filename, module_name)
+        threads = threads_started_by(module, before)
+        loaded = Version(slot, number, content, sha256, filename, code_filename, module, code)
+        loaded.import_threads = threads
+        return loaded
+
+    def discard(self, version: Version) -> None:
+        """Not journaled, so never a version: leave nothing behind."""
+        module = version.module
+        if module is not None and sys.modules.get(version.module_name) is module:
+            del sys.modules[version.module_name]
+        linecache.cache.pop(version.code_filename, None)
+
+    def check(
+        self, version: Version, quarantine: Quarantine | None
+    ) -> tuple[ResolveReport, dict[str, Any]]:
+        """Every global name resolves, the Protocol's members conform, and the
+        warnings of the load (threads) and of the hand-over hook. Nothing to
+        publish: the module's namespace is the version's."""
+        module, code = live_code(version)
+        with cyclic_gc_paused():
+            report = check_module(version.id, module, code, self.interface)
+        extra = (*version.import_threads, *check_handoff(module.__dict__))
+        if extra:
+            report = ResolveReport(report.version, report.problems + extra)
+        return report, {}
+
+    def table(self, version: Version) -> SymbolTable:
+        """nm for Python (see :mod:`livepatch.symbols`)."""
+        module, code = live_code(version)
+        with cyclic_gc_paused():
+            return build_symbol_table(version.id, module, code, version.source or "")
+
+    def forget(self, version: Version) -> None:
+        """Purge: drop the module from ``sys.modules``."""
+        module = version.module
+        if module is not None and sys.modules.get(version.module_name) is module:
+            del sys.modules[version.module_name]
+
+    def release(self, version: Version, *, pointers_freed: bool) -> tuple[bool, dict[str, int]]:
+        """The collector decides: freed when the weak references are dead."""
+        return pointers_freed, {}
+
+
+def live_code(version: Version) -> tuple[types.ModuleType, types.CodeType]:
+    """A version's module and code; :class:`BadState` once it is unloaded."""
+    if version.module is None or version.code is None:
+        raise BadState(f"{version.id} is unloaded: its code is gone", version=version.id)
+    return version.module, version.code

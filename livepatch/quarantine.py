@@ -106,9 +106,13 @@ class Quarantine:
             what="the module body",
         )
 
-    def run_native(self, path: str, filename: str) -> None:
+    def run_native(self, path: str, filename: str, *, fd: int | None = None) -> None:
         """``dlopen`` a shared object in a child process first (its constructors
-        run there); :class:`LoadFailed` if that crashes, hangs or fails."""
+        run there); :class:`LoadFailed` if that crashes, hangs or fails.
+
+        ``fd``: the object is a memory file, ``path`` its ``/proc/self/fd/N``;
+        the child inherits the fd under the same number, so the path holds there.
+        """
         request = {
             "native": path,
             "filename": filename,
@@ -121,12 +125,22 @@ class Quarantine:
             timeout_hint="mapping the object did not finish within {limit} in quarantine "
             "(a constructor that never returns?); it was not mapped here",
             what="mapping the object (its constructors)",
+            pass_fds=() if fd is None else (fd,),
         )
 
-    def _child(self, request: dict[str, Any], filename: str, timeout_hint: str, what: str) -> None:
-        proc = _SPARES.take() if self.warm else None
+    def _child(
+        self,
+        request: dict[str, Any],
+        filename: str,
+        timeout_hint: str,
+        what: str,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
+        # A spare cannot inherit an fd made after it started: such a request
+        # (a memory-file object) starts a child of its own.
+        proc = _SPARES.take() if self.warm and not pass_fds else None
         if proc is None:
-            proc = _spawn()
+            proc = _spawn(pass_fds)
         try:
             _await_start(proc, filename)
             out, _ = proc.communicate(json.dumps(request).encode("utf-8"), timeout=self.timeout_s)
@@ -144,7 +158,7 @@ class Quarantine:
         _raise_for(proc.returncode, out, filename, what=what)
 
 
-def _spawn() -> subprocess.Popen[bytes]:
+def _spawn(pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     """Start a quarantine child; it imports, says it started, then waits."""
     return subprocess.Popen(
         [sys.executable, "-m", "livepatch.quarantine"],
@@ -155,6 +169,7 @@ def _spawn() -> subprocess.Popen[bytes]:
         # The child's own safety net: it dies with us (its CPU budget comes
         # with the request).
         env={**os.environ, _PARENT_ENV: str(os.getpid())},
+        pass_fds=pass_fds,
     )
 
 

@@ -29,7 +29,8 @@ from .engine import Commit, Engine, Event
 from .errors import BadResult, CallFailed, LivepatchError, StorageError
 from .journal import Journal, Peer
 from .model import Change
-from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams
+from .native import MAX_OBJECT
+from .protocol import METHODS, PROTOCOL_VERSION, InvalidParams, decode_object
 from .shadow import DEFAULT_QUEUE, DEFAULT_SAMPLE, DEFAULT_TIMEOUT_S, Shadows
 
 if TYPE_CHECKING:
@@ -161,8 +162,12 @@ class Service:
         slot = params["slot"]
         before = set(self.engine.versions(slot))
         source: str | None = params.get("source")
+        filename: str | None = params.get("filename")
         if source is not None:
-            version = self.engine.load(slot, source, params.get("filename"), commit=commit)
+            version = self.engine.load(slot, source, filename, commit=commit)
+        elif "object" in params:
+            data = decode_object(params["object"], MAX_OBJECT, filename=filename)
+            version = self.engine.load_object(slot, data, filename, commit=commit)
         else:
             version = self.engine.load_path(
                 slot, params["path"], params.get("filename"), commit=commit

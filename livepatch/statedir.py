@@ -10,6 +10,8 @@ Layout (docs/state.md describes every file and record)::
       journal.jsonl        the write-ahead journal (livepatch.journal, format 2)
       sources/<sha>.py     every source committed, stored and read back before
                            the journal record that names it
+      sources/<sha>.so     every ready shared object committed (a native slot's
+                           load by path or by bytes), stored the same way
       sources/<sha>.json   {"filename": ..., "versions": [...]}: the ids it was
                            loaded as, so numbers are never reused even if the
                            journal is lost
@@ -191,7 +193,8 @@ def _sign_lock(fd: int, engine_name: str) -> None:
 
 
 class SourceStore:
-    """Sources by sha256, with the version ids each was committed as.
+    """Sources and ready shared objects by sha256, with the version ids each
+    was committed as.
 
     Writes are atomic (a temporary file, fsync'd, renamed, the directory
     fsync'd) and read back before they return; they raise
@@ -218,6 +221,10 @@ class SourceStore:
     def path(self, sha256: str) -> Path:
         """Where the source with this hash lives."""
         return self.root / self._name(sha256, ".py")
+
+    def object_path(self, sha256: str) -> Path:
+        """Where the shared object with this hash lives."""
+        return self.root / self._name(sha256, ".so")
 
     def _read(self, name: str) -> bytes | None:
         try:
@@ -250,26 +257,32 @@ class SourceStore:
             raise
         os.fsync(self._fd)
 
-    def put(self, source: str | None, filename: str, version: str, sha256: str) -> None:
-        """Store ``source`` (``None``: a ready object, ids only) under its
-        sha256 and note that ``version`` was committed with it."""
+    def put(self, content: str | bytes | None, filename: str, version: str, sha256: str) -> None:
+        """Store a source (``str``) or a shared object (``bytes``; ``None``:
+        ids only) under its sha256, read back intact, and note that
+        ``version`` was committed with it."""
         with self._lock:
-            self._put(source, filename, version, sha256)
+            self._put(content, filename, version, sha256)
 
-    def _put(self, source: str | None, filename: str, version: str, sha256: str) -> None:
+    def _put(self, content: str | bytes | None, filename: str, version: str, sha256: str) -> None:
         try:
-            if source is not None:
-                data = source.encode("utf-8", "surrogatepass")
+            if content is not None:
+                what = "source" if isinstance(content, str) else "object"
+                data = (
+                    content.encode("utf-8", "surrogatepass")
+                    if isinstance(content, str)
+                    else content
+                )
                 if hashlib.sha256(data).hexdigest() != sha256:
-                    raise ValueError(f"{version}: source does not match its sha256")
-                name = self._name(sha256, ".py")
+                    raise ValueError(f"{version}: {what} does not match its sha256")
+                name = self._name(sha256, ".py" if isinstance(content, str) else ".so")
                 stored = self._read(name)
                 if stored is None or hashlib.sha256(stored).hexdigest() != sha256:
                     self._write(name, data)
                     stored = self._read(name)
                     if stored is None or hashlib.sha256(stored).hexdigest() != sha256:
                         raise StorageError(
-                            f"the source of {version} did not read back intact from "
+                            f"the {what} of {version} did not read back intact from "
                             f"{self.root}: nothing was changed; check the disk"
                         )
             meta = self._meta(sha256)
@@ -289,15 +302,19 @@ class SourceStore:
                 return data
         return {}
 
-    def get(self, sha256: str) -> tuple[str, str]:
-        """``(source, filename)``; ``KeyError`` if not stored or corrupt."""
-        data = self._read(self._name(sha256, ".py"))
-        if data is None:
-            raise KeyError(sha256)
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise KeyError(f"{sha256}: stored source does not match its hash")
-        filename = str(self._meta(sha256).get("filename") or f"{sha256[:12]}.py")
-        return data.decode("utf-8", "surrogatepass"), filename
+    def get(self, sha256: str) -> tuple[str | bytes, str]:
+        """``(source, filename)``, or ``(object bytes, filename)`` for a shared
+        object; ``KeyError`` if not stored or corrupt."""
+        for suffix in (".py", ".so"):
+            data = self._read(self._name(sha256, suffix))
+            if data is None:
+                continue
+            what = "source" if suffix == ".py" else "object"
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise KeyError(f"{sha256}: stored {what} does not match its hash")
+            filename = str(self._meta(sha256).get("filename") or f"{sha256[:12]}{suffix}")
+            return (data.decode("utf-8", "surrogatepass") if suffix == ".py" else data), filename
+        raise KeyError(sha256)
 
     def names(self) -> list[str]:
         """Every file name in the store (temporary files included)."""
@@ -410,8 +427,14 @@ def commit_change(
     extra: dict[str, Any] = {}
     if change.op == "load":
         extra["filename"] = change.filename
+        if change.origin:
+            # Where it was read from: restore resolves includes and $ORIGIN there.
+            extra["origin"] = change.origin
+        if change.data is not None:
+            extra["object"] = True
         if store is not None:
-            store.put(change.source, change.filename, change.version, change.sha256)
+            content = change.data if change.data is not None else change.source
+            store.put(content, change.filename, change.version, change.sha256)
     elif change.op == "swap":
         extra["previous"] = change.previous
     journal.record(
@@ -613,6 +636,11 @@ class StateDir:
         for slot, number in numbers.items():
             if slot in engine.slots:
                 engine.reserve_numbers(slot, number)
+        origins = {
+            e.version: str(e.extra["origin"])
+            for e in entries
+            if e.op == "load" and e.ok and e.version and isinstance(e.extra.get("origin"), str)
+        }
         results = []
         for slot, chain in swap_chains(entries).items():
             if slot not in engine.slots:
@@ -623,7 +651,7 @@ class StateDir:
             for i, (version, sha) in enumerate(chain):
                 retired = i < len(chain) - 1
                 with _quarantined(engine, quarantine if retired else None):
-                    results.append(self._restore_one(engine, version, sha))
+                    results.append(self._restore_one(engine, version, sha, origins.get(version)))
         self._journal_start(results)
         return results
 
@@ -650,20 +678,22 @@ class StateDir:
         self.read_only = None
         self.warn(f"state dir {self.path}: writable again; the start is journaled now")
 
-    def _restore_one(self, engine: Engine, version: str, sha: str) -> RestoredSlot:
+    def _restore_one(
+        self, engine: Engine, version: str, sha: str, origin: str | None
+    ) -> RestoredSlot:
         slot, _ = parse_version_id(version)
         try:
             try:
-                source, filename = self.store.get(sha)
+                content, filename = self.store.get(sha)
             except KeyError as exc:
                 reason = str(exc.args[0]) if exc.args else sha
                 if reason == sha:  # missing, not damaged
                     reason = (
-                        f"its source ({sha[:12]}) is not in the store; a version loaded from "
-                        "a ready shared object is not kept: load it again"
+                        f"its source or object ({sha[:12]}) is not in the store (a ready "
+                        "shared object loaded before objects were kept?): load it again"
                     )
                 raise LivepatchError(reason) from None
-            restored = engine.restore(version, source, filename)
+            restored = engine.restore(version, content, filename, origin=origin)
             report = engine.check(restored)
             if not report.ok:
                 raise LivepatchError(f"re-check failed: {report.errors[0].message}")

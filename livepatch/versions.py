@@ -18,16 +18,17 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .model import VersionInfo
-from .native import NativeBackend, NativeObject
+from .model import SlotInfo, VersionInfo
 from .pinning import PinnedRules
 from .reclaim import all_dead, threads_running, weak_namespace
-from .resolve import Problem, ResolveReport, interface_members
+from .resolve import Problem, ResolveReport
 from .states import VersionState
 from .symbols import SymbolTable
 
 if typing.TYPE_CHECKING:
     from ._speedups import Counter, Rules
+    from .backend import Backend
+    from .native_object import NativeObject
 
 # The C counter and pinned rules (livepatch/_speedups.c) when built, else
 # itertools.count and the Python PinnedRules.
@@ -222,23 +223,17 @@ class Slot:
 
     ``backend`` is the seam between the lifecycle, which the engine owns for
     every kind of slot (states, locks, publication, events, statistics), and
-    what each step does to the code. ``None`` is the built-in Python path:
-    modules, bytecode checks, the garbage collector. A
-    :class:`~livepatch.native.NativeBackend` does load, check, symbols, purge
-    and unload to shared objects instead: compile, resolve + dlopen, .dynsym,
-    forget the pointers, dlclose + /proc/self/maps.
+    what each step does to the code (see :mod:`livepatch.backend`): a
+    :class:`~livepatch.pyload.PythonBackend` does modules, bytecode checks
+    and the garbage collector; a :class:`~livepatch.native.NativeBackend`
+    does load, check, symbols, purge and unload to shared objects: compile,
+    resolve + dlopen, .dynsym, forget the pointers, dlclose + /proc/self/maps.
     """
 
-    def __init__(
-        self, name: str, interface: type | None, backend: NativeBackend | None = None
-    ) -> None:
+    def __init__(self, name: str, backend: Backend) -> None:
         self.name = name
-        self.interface = interface
         self.backend = backend
-        members: dict[str, Any] = interface_members(interface) if interface else {}
-        if backend is not None:
-            members = dict(backend.members())
-        self.members = members
+        self.members: dict[str, Any] = dict(backend.members())
         self.versions: dict[int, Version] = {}
         self.next_number = 1
         self.active: Version | None = None
@@ -248,3 +243,27 @@ class Slot:
         # loads take their own so that a slow module body never delays a swap.
         self.lock = threading.RLock()
         self.load_lock = threading.Lock()
+
+    def find_loaded(self, sha256: str) -> Version | None:
+        """The version loaded from this content that still has its symbols."""
+        for version in self.versions.values():
+            if version.sha256 == sha256 and version.state not in (
+                VersionState.PURGED,
+                VersionState.UNLOADED,
+            ):
+                return version
+        return None
+
+    def info(self) -> SlotInfo:
+        """A snapshot of the slot and its versions, with call statistics."""
+        with self.lock:
+            versions = tuple(v.info() for v in self.versions.values())
+            active = self.active.id if self.active else None
+        return SlotInfo(
+            name=self.name,
+            interface=self.backend.describe(),
+            members=tuple(self.members),
+            active=active,
+            versions=versions,
+            kind=self.backend.kind,
+        )

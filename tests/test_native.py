@@ -644,12 +644,13 @@ def test_a_needed_symbol_version_the_library_lacks_is_caught_before_mapping(
     versioned: dict[str, Path],
 ) -> None:
     backend = versioned_backend(versioned["v3"], versioned["v1"])
-    obj = backend.load("n@1", VERSIONED_USER, "rules.c")
+    obj = backend.load("n@1", VERSIONED_USER, "rules.c").obj
+    assert obj is not None
     needed = {(s.name, s.version, s.version_library) for s in obj.info.symbols if not s.defined}
     assert ("foo", "VER_3", "libver.so") in needed
     assert ("libver.so", "VER_3") in obj.info.needed_versions
     try:
-        report, functions = backend.check("n@1", obj)
+        report, functions = backend.resolve("n@1", obj)
         assert not report.ok and functions == {}
         (problem,) = report.errors
         assert (problem.kind, problem.symbol, problem.line) == ("missing-version", "foo@VER_3", 5)
@@ -659,7 +660,7 @@ def test_a_needed_symbol_version_the_library_lacks_is_caught_before_mapping(
         assert obj.handle is None and mappings(obj.path) == []
         with pytest.raises(OSError, match="version `VER_3' not found"):
             ctypes.CDLL(str(obj.path))
-        table = backend.table("n@1", obj)
+        table = backend.object_table("n@1", obj)
         assert table["foo"].detail == "? (VER_3 not defined)"
     finally:
         obj.close()
@@ -667,9 +668,10 @@ def test_a_needed_symbol_version_the_library_lacks_is_caught_before_mapping(
 
 def test_a_version_defined_without_the_symbol_is_unresolved(versioned: dict[str, Path]) -> None:
     backend = versioned_backend(versioned["v3"], versioned["v3_elsewhere"])
-    obj = backend.load("n@1", VERSIONED_USER, "rules.c")
+    obj = backend.load("n@1", VERSIONED_USER, "rules.c").obj
+    assert obj is not None
     try:
-        report, _functions = backend.check("n@1", obj)
+        report, _functions = backend.resolve("n@1", obj)
         assert [(p.kind, p.symbol, p.line) for p in report.errors] == [
             ("unresolved", "foo@VER_3", 5)
         ]
@@ -682,12 +684,13 @@ def test_a_version_defined_without_the_symbol_is_unresolved(versioned: dict[str,
 
 def test_the_table_shows_the_version_bound(versioned: dict[str, Path]) -> None:
     backend = versioned_backend(versioned["v3"], versioned["v3"])
-    obj = backend.load("n@1", VERSIONED_USER, "rules.c")
+    obj = backend.load("n@1", VERSIONED_USER, "rules.c").obj
+    assert obj is not None
     try:
-        report, functions = backend.check("n@1", obj)
+        report, functions = backend.resolve("n@1", obj)
         assert report.ok, report.problems
         assert functions["classify"](b"x") == 1  # foo() of VER_3 returns 3
-        table = backend.table("n@1", obj)
+        table = backend.object_table("n@1", obj)
         assert table["foo"].detail == "libver.so (VER_3)"
     finally:
         obj.close()
@@ -715,9 +718,10 @@ def test_an_unversioned_library_does_not_satisfy_a_version_need(
     # in an assertion when it binds foo@VER_3 (a child shows it); the check
     # refuses the object instead, without mapping it.
     backend = versioned_backend(versioned["v3"], versioned["plain"])
-    obj = backend.load("n@1", VERSIONED_USER, "rules.c")
+    obj = backend.load("n@1", VERSIONED_USER, "rules.c").obj
+    assert obj is not None
     try:
-        report, _functions = backend.check("n@1", obj)
+        report, _functions = backend.resolve("n@1", obj)
         assert [(p.kind, p.symbol) for p in report.errors] == [("missing-version", "foo@VER_3")]
         assert "defines no symbol versions" in report.errors[0].message
         assert obj.handle is None and mappings(obj.path) == []

@@ -776,12 +776,17 @@ def test_reply_over_the_limit() -> None:
     [
         ("load", {"slot": "s", "source": "", "bogus": 1}, InvalidParams, "'bogus'"),
         ("status", {"verbose": True}, InvalidParams, "'verbose'"),
-        ("load", {"slot": "s"}, InvalidParams, "needs exactly one of 'source' or 'path', got 0"),
+        (
+            "load",
+            {"slot": "s"},
+            InvalidParams,
+            "needs exactly one of 'source', 'path' or 'object', got 0",
+        ),
         (
             "load",
             {"slot": "s", "source": "", "path": "/x.so"},
             InvalidParams,
-            "needs exactly one of 'source' or 'path', got 2",
+            "needs exactly one of 'source', 'path' or 'object', got 2",
         ),
         ("load", {"slot": 3, "source": ""}, InvalidParamType, "'slot' of 'load' must be a string"),
         (

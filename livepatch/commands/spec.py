@@ -268,10 +268,11 @@ _SPECS: Final = (
         "new version of SLOT. Without --slot: the engine's only slot, or the only\n"
         "slot of the file's kind (.c/.so: native, else Python). Nothing calls it\n"
         "until it has passed `check` and been swapped in. Loading the same source\n"
-        "again returns the existing version. With --watch, FILE is loaded again on\n"
-        "every save and each version checked and diffed against the active one\n"
-        "(--swap: swapped in when clean); a broken save leaves the active version\n"
-        "serving. Ctrl-C stops watching.",
+        "again returns the existing version. A ready .so is sent as its bytes (the\n"
+        "engine maps it from memory), so FILE need not be on the engine's machine.\n"
+        "With --watch, FILE is loaded again on every save and each version checked\n"
+        "and diffed against the active one (--swap: swapped in when clean); a broken\n"
+        "save leaves the active version serving. Ctrl-C stops watching.",
         args=(Arg("file", "FILE", ArgKind.FILE),),
         options=(
             Option(

@@ -111,6 +111,7 @@ from .schema import (
     NOTIFICATIONS,
     JsonType,
     Param,
+    decode_object,
     validate_params,
 )
 
@@ -169,6 +170,7 @@ __all__ = [
     "ServerEvent",
     "UnknownMethod",
     "code_for_kind",
+    "decode_object",
     "encode_message",
     "error_class_for_kind",
     "error_from_response",

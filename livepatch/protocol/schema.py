@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
-from livepatch.errors import LivepatchError
+from livepatch.errors import LivepatchError, TooLarge
 from livepatch.ids import is_slot_name, parse_version_id
 
 from .codes import InvalidParams, InvalidParamType, UnknownMethod
@@ -47,12 +49,14 @@ METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
         for name, schema in {
             "hello": {"token": Param(_STR), "client": Param(_STR, text="client")},
             "status": {},
-            # Exactly one of source (the text) and path (a file on the
-            # engine's machine: a source, or a ready .so for a native slot).
+            # Exactly one of source (the text), path (a file on the engine's
+            # machine: a source, or a ready .so for a native slot) and object
+            # (a ready .so's bytes, base64: see decode_object).
             "load": {
                 "slot": Param(_STR, True, text="slot"),
                 "source": Param(_STR),
                 "path": Param(_STR, text="name"),
+                "object": Param(_STR),
                 "filename": Param(_STR, text="name"),
             },
             "check": {"version": _VERSION},
@@ -89,7 +93,7 @@ METHODS: Final[Mapping[str, Mapping[str, Param]]] = MappingProxyType(
 )
 #: Method name -> groups of params of which exactly one must be given.
 EXACTLY_ONE_OF: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = MappingProxyType(
-    {"call": (("slot", "version"),), "load": (("source", "path"),)}
+    {"call": (("slot", "version"),), "load": (("source", "path", "object"),)}
 )
 #: Notifications the server may send (params are an object; ``event`` carries
 #: one state change after ``subscribe``).
@@ -311,10 +315,47 @@ def validate_params(method: str, params: object) -> dict[str, Any]:
     for group in EXACTLY_ONE_OF.get(method, ()):
         given = [name for name in group if name in params]
         if len(given) != 1:
-            names = " or ".join(repr(n) for n in group)
+            quoted = [repr(n) for n in group]
+            names = (
+                " or ".join(quoted)
+                if len(quoted) < 3
+                else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+            )
             raise InvalidParams(
                 f"{method!r} needs exactly one of {names}, got {len(given)}",
                 method=method,
                 param=group[0] if not given else given[1],
             )
     return dict(params)
+
+
+def decode_object(text: str, limit: int, *, filename: str | None = None) -> bytes:
+    """The bytes of ``load``'s ``object`` param: standard base64 (RFC 4648,
+    padded, no line breaks). :class:`InvalidParams` if it is not base64,
+    :class:`~livepatch.errors.TooLarge` if it decodes to more than ``limit``
+    bytes (refused before decoding when the text alone says so)."""
+    shown = filename or "the object"
+    if len(text) > 4 * ((limit + 2) // 3):
+        raise TooLarge(
+            f"param 'object' of 'load': {shown} is about {len(text) * 3 // 4} bytes, over the "
+            f"{limit}-byte limit for a shared object",
+            method="load",
+            param="object",
+        )
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidParams(
+            f"param 'object' of 'load' is not base64 ({clip(str(exc), 80)}): send the "
+            "object's bytes base64-encoded (RFC 4648, padded, no line breaks)",
+            method="load",
+            param="object",
+        ) from None
+    if len(data) > limit:
+        raise TooLarge(
+            f"param 'object' of 'load': {shown} is {len(data)} bytes, over the {limit}-byte "
+            "limit for a shared object",
+            method="load",
+            param="object",
+        )
+    return data
