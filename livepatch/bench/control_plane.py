@@ -116,6 +116,18 @@ def drive(address: str, token: str, clients: int) -> None:
     asyncio.run(_drive(address, token or None, clients))
 
 
+def _cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds the process has used so far (Linux), else None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _load(
     address: str,
     token: str | None,
@@ -123,6 +135,7 @@ def _load(
     duration_s: float,
     swap_frames: list[bytes],
     progress: ProgressFn,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """``clients`` callers flat out, and the swap frames timed meanwhile.
 
@@ -150,6 +163,7 @@ def _load(
         if proc.stdout.readline().strip() != "counting":
             raise RuntimeError("the callers did not start")
         started = time.perf_counter()
+        cpu_before = _cpu_s(server_pid)
         pause = duration_s / max(1, len(swap_frames))
         for i, frame in enumerate(swap_frames):
             t0 = time.perf_counter()
@@ -161,6 +175,7 @@ def _load(
         proc.stdin.write("stop\n")
         proc.stdin.flush()
         elapsed = time.perf_counter() - started
+        cpu_after = _cpu_s(server_pid)
         counts = json.loads(proc.stdout.readline())
         proc.wait(60)
     finally:
@@ -169,7 +184,12 @@ def _load(
             proc.kill()
             proc.wait()
     calls = int(counts["calls"])
+    cpu_us = None
+    if cpu_before is not None and cpu_after is not None and calls:
+        # What the server spent per call answered (the swaps' share is small).
+        cpu_us = round((cpu_after - cpu_before) / calls * 1e6, 1)
     return {
+        "server_cpu_us_per_call": cpu_us,
         "duration_s": round(elapsed, 3),
         "calls": calls,
         "calls_per_s": round(calls / elapsed) if elapsed > 0 else None,
@@ -203,7 +223,7 @@ def serve_reference(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _reference_server(path: str) -> Iterator[None]:
+def _reference_server(path: str) -> Iterator[int]:
     code = "import sys; from livepatch.bench.control_plane import serve_reference; "
     cmd = [sys.executable, "-c", code + "serve_reference(sys.argv[1])", path]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -211,7 +231,7 @@ def _reference_server(path: str) -> Iterator[None]:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the reference server did not start")
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -243,11 +263,17 @@ def measure_control_plane(
             for i in range(settings.control_swaps)
         ]
         step: Callable[[float], None] = lambda f: progress(0.5 * f)  # noqa: E731
-        engine = _load(info.address, info.token, clients, duration, swaps, step)
+        engine = _load(info.address, info.token, clients, duration, swaps, step, ready.get("pid"))
         reference_path = os.path.join(tmp, "ref.sock")
-        with _reference_server(reference_path):
+        with _reference_server(reference_path) as reference_pid:
             reference = _load(
-                reference_path, None, clients, duration, swaps, lambda f: progress(0.5 + 0.5 * f)
+                reference_path,
+                None,
+                clients,
+                duration,
+                swaps,
+                lambda f: progress(0.5 + 0.5 * f),
+                reference_pid,
             )
     ratio = None
     if engine["calls_per_s"] and reference["calls_per_s"]:

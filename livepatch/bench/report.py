@@ -160,7 +160,8 @@ def render_table(results: dict[str, Any]) -> str:
             "",
             f"Control plane under load ({control['clients']} clients calling classify flat out "
             "over the socket, swaps meanwhile)",
-            f"  {'server':<34}{'calls/s':>10}{'swap p50':>11}{'p99':>10}{'max':>10}",
+            f"  {'server':<34}{'calls/s':>10}{'swap p50':>11}{'p99':>10}{'max':>10}"
+            f"{'CPU/call':>11}",
         ]
         for label, key in (
             ("livepatch engine", "engine"),
@@ -172,9 +173,12 @@ def render_table(results: dict[str, Any]) -> str:
                 f"  {label:<34}{_fmt(row['calls_per_s'], ',d'):>10}"
                 f"{_fmt(d['p50'], '.2f', ' ms'):>11}{_fmt(d['p99'], '.2f', ' ms'):>10}"
                 f"{_fmt(d['max'], '.1f', ' ms'):>10}"
+                f"{_fmt(row.get('server_cpu_us_per_call'), '.0f', ' us'):>11}"
             )
         out.append(
             f"  throughput ratio engine / reference: {_fmt(control['throughput_ratio'], '.3f')}"
+            "  (CPU/call: the server process's user + system time per call answered, which"
+            " the rest of a busy machine moves less than calls/s)"
         )
     load = results.get("load_check")
     if load:
