@@ -192,7 +192,12 @@ def render_table(results: dict[str, Any]) -> str:
                 f"  {row['functions']:>10,}{row['load_ms']:>10.1f}{row['check_ms']:>10.1f}"
                 f"{row['total_ms']:>10.1f}{row['python_compile_exec_ms']:>14.1f}"
             )
-        out.append(f"  10,000 / 1,000: {_fmt(load['growth_10000_vs_1000'], '.1f', 'x')}")
+        out.append(
+            f"  10,000 / 1,000: {_fmt(load['growth_10000_vs_1000'], '.2f', 'x')}; "
+            f"CPython's compile + exec alone "
+            f"{_fmt(load.get('python_compile_exec_growth'), '.2f', 'x')}, "
+            f"the source's bytes {_fmt(load.get('source_growth'), '.2f', 'x')} (the floor)"
+        )
     memory = results.get("memory")
     if memory:
         out += [
