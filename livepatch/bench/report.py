@@ -115,7 +115,7 @@ def render_table(results: dict[str, Any]) -> str:
                 "Hot path in instructions per call (callgrind, PYTHONHASHSEED=0; "
                 "extra over direct)",
                 f"  {'rule':<10}{'direct':>9}{'call':>9}{'after pins':>12}{'rules.f':>9}"
-                f"{'pin block':>11}",
+                f"{'pin block':>11}{'floor':>9}   (floor: rules.f inside `with` a C lock)",
             ]
             for name, row in grind["rules"].items():
                 out.append(
@@ -124,6 +124,12 @@ def render_table(results: dict[str, Any]) -> str:
                     f"{row['call_after_pins_extra_instructions']:>+12,}"
                     f"{row['pin_call_extra_instructions']:>+9,}"
                     f"{row['pin_block_extra_instructions']:>+11,}"
+                    f"{row.get('lock_block_extra_instructions', 0):>+9,}"
+                )
+                out.append(
+                    f"  {'':<10}{'':>9}{row['call_overhead_pct']:>+8.2f}%{'':>12}{'':>9}"
+                    f"{row['pin_block_overhead_pct']:>+10.2f}%"
+                    f"{row.get('lock_block_overhead_pct', 0):>+8.2f}%"
                 )
     swap = results.get("swap_under_load")
     if swap:
