@@ -72,7 +72,8 @@ def evaluate_goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         )
         goals["callgrind_pin_block_classify"] = _goal(
             "whole pin block on classify, extra instructions over a direct call "
-            f"(the `with` statement's own floor: {classify.get('lock_block_overhead_pct')} %)",
+            "(for scale, `with` a C lock around rules.f: "
+            f"{classify.get('lock_block_overhead_pct')} %)",
             classify["pin_block_overhead_pct"],
             2,
             "%",

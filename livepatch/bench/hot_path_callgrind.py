@@ -10,8 +10,8 @@ cost, taken off.
 ``PYTHONHASHSEED=0`` keeps dict layouts, and so the counts, the same from
 run to run. Statements: the direct call, ``engine.call`` before any pin and
 again after pins were used, ``rules.f`` on an open pin, a whole
-``with engine.pin(slot) as rules: rules.f(msg)`` block, and the floor of such
-a block: ``rules.f`` of an open pin inside ``with`` a C lock.
+``with engine.pin(slot) as rules: rules.f(msg)`` block, and for scale
+``rules.f`` of an open pin inside ``with`` a C lock.
 
 ``_child`` is that child.
 """
@@ -40,9 +40,9 @@ STATEMENTS = {
     "call_after_pins": "engine.call(SLOT, {f!r}, msg)",
     "pin_call": "rules.{f}(msg)",
     "pin_block": "with engine.pin(SLOT) as r:\n            r.{f}(msg)",
-    # The floor of a pin block: rules.f of an open pin inside the cheapest
-    # `with` there is, a C lock's (its __enter__ and __exit__ do next to
-    # nothing), so what the `with` statement itself costs is known.
+    # For scale: rules.f of an open pin inside `with` a C lock, whose
+    # __enter__ and __exit__ do next to nothing (but are bound per block, as
+    # the pin's hooks are not): what a `with` statement costs anyway.
     "lock_block": "with LOCK:\n            rules.{f}(msg)",
 }
 

@@ -129,7 +129,8 @@ def render_table(results: dict[str, Any]) -> str:
                 "Hot path in instructions per call (callgrind, PYTHONHASHSEED=0; "
                 "extra over direct)",
                 f"  {'rule':<10}{'direct':>9}{'call':>9}{'after pins':>12}{'rules.f':>9}"
-                f"{'pin block':>11}{'floor':>9}   (floor: rules.f inside `with` a C lock)",
+                f"{'pin block':>11}{'C lock':>9}"
+                "   (C lock: rules.f inside `with` a threading.Lock)",
             ]
             for name, row in grind["rules"].items():
                 out.append(
