@@ -68,9 +68,33 @@
 #include <structmember.h>
 #define Py_T_PYSSIZET T_PYSSIZET
 #define Py_READONLY READONLY
+#define Py_T_OBJECT_EX T_OBJECT_EX
 #endif
 
 typedef struct PinStack PinStack;
+
+/* Lookup caches (see "Lookup cache" below) read a dict's version tag, which
+ * every change to the dict replaces with a value no dict had before: an
+ * unchanged tag means the same dict with the same contents. CPython 3.12
+ * deprecated the field (it stays through 3.13); later versions go without
+ * the caches. */
+#if PY_VERSION_HEX < 0x030E0000
+#define LP_LOOKUP_CACHE 1
+static inline uint64_t
+dict_tag(PyObject *dict)
+{
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    return ((PyDictObject *)dict)->ma_version_tag;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+}
+#else
+#define LP_LOOKUP_CACHE 0
+#endif
 
 /* The module's types, found from any of their instances' types. */
 typedef struct {
@@ -81,6 +105,7 @@ typedef struct {
     PyTypeObject *pin;
     PyTypeObject *hook;
     PyTypeObject *sampler;
+    PyTypeObject *method;
     PinStack *stacks; /* borrowed: every live PinStack, for open_pins */
 } speedups_state;
 
@@ -96,6 +121,18 @@ typedef struct {
     PyTypeObject *stack_type;  /* strong */
     PyTypeObject *hook_type;   /* strong */
     PyObject *pinners;         /* strong: dict slot -> what pin(slot) returns */
+    /* Lookup cache: the last slot -> Rules answer of `fast` and the last
+     * symbol -> function answer of a namespace, each valid while the dict's
+     * tag is unchanged (the dict then still holds what was borrowed). The
+     * keys are held: a freed str's address may be reused by another. */
+    PyObject *c_slot;          /* strong, or NULL */
+    uint64_t c_fast_tag;
+    PyObject *c_rules;         /* borrowed from fast */
+    PyObject *c_symbol;        /* strong, or NULL */
+    uint64_t c_ns_tag;
+    PyObject *c_fn;            /* borrowed from the namespace */
+    PyObject *c_pin_slot;      /* strong, or NULL: the last pin(slot) answered */
+    PyObject *c_pinner;        /* strong */
 } Dispatcher;
 
 /* Counter: the engine's per-version call and error counter when this module
@@ -120,6 +157,8 @@ typedef struct {
     PyObject *calls;     /* strong: counter */
     PyObject *errors;    /* strong: counter */
     PyObject *cache;     /* strong: dict name -> Counted */
+    PyObject *last_name; /* strong, or NULL: the last name looked up in cache */
+    PyObject *last_counted; /* strong: what cache holds for it */
     PyObject *weakreflist;
     PyObject *sampler;   /* strong or NULL: a shadow run's Sampler (see sampled_call) */
 } Rules;
@@ -225,7 +264,16 @@ counted_call(PyObject *fn, PyObject *calls, PyObject *errors, PyObject *const *a
     if (tick(calls) < 0) {
         return NULL;
     }
-    result = PyObject_Vectorcall(fn, args, nargsf, kwnames);
+    if (Py_IS_TYPE(fn, &PyFunction_Type)) {
+        /* A rule function: its own vectorcall at once. PyObject_Vectorcall
+         * would find the same pointer and then check the result's
+         * consistency with the error indicator, which a Python function
+         * always keeps. */
+        result = ((PyFunctionObject *)fn)->vectorcall(fn, args, nargsf, kwnames);
+    }
+    else {
+        result = PyObject_Vectorcall(fn, args, nargsf, kwnames);
+    }
     if (result == NULL) {
         count_error(errors);
     }
@@ -631,7 +679,117 @@ stack_pop(PinStack *stack)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Lookup cache */
+
+/* The Rules of the slot's active version, borrowed from `fast`: NULL with no
+ * error when the slot has none (or `fast` holds something else), NULL with
+ * an error on error. A repeat of the last slot while `fast` is unchanged is
+ * two compares instead of a dict lookup. */
+static inline PyObject *
+active_rules(Dispatcher *self, PyObject *slot)
+{
+    PyObject *rules;
+#if LP_LOOKUP_CACHE
+    if (slot == self->c_slot && dict_tag(self->fast) == self->c_fast_tag) {
+        return self->c_rules;
+    }
+#endif
+    rules = PyDict_GetItemWithError(self->fast, slot);
+    if (rules == NULL || !Py_IS_TYPE(rules, self->rules_type)) {
+        return NULL;
+    }
+#if LP_LOOKUP_CACHE
+    if (PyUnicode_CheckExact(slot)) {
+        Py_XSETREF(self->c_slot, Py_NewRef(slot));
+        self->c_fast_tag = dict_tag(self->fast);
+        self->c_rules = rules;
+    }
+#endif
+    return rules;
+}
+
+/* The callable `symbol` of the namespace `ns`, borrowed: NULL with no error
+ * when there is none, NULL with an error on error. Cached like active_rules:
+ * the namespace's tag names the version too (no other dict has it). */
+static inline PyObject *
+namespace_fn(Dispatcher *self, PyObject *ns, PyObject *symbol)
+{
+    PyObject *fn;
+#if LP_LOOKUP_CACHE
+    if (symbol == self->c_symbol && dict_tag(ns) == self->c_ns_tag) {
+        return self->c_fn;
+    }
+#endif
+    fn = PyDict_GetItemWithError(ns, symbol);
+    if (fn == NULL || !PyCallable_Check(fn)) {
+        return NULL;
+    }
+#if LP_LOOKUP_CACHE
+    if (PyUnicode_CheckExact(symbol)) {
+        Py_XSETREF(self->c_symbol, Py_NewRef(symbol));
+        self->c_ns_tag = dict_tag(ns);
+        self->c_fn = fn;
+    }
+#endif
+    return fn;
+}
+
+static void
+cache_clear(Dispatcher *self)
+{
+    self->c_rules = self->c_fn = NULL;
+    Py_CLEAR(self->c_slot);
+    Py_CLEAR(self->c_symbol);
+    Py_CLEAR(self->c_pin_slot);
+    Py_CLEAR(self->c_pinner);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Dispatcher */
+
+/* The Rules this context has pinned for `slot`, a new reference; NULL with
+ * no error when it has none, NULL with an error on error. Reading the
+ * variable costs a few compares while no variable of this thread changed
+ * since the last read (CPython caches the last value per variable); the
+ * value is None until this context opens a pin, so pins elsewhere, or long
+ * closed, cost nothing here. *fallback is set when the variable holds
+ * something the C pin does not store: Python decides then. */
+static inline PyObject *
+pinned_rules(Dispatcher *self, PyObject *slot, int *fallback)
+{
+    PyObject *top, *rules;
+    PinStack *stack;
+    if (PyContextVar_Get(self->pins, NULL, &top) < 0) {
+        return NULL;
+    }
+    if (top == NULL || top == Py_None) {
+        Py_XDECREF(top);
+        return NULL;
+    }
+    if (!Py_IS_TYPE(top, self->stack_type)) {
+        Py_DECREF(top);
+        *fallback = 1;
+        return NULL;
+    }
+    stack = (PinStack *)top;
+    if (stack->depth == 0) {
+        Py_DECREF(top);
+        return NULL;
+    }
+    if (stack->owner != current_context()) {
+        /* Inherited pins: from the first pinned call on, this context keeps
+         * its own copy, so its calls never change version when the context
+         * it came from closes its pins. */
+        stack = own_stack(self, top);
+        if (stack == NULL) {
+            return NULL;
+        }
+    }
+    rules = stack_find(stack, slot);
+    Py_XINCREF(rules); /* before the stack, which holds it, may go */
+    Py_DECREF(stack);
+    return rules;
+}
 
 /* The hot path: dispatcher(slot, symbol, *args, **kwargs).
  *
@@ -643,8 +801,9 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
 {
     Dispatcher *self = (Dispatcher *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *top, *rules, *fn, *result;
+    PyObject *rules, *fn, *result;
     Rules *r;
+    int fallback = 0;
 
     if (self->fast == NULL || self->pins == NULL) {
         goto fallback; /* being cleared by the GC (see dispatcher_clear) */
@@ -653,58 +812,24 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         goto fallback; /* Python raises the right TypeError or lookup error */
     }
 
-    /* Is this call inside a pin of its slot? Reading the variable costs a
-     * few compares while no variable of this thread changed since the last
-     * read (CPython caches the last value per variable); the value is None
-     * until this context opens a pin, so pins elsewhere, or long closed,
-     * cost nothing here. */
-    if (PyContextVar_Get(self->pins, NULL, &top) < 0) {
-        return NULL;
-    }
-    rules = NULL;
-    if (top != NULL && top != Py_None) {
-        PinStack *stack;
-        if (!Py_IS_TYPE(top, self->stack_type)) {
-            Py_DECREF(top);
-            goto fallback; /* not what the C pin stores: let Python decide */
-        }
-        stack = (PinStack *)top;
-        if (stack->depth == 0) {
-            Py_DECREF(top);
-        }
-        else {
-            if (stack->owner != current_context()) {
-                /* Inherited pins: from the first pinned call on, this
-                 * context keeps its own copy, so its calls never change
-                 * version when the context it came from closes its pins. */
-                stack = own_stack(self, top);
-                if (stack == NULL) {
-                    return NULL;
-                }
-            }
-            rules = stack_find(stack, args[0]);
-            if (rules == NULL && PyErr_Occurred()) {
-                Py_DECREF(stack);
-                return NULL;
-            }
-            Py_XINCREF(rules); /* before the stack, which holds it, may go */
-            Py_DECREF(stack);
-        }
-    }
-
+    /* Inside a pin of its slot, the pinned version; else the active one. */
+    rules = pinned_rules(self, args[0], &fallback);
     if (rules == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        if (fallback) {
+            goto fallback;
+        }
         /* Borrowed from `fast`; taken strongly at once, before anything that
          * could run Python code (a swap on another thread may replace it
          * while the rule runs, and the callee may itself swap). */
-        rules = PyDict_GetItemWithError(self->fast, args[0]);
+        rules = active_rules(self, args[0]);
         if (rules == NULL) {
             if (PyErr_Occurred()) {
                 return NULL;
             }
             goto fallback; /* no such slot, or no active version */
-        }
-        if (!Py_IS_TYPE(rules, self->rules_type)) {
-            goto fallback;
         }
         Py_INCREF(rules);
     }
@@ -712,8 +837,8 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
 
     /* Borrowed from the namespace, which the callee is free to mutate (a rule
      * may rebind its own globals): hold the function for the call. */
-    fn = PyDict_GetItemWithError(r->namespace, args[1]);
-    if (fn == NULL || !PyCallable_Check(fn)) {
+    fn = r->namespace != NULL ? namespace_fn(self, r->namespace, args[1]) : NULL;
+    if (fn == NULL) {
         Py_DECREF(rules);
         if (PyErr_Occurred()) {
             return NULL;
@@ -721,6 +846,9 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         goto fallback; /* Python names the version in its error */
     }
     Py_INCREF(fn);
+
+    /* A shadow run's sampler, if any, sees the call after it returned
+     * (sampled_call); without one this is a single pointer test. */
     /* Pass the caller's array on, minus slot and symbol; keyword values
      * follow the positional ones there, so kwnames is passed unchanged.
      * PY_VECTORCALL_ARGUMENTS_OFFSET is deliberately not passed: it would
@@ -816,6 +944,10 @@ dispatcher_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->stack_type);
     Py_VISIT(self->hook_type);
     Py_VISIT(self->pinners);
+    Py_VISIT(self->c_slot);
+    Py_VISIT(self->c_symbol);
+    Py_VISIT(self->c_pin_slot);
+    Py_VISIT(self->c_pinner);
     return 0;
 }
 
@@ -826,6 +958,7 @@ static int
 dispatcher_clear(PyObject *op)
 {
     Dispatcher *self = (Dispatcher *)op;
+    cache_clear(self);
     Py_CLEAR(self->fast);
     Py_CLEAR(self->pins);
     Py_CLEAR(self->fallback);
@@ -893,8 +1026,15 @@ dispatcher_pin(PyObject *op, PyObject *slot)
         PyErr_SetString(PyExc_ReferenceError, "the engine of this dispatcher is gone");
         return NULL;
     }
+    if (slot == self->c_pin_slot) {
+        return Py_NewRef(self->c_pinner); /* pinners are never replaced */
+    }
     pinner = PyDict_GetItemWithError(self->pinners, slot);
     if (pinner != NULL) {
+        if (PyUnicode_CheckExact(slot)) {
+            Py_XSETREF(self->c_pin_slot, Py_NewRef(slot));
+            Py_XSETREF(self->c_pinner, Py_NewRef(pinner));
+        }
         return Py_NewRef(pinner);
     }
     if (PyErr_Occurred()) {
@@ -1016,6 +1156,227 @@ static PyType_Spec dispatcher_spec = {
     .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
               Py_TPFLAGS_IMMUTABLETYPE),
     .slots = dispatcher_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* EngineMethod: Engine.call and Engine.pin on the class */
+
+/* `engine.call(...)` looks `call` up first on the type. With the dispatcher
+ * stored on the instance, the instance's dict shadows the class's function,
+ * and CPython cannot specialise that lookup: about a fifth of what
+ * engine.call added over a direct call. So the class attribute is this
+ * method descriptor (Py_TPFLAGS_METHOD_DESCRIPTOR: the lookup is specialised
+ * and nothing is bound), and the call finds the engine's dispatcher in a
+ * __slots__ member at a fixed offset; an engine without one (accelerate=False)
+ * gets the Python method. */
+enum { METHOD_CALL = 0, METHOD_PIN = 1 };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *func;              /* strong: the Python method, the reference */
+    PyTypeObject *owner;         /* strong: the class whose member `offset` is */
+    PyTypeObject *dispatcher_type; /* strong */
+    Py_ssize_t offset;           /* of the member that holds the dispatcher */
+    int kind;                    /* METHOD_CALL or METHOD_PIN */
+} EngineMethod;
+
+/* The dispatcher of `engine` (borrowed), or NULL when it has none. */
+static inline PyObject *
+method_dispatcher(EngineMethod *m, PyObject *engine)
+{
+    PyObject *d;
+    if (!PyObject_TypeCheck(engine, m->owner)) {
+        return NULL;
+    }
+    d = *(PyObject **)((char *)engine + m->offset);
+    return d != NULL && Py_IS_TYPE(d, m->dispatcher_type) ? d : NULL;
+}
+
+static PyObject *
+method_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    EngineMethod *m = (EngineMethod *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *d = nargs >= 1 ? method_dispatcher(m, args[0]) : NULL;
+    if (d != NULL) {
+        if (m->kind == METHOD_CALL) {
+            /* Without ARGUMENTS_OFFSET: args[0], the engine, is the caller's. */
+            return dispatcher_vectorcall(d, args + 1, (size_t)(nargs - 1), kwnames);
+        }
+        if (nargs == 2 && kwnames == NULL) {
+            return dispatcher_pin(d, args[1]);
+        }
+    }
+    return PyObject_Vectorcall(m->func, args, nargsf, kwnames);
+}
+
+/* engine.call as a value (not called at once): the dispatcher itself, or
+ * for pin its bound pin method; the Python method bound, without one. */
+static PyObject *
+method_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    EngineMethod *m = (EngineMethod *)op;
+    PyObject *d;
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(op);
+    }
+    d = method_dispatcher(m, obj);
+    if (d == NULL) {
+        return PyMethod_New(m->func, obj);
+    }
+    if (m->kind == METHOD_CALL) {
+        return Py_NewRef(d);
+    }
+    return PyObject_GetAttrString(d, "pin");
+}
+
+static PyObject *
+method_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"func", "kind", "member", NULL};
+    PyObject *func, *member;
+    const char *kind;
+    PyMemberDef *def;
+    EngineMethod *self;
+    speedups_state *state = PyType_GetModuleState(type);
+    if (state == NULL) {
+        return NULL;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OsO:EngineMethod", kwlist, &func, &kind,
+                                     &member)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "func must be callable");
+        return NULL;
+    }
+    if (strcmp(kind, "call") != 0 && strcmp(kind, "pin") != 0) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 'call' or 'pin'");
+        return NULL;
+    }
+    /* The member must be a __slots__ object member: its offset is read raw. */
+    if (!Py_IS_TYPE(member, &PyMemberDescr_Type) ||
+        (def = ((PyMemberDescrObject *)member)->d_member)->type != Py_T_OBJECT_EX) {
+        PyErr_SetString(PyExc_TypeError, "member must be a __slots__ member of the class");
+        return NULL;
+    }
+    self = (EngineMethod *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = method_vectorcall;
+    self->func = Py_NewRef(func);
+    self->owner = (PyTypeObject *)Py_NewRef(
+        (PyObject *)((PyDescrObject *)member)->d_type);
+    self->dispatcher_type = (PyTypeObject *)Py_NewRef((PyObject *)state->dispatcher);
+    self->offset = def->offset;
+    self->kind = strcmp(kind, "call") == 0 ? METHOD_CALL : METHOD_PIN;
+    return (PyObject *)self;
+}
+
+static int
+method_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    EngineMethod *self = (EngineMethod *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->func);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->dispatcher_type);
+    return 0;
+}
+
+static int
+method_clear(PyObject *op)
+{
+    EngineMethod *self = (EngineMethod *)op;
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->dispatcher_type);
+    return 0;
+}
+
+static void
+method_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)method_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+/* __doc__, __name__, __qualname__, __module__ and the rest are the Python
+ * method's: help(Engine.call) and inspect.signature read them. */
+static PyObject *
+method_getattro(PyObject *op, PyObject *name)
+{
+    EngineMethod *self = (EngineMethod *)op;
+    PyObject *found = PyObject_GenericGetAttr(op, name);
+    if (found != NULL || self->func == NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return found;
+    }
+    PyErr_Clear();
+    return PyObject_GetAttr(self->func, name);
+}
+
+static PyObject *
+method_get_wrapped(PyObject *op, void *Py_UNUSED(closure))
+{
+    return field_or_none(((EngineMethod *)op)->func);
+}
+
+static PyObject *
+method_get_doc(PyObject *op, void *Py_UNUSED(closure))
+{
+    EngineMethod *self = (EngineMethod *)op;
+    if (self->func == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_GetAttrString(self->func, "__doc__");
+}
+
+static PyObject *
+method_repr(PyObject *op)
+{
+    EngineMethod *self = (EngineMethod *)op;
+    return PyUnicode_FromFormat("<accelerated %R>", self->func ? self->func : Py_None);
+}
+
+static PyGetSetDef method_getset[] = {
+    {"__wrapped__", method_get_wrapped, NULL, NULL, NULL},
+    {"__doc__", method_get_doc, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef method_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(EngineMethod, vectorcall), Py_READONLY,
+     NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot method_slots[] = {
+    /* No tp_doc: it would shadow the __doc__ getter, the method's doc. */
+    {Py_tp_new, method_new},
+    {Py_tp_dealloc, method_dealloc},
+    {Py_tp_traverse, method_traverse},
+    {Py_tp_clear, method_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, method_get},
+    {Py_tp_getattro, method_getattro},
+    {Py_tp_repr, method_repr},
+    {Py_tp_getset, method_getset},
+    {Py_tp_members, method_members},
+    {0, NULL},
+};
+
+static PyType_Spec method_spec = {
+    .name = "livepatch._speedups.EngineMethod",
+    .basicsize = sizeof(EngineMethod),
+    .itemsize = 0,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+              Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_IMMUTABLETYPE),
+    .slots = method_slots,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1184,9 +1545,14 @@ rules_getattro(PyObject *op, PyObject *name)
     Counted *counted;
     speedups_state *state;
 
+    if (name == self->last_name) {
+        return Py_NewRef(self->last_counted); /* cache entries are never replaced */
+    }
     if (self->cache != NULL && PyUnicode_CheckExact(name)) {
         found = PyDict_GetItemWithError(self->cache, name);
         if (found != NULL) {
+            Py_XSETREF(self->last_name, Py_NewRef(name));
+            Py_XSETREF(self->last_counted, Py_NewRef(found));
             return Py_NewRef(found);
         }
         if (PyErr_Occurred()) {
@@ -1298,6 +1664,8 @@ rules_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->errors);
     Py_VISIT(self->cache);
     Py_VISIT(self->sampler);
+    Py_VISIT(self->last_name);
+    Py_VISIT(self->last_counted);
     return 0;
 }
 
@@ -1309,6 +1677,8 @@ rules_clear(PyObject *op)
     Py_CLEAR(self->namespace);
     Py_CLEAR(self->cache);
     Py_CLEAR(self->sampler);
+    Py_CLEAR(self->last_name);
+    Py_CLEAR(self->last_counted);
     /* vid and the counters hold nothing: kept for repr and open pins. */
     return 0;
 }
@@ -1457,13 +1827,10 @@ hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
             Py_DECREF(stack);
             return NULL;
         }
-        rules = PyDict_GetItemWithError(d->fast, hook->slot);
-        if (rules == NULL || !Py_IS_TYPE(rules, d->rules_type)) {
+        rules = active_rules(d, hook->slot);
+        if (rules == NULL) {
             Py_DECREF(stack);
-            if (rules != NULL) {
-                PyErr_SetString(PyExc_TypeError, "the engine published something not Rules");
-            }
-            else if (!PyErr_Occurred()) {
+            if (!PyErr_Occurred()) {
                 /* The engine words it: unknown slot, or nothing active. */
                 PyObject *exc = PyObject_CallOneArg(d->no_active, hook->slot);
                 if (exc != NULL) {
@@ -1815,7 +2182,8 @@ speedups_exec(PyObject *module)
         add_type(module, &hook_spec, "PinHook", &state->hook) < 0 ||
         add_type(module, &counter_spec, "Counter", &state->counter) < 0 ||
         add_type(module, &sampler_spec, "Sampler", &state->sampler) < 0 ||
-        add_type(module, &dispatcher_spec, "Dispatcher", &state->dispatcher) < 0) {
+        add_type(module, &dispatcher_spec, "Dispatcher", &state->dispatcher) < 0 ||
+        add_type(module, &method_spec, "EngineMethod", &state->method) < 0) {
         return -1;
     }
     return 0;
@@ -1832,6 +2200,7 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->pin);
     Py_VISIT(state->hook);
     Py_VISIT(state->sampler);
+    Py_VISIT(state->method);
     return 0;
 }
 
@@ -1846,6 +2215,7 @@ speedups_clear(PyObject *module)
     Py_CLEAR(state->pin);
     Py_CLEAR(state->hook);
     Py_CLEAR(state->sampler);
+    Py_CLEAR(state->method);
     return 0;
 }
 

@@ -45,6 +45,9 @@ DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 3600.0
 #: How often the watchdog looks for calls past their deadline.
 _SCAN_S = 0.02
+#: The longest a worker waits at a pause (see CallPool.pause) before it starts
+#: its next call anyway.
+_PAUSE_MAX_S = 0.05
 
 _current = threading.local()
 
@@ -104,6 +107,10 @@ class CallPool:
         self._calls: set[_Call] = set()  # queued or running, stuck ones included
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # Set while no one asked for a pause: workers start calls.
+        self._open = threading.Event()
+        self._open.set()
+        self._pauses = 0
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(workers)
@@ -163,6 +170,23 @@ class CallPool:
             "stuck": stuck,
         }
 
+    def pause(self) -> None:
+        """Start no new call until :meth:`resume` (or for at most
+        ``_PAUSE_MAX_S`` per call): a control request that is waited for gets
+        the interpreter lock without eight workers starting calls around it.
+        Calls already running go on; pauses nest."""
+        with self._lock:
+            self._pauses += 1
+            self._open.clear()
+
+    def resume(self) -> None:
+        """End a :meth:`pause`."""
+        with self._lock:
+            self._pauses -= 1
+            if self._pauses <= 0:
+                self._pauses = 0
+                self._open.set()
+
     def close(self) -> None:
         """Stop taking work; idle workers exit (stuck ones are daemon threads)."""
         self._stop.set()
@@ -177,6 +201,8 @@ class CallPool:
             call = self._queue.get()
             if call is None:
                 return
+            if not self._open.is_set():
+                self._open.wait(_PAUSE_MAX_S)
             # An interrupt delivered after the call's own code had returned
             # (the race the lock in _run narrows but cannot close) undoes nothing.
             with contextlib.suppress(Interrupted):

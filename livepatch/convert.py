@@ -9,6 +9,7 @@ client can tell (``{"$repr": "..."}``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -18,11 +19,15 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ConversionError", "arguments_from_json", "from_json", "to_json"]
+__all__ = ["CallPlan", "ConversionError", "arguments_from_json", "from_json", "to_json"]
 
 
 class ConversionError(ValueError):
     """A JSON value does not fit the parameter it was given for."""
+
+
+#: Dataclass -> its field names, for to_json (weak: a version's classes go with it).
+_field_names: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def to_json(value: Any) -> Any:
@@ -31,8 +36,14 @@ def to_json(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$repr": repr(value)}
+    names = _field_names.get(type(value))
+    if names is not None:  # a dataclass seen before: its fields, without asking again
+        return {name: to_json(getattr(value, name)) for name in names}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        names = tuple(f.name for f in dataclasses.fields(value))
+        with contextlib.suppress(TypeError):  # a class that cannot be weakly referenced
+            _field_names[type(value)] = names
+        return {name: to_json(getattr(value, name)) for name in names}
     if isinstance(value, Mapping):
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -159,3 +170,145 @@ def arguments_from_json(
         else:
             bound.arguments[name] = from_json(value, annotation, name)
     return list(bound.args), dict(bound.kwargs)
+
+
+def _needs_no_conversion(annotation: Any) -> bool:
+    """Whether :func:`from_json` returns any value for ``annotation`` as it is."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    if typing.get_origin(annotation) is not None or annotation in (tuple, set, frozenset):
+        return False
+    return not (isinstance(annotation, type) and dataclasses.is_dataclass(annotation))
+
+
+Converter = Callable[[Any, str], Any]
+
+
+def _converter(annotation: Any, *, nested: bool = False) -> Converter | None:
+    """:func:`from_json` for ``annotation``, prepared: ``None`` where it would
+    return the value as it is. A dataclass gets a :class:`_DataclassPlan`
+    (not ``nested``: its own dataclass fields take :func:`from_json`, so a
+    class that refers to itself cannot recurse here)."""
+    if _needs_no_conversion(annotation):
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list, set, frozenset):
+        items = typing.get_args(annotation)
+        if all(a is Ellipsis or _needs_no_conversion(a) for a in items):
+            builder: Callable[[list[Any]], Any] = origin
+            return lambda value, _where: builder(value) if isinstance(value, list) else value
+    if not nested and isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return _dataclass_plan(annotation)
+    return lambda value, where: from_json(value, annotation, where)
+
+
+class _DataclassPlan:
+    """``_dataclass_from_json`` for one dataclass, with its fields and their
+    converters worked out once; the same checks, in the same order, with
+    the same messages."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 - unresolvable hints: pass fields through
+            hints = {}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        self.names = frozenset(fields)
+        self.listed = ", ".join(fields)
+        self.required = [
+            name
+            for name, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        self.convert = {name: _converter(hints.get(name, Any), nested=True) for name in fields}
+
+    def __call__(self, value: Any, where: str) -> Any:
+        cls = self.cls
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ConversionError(
+                f"{where} must be a JSON object with the fields of {cls.__name__}"
+            )
+        if not self.names.issuperset(value):
+            unknown = sorted(set(value) - self.names)
+            raise ConversionError(
+                f"{where}: {cls.__name__} has no field {unknown[0]!r} (fields: {self.listed})"
+            )
+        for name in self.required:
+            if name not in value:
+                raise ConversionError(f"{where}: {cls.__name__} needs field {name!r}")
+        kwargs = {}
+        for name, v in value.items():
+            convert = self.convert[name]
+            kwargs[name] = v if convert is None else convert(v, f"{where}.{name}")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConversionError(f"{where}: cannot build {cls.__name__}: {exc}") from None
+
+
+_dataclass_plans: weakref.WeakKeyDictionary[type, _DataclassPlan] = weakref.WeakKeyDictionary()
+
+
+def _dataclass_plan(cls: type) -> _DataclassPlan:
+    plan = _dataclass_plans.get(cls)
+    if plan is None:
+        plan = _DataclassPlan(cls)
+        if not cls.__module__.startswith("livepatch.loaded."):
+            # Kept for the host's classes only (the plan holds its class, and
+            # unload must be able to free a loaded version's).
+            _dataclass_plans[cls] = plan
+    return plan
+
+
+class CallPlan:
+    """:func:`arguments_from_json` for one function, prepared once.
+
+    The common call passes positional arguments only, as many as the
+    function takes positionally: the plan then converts each with its
+    parameter's prepared converter and skips binding (which would give back
+    the same arguments). Any other call takes :func:`arguments_from_json`,
+    so the outcome is the same.
+    """
+
+    __slots__ = ("_converters", "_least", "_most", "_names", "fn", "hints", "signature")
+
+    def __init__(
+        self, fn: Callable[..., Any], hints: Mapping[str, Any], signature: inspect.Signature | None
+    ) -> None:
+        self.fn = fn
+        self.hints = hints
+        self.signature = signature
+        self._least = self._most = -1  # no fast path
+        self._names: list[str] = []
+        self._converters: list[Converter | None] = []
+        if signature is None:
+            return
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        least = 0
+        for param in signature.parameters.values():
+            if param.kind in positional:
+                if param.default is inspect.Parameter.empty:
+                    least += 1
+                self._names.append(param.name)
+                self._converters.append(_converter(hints.get(param.name, inspect.Parameter.empty)))
+            elif (
+                param.kind is inspect.Parameter.KEYWORD_ONLY
+                and param.default is inspect.Parameter.empty
+            ):
+                return  # bind must refuse a call without it
+            # *args and **kwargs take nothing in a call the fast path serves.
+        self._least, self._most = least, len(self._names)
+
+    def arguments(
+        self, args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """What :func:`arguments_from_json` returns for these arguments."""
+        if kwargs or not self._least <= len(args) <= self._most:
+            return arguments_from_json(self.fn, args, kwargs, self.hints, self.signature)
+        return [
+            value if convert is None else convert(value, name)
+            for value, convert, name in zip(args, self._converters, self._names, strict=False)
+        ], {}

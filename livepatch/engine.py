@@ -70,17 +70,19 @@ from .states import Op, VersionState, transition
 from .versions import Slot, Version, native_rules
 
 if typing.TYPE_CHECKING:
-    from ._speedups import Dispatcher, Rules
+    from ._speedups import Dispatcher, EngineMethod, Rules
     from .backend import Backend
 
 # The optional C accelerator of Engine.call and Engine.pin
 # (livepatch/_speedups.c), built at install time when a compiler is there;
 # without it the Python path serves.
 _Dispatcher: type[Dispatcher] | None
+_EngineMethod: type[EngineMethod] | None
 try:
     from ._speedups import Dispatcher as _Dispatcher
+    from ._speedups import EngineMethod as _EngineMethod
 except ImportError:
-    _Dispatcher = None
+    _Dispatcher = _EngineMethod = None
 
 __all__ = [
     "MAX_SOURCE",
@@ -111,6 +113,10 @@ class Engine(Introspection):
     >>> engine.check(v).ok and engine.swap(v)            # doctest: +SKIP
     >>> engine.call("spam", "classify", msg)             # doctest: +SKIP
     """
+
+    # _dispatcher is a slot so that the C Engine.call can read it at a fixed
+    # offset (see the end of this module); everything else is in __dict__.
+    __slots__ = ("__dict__", "__weakref__", "_dispatcher")
 
     #: Run new sources in a throwaway process first (``None``: load in-process
     #: only). ``livepatch engine`` turns this on by default.
@@ -152,11 +158,11 @@ class Engine(Introspection):
             and type(self).call is Engine.call
             and type(self).pin is Engine.pin
         ):
+            # Engine.call and Engine.pin are then _EngineMethod descriptors
+            # (see the end of this module) that hand calls to it.
             self._dispatcher = _Dispatcher(
-                self._fast, self._pins, types.MethodType(Engine.call, self), self._no_active
+                self._fast, self._pins, types.MethodType(_python_call, self), self._no_active
             )
-            self.call = self._dispatcher  # type: ignore[method-assign]
-            self.pin = self._dispatcher.pin  # type: ignore[method-assign,assignment]
 
     # -- slots --------------------------------------------------------------
 
@@ -712,3 +718,16 @@ class Engine(Introspection):
         )
         server.start()
         return server
+
+
+# The Python Engine.call: the reference, and the dispatcher's fallback.
+_python_call = Engine.call
+if _EngineMethod is not None:
+    # With the accelerator, Engine.call and Engine.pin are method descriptors
+    # that hand each call to the engine's dispatcher (its `_dispatcher` slot),
+    # or to these functions when it has none: CPython then looks
+    # `engine.call` up on the class, specialised, instead of in the instance's
+    # dict, which it cannot specialise when the class has the name too.
+    _member = Engine.__dict__["_dispatcher"]
+    Engine.call = _EngineMethod(Engine.call, "call", _member)  # type: ignore[method-assign]
+    Engine.pin = _EngineMethod(Engine.pin, "pin", _member)  # type: ignore[method-assign]

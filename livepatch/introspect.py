@@ -23,6 +23,10 @@ __all__ = ["Introspection"]
 class Introspection:
     """The read-only half of the engine (see the module doc)."""
 
+    # No instance layout of its own: the Engine's __slots__ (its C-read
+    # `_dispatcher`, the __dict__) define it.
+    __slots__ = ()
+
     name: str
     _slots: dict[str, Slot]
     _lock: threading.RLock

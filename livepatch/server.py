@@ -145,10 +145,75 @@ class _Client:
         self.peer = peer
         self.subscribed = False
         self.task = asyncio.current_task()
+        #: The reply of the rule call in flight has been sent (see Server._call_direct).
+        self.pending: Future[None] | None = None
+        # A rule call's reply is written by the thread that settled the call,
+        # on a duplicate of the socket's descriptor: the descriptor number
+        # cannot be reused for another client while this one is open, even
+        # once the transport has closed its own. Guarded by `lock`.
+        self.lock = threading.Lock()
+        self.closed = False
+        self.backlog = b""
+        sock = writer.get_extra_info("socket")
+        self.fd: int | None = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                self.fd = os.dup(sock.fileno())
 
     def write(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        """Write from the loop: after any reply a call thread wrote or left."""
+        with self.lock:
+            if self.writer.is_closing():
+                return
+            if self.backlog:
+                self.writer.write(self.backlog)
+                self.backlog = b""
+            if data:
+                self.writer.write(data)
+
+    def write_from_thread(
+        self, data: bytes, sent: Future[None], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Send a rule call's reply from the thread that settled the call, and
+        end ``sent``.
+
+        Straight to the socket when the transport has nothing buffered and
+        nothing else writes to this client (not subscribed: the loop writes
+        its events then); else, and for the rest of a partial write, as a
+        backlog the loop writes before anything else of this client's. All of
+        it under ``lock``, which the loop's writes take too, so the loop may
+        go on as soon as ``sent`` ends: what it writes next comes after.
+        """
+        with self.lock:
+            sent.set_result(None)
+            if self.closed:
+                return
+            if (
+                self.fd is not None
+                and not self.subscribed
+                and not self.backlog
+                and self.writer.transport.get_write_buffer_size() == 0
+            ):
+                try:
+                    done = os.write(self.fd, data)
+                except BlockingIOError:
+                    done = 0
+                except OSError:
+                    return  # the peer is gone: the loop sees it too
+                if done == len(data):
+                    return
+                data = data[done:]
+            self.backlog += data
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            loop.call_soon_threadsafe(self.write, b"")
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+        self.writer.close()
 
 
 class Server:
@@ -369,7 +434,7 @@ class Server:
             pass
         finally:
             self._clients.discard(client)
-            writer.close()
+            client.close()
 
     async def _client_loop(self, client: _Client, reader: asyncio.StreamReader) -> None:
         conn = client.conn
@@ -388,6 +453,13 @@ class Server:
                     return  # silent or trickling: drop this client only
                 conn.receive_data(data)
                 continue
+            if client.pending is not None:
+                # Replies go in order: the rule call in flight is answered
+                # before anything that came after it (for a client that
+                # waits for each reply, it was answered already).
+                pending, client.pending = client.pending, None
+                if not pending.done():
+                    await asyncio.wrap_future(pending)
             if isinstance(event, ConnectionClosed):
                 return
             if isinstance(event, Rejected):
@@ -399,6 +471,9 @@ class Server:
             if isinstance(event, Notification):
                 continue  # clients have nothing to notify us of
             assert isinstance(event, Request)
+            if event.method == "call":
+                client.pending = self._call_direct(client, event)
+                continue
             try:
                 reply = await self._answer(client, event)
             except LocalProtocolError:
@@ -414,8 +489,6 @@ class Server:
         if method == "subscribe":
             client.subscribed = True
             return conn.send_result(request.id, {"subscribed": True})
-        if method == "call":
-            return await self._call(client, request)
         loop = asyncio.get_running_loop()
         job: Callable[[], Any] = functools.partial(self.service.handle, method, params, client.peer)
         if method == "status":
@@ -425,7 +498,7 @@ class Server:
         try:
             if method in CONTROL_METHODS:
                 result = await self._quick(
-                    self._control.submit(job), CONTROL_WAIT_S, events_first=True
+                    self._control.submit(job), CONTROL_WAIT_S, events_first=True, pause=self.calls
                 )
             else:
                 work: Awaitable[Any] = loop.run_in_executor(self._lifecycle, job)
@@ -439,13 +512,26 @@ class Server:
         except LivepatchError as exc:  # a result over the frame limit, or not JSON
             return conn.send_error(request.id, exc)
 
-    async def _call(self, client: _Client, request: Request) -> bytes:
-        """A rule call, in the call pool under its deadline."""
+    def _call_direct(self, client: _Client, request: Request) -> Future[None]:
+        """A rule call whose reply is sent by the thread that settles it.
+
+        The call runs in the call pool under its deadline, as every rule call
+        does; its reply is encoded and written by the worker that ran it (or
+        by the watchdog that timed it out) instead of being handed back to
+        the loop: a hand-off to the loop per call (a future chained to an
+        asyncio one, a wake-up through the loop's self-pipe, and another
+        wait for the interpreter lock) was a third of the control plane's
+        cost per call. The loop meanwhile goes back to reading this client;
+        the returned future ends once the reply is sent, and the loop waits
+        for it before it answers anything else of this client's.
+        """
+        loop = asyncio.get_running_loop()
         conn = client.conn
         params = dict(request.params)
         timeout_s = params.pop("timeout_s", None)
         target = str(params.get("version") or params.get("slot"))
         symbol = str(params["symbol"])
+        sent: Future[None] = Future()
         try:
             future = self.calls.submit(
                 functools.partial(self.service.handle, "call", params, client.peer),
@@ -453,11 +539,32 @@ class Server:
                 symbol=symbol,
                 timeout_s=timeout_s,
             )
-            result = await asyncio.wrap_future(future)
-        except Exception as exc:  # noqa: BLE001 - LivepatchError or not, never a traceback
-            return conn.send_error(request.id, exc)
+        except Exception as exc:  # noqa: BLE001 - busy, or never a traceback
+            client.write(conn.send_error(request.id, exc))
+            sent.set_result(None)
+            return sent
+
+        def reply(settled: Future[Any]) -> None:
+            try:
+                frame = self._call_reply(conn, request, target, symbol, settled)
+            except BaseException:
+                sent.set_result(None)
+                raise
+            client.write_from_thread(frame, sent, loop)
+
+        future.add_done_callback(reply)
+        return sent
+
+    @staticmethod
+    def _call_reply(
+        conn: ServerConnection, request: Request, target: str, symbol: str, settled: Future[Any]
+    ) -> bytes:
+        """The reply frame for a settled rule call: its result or its error."""
+        error = settled.exception()
+        if error is not None:
+            return conn.send_error(request.id, error)
         try:
-            return conn.send_result(request.id, result)
+            return conn.send_result(request.id, settled.result())
         except InternalError as exc:
             # The result came from the rule: its value is at fault, not us.
             cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -466,7 +573,13 @@ class Server:
             return conn.send_error(request.id, exc)
 
     @staticmethod
-    async def _quick(future: Future[Any], wait_s: float, *, events_first: bool = False) -> Any:
+    async def _quick(
+        future: Future[Any],
+        wait_s: float,
+        *,
+        events_first: bool = False,
+        pause: CallPool | None = None,
+    ) -> Any:
         """The future's result, waited for *blocking* the loop at first.
 
         Waiting on the future releases the GIL, so the thread doing the work
@@ -474,12 +587,23 @@ class Server:
         frames (a thread waiting for the GIL can wait a whole switch
         interval, 5 ms, per hand-off). Work that takes longer than
         ``wait_s`` is awaited without blocking, so the loop is never held
-        up for more than that.
+        up for more than that. ``pause``: a call pool that starts no new call
+        while the loop blocks, so that the work is not queued for the
+        interpreter lock behind calls (the call pool's workers are many,
+        and busy under load).
         """
+        if pause is not None:
+            pause.pause()
         try:
             result = future.result(timeout=wait_s)
         except FutureTimeout:
+            if pause is not None:
+                pause.resume()
+                pause = None
             return await asyncio.wrap_future(future)
+        finally:
+            if pause is not None:
+                pause.resume()
         if events_first:
             # The change's event notifications were queued on the loop while
             # the work ran: let them out before the reply, as they happened.

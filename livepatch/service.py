@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .callpool import note_version
-from .convert import ConversionError, arguments_from_json, to_json
+from .convert import CallPlan, ConversionError, to_json
 from .engine import Commit, Engine, Event
 from .errors import BadResult, CallFailed, LivepatchError, StorageError
 from .journal import Journal, Peer
@@ -75,6 +75,9 @@ class Service:
         #: (version, symbol) -> (function, its signature), for calls. Dropped
         #: when the version is purged or unloaded, so it never keeps one alive.
         self._signatures: dict[tuple[str, str], tuple[Callable[..., Any], inspect.Signature]] = {}
+        #: (version, symbol) -> how its calls' arguments are converted; dropped with
+        #: the signatures.
+        self._plans: dict[tuple[str, str], CallPlan] = {}
         engine.subscribe(self._forget_signatures)
 
     @property
@@ -283,11 +286,8 @@ class Service:
         kwargs: dict[str, Any],
         runner: Callable[..., Any],
     ) -> dict[str, Any]:
-        hints = self._hints(version, symbol, fn)
         try:
-            py_args, py_kwargs = arguments_from_json(
-                fn, args, kwargs, hints, self._signature(version, symbol, fn)
-            )
+            py_args, py_kwargs = self._plan(version, symbol, fn).arguments(args, kwargs)
         except ConversionError as exc:
             raise InvalidParams(f"{version} {symbol}: {exc}", param="args") from None
         try:
@@ -303,6 +303,23 @@ class Service:
         except Exception as exc:  # noqa: BLE001 - e.g. a __repr__ that raises
             raise bad_result(f"{version} {symbol}()", exc) from None
         return {"version": version, "result": shown}
+
+    def _plan(self, version: str, symbol: str, fn: Callable[..., Any]) -> CallPlan:
+        """How to convert the arguments of a call of ``fn``: prepared once per
+        function while its hints come from the slot's interface (the host's,
+        which do not change), else each call (a function's own annotations
+        are resolved each call, as before)."""
+        hints = self._hints(version, symbol, fn)
+        cached = self._plans.get((version, symbol))
+        if (
+            cached is not None
+            and cached.fn is fn
+            and (cached.hints is hints or cached.hints == hints)
+        ):
+            return cached
+        plan = CallPlan(fn, hints, self._signature(version, symbol, fn))
+        self._plans[(version, symbol)] = plan
+        return plan
 
     def _signature(
         self, version: str, symbol: str, fn: Callable[..., Any]
@@ -321,6 +338,8 @@ class Service:
         if event.op in ("purge", "unload"):
             for key in [k for k in self._signatures if k[0] == event.version]:
                 self._signatures.pop(key, None)
+            for key in [k for k in self._plans if k[0] == event.version]:
+                self._plans.pop(key, None)
 
     def _hints(self, version: str, symbol: str, fn: Callable[..., Any]) -> dict[str, Any]:
         # The interface's annotations are the contract (host types); the

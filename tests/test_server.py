@@ -341,3 +341,44 @@ def test_cli_without_engine_says_what_to_do(runtime_dir: Path) -> None:
     assert "no running engine found: start one with `livepatch engine`" in result.stderr
     result = run_cli("status", "--existing", "nope")
     assert result.returncode == 1 and "no running engine named 'nope'" in result.stderr
+
+
+def test_pipelined_requests_are_answered_in_order(engine_proc: EngineProcess) -> None:
+    # Rule calls are answered by the thread that ran them; whatever comes
+    # after a call on the same connection (another call, a control request,
+    # a bad frame) is answered after it, also when the call's reply is too
+    # big for the socket's buffer and goes out in pieces.
+    with Client.connect() as client:
+        big = client.load(
+            "spam",
+            rule_source("spam_v1.py") + "\n\ndef big(n: int) -> str:\n    return 'x' * n\n",
+            "spam_big.py",
+        )
+        assert client.check(big).ok
+        client.swap(big)
+    sock = raw(find_engine())
+    reader = sock.makefile("rb")
+    frames = [
+        {"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {"client": "pipelined"}},
+        {"jsonrpc": "2.0", "id": 1, "method": "call", "params": call_params("classify", MSG)},
+        {"jsonrpc": "2.0", "id": 2, "method": "call", "params": call_params("big", 600_000)},
+        {"jsonrpc": "2.0", "id": 3, "method": "status"},
+        {"jsonrpc": "2.0", "id": 4, "method": "call", "params": call_params("nope")},
+        {"jsonrpc": "2.0", "id": 5, "method": "call", "params": call_params("big", 10)},
+    ]
+    data = b"".join(json.dumps(f).encode() + b"\n" for f in frames) + b"not json\n"
+    sock.sendall(data)
+    replies = [json.loads(reader.readline()) for _ in range(len(frames) + 1)]
+    assert [r.get("id") for r in replies] == [0, 1, 2, 3, 4, 5, None]
+    assert replies[1]["result"]["result"]["spam"] is True
+    assert replies[2]["result"]["result"] == "x" * 600_000
+    assert replies[3]["result"]["slots"][0]["active"] == big
+    assert replies[4]["error"]["data"]["kind"] == "unknown-version"
+    assert replies[5]["result"] == {"version": big, "result": "x" * 10}
+    assert replies[6]["error"]["data"]["kind"] == "parse-error"
+    reader.close()
+    sock.close()
+
+
+def call_params(symbol: str, *args: Any) -> dict[str, Any]:
+    return {"slot": "spam", "symbol": symbol, "args": list(args)}

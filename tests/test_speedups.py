@@ -24,6 +24,7 @@ import pytest
 from conftest import needs, require
 
 from livepatch import BadState, Engine, UnknownSlot, UnknownVersion
+from livepatch import engine as engine_module
 
 HAVE_SPEEDUPS = importlib.util.find_spec("livepatch._speedups") is not None
 NO_SPEEDUPS = "livepatch._speedups was not built (no C compiler at install time?)"
@@ -563,6 +564,52 @@ def test_a_call_that_swaps_its_own_slot(engine: Engine) -> None:
     assert engine.call("rules", "which") == 2
     assert engine.call("rules", "swap_during", engine, "rules@1") == 2
     assert engine.call("rules", "which") == 1
+
+
+def test_a_rebound_name_is_called_at_once(engine: Engine) -> None:
+    # The C dispatcher caches its last lookups; any change to the namespace
+    # (or to what is active) must show on the very next call.
+    namespace = engine._version("rules@1").namespace
+    assert namespace is not None
+    assert engine.call("rules", "ident", 1) == 1
+    namespace["ident"] = lambda x: ("rebound", x)
+    assert engine.call("rules", "ident", 1) == ("rebound", 1)
+    with engine.pin("rules") as rules:
+        assert engine.call("rules", "ident", 2) == ("rebound", 2)
+    del namespace["ident"]
+    with pytest.raises(UnknownVersion, match="no callable 'ident'"):
+        engine.call("rules", "ident", 1)
+    namespace["ident"] = len
+    assert engine.call("rules", "ident", "abc") == 3
+    assert rules.version == "rules@1"
+
+
+def test_two_engines_never_share_a_lookup(engine: Engine) -> None:
+    other = make_engine(engine.accelerated, active=RULES_V2)
+    try:
+        for _ in range(3):
+            assert engine.call("rules", "which") == 1
+            assert other.call("rules", "which") == 2
+            with engine.pin("rules") as mine, other.pin("rules") as theirs:
+                assert (mine.which(), theirs.which()) == (1, 2)
+                assert (engine.call("rules", "which"), other.call("rules", "which")) == (1, 2)
+    finally:
+        other.close()
+
+
+def test_the_class_attribute_serves_both_paths(engine: Engine) -> None:
+    # Engine.call and Engine.pin called through the class, as a bound value,
+    # and on an engine built without the accelerator.
+    assert Engine.call(engine, "rules", "ident", 5) == 5
+    call = engine.call
+    assert call("rules", "ident", 6) == 6
+    with Engine.pin(engine, "rules") as rules:
+        assert rules.ident(7) == 7
+    pin = engine.pin
+    with pin("rules") as rules:
+        assert rules.version == "rules@1"
+    assert inspect.signature(Engine.call) == inspect.signature(engine_module._python_call)
+    assert counters(engine) == (3, 0)
 
 
 def test_a_rule_that_deletes_itself_while_running(engine: Engine) -> None:

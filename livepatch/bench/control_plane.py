@@ -1,10 +1,11 @@
 """``control_plane``: the control socket while clients call rules flat out.
 
-``clients`` threads each hold a connection to a real ``livepatch engine``
-process and send ``call`` frames (the bundled ``classify``) back to back for
-``duration_s``, each waiting for its reply; meanwhile one more connection
-swaps between two resolved versions ``swaps`` times, timing each request to
-its reply. Then the same clients, frames and swap requests go, in the same
+``clients`` connections to a real ``livepatch engine`` process, driven by
+one asyncio loop in a process of their own, send ``call`` frames (the
+bundled ``classify``) back to back for ``duration_s``, each waiting for its
+reply; meanwhile one more connection, from the benchmark's own otherwise
+idle process, swaps between two resolved versions ``swaps`` times, timing
+each request to its reply. Then the same clients, frames and swap requests go, in the same
 run, to a minimal asyncio JSON-lines server in its own process (written
 here: it parses each frame and answers it with a canned reply, no rule work),
 the reference for what a Python socket server can answer on this machine.
@@ -21,7 +22,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 from ..examples.spam import rule_source
 from .common import ProgressFn, Settings, _distribution, _no_progress, _private_runtime_dir
 
-__all__ = ["measure_control_plane", "serve_reference"]
+__all__ = ["drive", "measure_control_plane", "serve_reference"]
 
 MESSAGE = {"sender": "promo@deals.biz", "text": "WIN a FREE cruise!!! Click now", "links": []}
 
@@ -64,6 +64,70 @@ class _Line:
         self.sock.close()
 
 
+async def _drive(address: str, token: str | None, clients: int) -> None:
+    """The callers: ``clients`` connections, each sending ``call`` frames back
+    to back and waiting for each reply, from one asyncio loop.
+
+    Protocol with the parent, one line each way: "ready" once every
+    connection said hello; on "go", counting starts; on "stop", it prints the
+    calls answered and failed since "go" as JSON and exits.
+    """
+    call = _frame(1, "call", {"slot": "spam", "symbol": "classify", "args": [MESSAGE]})
+    hello = _frame(0, "hello", {"client": "livepatch-bench", "token": token})
+    counts = {"calls": 0, "failed_calls": 0}
+    counting = False
+    stop = asyncio.Event()
+
+    async def caller(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal counting
+        while not stop.is_set():
+            writer.write(call)
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("the server closed the connection")
+            if counting:
+                counts["calls" if b'"result"' in line else "failed_calls"] += 1
+
+    streams = []
+    for _ in range(clients):
+        reader, writer = await asyncio.open_unix_connection(address, limit=2**20)
+        writer.write(hello)
+        if b'"error"' in await reader.readline():
+            raise RuntimeError("hello refused")
+        streams.append((reader, writer))
+    loop = asyncio.get_running_loop()
+    control = await loop.run_in_executor(None, sys.stdin.readline)  # noqa: F841 - "go"
+    tasks = [asyncio.create_task(caller(r, w)) for r, w in streams]
+    await asyncio.sleep(0.2)  # let the callers get going
+    counting = True
+    print("counting", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
+    counting = False
+    result = dict(counts)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for _, writer in streams:
+        writer.close()
+    print(json.dumps(result), flush=True)
+
+
+def drive(address: str, token: str, clients: int) -> None:
+    """Entry point of the callers' process (see :func:`_drive`)."""
+    asyncio.run(_drive(address, token or None, clients))
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds the process has used so far (Linux), else None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _load(
     address: str,
     token: str | None,
@@ -71,33 +135,35 @@ def _load(
     duration_s: float,
     swap_frames: list[bytes],
     progress: ProgressFn,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """``clients`` callers flat out, and the swap frames timed meanwhile."""
-    stop = threading.Event()
-    counts = [0] * clients
-    failures = [0] * clients
-    call = _frame(1, "call", {"slot": "spam", "symbol": "classify", "args": [MESSAGE]})
-    lines = [_Line(address, token) for _ in range(clients)]
+    """``clients`` callers flat out, and the swap frames timed meanwhile.
+
+    The callers run in a process of their own (one asyncio loop, see
+    :func:`_drive`), so that the swaps are timed from a process that does
+    nothing else: timed from threads beside eight busy callers, a swap's
+    time was mostly this process's own wait for its interpreter lock (the
+    bare reference server measured 7-24 ms p99 that way).
+    """
+    code = "import sys; from livepatch.bench.control_plane import drive; "
+    cmd = [sys.executable, "-c", code + "drive(sys.argv[1], sys.argv[2], int(sys.argv[3]))"]
+    proc = subprocess.Popen(
+        [*cmd, address, token or "", str(clients)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
     control = _Line(address, token)
-
-    def caller(k: int) -> None:
-        line = lines[k]
-        while not stop.is_set():
-            reply = line.ask(call)
-            if "result" in reply:
-                counts[k] += 1
-            else:
-                failures[k] += 1
-
-    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(clients)]
     swap_s: list[float] = []
     swap_errors = 0
     try:
-        for thread in threads:
-            thread.start()
-        time.sleep(min(0.2, duration_s / 10))  # let the callers get going
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        if proc.stdout.readline().strip() != "counting":
+            raise RuntimeError("the callers did not start")
         started = time.perf_counter()
-        before = sum(counts)
+        cpu_before = _cpu_s(server_pid)
         pause = duration_s / max(1, len(swap_frames))
         for i, frame in enumerate(swap_frames):
             t0 = time.perf_counter()
@@ -106,19 +172,28 @@ def _load(
             swap_errors += "error" in reply
             progress((i + 1) / len(swap_frames))
             time.sleep(max(0.0, started + (i + 1) * pause - time.perf_counter()))
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
         elapsed = time.perf_counter() - started
-        calls = sum(counts) - before
+        cpu_after = _cpu_s(server_pid)
+        counts = json.loads(proc.stdout.readline())
+        proc.wait(60)
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-        for line in [*lines, control]:
-            line.close()
+        control.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    calls = int(counts["calls"])
+    cpu_us = None
+    if cpu_before is not None and cpu_after is not None and calls:
+        # What the server spent per call answered (the swaps' share is small).
+        cpu_us = round((cpu_after - cpu_before) / calls * 1e6, 1)
     return {
+        "server_cpu_us_per_call": cpu_us,
         "duration_s": round(elapsed, 3),
         "calls": calls,
         "calls_per_s": round(calls / elapsed) if elapsed > 0 else None,
-        "failed_calls": sum(failures),
+        "failed_calls": int(counts["failed_calls"]),
         "swaps": len(swap_s),
         "swap_errors": swap_errors,
         "swap_ms": _distribution(swap_s, 1e3, 4),
@@ -148,7 +223,7 @@ def serve_reference(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _reference_server(path: str) -> Iterator[None]:
+def _reference_server(path: str) -> Iterator[int]:
     code = "import sys; from livepatch.bench.control_plane import serve_reference; "
     cmd = [sys.executable, "-c", code + "serve_reference(sys.argv[1])", path]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -156,7 +231,7 @@ def _reference_server(path: str) -> Iterator[None]:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the reference server did not start")
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -188,11 +263,17 @@ def measure_control_plane(
             for i in range(settings.control_swaps)
         ]
         step: Callable[[float], None] = lambda f: progress(0.5 * f)  # noqa: E731
-        engine = _load(info.address, info.token, clients, duration, swaps, step)
+        engine = _load(info.address, info.token, clients, duration, swaps, step, ready.get("pid"))
         reference_path = os.path.join(tmp, "ref.sock")
-        with _reference_server(reference_path):
+        with _reference_server(reference_path) as reference_pid:
             reference = _load(
-                reference_path, None, clients, duration, swaps, lambda f: progress(0.5 + 0.5 * f)
+                reference_path,
+                None,
+                clients,
+                duration,
+                swaps,
+                lambda f: progress(0.5 + 0.5 * f),
+                reference_pid,
             )
     ratio = None
     if engine["calls_per_s"] and reference["calls_per_s"]:

@@ -63,6 +63,21 @@ def evaluate_goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if grind and grind.get("available"):
         row = grind["rules"]["trivial"]
         before, after = row["call_extra_instructions"], row["call_after_pins_extra_instructions"]
+        classify = grind["rules"]["classify"]
+        goals["callgrind_call_classify"] = _goal(
+            "engine.call on classify, extra instructions over a direct call",
+            classify["call_overhead_pct"],
+            1,
+            "%",
+        )
+        goals["callgrind_pin_block_classify"] = _goal(
+            "whole pin block on classify, extra instructions over a direct call "
+            "(for scale, `with` a C lock around rules.f: "
+            f"{classify.get('lock_block_overhead_pct')} %)",
+            classify["pin_block_overhead_pct"],
+            2,
+            "%",
+        )
         goals["callgrind_call_after_pins"] = _goal(
             "engine.call after pins were used: extra instructions / before any pin",
             round(after / before, 3) if before else None,

@@ -129,7 +129,8 @@ def render_table(results: dict[str, Any]) -> str:
                 "Hot path in instructions per call (callgrind, PYTHONHASHSEED=0; "
                 "extra over direct)",
                 f"  {'rule':<10}{'direct':>9}{'call':>9}{'after pins':>12}{'rules.f':>9}"
-                f"{'pin block':>11}",
+                f"{'pin block':>11}{'C lock':>9}"
+                "   (C lock: rules.f inside `with` a threading.Lock)",
             ]
             for name, row in grind["rules"].items():
                 out.append(
@@ -138,6 +139,12 @@ def render_table(results: dict[str, Any]) -> str:
                     f"{row['call_after_pins_extra_instructions']:>+12,}"
                     f"{row['pin_call_extra_instructions']:>+9,}"
                     f"{row['pin_block_extra_instructions']:>+11,}"
+                    f"{row.get('lock_block_extra_instructions', 0):>+9,}"
+                )
+                out.append(
+                    f"  {'':<10}{'':>9}{row['call_overhead_pct']:>+8.2f}%{'':>12}{'':>9}"
+                    f"{row['pin_block_overhead_pct']:>+10.2f}%"
+                    f"{row.get('lock_block_overhead_pct', 0):>+8.2f}%"
                 )
     out += shadow_lines(results)
     swap = results.get("swap_under_load")
@@ -175,7 +182,8 @@ def render_table(results: dict[str, Any]) -> str:
             "",
             f"Control plane under load ({control['clients']} clients calling classify flat out "
             "over the socket, swaps meanwhile)",
-            f"  {'server':<34}{'calls/s':>10}{'swap p50':>11}{'p99':>10}{'max':>10}",
+            f"  {'server':<34}{'calls/s':>10}{'swap p50':>11}{'p99':>10}{'max':>10}"
+            f"{'CPU/call':>11}",
         ]
         for label, key in (
             ("livepatch engine", "engine"),
@@ -187,9 +195,12 @@ def render_table(results: dict[str, Any]) -> str:
                 f"  {label:<34}{_fmt(row['calls_per_s'], ',d'):>10}"
                 f"{_fmt(d['p50'], '.2f', ' ms'):>11}{_fmt(d['p99'], '.2f', ' ms'):>10}"
                 f"{_fmt(d['max'], '.1f', ' ms'):>10}"
+                f"{_fmt(row.get('server_cpu_us_per_call'), '.0f', ' us'):>11}"
             )
         out.append(
             f"  throughput ratio engine / reference: {_fmt(control['throughput_ratio'], '.3f')}"
+            "  (CPU/call: the server process's user + system time per call answered, which"
+            " the rest of a busy machine moves less than calls/s)"
         )
     load = results.get("load_check")
     if load:
@@ -203,7 +214,12 @@ def render_table(results: dict[str, Any]) -> str:
                 f"  {row['functions']:>10,}{row['load_ms']:>10.1f}{row['check_ms']:>10.1f}"
                 f"{row['total_ms']:>10.1f}{row['python_compile_exec_ms']:>14.1f}"
             )
-        out.append(f"  10,000 / 1,000: {_fmt(load['growth_10000_vs_1000'], '.1f', 'x')}")
+        out.append(
+            f"  10,000 / 1,000: {_fmt(load['growth_10000_vs_1000'], '.2f', 'x')}; "
+            f"CPython's compile + exec alone "
+            f"{_fmt(load.get('python_compile_exec_growth'), '.2f', 'x')}, "
+            f"the source's bytes {_fmt(load.get('source_growth'), '.2f', 'x')} (the floor)"
+        )
     memory = results.get("memory")
     if memory:
         out += [

@@ -314,7 +314,7 @@ class ServerConnection:
                 Unauthenticated("not authenticated: the first request must be 'hello'"),
             )
         try:
-            checked = validate_params(method, params)
+            checked = validate_params(method, params, json_clean=b"\\u" not in frame)
         except LivepatchError as exc:
             return self._reject(reply_id, exc)
         self._in_flight.add(reply_id)

@@ -233,8 +233,13 @@ def _describe_types(types: tuple[JsonType, ...]) -> str:
     return " or ".join(_WITH_ARTICLE[t] for t in types)
 
 
-def validate_params(method: str, params: object) -> dict[str, Any]:
+def validate_params(method: str, params: object, *, json_clean: bool = False) -> dict[str, Any]:
     """Check ``params`` against :data:`METHODS` and return them as a new dict.
+
+    ``json_clean``: the params were just parsed from a frame that has no
+    ``\\u`` escape, so every value in them is JSON already (the parser
+    refuses NaN and Infinity, and only an escape can make a lone
+    surrogate): the walk that looks for what JSON cannot carry is skipped.
 
     ``None`` means no params (``{}``). Raises :class:`UnknownMethod` for a
     method not in the table, :class:`InvalidParams` (``ValueError``) for an
@@ -289,7 +294,7 @@ def validate_params(method: str, params: object) -> dict[str, Any]:
                 param=name,
                 expected=list(spec.types),
             )
-        bad = _first_non_json(value)
+        bad = None if json_clean else _first_non_json(value)
         if bad is not None:
             path, what = bad
             raise InvalidParamType(
