@@ -53,6 +53,7 @@ fails the check instead.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import re
@@ -427,7 +428,13 @@ class NativeBackend:
         shown = obj.filename
         if quarantine is not None:
             try:
-                quarantine.run_native(str(obj.path), shown, fd=obj.fd)
+                if obj.fd is not None and _dumpable():
+                    # A warm spare child (started before this memory file
+                    # existed) opens it through our /proc entry: its own
+                    # process of the same user may, while we are dumpable.
+                    quarantine.run_native(f"/proc/{os.getpid()}/fd/{obj.fd}", shown)
+                else:
+                    quarantine.run_native(str(obj.path), shown, fd=obj.fd)
             except LoadFailed as exc:
                 return [Problem("crash", shown, None, exc.message)]
         try:
@@ -561,6 +568,16 @@ def _missing_version(sym: ElfSymbol | None, missing: MissingVersion, line: int |
         f"{what} version {missing.version} of {missing.library}, but {missing.describe()}: "
         "dlopen would refuse the object",
     )
+
+
+def _dumpable() -> bool:
+    """Whether this process is dumpable (``prctl(PR_GET_DUMPABLE)``): only
+    then may another process of its user open its ``/proc/PID/fd`` entries."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(3, 0, 0, 0, 0) == 1)  # PR_GET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
 
 
 def _short_dlerror(error: str) -> str:
