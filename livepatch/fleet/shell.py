@@ -27,23 +27,18 @@ from prompt_toolkit.completion import (
     ThreadedCompleter,
 )
 from prompt_toolkit.document import Document
-from prompt_toolkit.formatted_text import ANSI, StyleAndTextTuples
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
-from prompt_toolkit.shortcuts import print_formatted_text
 
-from ..commands.runner import CommandResult
 from ..commands.spec import ArgKind
 from ..errors import LivepatchError
 from ..render import color_allowed
+from ..shell.base import PromptShell
 from .console import FLEET_COMMANDS, FleetRunner, FleetSession
 from .model import short
 
 __all__ = ["FleetCompleter", "FleetShell", "fleet_toolbar", "run_fleet_shell"]
-
-_RED = "\x1b[31m"
-_RESET = "\x1b[0m"
 
 
 def fleet_toolbar(label: str, view: dict[str, Any] | None, error: str | None) -> str:
@@ -180,7 +175,7 @@ class FleetCompleter(Completer):
         return []
 
 
-class FleetShell:
+class FleetShell(PromptShell):
     """An interactive shell attached to a fleet."""
 
     def __init__(
@@ -195,38 +190,11 @@ class FleetShell:
         greeting: str | None = None,
         status_interval: float = 2.0,
     ) -> None:
-        self.input = input
-        self.output = output
-        self.color = (
-            color
-            if color is not None
-            else color_allowed(None if output is not None else sys.stdout)
+        super().__init__(
+            input=input, output=output, history_file=history_file, color=color, greeting=greeting
         )
-        self.runner = FleetRunner(session, color=self.color, base_dir=base_dir)
+        self.runner: FleetRunner = FleetRunner(session, color=self.color, base_dir=base_dir)
         self.monitor = _Monitor(self.runner, status_interval)
-        self.history_file = history_file
-        self.greeting = greeting
-        #: Every result shown, in order (what tests read instead of bytes).
-        self.transcript: list[CommandResult] = []
-        self._session: PromptSession[str] | None = None
-
-    @property
-    def session(self) -> PromptSession[str]:
-        """The prompt session, built on first use."""
-        if self._session is None:
-            self._session = self._build_session()
-        return self._session
-
-    def _history(self) -> History:
-        from ..shell.app import history_path
-
-        path = self.history_file or history_path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.touch(mode=0o600, exist_ok=True)
-        except OSError:
-            return InMemoryHistory()
-        return FileHistory(str(path))
 
     def _latest(self) -> dict[str, Any] | None:
         return self.monitor.view or self.runner.last_view
@@ -245,10 +213,6 @@ class FleetShell:
         self.monitor.on_change = self._invalidate
         return session
 
-    def _invalidate(self) -> None:
-        if self._session is not None:
-            self._session.app.invalidate()
-
     def _message(self) -> StyleAndTextTuples:
         return [("bold", f"fleet {self.runner.session.fleet}"), ("", "> ")]
 
@@ -256,61 +220,21 @@ class FleetShell:
         """The bottom toolbar as plain text (from the background snapshot)."""
         return fleet_toolbar(self.runner.session.label, self._latest(), self.monitor.error)
 
-    def _print(self, text: str) -> None:
-        output = self.session.output
-        if self.color:
-            print_formatted_text(ANSI(text), output=output)
-        else:
-            output.write(text + "\n")  # write() turns any stray ESC into "?"
-            output.flush()
-
-    def show(self, result: CommandResult) -> None:
-        """Record a result and print it: output, then the error line."""
-        self.transcript.append(result)
-        if result.text:
-            self._print(result.text)
-        if result.error:
-            line = f"error: {result.error}"
-            self._print(f"{_RED}{line}{_RESET}" if self.color else line)
-
-    def run(self) -> int:
-        """Prompt, run, print, until ``quit`` or Ctrl-D. Returns 0."""
-        session = self.session
-        if self.greeting:
-            self._print(self.greeting)
+    def _start(self) -> None:
         self.monitor.start()
-        try:
-            while True:
-                try:
-                    line = session.prompt()
-                except KeyboardInterrupt:
-                    continue
-                except EOFError:
-                    return 0
-                for result in self.runner.iter_line(line):
-                    self.show(result)
-                    if result.action == "quit":
-                        return 0
-                self.monitor.refresh()  # what the command changed reaches the toolbar
-        finally:
-            self.monitor.stop()
+
+    def _stop(self) -> None:
+        self.monitor.stop()
+
+    def _after_line(self) -> None:
+        self.monitor.refresh()  # what the command changed reaches the toolbar
 
     def run_script(
         self, lines: Iterable[str], *, stdout: TextIO | None = None, stderr: TextIO | None = None
     ) -> int:
         """Run commands in order; stop at the first failure (exit 1; 2 for usage)."""
-        out = stdout or sys.stdout
-        err = stderr or sys.stderr
-        self.runner.color = color_allowed(out)
-        code = 0
-        for result in self.runner.run_script(lines):
-            self.transcript.append(result)
-            if result.text:
-                print(result.text, file=out, flush=True)
-            if result.error:
-                print(f"livepatch: {result.command}: {result.error}", file=err, flush=True)
-            code = result.exit_code
-        return code
+        self.runner.color = color_allowed(stdout or sys.stdout)
+        return self._print_script(self.runner.run_script(lines), stdout, stderr)
 
 
 def run_fleet_shell(args: argparse.Namespace) -> int:

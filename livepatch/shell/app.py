@@ -12,7 +12,6 @@ behind ``livepatch shell -c`` and piped stdin. The shell takes ``input`` and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -22,28 +21,25 @@ from typing import Any, TextIO
 from prompt_toolkit import PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import ThreadedCompleter
-from prompt_toolkit.formatted_text import ANSI, StyleAndTextTuples
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
-from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
 from ..client import Client
 from ..render import color_allowed
+from .base import PromptShell, history_path, state_home
 from .completer import ShellCompleter
 from .keys import prompt_key_bindings
 from .lexer import CommandLineLexer
 from .link import EngineLink
-from .monitor import EngineMonitor, Snapshot
+from .monitor import EngineMonitor
 from .runner import CommandResult, CommandRunner
 from .toolbar import Toolbar
 from .watch import watch_application
 
 __all__ = ["Shell", "color_allowed", "history_path", "run_shell", "state_home"]
 
-_RED = "\x1b[31m"
-_RESET = "\x1b[0m"
 
 _STYLE = Style.from_dict(
     {
@@ -66,24 +62,10 @@ _STYLE = Style.from_dict(
 )
 
 
-def state_home() -> Path:
-    """Where the shell keeps its state: ``$LIVEPATCH_STATE_HOME``, else
-    ``$XDG_STATE_HOME/livepatch``, else ``~/.local/state/livepatch``."""
-    explicit = os.environ.get("LIVEPATCH_STATE_HOME")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
-    return base / "livepatch"
-
-
-def history_path() -> Path:
-    """The shell's history file."""
-    return state_home() / "history"
-
-
-class Shell:
+class Shell(PromptShell):
     """An interactive shell attached to one engine."""
+
+    print_style = _STYLE
 
     def __init__(
         self,
@@ -97,49 +79,19 @@ class Shell:
         greeting: str | None = None,
         status_interval: float = 1.0,
     ) -> None:
+        super().__init__(
+            input=input, output=output, history_file=history_file, color=color, greeting=greeting
+        )
         self.link = EngineLink(client)
         self.monitor = EngineMonitor(self.link, interval=status_interval)
-        self.input = input
-        self.output = output
         self.base_dir = base_dir
-        # Tests pass an output; a real terminal is judged by stdout.
-        self.color = (
-            color
-            if color is not None
-            else color_allowed(None if output is not None else sys.stdout)
-        )
-        self.runner = CommandRunner(
+        self.runner: CommandRunner = CommandRunner(
             self.link, color=self.color, base_dir=base_dir, monitor=self.monitor, interactive=True
         )
-        self.history_file = history_file
-        self.greeting = greeting
-        #: Every result shown, in order (what tests read instead of bytes).
-        self.transcript: list[CommandResult] = []
         #: Set while the live ``watch`` view runs.
         self.watching = threading.Event()
-        self._session: PromptSession[str] | None = None
-        self._history_note: str | None = None
 
     # -- the prompt -------------------------------------------------------------
-
-    @property
-    def session(self) -> PromptSession[str]:
-        """The prompt session, built on first use."""
-        if self._session is None:
-            self._session = self._build_session()
-        return self._session
-
-    def _history(self) -> History:
-        path = self.history_file or history_path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.touch(mode=0o600, exist_ok=True)
-        except OSError as exc:
-            self._history_note = (
-                f"note: history is not saved ({path.parent}: {exc.strerror or exc})"
-            )
-            return InMemoryHistory()
-        return FileHistory(str(path))
 
     def _build_session(self) -> PromptSession[str]:
         completer = ShellCompleter(self.monitor, base_dir=lambda: self.base_dir)
@@ -159,7 +111,7 @@ class Shell:
             input=self.input,
             output=self.output,
         )
-        self.monitor.on_change = self._on_monitor_change
+        self.monitor.on_change = lambda _snapshot: self._invalidate()
         return session
 
     def _message(self) -> StyleAndTextTuples:
@@ -167,67 +119,26 @@ class Shell:
             return [("class:prompt.lost", f"{self.link.name} (disconnected)"), ("", "> ")]
         return [("class:prompt.engine", self.link.name), ("", "> ")]
 
-    def _on_monitor_change(self, snapshot: Snapshot) -> None:
-        # From the sampling thread: invalidate() is thread-safe and a no-op
-        # while no prompt is showing.
-        if self._session is not None:
-            self._session.app.invalidate()
+    # -- the loop's hooks -------------------------------------------------------
 
-    # -- output -----------------------------------------------------------------
-
-    def _print(self, text: str) -> None:
-        output = self.session.output
-        if self.color:
-            print_formatted_text(ANSI(text), output=output, style=_STYLE)
-        else:
-            # Straight to the terminal: no escape codes at all, and write()
-            # turns any stray ESC from the engine into "?".
-            output.write(text + "\n")
-            output.flush()
-
-    def show(self, result: CommandResult) -> None:
-        """Record a result and print it: output, then the error line."""
-        self.transcript.append(result)
-        if result.text:
-            self._print(result.text)
-        if result.error:
-            line = f"error: {result.error}"
-            self._print(f"{_RED}{line}{_RESET}" if self.color else line)
-
-    # -- the loop ---------------------------------------------------------------
-
-    def run(self) -> int:
-        """Prompt, run, print, until ``quit`` or Ctrl-D. Returns 0."""
-        session = self.session
-        if self._history_note:
-            self._print(self._history_note)
-        if self.greeting:
-            self._print(self.greeting)
+    def _start(self) -> None:
         self.monitor.start()
-        try:
-            while True:
-                try:
-                    line = session.prompt()
-                except KeyboardInterrupt:
-                    continue  # Ctrl-C abandons the line, as in any shell
-                except EOFError:
-                    return 0
-                self.runner.width = self.session.output.get_size().columns
-                try:
-                    for result in self.runner.iter_line(line):
-                        self.show(result)
-                        if result.action == "quit":
-                            return 0
-                        if result.action == "watch":
-                            self._watch()
-                        if result.action == "watch-file":
-                            self._watch_file(result.data)
-                except KeyboardInterrupt:
-                    self._interrupted()
-                # Whatever the command changed should reach the toolbar now.
-                self.monitor.request_refresh()
-        finally:
-            self.monitor.stop()
+
+    def _stop(self) -> None:
+        self.monitor.stop()
+
+    def _before_line(self) -> None:
+        self.runner.width = self.session.output.get_size().columns
+
+    def _after_result(self, result: CommandResult) -> None:
+        if result.action == "watch":
+            self._watch()
+        if result.action == "watch-file":
+            self._watch_file(result.data)
+
+    def _after_line(self) -> None:
+        # Whatever the command changed should reach the toolbar now.
+        self.monitor.request_refresh()
 
     def _interrupted(self) -> None:
         # The engine's reply may still be on its way: reading it later as the
@@ -283,20 +194,13 @@ class Shell:
         ``stderr``. Returns 0, 1 (a failure, including a check with problems)
         or 2 (a command that could not be run as written).
         """
-        out = stdout or sys.stdout
-        err = stderr or sys.stderr
         runner = CommandRunner(
-            self.link, color=color_allowed(out), base_dir=self.base_dir, interactive=False
+            self.link,
+            color=color_allowed(stdout or sys.stdout),
+            base_dir=self.base_dir,
+            interactive=False,
         )
-        code = 0
-        for result in runner.run_script(lines):
-            self.transcript.append(result)
-            if result.text:
-                print(result.text, file=out, flush=True)
-            if result.error:
-                print(f"livepatch: {result.command}: {result.error}", file=err, flush=True)
-            code = result.exit_code
-        return code
+        return self._print_script(runner.run_script(lines), stdout, stderr)
 
 
 def run_shell(args: argparse.Namespace) -> int:
