@@ -48,6 +48,7 @@ __all__ = [
     "CommandResult",
     "CommandRunner",
     "Handler",
+    "LineRunner",
     "register_handler",
     "render_watch",
 ]
@@ -181,7 +182,44 @@ def _escape(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-class CommandRunner:
+class LineRunner:
+    """Lines of ``;``-separated commands, and scripts of lines, run one
+    command at a time through :meth:`execute` (which a runner defines)."""
+
+    def execute(self, words: list[str] | tuple[str, ...]) -> CommandResult:
+        raise NotImplementedError
+
+    def iter_line(self, line: str) -> Iterator[CommandResult]:
+        """Run the ``;``-separated commands of ``line`` one at a time.
+
+        Stops after the first failure or ``quit``. A generator, so the caller
+        can act on each result (show ``watch``) before the next command runs.
+        """
+        try:
+            commands = split_commands(line)
+        except ShellUsageError as exc:
+            yield CommandResult(line.strip(), False, error=str(exc), usage=True, kind="usage")
+            return
+        for words in commands:
+            result = self.execute(words)
+            yield result
+            if not result.ok or result.action == "quit":
+                return
+
+    def run_line(self, line: str) -> list[CommandResult]:
+        """Every result of :meth:`iter_line`, as a list."""
+        return list(self.iter_line(line))
+
+    def run_script(self, lines: Iterable[str]) -> Iterator[CommandResult]:
+        """Run a script line by line; stops at the first failure or ``quit``."""
+        for line in lines:
+            for result in self.iter_line(line):
+                yield result
+                if not result.ok or result.action == "quit":
+                    return
+
+
+class CommandRunner(LineRunner):
     """Executes parsed commands through an :class:`EngineLink`."""
 
     def __init__(
@@ -241,35 +279,6 @@ class CommandRunner:
         return f"`{self.prefix}{command}`"
 
     # -- entry points -----------------------------------------------------------
-
-    def iter_line(self, line: str) -> Iterator[CommandResult]:
-        """Run the ``;``-separated commands of ``line`` one at a time.
-
-        Stops after the first failure or ``quit``. A generator, so the caller
-        can act on each result (show ``watch``) before the next command runs.
-        """
-        try:
-            commands = split_commands(line)
-        except ShellUsageError as exc:
-            yield self._failure(line.strip(), str(exc), usage=True)
-            return
-        for words in commands:
-            result = self.execute(words)
-            yield result
-            if not result.ok or result.action == "quit":
-                return
-
-    def run_line(self, line: str) -> list[CommandResult]:
-        """Every result of :meth:`iter_line`, as a list."""
-        return list(self.iter_line(line))
-
-    def run_script(self, lines: Iterable[str]) -> Iterator[CommandResult]:
-        """Run a script line by line; stops at the first failure or ``quit``."""
-        for line in lines:
-            for result in self.iter_line(line):
-                yield result
-                if not result.ok or result.action == "quit":
-                    return
 
     def execute(self, words: list[str] | tuple[str, ...]) -> CommandResult:
         """Run one command given as words; never raises."""

@@ -21,13 +21,13 @@ survives a registry or member restart with nothing to repair.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from ..commands.runner import CommandResult
+from ..commands.runner import CommandResult, LineRunner
 from ..commands.spec import (
     COMMANDS,
     Arg,
@@ -37,7 +37,6 @@ from ..commands.spec import (
     ParsedCommand,
     ShellUsageError,
     parse,
-    split_commands,
 )
 from ..errors import LivepatchError
 from .model import PushRecord, short, validate_fleet_name
@@ -209,7 +208,7 @@ def _shas_of(view: Mapping[str, Any]) -> list[str]:
     return sorted(short(s) for s in found if s)
 
 
-class FleetRunner:
+class FleetRunner(LineRunner):
     """Runs :data:`FLEET_COMMANDS` against a :class:`FleetSession`; never raises."""
 
     def __init__(
@@ -240,27 +239,6 @@ class FleetRunner:
         }
 
     # -- entry points -----------------------------------------------------------
-
-    def iter_line(self, line: str) -> Iterator[CommandResult]:
-        """Run the ``;``-separated commands of ``line``; stop at a failure or ``quit``."""
-        try:
-            commands = split_commands(line)
-        except ShellUsageError as exc:
-            yield CommandResult(line.strip(), False, error=str(exc), usage=True, kind="usage")
-            return
-        for words in commands:
-            result = self.execute(words)
-            yield result
-            if not result.ok or result.action == "quit":
-                return
-
-    def run_script(self, lines: Iterable[str]) -> Iterator[CommandResult]:
-        """Run a script line by line; stops at the first failure or ``quit``."""
-        for line in lines:
-            for result in self.iter_line(line):
-                yield result
-                if not result.ok or result.action == "quit":
-                    return
 
     def execute(self, words: list[str] | tuple[str, ...]) -> CommandResult:
         """Run one command given as words."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.formatted_text import ANSI
@@ -31,10 +31,10 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import BaseStyle
 
-from ..commands.runner import CommandResult
+from ..commands.runner import CommandResult, LineRunner
 from ..render import color_allowed
 
-__all__ = ["LineRunner", "PromptShell", "history_path", "state_home"]
+__all__ = ["PromptShell", "history_path", "state_home"]
 
 _RED = "\x1b[31m"
 _RESET = "\x1b[0m"
@@ -54,12 +54,6 @@ def state_home() -> Path:
 def history_path() -> Path:
     """The shell's history file."""
     return state_home() / "history"
-
-
-class LineRunner(Protocol):
-    """What a prompt needs of its command runner."""
-
-    def iter_line(self, line: str) -> Iterator[CommandResult]: ...
 
 
 class PromptShell:
