@@ -23,7 +23,13 @@ from typing import Any, Final
 from IPython.core.error import UsageError
 
 from livepatch.client import Client
-from livepatch.commands.shadowcmd import default_slot, render_shadow, shadow_params, wait_for_end
+from livepatch.commands.shadowcmd import (
+    default_slot,
+    render_shadow,
+    run_state,
+    shadow_params,
+    wait_for_end,
+)
 from livepatch.commands.spec import ShellUsageError
 
 from .display import View, themed
@@ -91,12 +97,7 @@ def _rows(findings: Sequence[Mapping[str, Any]], active: str, candidate: str, ki
 def html_shadow(report: Mapping[str, Any]) -> str:
     """A shadow run's report as an HTML fragment (wrap it with ``themed``)."""
     cand, active = report["candidate"], report["active"]
-    if report["state"] == "running":
-        state = f"running for {report['elapsed_s']:.1f} s"
-        if report.get("for_s"):
-            state += f" of {report['for_s']:g}"
-    else:
-        state = f"ended after {report['elapsed_s']:.1f} s: {report.get('reason')}"
+    state = run_state(report)
     parts = [
         f'<div class="lp-shadow" style="{_HEAD}"><b>shadow {_e(cand)}</b> against '
         f"<b>{_e(active)}</b> ({report['sample']:.0%} of {_e(report['slot'])}'s calls), "

@@ -18,7 +18,13 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["Interrupted", "absorb_interrupt", "interrupt_thread", "run_with_deadline"]
+__all__ = [
+    "Interrupted",
+    "ThreadDeadline",
+    "absorb_interrupt",
+    "interrupt_thread",
+    "run_with_deadline",
+]
 
 T = TypeVar("T")
 
@@ -50,8 +56,9 @@ def absorb_interrupt() -> None:
             pass
 
 
-class _Watch:
-    """One deadline on one thread: fires at most once, never after ``finish``."""
+class ThreadDeadline:
+    """One deadline on one thread: fires at most once, never after ``finish``
+    (so an interrupt never lands in what the thread does next)."""
 
     def __init__(self, ident: int) -> None:
         self.ident = ident
@@ -61,7 +68,7 @@ class _Watch:
 
     def fire(self) -> None:
         with self.lock:
-            if not self.done:
+            if not self.done and not self.fired:
                 self.fired = interrupt_thread(self.ident)
 
     def finish(self) -> bool:
@@ -78,7 +85,7 @@ def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
     of a loaded module: a ``__signature__`` or ``__repr__`` that never
     returns). It costs a timer thread per call, so it is not for the hot path.
     """
-    watch = _Watch(threading.get_ident())
+    watch = ThreadDeadline(threading.get_ident())
     timer = threading.Timer(seconds, watch.fire)
     timer.daemon = True
     timer.start()

@@ -54,7 +54,7 @@ from typing import Any
 
 from .convert import to_json
 from .errors import BadState, CallFailed, LivepatchError
-from .interrupt import Interrupted, absorb_interrupt, interrupt_thread
+from .interrupt import Interrupted, ThreadDeadline, absorb_interrupt
 from .journal import Journal, Peer
 from .model import Event, parse_version_id
 from .states import VersionState
@@ -285,7 +285,7 @@ class ShadowRun:
         # they are not, and findings are no longer recorded.
         self._open = False
         self._ending = False
-        self._current: tuple[float, _Watch] | None = None
+        self._current: tuple[float, ThreadDeadline] | None = None
         self._sampler: _CSampler_t | PySampler | None = None
         self._worker = threading.Thread(
             target=self._work, name=f"livepatch-shadow-{self.slot}", daemon=True
@@ -371,7 +371,7 @@ class ShadowRun:
         if not callable(fn):
             error = LookupError(f"{self.candidate} has no callable {symbol!r}")
             return None, error, 0, False
-        watch = _Watch(threading.get_ident())
+        watch = ThreadDeadline(threading.get_ident())
         started = time.monotonic_ns()
         self._current = (time.monotonic() + self.timeout_s, watch)
         try:
@@ -502,27 +502,6 @@ class ShadowRun:
             f"{r['differed']} differed, {r['candidate_errors']} candidate errors, "
             f"{r['timeouts']} timeouts, {r['dropped']} dropped"
         )
-
-
-class _Watch:
-    """One deadline of one candidate call: fires at most once, never after
-    ``finish`` (so an interrupt never lands in the next call)."""
-
-    def __init__(self, ident: int) -> None:
-        self.ident = ident
-        self.lock = threading.Lock()
-        self.done = False
-        self.fired = False
-
-    def fire(self) -> None:
-        with self.lock:
-            if not self.done and not self.fired:
-                self.fired = interrupt_thread(self.ident)
-
-    def finish(self) -> bool:
-        with self.lock:
-            self.done = True
-            return self.fired
 
 
 _RUNNABLE = (VersionState.RESOLVED, VersionState.RETIRED)

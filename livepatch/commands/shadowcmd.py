@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..client import Client
@@ -25,7 +25,14 @@ from .runner import CommandResult, CommandRunner, register_handler
 from .spec import VERSION_ID, Arg, ArgKind, CommandSpec, Option, ParsedCommand, ShellUsageError
 from .spec import register as register_spec
 
-__all__ = ["SHADOW", "default_slot", "render_shadow", "shadow_params", "wait_for_end"]
+__all__ = [
+    "SHADOW",
+    "default_slot",
+    "render_shadow",
+    "run_state",
+    "shadow_params",
+    "wait_for_end",
+]
 
 _BOLD = "\x1b[1m"
 _DIM = "\x1b[2m"
@@ -183,6 +190,16 @@ def _value_text(value: Any) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
+def run_state(report: Mapping[str, Any]) -> str:
+    """Where a run is: ``running for 3.2 s of 10``, or how and when it ended."""
+    if report["state"] == "running":
+        state = f"running for {report['elapsed_s']:.1f} s"
+        if report.get("for_s"):
+            state += f" of {report['for_s']:g}"
+        return state
+    return f"ended after {report['elapsed_s']:.1f} s: {report.get('reason')}"
+
+
 def render_shadow(report: dict[str, Any], *, color: bool = False) -> str:
     """A shadow run's report as text (what the CLI and the shell print)."""
 
@@ -190,12 +207,7 @@ def render_shadow(report: dict[str, Any], *, color: bool = False) -> str:
         return f"{code}{text}{_RESET}" if color else text
 
     cand, active = report["candidate"], report["active"]
-    if report["state"] == "running":
-        state = f"running for {report['elapsed_s']:.1f} s"
-        if report.get("for_s"):
-            state += f" of {report['for_s']:g}"
-    else:
-        state = f"ended after {report['elapsed_s']:.1f} s: {report.get('reason')}"
+    state = run_state(report)
     lines = [
         paint(
             f"shadow {cand} against {active} ({report['sample']:.0%} of "
