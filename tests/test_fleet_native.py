@@ -114,16 +114,21 @@ def test_native_object_pushed_as_bytes_to_local_members(
     assert shown.returncode == 0, shown.stderr
     assert "classify" in shown.stdout and "shouting" in shown.stdout
 
-    # A C source goes as text (each member's native slot compiles it), and a
+    # A C source goes as text (each member's native slot compiles it; pushed
+    # here from the fleet shell, which reads files as the CLI does), and a
     # fleet rollback brings the object back from the store by its sha.
-    c_result = run_cli(
-        "push", rule_path("spam_native_v1.c"), "--slot", NATIVE_SLOT, "--fleet", FLEET
-    )
+    c_file = rule_path("spam_native_v1.c")
+    c_result = run_cli("shell", "--fleet", FLEET, "-c", f"push {c_file} --slot {NATIVE_SLOT}")
     assert c_result.returncode == 0, c_result.stdout + c_result.stderr
+    assert "committed on 3 members" in c_result.stdout
     assert [classify(name, OFFER)[0] for name in names] == [0, 0, 0]
     back = run_cli("rollback", NATIVE_SLOT, "--fleet", FLEET)
     assert back.returncode == 0, back.stdout + back.stderr
     assert [classify(name, OFFER) for name in names] == [(1, sha)] * 3
+    c_sha = hashlib.sha256(Path(c_file).read_bytes()).hexdigest()
+    diff = run_cli("diff", sha[:12], c_sha[:12], "--fleet", FLEET)
+    assert diff.returncode == 0, diff.stderr
+    assert "shouting" in diff.stdout  # version 2's alone
 
     # Not an object, or an object for a Python slot: every member says why, nobody swaps.
     fake = tmp_path / "fake.so"
