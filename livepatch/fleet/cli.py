@@ -448,7 +448,10 @@ def add_fleet_arguments(sub: Any) -> None:
         "commit (the fleet's desired version flips and every member swaps) or abort (nobody "
         "swaps; each member's reason is printed; exit 1).",
     )
-    p.add_argument("file")
+    p.add_argument(
+        "file",
+        help="a Python rule module, a C source or a ready .so (native slots; sent as its bytes)",
+    )
     p.add_argument("--slot", required=True)
     p.add_argument("--fleet", required=True, type=_fleet_name, metavar="NAME")
     _registry_option(p)
