@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..runtime import ConnectionInfo
-from .model import FleetError, PushRecord, short, validate_fleet_name
+from .model import FleetError, PushRecord, Rule, short, validate_fleet_name
 
 __all__ = [
     "Member",
@@ -115,14 +115,15 @@ def push_source(
     fleet: str,
     registry: str | None,
     slot: str,
-    source: str,
+    source: Rule,
     filename: str,
     *,
     expect: str | None = None,
     deadline_s: float = 60.0,
     rollback: bool = False,
 ) -> PushRecord:
-    """Push a source to a fleet through its registry; returns the record."""
+    """Push a source (or a ready shared object's bytes) to a fleet through
+    its registry; returns the record."""
     validate_fleet_name(fleet)
     if _is_zk(registry):
         from .zk import ZkRegistry, parse_zk_url
@@ -154,19 +155,33 @@ def _report(record: PushRecord, as_json: bool) -> int:
     return 1
 
 
-def read_rule(path: Path) -> str:
-    """The source of a rule file to push; :class:`FleetError` says what is wrong."""
-    if path.suffix in (".so", ".c") or ".so." in path.name:
-        raise FleetError(
-            f"{path.name}: native objects cannot be pushed to a fleet yet; "
-            "push a Python rule module"
-        )
+def read_rule(path: Path) -> Rule:
+    """What to push from a rule file: its text (a Python module, or C that a
+    native slot compiles), or, for a ready shared object (``.so``, or any
+    ELF file), its bytes, which members load from memory, so no member needs
+    to see the file. :class:`FleetError` says what is wrong."""
+    from ..client import MAX_SENT_OBJECT
+    from ..filekind import is_elf
+
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise FleetError(f"cannot read {path}: {exc.strerror}") from None
+        raise FleetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if is_elf(data) or path.suffix == ".so" or ".so." in path.name:
+        # A .so that is no ELF goes too: each member refuses it with its reason.
+        if len(data) > MAX_SENT_OBJECT:
+            raise FleetError(
+                f"{path.name} is {len(data) / 2**20:.1f} MiB: an object pushed to a fleet may be "
+                f"at most {MAX_SENT_OBJECT / 2**20:.1f} MiB; strip it (`strip --strip-debug`)"
+            )
+        return data
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise FleetError(f"{path} is not UTF-8 text: push a Python rule module") from None
+        raise FleetError(
+            f"{path} is neither UTF-8 text nor an ELF shared object: push a Python rule module, "
+            "a C source or a shared object"
+        ) from None
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -433,7 +448,10 @@ def add_fleet_arguments(sub: Any) -> None:
         "commit (the fleet's desired version flips and every member swaps) or abort (nobody "
         "swaps; each member's reason is printed; exit 1).",
     )
-    p.add_argument("file")
+    p.add_argument(
+        "file",
+        help="a Python rule module, a C source or a ready .so (native slots; sent as its bytes)",
+    )
     p.add_argument("--slot", required=True)
     p.add_argument("--fleet", required=True, type=_fleet_name, metavar="NAME")
     _registry_option(p)

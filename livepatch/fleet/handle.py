@@ -10,6 +10,7 @@ in-memory stand-in for the engine.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import Conflict, LivepatchError
-from .model import MemberState, Vote, sha_of
+from .model import MemberState, Rule, Vote, sha_of
 
 __all__ = [
     "ClientHandle",
@@ -43,8 +44,9 @@ class EngineHandle(Protocol):
         """The engine's ``status`` result."""
         ...
 
-    def load(self, slot: str, source: str, filename: str) -> dict[str, Any]:
-        """``load``'s result (``version``, ``new``, ``sha256``)."""
+    def load(self, slot: str, source: Rule, filename: str) -> dict[str, Any]:
+        """``load``'s result (``version``, ``new``, ``sha256``): ``source``
+        is text, or a ready shared object's bytes (native slots)."""
         ...
 
     def check(self, version: str) -> dict[str, Any]:
@@ -76,11 +78,15 @@ class ClientHandle:
         result: dict[str, Any] = self.client.status()
         return result
 
-    def load(self, slot: str, source: str, filename: str) -> dict[str, Any]:
-        """See :class:`EngineHandle`."""
-        result: dict[str, Any] = self.client.request(
-            "load", {"slot": slot, "source": source, "filename": filename}
-        )
+    def load(self, slot: str, source: Rule, filename: str) -> dict[str, Any]:
+        """See :class:`EngineHandle`. An object goes as its bytes (``object``):
+        the engine maps it from memory, so no member needs to see a file."""
+        params: dict[str, Any] = {"slot": slot, "filename": filename}
+        if isinstance(source, bytes):
+            params["object"] = base64.b64encode(source).decode("ascii")
+        else:
+            params["source"] = source
+        result: dict[str, Any] = self.client.request("load", params)
         return result
 
     def check(self, version: str) -> dict[str, Any]:
@@ -119,7 +125,7 @@ class MemoryHandle:
         self._versions: dict[str, dict[str, Any]] = {}
         self._active: dict[str, str | None] = dict.fromkeys(slots)
         self._count: dict[str, int] = dict.fromkeys(slots, 0)
-        self._sources: dict[str, str] = {}
+        self._sources: dict[str, Rule] = {}
 
     def status(self) -> dict[str, Any]:
         """See :class:`EngineHandle`."""
@@ -132,7 +138,7 @@ class MemoryHandle:
                 slots.append({"name": slot, "active": active, "versions": versions})
             return {"name": self.name, "pid": os.getpid(), "slots": slots}
 
-    def load(self, slot: str, source: str, filename: str) -> dict[str, Any]:
+    def load(self, slot: str, source: Rule, filename: str) -> dict[str, Any]:
         """See :class:`EngineHandle`."""
         sha = sha_of(source)
         with self._lock:
@@ -140,7 +146,11 @@ class MemoryHandle:
                 if v["slot"] == slot and v["sha256"] == sha:
                     return {"version": vid, "new": False, "sha256": sha}
         try:
-            compile(source, filename, "exec")
+            if isinstance(source, bytes):
+                if not source.startswith(b"\x7fELF"):
+                    raise LivepatchError(f"{filename}: not an ELF shared object")
+            else:
+                compile(source, filename, "exec")
         except SyntaxError as exc:
             raise LivepatchError(f"{filename}:{exc.lineno}: {exc.msg}") from None
         with self._lock:
@@ -176,7 +186,10 @@ class MemoryHandle:
     def source(self, version: str) -> str:
         """See :class:`EngineHandle`."""
         with self._lock:
-            return self._sources[version]
+            source = self._sources[version]
+        if isinstance(source, bytes):
+            raise LivepatchError(f"{version} was loaded from a ready shared object: no source")
+        return source
 
 
 def _slot_status(status: dict[str, Any], slot: str) -> dict[str, Any] | None:
@@ -204,7 +217,7 @@ def _problems_text(problems: list[dict[str, Any]]) -> str:
     return f"check failed: {where}{first.get('message', first.get('kind', '?'))}{more}"
 
 
-def prepare(handle: EngineHandle, slot: str, source: str, filename: str) -> Vote:
+def prepare(handle: EngineHandle, slot: str, source: Rule, filename: str) -> Vote:
     """Load and check ``source`` in ``slot``: the member's vote (never raises
     for what the rule or the engine refused; a lost engine raises)."""
     from ..client import ConnectionLost
@@ -290,7 +303,7 @@ class Convergence:
 def converge(
     handle: EngineHandle,
     read_desired: Callable[[], dict[str, tuple[str, str]]],
-    source_of: Callable[[str], tuple[str, str]],
+    source_of: Callable[[str], tuple[Rule, str]],
     pid: int = 0,
 ) -> Convergence:
     """Make every slot run its desired sha; report ready or diverged.
@@ -316,7 +329,7 @@ def converge(
 def _converge_once(
     handle: EngineHandle,
     read_desired: Callable[[], dict[str, tuple[str, str]]],
-    source_of: Callable[[str], tuple[str, str]],
+    source_of: Callable[[str], tuple[Rule, str]],
     pid: int,
 ) -> Convergence:
     from ..client import ConnectionLost

@@ -30,6 +30,7 @@ from .model import (
     FleetError,
     MemberState,
     PushRecord,
+    Rule,
     Vote,
     new_push_id,
     sha_of,
@@ -236,7 +237,7 @@ def _parallel(
 def push_local(
     fleet: str,
     slot: str,
-    source: str,
+    source: Rule,
     filename: str,
     *,
     expect: str | None = None,
@@ -244,7 +245,8 @@ def push_local(
     rollback: bool = False,
     phase: Phase | None = None,
 ) -> PushRecord:
-    """Push ``source`` to every live member of ``fleet``, two-phase.
+    """Push ``source`` (text, or a ready shared object's bytes) to every live
+    member of ``fleet``, two-phase.
 
     Returns the push record: ``committed`` (every member that stayed up
     swapped, the others converge when they are back) or ``aborted`` (nobody
@@ -376,7 +378,10 @@ def _common_previous(
         return None
     name, version = next(iter(running.items()))
     assert version is not None
-    text = clients[name].source(version["id"])
+    try:
+        text = clients[name].source(version["id"])
+    except LivepatchError:
+        return None  # a ready object has no source to keep: no rollback target
     if sha_of(text) != version["sha256"]:
         return None
     return store.put_source(text, version.get("filename") or f"{slot}.py")

@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from ..errors import LivepatchError
 
@@ -25,6 +25,7 @@ __all__ = [
     "FleetError",
     "MemberState",
     "PushRecord",
+    "Rule",
     "Vote",
     "new_push_id",
     "sha_of",
@@ -32,6 +33,10 @@ __all__ = [
     "state_home",
     "validate_fleet_name",
 ]
+
+#: What a push carries: a rule's source text (Python, or C for a native slot
+#: that compiles it), or a ready ELF shared object's bytes (native slots).
+Rule: TypeAlias = str | bytes
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -65,9 +70,11 @@ def state_home() -> Path:
     return base / "livepatch"
 
 
-def sha_of(source: str) -> str:
-    """The fleet's identity of a version: the sha256 of its source text."""
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+def sha_of(source: Rule) -> str:
+    """The fleet's identity of a version: the sha256 of its source text (UTF-8)
+    or of its object's bytes, as the engine computes it."""
+    data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+    return hashlib.sha256(data).hexdigest()
 
 
 def short(sha: str | None) -> str:

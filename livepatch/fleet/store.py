@@ -5,6 +5,7 @@ Layout, under ``$XDG_STATE_HOME/livepatch/fleets/<fleet>/`` (mode 0700)::
     lock                     flock'd for every read-modify-write
     state.json               desired version per slot, its generation, push history
     sources/<sha256>.py      every source pushed, content-addressed
+    sources/<sha256>.so      every ready shared object pushed (its bytes)
     sources/<sha256>.json    {"filename": ...}
     members/<name>.json      what each member says about itself
 
@@ -26,7 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .model import Desired, FleetConflict, FleetError, MemberState, PushRecord, sha_of, state_home
+from .model import (
+    Desired,
+    FleetConflict,
+    FleetError,
+    MemberState,
+    PushRecord,
+    Rule,
+    sha_of,
+    state_home,
+)
 
 __all__ = ["FleetState", "LocalStore", "fleet_root"]
 
@@ -115,30 +125,40 @@ class LocalStore:
 
     # -- sources ----------------------------------------------------------------
 
-    def put_source(self, source: str, filename: str) -> str:
-        """Store a source (idempotent, durable on return); returns its sha256."""
+    def put_source(self, source: Rule, filename: str) -> str:
+        """Store a source, or an object's bytes (idempotent, durable on
+        return); returns its sha256."""
         sha = sha_of(source)
-        body = self.path / "sources" / f"{sha}.py"
+        suffix = ".so" if isinstance(source, bytes) else ".py"
+        body = self.path / "sources" / f"{sha}{suffix}"
         if not body.exists():
             _write_atomic(
                 self.path / "sources" / f"{sha}.json", json.dumps({"filename": filename}).encode()
             )
-            _write_atomic(body, source.encode("utf-8"))
+            data = source if isinstance(source, bytes) else source.encode("utf-8", "surrogatepass")
+            _write_atomic(body, data)
         return sha
 
-    def get_source(self, sha: str) -> tuple[str, str]:
-        """``(source, filename)`` of a stored sha; ``LookupError`` if absent."""
+    def get_source(self, sha: str) -> tuple[Rule, str]:
+        """``(source, filename)`` of a stored sha (``source`` is ``bytes`` for
+        a ready shared object); ``LookupError`` if absent."""
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise LookupError(f"not a sha256: {sha!r}")
+        source: Rule
         try:
             source = (self.path / "sources" / f"{sha}.py").read_text(encoding="utf-8")
+            suffix = ".py"
         except FileNotFoundError:
-            raise LookupError(f"the fleet store has no source {sha[:12]}") from None
+            try:
+                source = (self.path / "sources" / f"{sha}.so").read_bytes()
+                suffix = ".so"
+            except FileNotFoundError:
+                raise LookupError(f"the fleet store has no source {sha[:12]}") from None
         try:
             meta = json.loads((self.path / "sources" / f"{sha}.json").read_text(encoding="utf-8"))
-            filename = str(meta.get("filename") or f"{sha[:12]}.py")
+            filename = str(meta.get("filename") or f"{sha[:12]}{suffix}")
         except (OSError, ValueError):
-            filename = f"{sha[:12]}.py"
+            filename = f"{sha[:12]}{suffix}"
         if sha_of(source) != sha:
             raise LookupError(
                 f"stored source {sha[:12]} is damaged (its sha differs): push it again"

@@ -23,8 +23,17 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from ..errors import LivepatchError
 from .handle import EngineHandle, converge, prepare, release
-from .model import Desired, MemberState, Vote, sha_of
-from .zk import ZkAddress, _connect, _dumps, _loads, _Paths, vote_member, vote_node
+from .model import Desired, MemberState, Rule, Vote, sha_of
+from .zk import (
+    ZkAddress,
+    _connect,
+    _dumps,
+    _loads,
+    _Paths,
+    source_from_node,
+    vote_member,
+    vote_node,
+)
 
 __all__ = ["ZkMember"]
 
@@ -68,7 +77,7 @@ class ZkMember:
         self._seen: set[str] = set()
         self._prepared: dict[str, Vote] = {}
         self._acked: set[str] = set()
-        self._sources: dict[str, tuple[str, str]] = {}
+        self._sources: dict[str, tuple[Rule, str]] = {}
         self._desired: dict[str, Desired] = {}
         self._last_calls: tuple[int, float] | None = None
         self._thread: threading.Thread | None = None
@@ -232,14 +241,13 @@ class ZkMember:
                 self.client.create(path, body, ephemeral=True)
         self._rejoin = False
 
-    def _source(self, sha: str) -> tuple[str, str]:
+    def _source(self, sha: str) -> tuple[Rule, str]:
         if sha not in self._sources:  # content-addressed: safe to keep
             try:
                 data, _ = self.client.get(f"{self.paths.sources}/{sha}")
             except NoNodeError:
                 raise LookupError(f"the registry has no source {sha[:12]}") from None
-            value = _loads(data)
-            self._sources[sha] = (str(value["source"]), str(value["filename"]))
+            self._sources[sha] = source_from_node(data, sha)
         return self._sources[sha]
 
     def _prepare_new(self, pushes: list[str], check_votes: bool = True) -> set[str]:
@@ -356,7 +364,10 @@ class ZkMember:
                 continue
             path = f"{self.paths.sources}/{sha}"
             if not self.client.exists(path):
-                source = self.handle.source(str(active["version"]))
+                try:
+                    source = self.handle.source(str(active["version"]))
+                except LivepatchError:
+                    continue  # a ready object has no source to upload
                 if sha_of(source) != sha:
                     continue
                 filename = f"{active['version'].partition('@')[0]}-{sha[:12]}.py"
