@@ -45,6 +45,23 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture
+def fleet_env(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private runtime dir and state home (a local fleet's store lives there)."""
+    with tempfile.TemporaryDirectory(prefix="lp-state-") as tmp:
+        monkeypatch.setenv("XDG_STATE_HOME", tmp)
+        yield Path(tmp)
+
+
+@pytest.fixture
+def engines(fleet_env: Path) -> Iterator[list[EngineProcess]]:
+    """Engines a fleet test starts (appended to the list), stopped at its end."""
+    started: list[EngineProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
 def start_engine(
     *args: str, name: str = "rules", env: dict[str, str] | None = None, timeout: float = 30
 ) -> EngineProcess:

@@ -6,7 +6,6 @@ real IPython kernel, against real engine processes on the local registry.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +28,6 @@ from livepatch.fleet.shell import FleetCompleter, FleetShell
 FLEET = "ff"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def fleet_env(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="lp-state-") as tmp:
-        monkeypatch.setenv("XDG_STATE_HOME", tmp)
-        yield Path(tmp)
 
 
 @pytest.fixture

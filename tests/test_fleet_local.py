@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,22 +27,6 @@ from livepatch.fleet.store import LocalStore
 from livepatch.runtime import find_engine
 
 FLEET = "f"
-
-
-@pytest.fixture
-def fleet_env(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private runtime dir and state home (the fleet store lives there)."""
-    with tempfile.TemporaryDirectory(prefix="lp-state-") as tmp:
-        monkeypatch.setenv("XDG_STATE_HOME", tmp)
-        yield Path(tmp)
-
-
-@pytest.fixture
-def engines(fleet_env: Path) -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 def member(

@@ -44,22 +44,6 @@ ARGS = (*SLOT_ARGS, "--slot", f"{NATIVE_SLOT}=livepatch.examples.spam_native:Spa
 OFFER = "a limited offer, no prescription"
 
 
-@pytest.fixture
-def fleet_env(runtime_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private runtime dir and state home (the local fleet store lives there)."""
-    with tempfile.TemporaryDirectory(prefix="lp-state-") as tmp:
-        monkeypatch.setenv("XDG_STATE_HOME", tmp)
-        yield Path(tmp)
-
-
-@pytest.fixture
-def engines(fleet_env: Path) -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 def classify(name: str, text: str) -> tuple[int, str]:
     """``spam_native.classify(text)`` on engine ``name``: (result, sha of the version)."""
     with Client(find_engine(name), client_name="test") as client:
