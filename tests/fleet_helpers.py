@@ -164,6 +164,33 @@ def start_pusher(mark: Path, fleet: str, registry: str, source: str) -> subproce
     )
 
 
+def kill_pusher_after_prepare(
+    mark: Path, fleet: str, registry: str, source: str, members: str
+) -> str:
+    """Start a pusher, SIGKILL it once every one of ``members`` has prepared
+    ``source`` (resolved, not swapped), and return its push id."""
+    pusher = start_pusher(mark, fleet, registry, source)
+    try:
+        wait_for(mark.exists, timeout=120, what="the pusher to finish prepare")
+        new = sha_of(source)
+        assert all(versions_of(name, new) == ["resolved"] for name in members)
+    finally:
+        pusher.kill()  # SIGKILL, between prepare and commit
+        pusher.wait(10)
+    return mark.read_text()
+
+
+def wait_abandoned(members: str, sha: str, still_active: str) -> None:
+    """Wait until each member unloaded what an abandoned push prepared
+    (``sha``), and check that none swapped away from ``still_active``."""
+    for name in members:
+        wait_for(
+            lambda name=name: versions_of(name, sha) == ["unloaded"],
+            what=f"{name} to unload the abandoned push's version",
+        )
+        assert active_sha(name) == still_active  # nobody swapped
+
+
 def versions_of(name: str, sha: str, slot: str = "spam") -> list[str]:
     """The states of engine ``name``'s versions of ``sha`` (unloaded ones included)."""
     with Client(find_engine(name), client_name="test") as client:

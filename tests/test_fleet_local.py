@@ -13,10 +13,10 @@ from fleet_helpers import (
     SLOT_ARGS,
     SocketTraffic,
     active_sha,
+    kill_pusher_after_prepare,
     rule,
     sha_to_n,
-    start_pusher,
-    versions_of,
+    wait_abandoned,
     wait_for,
 )
 
@@ -184,22 +184,9 @@ def test_pusher_killed_between_prepare_and_commit_leaves_nothing_loaded(
     member(engines, "a")
     member(engines, "b")
     assert push_local(FLEET, "spam", rule(1), "rule_v1.py").ok
-    mark = tmp_path / "prepared"
-    pusher = start_pusher(mark, FLEET, "local", rule(9))
-    try:
-        wait_for(mark.exists, timeout=120, what="the pusher to finish prepare")
-        new = sha_of(rule(9))
-        assert versions_of("a", new) == versions_of("b", new) == ["resolved"]
-    finally:
-        pusher.kill()  # SIGKILL, between prepare and commit
-        pusher.wait(10)
-    push_id = mark.read_text()
-    for name in "ab":
-        wait_for(
-            lambda name=name: versions_of(name, new) == ["unloaded"],
-            what=f"{name} to unload the abandoned push's version",
-        )
-        assert active_sha(name) == sha_of(rule(1))  # nobody swapped
+    push_id = kill_pusher_after_prepare(tmp_path / "prepared", FLEET, "local", rule(9), "ab")
+    new = sha_of(rule(9))
+    wait_abandoned("ab", new, still_active=sha_of(rule(1)))
     record = next(p for p in LocalStore(FLEET).read().pushes if p.id == push_id)
     assert record.outcome == "abandoned" and "went away" in record.reason
     assert "abandoned" in run_cli("status", "--fleet", FLEET).stdout

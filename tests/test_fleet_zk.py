@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 from conftest import EngineProcess, require, run_cli, start_engine
-from fleet_helpers import SLOT_ARGS, active_sha, rule, start_pusher, versions_of, wait_for
+from fleet_helpers import (
+    SLOT_ARGS,
+    active_sha,
+    kill_pusher_after_prepare,
+    rule,
+    wait_abandoned,
+    wait_for,
+)
 
 from livepatch.fleet.model import PushRecord, sha_of
 from livepatch.fleet.zk import ZkRegistry, parse_zk_url
@@ -166,24 +173,11 @@ def test_pusher_killed_between_prepare_and_commit_leaves_nothing_loaded(
     for name in "ab":
         member(engines, registry_url, name)
     assert push(registry_url, 1).ok
-    mark = tmp_path / "prepared"
-    pusher = start_pusher(mark, FLEET, registry_url, rule(9))
-    try:
-        wait_for(mark.exists, timeout=120, what="the pusher to finish prepare")
-        new = sha_of(rule(9))
-        assert versions_of("a", new) == versions_of("b", new) == ["resolved"]
-    finally:
-        pusher.kill()  # SIGKILL, between prepare and commit
-        pusher.wait(10)
-    push_id = mark.read_text()
+    push_id = kill_pusher_after_prepare(tmp_path / "prepared", FLEET, registry_url, rule(9), "ab")
+    new = sha_of(rule(9))
     # Its session (and with it the push's lease node) expires: the members
     # give the push up and unload what they prepared.
-    for name in "ab":
-        wait_for(
-            lambda name=name: versions_of(name, new) == ["unloaded"],
-            what=f"{name} to unload the abandoned push's version",
-        )
-        assert active_sha(name) == sha_of(rule(1))
+    wait_abandoned("ab", new, still_active=sha_of(rule(1)))
     with ZkRegistry(parse_zk_url(registry_url), FLEET) as reg:
         history = {r.id: r for r in reg.history(50)}
         assert reg.desired()["spam"][0].sha256 == sha_of(rule(1))
