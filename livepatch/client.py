@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from .resolve import ResolveReport
     from .symbols import SymbolDiff, SymbolTable
 
-from .errors import Conflict, LivepatchError, UnknownVersion
-from .filekind import NATIVE_SUFFIXES, file_kind, is_elf
+from .errors import Conflict, LivepatchError, LoadFailed, UnknownVersion
+from .filekind import NATIVE_SUFFIXES, file_kind
+from .files import read_regular_file, text_or_object
 from .protocol import (
     MAX_FRAME,
     NEED_DATA,
@@ -470,25 +471,19 @@ def file_load_params(path: Path) -> dict[str, Any]:
     for one frame. Shared by the CLI, the shell and the magics so that all
     three load files the same way.
     """
+    # The engine's own bounded reader: regular files only (a FIFO never
+    # blocks the client), at most one frame's worth.
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    params: dict[str, Any] = {"filename": path.name}
-    if is_elf(data):
-        if len(data) > MAX_SENT_OBJECT:
-            raise ValueError(
-                f"{path.name} is {len(data) / 2**20:.1f} MiB: an object sent to the engine may be "
-                f"at most {MAX_SENT_OBJECT / 2**20:.1f} MiB (one {MAX_FRAME // 2**20} MiB frame, "
-                "base64); strip it (`strip --strip-debug`) or load it by path from the engine's "
-                "machine (Client.load_path)"
-            )
-        params["object"] = base64.b64encode(data).decode("ascii")
-        return params
-    try:
-        params["source"] = data.decode("utf-8")
-    except UnicodeDecodeError:
+        content = text_or_object(read_regular_file(str(path), MAX_FRAME, name=path.name), path.name)
+    except LoadFailed as exc:
+        raise ValueError(exc.message) from None
+    if isinstance(content, str):
+        return {"filename": path.name, "source": content}
+    if len(content) > MAX_SENT_OBJECT:
         raise ValueError(
-            f"cannot read {path}: neither UTF-8 text nor an ELF shared object"
-        ) from None
-    return params
+            f"{path.name} is {len(content) / 2**20:.1f} MiB: an object sent to the engine may be "
+            f"at most {MAX_SENT_OBJECT / 2**20:.1f} MiB (one {MAX_FRAME // 2**20} MiB frame, "
+            "base64); strip it (`strip --strip-debug`) or load it by path from the engine's "
+            "machine (Client.load_path)"
+        )
+    return {"filename": path.name, "object": base64.b64encode(content).decode("ascii")}

@@ -169,6 +169,19 @@ def test_cli_verbs_as_the_readme_says(engine_proc: EngineProcess) -> None:
     assert [(e["op"], e["version"], e["ok"]) for e in journal[-1:]] == [("check", "spam@3", False)]
 
 
+def test_load_of_a_fifo_is_refused_by_the_client_without_waiting(
+    engine_proc: EngineProcess, tmp_path: Path
+) -> None:
+    # The client reads the file to send it; a FIFO with no writer must not
+    # hang it (run_cli's timeout would fail the test).
+    fifo = tmp_path / "rules.py"
+    os.mkfifo(fifo)
+    done = run_cli("load", str(fifo), "--slot", "spam", timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert "is a FIFO, not a regular file" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
 def test_a_reader_that_goes_away_stops_the_output_quietly(engine_proc: EngineProcess) -> None:
     # `livepatch status --json | head -1`, made deterministic: the pipe's
     # reading end is closed before the verb writes anything.
