@@ -154,7 +154,12 @@ def test_kill9_during_prepare_and_commit_then_restart_converges(
     victim = engines[1]  # c
 
     def kill_c(phase: str, rec: PushRecord) -> None:
-        if phase == "committed":
+        # Frozen once it has voted, so it cannot swap before it dies (a
+        # member watching the desired node swaps within milliseconds of the
+        # flip, sooner than a kill sent after it).
+        if phase == "prepared":
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+        elif phase == "committed":
             kill9(victim)
 
     record = push(registry_url, 3, phase=kill_c)
