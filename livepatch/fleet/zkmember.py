@@ -30,7 +30,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from ..errors import LivepatchError
 from .handle import EngineHandle, converge, prepare, release
-from .model import Desired, MemberState, Rule, Vote, sha_of
+from .model import Desired, FleetError, MemberState, Rule, Vote, sha_of
 from .zk import (
     STALE_PUSH_S,
     ZkAddress,
@@ -40,11 +40,11 @@ from .zk import (
     _Paths,
     _without,
     current_of,
-    source_from_node,
     update_current,
     vote_member,
     vote_node,
 )
+from .zksource import read_source, write_source
 
 __all__ = ["ZkMember"]
 
@@ -232,11 +232,9 @@ class ZkMember:
 
     def _source(self, sha: str) -> tuple[Rule, str]:
         if sha not in self._sources:  # content-addressed: safe to keep
-            try:
-                data, _ = self.client.get(f"{self.paths.sources}/{sha}")
-            except NoNodeError:
-                raise LookupError(f"the registry has no source {sha[:12]}") from None
-            self._sources[sha] = source_from_node(data, sha)
+            self._sources[sha] = read_source(
+                self.client, self.paths.sources, self.paths.chunks, sha
+            )
         return self._sources[sha]
 
     def _prepare_new(self, pushes: list[dict[str, Any]], check_votes: bool = True) -> set[str]:
@@ -372,8 +370,12 @@ class ZkMember:
                 if sha_of(source) != sha:
                     continue
                 filename = f"{active['version'].partition('@')[0]}-{sha[:12]}.py"
-                with contextlib.suppress(NodeExistsError):
-                    self.client.create(path, _dumps({"filename": filename, "source": source}))
+                try:
+                    write_source(
+                        self.client, self.paths.sources, self.paths.chunks, source, filename
+                    )
+                except FleetError:
+                    continue  # too big for any fleet: nobody can roll back to it
             self._sources[sha] = self._source(sha)
 
     def _report(self) -> bytes:
