@@ -224,6 +224,29 @@ def test_two_pushes_at_once_one_commits_and_the_other_aborts_cleanly(
 
 
 @pytest.mark.slow
+def test_old_pushes_are_pruned_whole_in_batched_transactions(
+    engines: list[EngineProcess], registry_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import livepatch.fleet.zk as zk
+
+    monkeypatch.setattr(zk, "HISTORY", 2)
+    monkeypatch.setattr(zk, "PRUNE_BATCH", 3)  # a push's nodes take several transactions
+    for name in "ab":
+        member(engines, registry_url, name)
+    records = [push(registry_url, n) for n in (1, 2, 3, 4, 5)]
+    assert all(r.ok for r in records)
+    with ZkRegistry(parse_zk_url(registry_url), FLEET) as reg:
+        kept = sorted(reg.client.get_children(reg.paths.pushes))
+        assert kept == sorted(r.id for r in records[-3:])  # HISTORY, then the new one
+        for gone in records[:2]:
+            assert reg.client.exists(f"{reg.paths.pushes}/{gone.id}") is None
+        last = f"{reg.paths.pushes}/{records[-1].id}"
+        assert len(reg.client.get_children(f"{last}/votes")) == 2
+        assert [r.outcome for r in reg.history(10)] == ["committed"] * 3
+    assert active_sha("a") == active_sha("b") == sha_of(rule(5))
+
+
+@pytest.mark.slow
 def test_pusher_killed_between_prepare_and_commit_leaves_nothing_loaded(
     engines: list[EngineProcess], registry_url: str, tmp_path: Path
 ) -> None:

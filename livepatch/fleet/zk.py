@@ -71,6 +71,9 @@ __all__ = [
 #: Push nodes kept (the oldest are deleted by the next push).
 HISTORY = 50
 
+#: Deletes per transaction when a push is pruned (well under a request's 1 MiB).
+PRUNE_BATCH = 1000
+
 #: Members give up a push that is still preparing this long past its deadline.
 STALE_PUSH_S = 30.0
 
@@ -582,10 +585,31 @@ class ZkRegistry:
         return got, gone
 
     def _prune(self) -> None:
+        """Delete the oldest pushes past :data:`HISTORY`, each in a few
+        transactions (a push of a 1,000-member fleet has 2,000 vote and ack
+        nodes: one delete request each would make every push O(members))."""
         names = sorted(self._retry(self.client.get_children, self.paths.pushes))
         for name in names[:-HISTORY]:
             with contextlib.suppress(NoNodeError):
-                self._retry(self.client.delete, f"{self.paths.pushes}/{name}", recursive=True)
+                self._retry(self._delete_push, f"{self.paths.pushes}/{name}")
+
+    def _delete_push(self, base: str) -> None:
+        # Children first (a node with children cannot go), parents last.
+        paths = []
+        for child in self.client.get_children(base):
+            below = self.client.get_children(f"{base}/{child}")
+            paths += [f"{base}/{child}/{n}" for n in below] + [f"{base}/{child}"]
+        paths.append(base)
+        for start in range(0, len(paths), PRUNE_BATCH):
+            tx = self.client.transaction()
+            for path in paths[start : start + PRUNE_BATCH]:
+                tx.delete(path)
+            if any(isinstance(r, Exception) for r in tx.commit()):
+                # A node went (a lease) or came (a late vote) meanwhile: the
+                # slow way, one request per node.
+                with contextlib.suppress(NoNodeError):
+                    self.client.delete(base, recursive=True)
+                return
 
 
 def vote_node(base: str, vote: Vote) -> tuple[str, bytes]:
