@@ -9,8 +9,10 @@ engine's own control socket.
 
 - :mod:`.model` the data (desired versions, votes, push records, member states)
 - :mod:`.handle` a member's hands on its engine: prepare, release, converge
-- :mod:`.store` and :mod:`.local` the local registry; :mod:`.zk` (pusher, reader) and
-  :mod:`.zkmember` (member agent) ZooKeeper; :mod:`.zkserver` a private server
+- :mod:`.store` and :mod:`.local` the local registry; :mod:`.zk` (pusher, reader),
+  :mod:`.zkmember` (member agent) and :mod:`.zksource` (sources, in chunks when big)
+  ZooKeeper; :mod:`.zkserver` a private server; :mod:`.zksim` the benchmark's
+  simulated members
 - :mod:`.view` the fleet side by side; :mod:`.cli` the verbs; :mod:`.demo` the tour
 """
 
