@@ -14,6 +14,14 @@ a POSIX shell splits them, so JSON arguments are written in single quotes::
     load spam_v2.py --slot spam; check spam@2; swap spam@2 --expect spam@1
     call spam.classify '{"sender": "a@b.c", "text": "WIN NOW"}'
 
+A verb that also acts on a whole fleet carries a :class:`FleetUse`: what it
+does for a fleet, and the options only that form takes. ``VERB ... --fleet
+NAME [--registry URL]`` (the CLI, the engine shell, ``%hotswap``) then runs
+the verb on the fleet (:func:`fleet_route`), and :data:`FLEET_COMMANDS`, the
+fleet shell's table (``livepatch shell --fleet NAME``, ``%hotswap connect
+--fleet NAME``), is derived from the same entries, so both forms share one
+definition of every verb and option.
+
 Nothing here does I/O: the runner executes what the parser returns.
 """
 
@@ -30,20 +38,28 @@ from ..record import Record, set_field
 
 __all__ = [
     "COMMANDS",
+    "DEADLINE_OPTION",
+    "FLEET_COMMANDS",
+    "FLEET_OPTION",
+    "REGISTRY_OPTION",
     "VERSION_ID",
     "Arg",
     "ArgKind",
     "CommandSpec",
+    "FleetUse",
     "Option",
     "ParsedCommand",
     "ShellUsageError",
     "command_names",
+    "fleet_command_names",
+    "fleet_route",
     "localize",
     "lookup",
     "parse",
     "register",
     "split_commands",
     "split_script",
+    "strip_route",
 ]
 
 #: A version id as the engine writes it: ``slot@N``.
@@ -69,6 +85,8 @@ class ArgKind(enum.Enum):
     COUNT = "count"
     SWITCH = "switch"  # an option that takes no value: ``--watch``
     FRACTION = "fraction"  # a number above 0 and at most 1: ``--sample 0.1``
+    FLEET = "fleet"  # a fleet's name
+    REGISTRY = "registry"  # a fleet registry: local, or zookeeper://HOST:PORT/PATH
 
 
 class Arg(Record):
@@ -98,21 +116,38 @@ class Arg(Record):
 
 class Option(Record):
     """An option that takes one value: ``--slot spam`` or ``--slot=spam``;
-    of kind ``SWITCH``, one that takes none: ``--watch``."""
+    of kind ``SWITCH``, one that takes none: ``--watch``.
 
-    __slots__ = ("dest", "flag", "help", "kind", "metavar")
+    ``default`` (if not ``None``) is the value when the option is left out,
+    and its help says so: the one place the default is written.
+    """
+
+    __slots__ = ("default", "dest", "flag", "help", "kind", "metavar")
     flag: str
     dest: str
     metavar: str
     kind: ArgKind
     help: str
+    default: object
 
-    def __init__(self, flag: str, dest: str, metavar: str, kind: ArgKind, help: str) -> None:
+    def __init__(
+        self,
+        flag: str,
+        dest: str,
+        metavar: str,
+        kind: ArgKind,
+        help: str,
+        default: object = None,
+    ) -> None:
         set_field(self, "flag", flag)
         set_field(self, "dest", dest)
         set_field(self, "metavar", metavar)
         set_field(self, "kind", kind)
+        if default is not None:
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            help = f"{help} (default: {shown})"
         set_field(self, "help", help)
+        set_field(self, "default", default)
 
     def usage(self) -> str:
         """How ``help`` shows it: ``[--slot SLOT]``, ``[--watch]``."""
@@ -121,14 +156,99 @@ class Option(Record):
         return f"[{self.flag} {self.metavar}]"
 
 
+#: Where a fleet example runs, in the one-shot form of an example.
+EXAMPLE_FLEET: Final = "prod"
+
+#: ``VERB ... --fleet NAME``: the verb acts on every member of fleet NAME.
+FLEET_OPTION: Final = Option(
+    "--fleet",
+    "fleet",
+    "NAME",
+    ArgKind.FLEET,
+    "act on every member of fleet NAME",
+)
+
+#: Where the fleet's members, desired versions and sources are found.
+REGISTRY_OPTION: Final = Option(
+    "--registry",
+    "registry",
+    "URL",
+    ArgKind.REGISTRY,
+    "with --fleet: where the fleet is kept, local (this host) or zookeeper://HOST:PORT/PATH",
+    default="local",
+)
+
+#: How long a push waits for every member's vote.
+DEADLINE_OPTION: Final = Option(
+    "--deadline",
+    "deadline",
+    "SECONDS",
+    ArgKind.SECONDS,
+    "members must vote within this",
+    default=60.0,
+)
+
+#: The options that say which fleet a verb acts on.
+_ROUTE: Final = (FLEET_OPTION, REGISTRY_OPTION)
+
+
+class FleetUse(Record):
+    """What a verb does for a whole fleet.
+
+    Written ``VERB ... --fleet NAME`` in the CLI, the engine shell and
+    ``%hotswap``, and plain ``VERB ...`` in the fleet shell. Empty
+    ``summary``/``description`` and ``args=None`` mean the verb's own;
+    ``options`` are those only the fleet form takes; ``examples`` are
+    written as in the fleet shell (the CLI's help adds ``--fleet``).
+    ``only``: the verb exists only for fleets (``push``, ``history``).
+    """
+
+    __slots__ = ("args", "description", "examples", "only", "options", "summary")
+    summary: str
+    description: str
+    args: tuple[Arg, ...] | None
+    options: tuple[Option, ...]
+    examples: tuple[str, ...]
+    only: bool
+
+    def __init__(
+        self,
+        summary: str = "",
+        description: str = "",
+        args: tuple[Arg, ...] | None = None,
+        options: tuple[Option, ...] = (),
+        examples: tuple[str, ...] = (),
+        only: bool = False,
+    ) -> None:
+        set_field(self, "summary", summary)
+        set_field(self, "description", description)
+        set_field(self, "args", args)
+        set_field(self, "options", options)
+        set_field(self, "examples", examples)
+        set_field(self, "only", only)
+
+
 class CommandSpec(Record):
     """One shell command: its name, arguments, options and help.
 
     ``cli``: whether ``livepatch VERB`` (and ``%hotswap VERB``) offers it as
-    a one-shot verb (not help/quit).
+    a one-shot verb (not help/quit). ``fleet``: what it does for a whole
+    fleet, if anything; a one-shot verb with a fleet form takes ``--fleet``,
+    ``--registry`` and the fleet form's options besides its own
+    (``options`` holds them all; :meth:`for_fleet` is the fleet shell's form).
     """
 
-    __slots__ = ("aliases", "args", "cli", "description", "examples", "name", "options", "summary")
+    __slots__ = (
+        "aliases",
+        "args",
+        "cli",
+        "description",
+        "examples",
+        "fleet",
+        "name",
+        "options",
+        "summary",
+    )
     name: str
     summary: str
     description: str
@@ -137,6 +257,7 @@ class CommandSpec(Record):
     aliases: tuple[str, ...]
     examples: tuple[str, ...]
     cli: bool
+    fleet: FleetUse | None
 
     def __init__(
         self,
@@ -148,7 +269,13 @@ class CommandSpec(Record):
         aliases: tuple[str, ...] = (),
         examples: tuple[str, ...] = (),
         cli: bool = True,
+        fleet: FleetUse | None = None,
     ) -> None:
+        if fleet is not None and cli:
+            # A fleet-only verb's own options first: push FILE --slot S --fleet F.
+            order = (*fleet.options, *_ROUTE) if fleet.only else (*_ROUTE, *fleet.options)
+            extra = [o for o in order if o not in options]
+            options = (*options, *extra)
         set_field(self, "name", name)
         set_field(self, "summary", summary)
         set_field(self, "description", description)
@@ -157,6 +284,46 @@ class CommandSpec(Record):
         set_field(self, "aliases", aliases)
         set_field(self, "examples", examples)
         set_field(self, "cli", cli)
+        set_field(self, "fleet", fleet)
+
+    @property
+    def fleet_only(self) -> bool:
+        """Whether the verb acts on fleets only (``push``)."""
+        return self.fleet is not None and self.fleet.only
+
+    def for_fleet(self) -> CommandSpec:
+        """The verb as the fleet shell has it: the fleet form's summary,
+        description, arguments, options and examples, without ``--fleet``."""
+        fleet = self.fleet
+        if fleet is None:
+            raise ValueError(f"{self.name} has no fleet form")
+        return CommandSpec(
+            self.name,
+            fleet.summary or self.summary,
+            fleet.description or self.description,
+            args=self.args if fleet.args is None else fleet.args,
+            options=fleet.options,
+            aliases=self.aliases,
+            examples=fleet.examples,
+            cli=self.cli,
+        )
+
+    def full_description(self) -> str:
+        """The description, and for a verb with a fleet form what it does
+        with ``--fleet`` (a fleet-only verb's description is its fleet form's)."""
+        fleet = self.fleet
+        if fleet is None or not self.cli or fleet.only or not fleet.description:
+            return self.description
+        return (
+            f"{self.description}\n\nWith --fleet NAME [--registry URL], on every member "
+            f"of the fleet:\n{fleet.description}"
+        )
+
+    def all_examples(self) -> tuple[str, ...]:
+        """The examples, the fleet form's with ``--fleet`` added."""
+        if self.fleet is None or not self.cli:
+            return self.examples
+        return (*self.examples, *(f"{e} --fleet {EXAMPLE_FLEET}" for e in self.fleet.examples))
 
     def usage(self) -> str:
         """``load FILE [--slot SLOT]``."""
@@ -182,15 +349,16 @@ class CommandSpec(Record):
         ``prefix`` is the front end's way to write a command (``livepatch ``,
         ``%hotswap ``; nothing in the shell), used in the usage and examples.
         """
-        lines = [f"usage: {prefix}{self.usage()}", "", self.description]
+        lines = [f"usage: {prefix}{self.usage()}", "", self.full_description()]
         if self.options:
             lines.append("")
             width = max(len(f"{o.flag} {o.metavar}") for o in self.options)
             lines.extend(f"  {f'{o.flag} {o.metavar}':<{width}}  {o.help}" for o in self.options)
         if self.aliases:
             lines += ["", "also: " + ", ".join(self.aliases)]
-        if self.examples:
-            lines += ["", "examples:", *(f"  {prefix}{e}" for e in self.examples)]
+        examples = self.all_examples()
+        if examples:
+            lines += ["", "examples:", *(f"  {prefix}{e}" for e in examples)]
         return "\n".join(lines)
 
 
@@ -252,6 +420,7 @@ class ParsedCommand(Record):
 
 
 _VERSION = Arg("version", "VERSION", ArgKind.VERSION)
+_SHA = Arg("version", "SHA", ArgKind.VERSION)
 
 _SPECS: Final = (
     CommandSpec(
@@ -260,6 +429,14 @@ _SPECS: Final = (
         "Show every slot with its active version (marked *) and every version\n"
         "with its state, call and error counts, calls in flight and source file.",
         examples=("status",),
+        fleet=FleetUse(
+            "every member side by side, and the push history",
+            "One row per member: its state (ready, converging, diverged, down),\n"
+            "whether it runs every desired version (converged), its calls per second\n"
+            "and the active version of each slot (its own id and the sha; ! marks one\n"
+            "that is not the desired version). Then the fleet's last pushes.",
+            examples=("status",),
+        ),
     ),
     CommandSpec(
         "load",
@@ -338,6 +515,13 @@ _SPECS: Final = (
         "Make the most recently retired version of SLOT active again.",
         args=(Arg("slot", "SLOT", ArgKind.SLOT),),
         examples=("rollback spam",),
+        fleet=FleetUse(
+            "push the version the fleet ran before",
+            "A push (two-phase, as `push`) of the slot's previous desired version;\n"
+            "exit status 1 when it aborts, with each member's reason.",
+            options=(DEADLINE_OPTION,),
+            examples=("rollback spam",),
+        ),
     ),
     CommandSpec(
         "purge",
@@ -375,6 +559,15 @@ _SPECS: Final = (
         "- removed, and ! where a name resolves differently.",
         args=(_VERSION, Arg("other", "VERSION2", ArgKind.VERSION, optional=True)),
         examples=("symbols spam@2", "symbols spam@1 spam@2"),
+        fleet=FleetUse(
+            "a version's symbol table by sha, once for the fleet",
+            "Versions are named by their sha256 (7 or more hex digits, as `status`\n"
+            "shows them). One sha is one source on every member, so its table is the\n"
+            "fleet's: it is built from the source kept in the fleet's registry, and no\n"
+            "member need run on this host. With two shas, both side by side (= ~ + -).",
+            args=(_SHA, Arg("other", "SHA2", ArgKind.VERSION, optional=True)),
+            examples=("symbols 3f2a9c1b7d4e", "symbols 3f2a9c1b7d4e 91c0e2aa5b77"),
+        ),
     ),
     CommandSpec(
         "diff",
@@ -384,6 +577,12 @@ _SPECS: Final = (
         "and a summary that counts the rows shown.",
         args=(Arg("a", "A", ArgKind.VERSION), Arg("b", "B", ArgKind.VERSION)),
         examples=("diff spam@1 spam@2",),
+        fleet=FleetUse(
+            "two versions' symbol tables side by side, by sha",
+            "The same view as `symbols A B`, for versions named by their sha, read\n"
+            "from the fleet's registry.",
+            examples=("diff 3f2a9c1b7d4e 91c0e2aa5b77",),
+        ),
     ),
     CommandSpec(
         "show",
@@ -442,6 +641,48 @@ _SPECS: Final = (
         examples=("watch --for 2",),
     ),
     CommandSpec(
+        "push",
+        "two-phase push of a rule file to every member of a fleet",
+        "Prepare: every member loads and checks the same source (same sha) and\n"
+        "votes. Commit: only if every member voted ok before the deadline, the\n"
+        "fleet's desired version flips (compare-and-set: concurrent pushes conflict\n"
+        "cleanly) and every member swaps. Otherwise nobody swaps, the prepared\n"
+        "versions are unloaded, each member's reason is shown and the exit status\n"
+        "is 1. FILE is a Python rule module, a C source (every member compiles it)\n"
+        "or a ready .so (sent as its bytes, so no member needs to see the file).",
+        args=(Arg("file", "FILE", ArgKind.FILE),),
+        fleet=FleetUse(
+            options=(
+                Option("--slot", "slot", "SLOT", ArgKind.SLOT, "the slot to push to (required)"),
+                Option(
+                    "--expect",
+                    "expect",
+                    "SHA",
+                    ArgKind.VERSION,
+                    "only if the fleet's desired version is SHA (a prefix) now",
+                ),
+                DEADLINE_OPTION,
+            ),
+            examples=("push livepatch/examples/rules/spam_v2.py --slot spam",),
+            only=True,
+        ),
+    ),
+    CommandSpec(
+        "history",
+        "a fleet's last pushes (no member is asked)",
+        "The push history, oldest first: what was pushed, the outcome, how long\n"
+        "it took and how many members swapped.",
+        fleet=FleetUse(
+            options=(
+                Option(
+                    "--limit", "limit", "N", ArgKind.COUNT, "only the last N pushes", default=10
+                ),
+            ),
+            examples=("history --limit 5",),
+            only=True,
+        ),
+    ),
+    CommandSpec(
         "help",
         "the list of commands, or one command's help",
         "Without an argument, list the commands; with one, show its usage.",
@@ -449,6 +690,7 @@ _SPECS: Final = (
         aliases=("?",),
         examples=("help swap",),
         cli=False,
+        fleet=FleetUse(examples=("help push",)),
     ),
     CommandSpec(
         "quit",
@@ -457,6 +699,10 @@ _SPECS: Final = (
         "attached to keeps running; the demo's own engine stops with the demo.",
         aliases=("exit",),
         cli=False,
+        fleet=FleetUse(
+            "leave the shell (the fleet keeps running)",
+            "Leave the shell. Ctrl-D on an empty line does the same.",
+        ),
     ),
 )
 
@@ -465,6 +711,22 @@ _REGISTRY: dict[str, CommandSpec] = {
     name: spec for spec in _SPECS for name in (spec.name, *spec.aliases)
 }
 _ORDER: list[CommandSpec] = list(_SPECS)
+
+#: The fleet shell's commands (each a verb's :meth:`~CommandSpec.for_fleet`).
+_FLEET_REGISTRY: dict[str, CommandSpec] = {}
+_FLEET_ORDER: list[CommandSpec] = []
+
+
+def _add_fleet_form(spec: CommandSpec) -> None:
+    if spec.fleet is None:
+        return
+    form = spec.for_fleet()
+    _FLEET_ORDER.append(form)
+    _FLEET_REGISTRY.update(dict.fromkeys((form.name, *form.aliases), form))
+
+
+for _spec in _SPECS:
+    _add_fleet_form(_spec)
 
 
 def register(spec: CommandSpec) -> CommandSpec:
@@ -479,11 +741,61 @@ def register(spec: CommandSpec) -> CommandSpec:
     for name in (spec.name, *spec.aliases):
         _REGISTRY[name] = spec
     _ORDER.append(spec)
+    _add_fleet_form(spec)
     return spec
 
 
 #: Every command by name and by alias.
 COMMANDS: Final[Mapping[str, CommandSpec]] = MappingProxyType(_REGISTRY)
+
+#: The fleet shell's commands by name and alias: the verbs with a fleet
+#: form, as that form (``livepatch shell --fleet F``, ``%hotswap connect --fleet F``).
+FLEET_COMMANDS: Final[Mapping[str, CommandSpec]] = MappingProxyType(_FLEET_REGISTRY)
+
+
+def fleet_command_names() -> list[str]:
+    """The fleet shell's command names in the order its ``help`` lists them."""
+    return [spec.name for spec in _FLEET_ORDER]
+
+
+def fleet_route(parsed: ParsedCommand) -> tuple[str, str | None] | None:
+    """``(fleet, registry)`` when ``parsed`` (a command of :data:`COMMANDS`)
+    acts on a fleet (``--fleet NAME``); ``None`` when it acts on one engine
+    (registry ``None``: the local one). :class:`ShellUsageError` for a
+    fleet-only verb without ``--fleet``, or a fleet option without it."""
+    spec = parsed.spec
+    if spec.fleet is None or not spec.cli:
+        return None
+    fleet = parsed.optional("fleet")
+    if fleet is not None:
+        registry = parsed.optional("registry")
+        return fleet, None if registry in (None, "", "local") else registry
+    if spec.fleet_only:
+        raise ShellUsageError(
+            f"{spec.name} acts on a fleet: give --fleet NAME (or attach to one: "
+            f"livepatch shell --fleet NAME, %hotswap connect --fleet NAME); usage: {spec.usage()}"
+        )
+    own = {o.flag for o in (*_ROUTE, *spec.fleet.options)}
+    for word in parsed.words[1:]:
+        flag = word.partition("=")[0]
+        if flag in own:
+            raise ShellUsageError(f"{flag} goes with --fleet NAME: usage: {spec.usage()}")
+    return None
+
+
+def strip_route(parsed: ParsedCommand) -> list[str]:
+    """``parsed``'s words without ``--fleet``/``--registry``: the command as
+    the fleet shell writes it (its form parses them)."""
+    words: list[str] = []
+    rest = iter(parsed.words)
+    for word in rest:
+        flag, eq, _ = word.partition("=")
+        if flag in (FLEET_OPTION.flag, REGISTRY_OPTION.flag) and word.startswith("--"):
+            if not eq:
+                next(rest, None)
+            continue
+        words.append(word)
+    return words
 
 
 def command_names(*, aliases: bool = True) -> list[str]:
@@ -569,7 +881,7 @@ def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = Non
     if not words:
         raise ShellUsageError("empty command")
     spec = lookup(words[0], commands)
-    values: dict[str, object] = {o.dest: None for o in spec.options}
+    values: dict[str, object] = {o.dest: o.default for o in spec.options}
     positionals: list[str] = []
     rest = iter(words[1:])
     for word in rest:

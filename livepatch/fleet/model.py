@@ -239,7 +239,7 @@ class MemberState:
     calls: int = 0
     time: float = 0.0
     host: str = ""
-    #: calls per second since the member's previous report (ZooKeeper members).
+    #: calls per second since the member's previous report.
     rate: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
