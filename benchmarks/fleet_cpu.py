@@ -45,7 +45,7 @@ def main() -> None:
         url = f"zookeeper://{zk.hosts}/cpu?timeout=30"
         hosts = []
         for i in range(args.hosts):
-            cmd = [sys.executable, "-m", "livepatch.fleet.bench", "--host-members"]
+            cmd = [sys.executable, "-m", "livepatch.fleet.zksim", "--members"]
             cmd += [str(args.members // args.hosts), "--registry", url, "--fleet", "cpu"]
             cmd += ["--prefix", f"p{i}-"]
             hosts.append(
