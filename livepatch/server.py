@@ -34,12 +34,13 @@ import functools
 import ipaddress
 import os
 import secrets
+import select
 import socket
 import stat
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -159,6 +160,11 @@ class _Client:
         if sock is not None:
             with contextlib.suppress(OSError):
                 self.fd = os.dup(sock.fileno())
+        #: Set once a thread of its own reads this client (see Server._read_here):
+        #: the loop no longer reads it, and that thread closes ``fd`` when it ends.
+        self.reader_thread = False
+        #: Ended (from any thread, through the loop) when the reading thread is done.
+        self.reader_done: asyncio.Future[None] | None = None
 
     def write(self, data: bytes) -> None:
         """Write from the loop: after any reply a call thread wrote or left."""
@@ -172,10 +178,14 @@ class _Client:
                 self.writer.write(data)
 
     def write_from_thread(
-        self, data: bytes, sent: Future[None], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        """Send a rule call's reply from the thread that settled the call, and
-        end ``sent``.
+        self,
+        data: bytes,
+        loop: asyncio.AbstractEventLoop,
+        sent: Future[None] | None = None,
+    ) -> bool:
+        """Send a reply from a thread other than the loop's (the one that ran
+        or timed out a rule call), and end ``sent``; ``True`` when all of it
+        went straight to the socket.
 
         Straight to the socket when the transport has nothing buffered and
         nothing else writes to this client (not subscribed: the loop writes
@@ -183,11 +193,13 @@ class _Client:
         backlog the loop writes before anything else of this client's. All of
         it under ``lock``, which the loop's writes take too, so the loop may
         go on as soon as ``sent`` ends: what it writes next comes after.
+        Never blocks: the watchdog answers timeouts through it.
         """
         with self.lock:
-            sent.set_result(None)
+            if sent is not None:
+                sent.set_result(None)
             if self.closed:
-                return
+                return True
             if (
                 self.fd is not None
                 and not self.subscribed
@@ -199,21 +211,56 @@ class _Client:
                 except BlockingIOError:
                     done = 0
                 except OSError:
-                    return  # the peer is gone: the loop sees it too
+                    return True  # the peer is gone: its reader sees it too
                 if done == len(data):
-                    return
+                    return True
                 data = data[done:]
             self.backlog += data
         with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
             loop.call_soon_threadsafe(self.write, b"")
+        return False
+
+    async def flush(self) -> None:
+        """Write the backlog and wait until the transport took it all in."""
+        self.write(b"")
+        await self.writer.drain()
 
     def close(self) -> None:
         with self.lock:
             self.closed = True
             if self.fd is not None:
+                if self.reader_thread:
+                    # Wake the thread that reads it (a blocked poll() does not
+                    # notice a close()); it closes the descriptor itself, so
+                    # the number is not reused under it.
+                    with contextlib.suppress(OSError):
+                        _shutdown(self.fd)
+                else:
+                    os.close(self.fd)
+                    self.fd = None
+        self.writer.close()
+
+    def release_fd(self) -> None:
+        """The reading thread's end: close the descriptor it read."""
+        with self.lock:
+            self.closed = True
+            if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
-        self.writer.close()
+
+
+def _end(done: asyncio.Future[None] | None) -> None:
+    if done is not None and not done.done():
+        done.set_result(None)
+
+
+def _shutdown(fd: int) -> None:
+    """shutdown(2) the socket behind ``fd`` (both directions), keeping ``fd``."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
 
 
 class Server:
@@ -472,6 +519,11 @@ class Server:
                 continue  # clients have nothing to notify us of
             assert isinstance(event, Request)
             if event.method == "call":
+                if client.fd is not None:
+                    # A client that calls rules gets a thread of its own
+                    # from now on (see _read_here); the loop keeps the rest.
+                    await self._hand_over(client, reader, event)
+                    return
                 client.pending = self._call_direct(client, event)
                 continue
             try:
@@ -480,6 +532,160 @@ class Server:
                 return  # our own bookkeeping went wrong: drop this client, not the engine
             client.write(reply)
             await client.writer.drain()
+
+    async def _hand_over(
+        self, client: _Client, reader: asyncio.StreamReader, first: Request
+    ) -> None:
+        """Give the reading of ``client`` to a thread of its own, which
+        starts with ``first``; returns once that thread is done with it."""
+        transport = client.writer.transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        # What the transport read ahead is handed over too: with the stream
+        # at EOF (ours, not the peer's: the thread sees the peer's on the
+        # socket), read() returns the buffer without waiting.
+        reader.feed_eof()
+        ahead = await reader.read()
+        if ahead and not client.conn.closed_by_peer:
+            client.conn.receive_data(ahead)
+        loop = asyncio.get_running_loop()
+        client.reader_done = loop.create_future()
+        client.reader_thread = True
+        self._start_reader(client, first)
+        await client.reader_done
+
+    def _start_reader(self, client: _Client, first: Request | None = None) -> None:
+        threading.Thread(
+            target=self._read_here,
+            args=(client, first),
+            name=f"livepatch-conn-{client.peer.pid or 'tcp'}",
+            daemon=True,
+        ).start()
+
+    def _read_here(self, client: _Client, first: Request | None) -> None:
+        """A client's reader: frames in, rule calls run right here, replies out.
+
+        One thread per client that calls rules, so a call costs one wake-up
+        (this thread's, when its frame arrives) instead of two (the loop's,
+        then a call worker's) and no hand-off of the interpreter lock between
+        them. Control requests are still answered by the loop and its
+        threads (this thread waits for their reply, to keep replies in
+        order), so they never queue behind rule calls; calls still take one
+        of the call pool's places, under its deadline. A call stuck past its
+        deadline keeps this thread: the pool's watchdog answers ``timeout``
+        and starts another reader, and this one, if it ever comes back,
+        ends. Whichever thread reads last closes the descriptor.
+        """
+        loop = self._loop
+        fd = client.fd
+        assert loop is not None and fd is not None
+        conn = client.conn
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        mine = True
+        try:
+            if first is not None:
+                mine = self._call_here(client, first, loop)
+            while mine:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    deadline = conn.read_deadline()
+                    timeout_ms = None
+                    if deadline is not None:
+                        timeout_ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                    if not poller.poll(timeout_ms):
+                        return  # silent or trickling mid-frame: drop this client only
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        return  # reset by the peer, or shut down by close()
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    return
+                if isinstance(event, Rejected):
+                    if not client.write_from_thread(event.reply, loop):
+                        self._wait_loop(self._flush(client), loop)
+                    if event.close:
+                        return
+                    continue
+                if isinstance(event, Notification):
+                    continue
+                assert isinstance(event, Request)
+                if event.method == "call":
+                    mine = self._call_here(client, event, loop)
+                elif not self._wait_loop(self._respond(client, event), loop):
+                    return
+        except LocalProtocolError:
+            return  # our own bookkeeping went wrong: drop this client, not the engine
+        finally:
+            if mine:
+                client.release_fd()
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(_end, client.reader_done)
+
+    def _call_here(
+        self, client: _Client, request: Request, loop: asyncio.AbstractEventLoop
+    ) -> bool:
+        """Run a rule call on this (the client's reader) thread and send its
+        reply; ``False`` when the call got stuck and another thread reads
+        the client now."""
+        conn = client.conn
+        params = dict(request.params)
+        timeout_s = params.pop("timeout_s", None)
+        target = str(params.get("version") or params.get("slot"))
+        symbol = str(params["symbol"])
+        flushed = [True]
+
+        def answer(value: Any, error: BaseException | None) -> None:
+            frame = self._call_reply(conn, request, target, symbol, value, error)
+            flushed[0] = client.write_from_thread(frame, loop)
+
+        try:
+            mine = self.calls.run(
+                functools.partial(self.service.handle, "call", params, client.peer),
+                target=target,
+                symbol=symbol,
+                answer=answer,
+                on_stuck=functools.partial(self._start_reader, client),
+                timeout_s=timeout_s,
+            )
+        except Exception as exc:  # noqa: BLE001 - busy, or never a traceback
+            answer(None, exc)
+            mine = True
+        if mine and not flushed[0]:
+            # The peer reads slower than it asks: read nothing more of it
+            # until what it was sent has gone out (backpressure).
+            mine = self._wait_loop(self._flush(client), loop)
+        return mine
+
+    @staticmethod
+    def _wait_loop(work: Coroutine[Any, Any, bool | None], loop: asyncio.AbstractEventLoop) -> bool:
+        """Run ``work`` on the loop and wait for it; ``False`` when it failed
+        or the loop is gone (the client is then dropped)."""
+        try:
+            return asyncio.run_coroutine_threadsafe(work, loop).result() is not False
+        except RuntimeError:  # the loop is closed: shutting down
+            work.close()
+            return False
+        except BaseException:  # noqa: BLE001 - cancelled, or the peer went away
+            return False
+
+    async def _flush(self, client: _Client) -> bool:
+        await client.flush()
+        return True
+
+    async def _respond(self, client: _Client, request: Request) -> bool:
+        """Answer a request that is not a rule call, for a reader thread."""
+        try:
+            reply = await self._answer(client, request)
+        except LocalProtocolError:
+            return False
+        client.write(reply)
+        await client.writer.drain()
+        return True
 
     async def _answer(self, client: _Client, request: Request) -> bytes:
         conn = client.conn
@@ -546,25 +752,31 @@ class Server:
 
         def reply(settled: Future[Any]) -> None:
             try:
-                frame = self._call_reply(conn, request, target, symbol, settled)
+                error = settled.exception()
+                value = None if error is not None else settled.result()
+                frame = self._call_reply(conn, request, target, symbol, value, error)
             except BaseException:
                 sent.set_result(None)
                 raise
-            client.write_from_thread(frame, sent, loop)
+            client.write_from_thread(frame, loop, sent)
 
         future.add_done_callback(reply)
         return sent
 
     @staticmethod
     def _call_reply(
-        conn: ServerConnection, request: Request, target: str, symbol: str, settled: Future[Any]
+        conn: ServerConnection,
+        request: Request,
+        target: str,
+        symbol: str,
+        value: Any,
+        error: BaseException | None,
     ) -> bytes:
         """The reply frame for a settled rule call: its result or its error."""
-        error = settled.exception()
         if error is not None:
             return conn.send_error(request.id, error)
         try:
-            return conn.send_result(request.id, settled.result())
+            return conn.send_result(request.id, value)
         except InternalError as exc:
             # The result came from the rule: its value is at fault, not us.
             cause = exc.__cause__ if exc.__cause__ is not None else exc
