@@ -25,6 +25,7 @@ from livepatch.commands.spec import (
     FLEET_OPTION,
     REGISTRY_OPTION,
     fleet_command_names,
+    localize,
     parse,
 )
 from livepatch.engine import Engine
@@ -89,6 +90,27 @@ def test_cli_help_and_fleet_shell_help_are_the_one_definition(name: str) -> None
         result = runner.run_line(line)[-1]
         assert result.ok and result.text == form.help_text(""), line
     assert all(_words(o.help) in shown for o in form.options)
+
+
+def test_hotswap_help_of_a_fleet_verb_is_the_same_definition(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "livepatch")
+    try:
+        doc = _words(ip.magics_manager.magics["line"]["hotswap"].__doc__ or "")
+        for name in FLEET_VERBS:
+            spec = COMMANDS[name]
+            assert ip.run_line_magic("hotswap", f"{name} --help") is None
+            shown = capsys.readouterr().out
+            assert f"usage: %hotswap {spec.usage()}" in shown, name
+            # The one description, fleet form included, in the magic's syntax.
+            assert _words(localize(spec.full_description(), "%hotswap ")) in _words(shown)
+            assert all(f"%hotswap {e}" in shown for e in spec.all_examples()), name
+            assert spec.usage() in doc  # `%hotswap?` lists it, options and all
+            assert all(o.flag in doc for o in spec.options), name
+    finally:
+        ip.run_line_magic("unload_ext", "livepatch")
 
 
 def test_usage_errors_are_the_same_line_and_exit_2_in_the_cli_and_the_fleet_shell(
