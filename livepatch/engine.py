@@ -350,7 +350,15 @@ class Engine(Introspection):
         data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
         sha = hashlib.sha256(data).hexdigest()
         with s.load_lock:
-            existing = s.find_loaded(sha)
+            # A C source is the same version only when built from the same
+            # headers too (a header edited since makes a new one).
+            build_id = s.backend.identity(
+                source,
+                filename,
+                origin=Path(origin) if origin else None,
+                build_dir=self.build_dir,
+            )
+            existing = s.find_loaded(sha, build_id)
             if existing is not None:
                 return existing.id
             if number is None:
@@ -368,6 +376,7 @@ class Engine(Introspection):
                 quarantine=self.quarantine,
                 in_memory=in_memory,
             )
+            version.build_id = build_id
             if commit is not None:
                 change = Change(
                     "load",

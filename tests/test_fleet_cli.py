@@ -25,12 +25,18 @@ from livepatch.commands.spec import (
     FLEET_OPTION,
     REGISTRY_OPTION,
     fleet_command_names,
+    localize,
     parse,
 )
+from livepatch.engine import Engine
+from livepatch.examples.spam import SpamRules
 from livepatch.fleet.console import FleetRunner, FleetSession
 from livepatch.fleet.local import push_local
 from livepatch.fleet.model import MemberState, sha_of
+from livepatch.fleet.store import LocalStore
 from livepatch.fleet.view import MIN_WINDOW_S, member_rate
+from livepatch.runtime import list_engines
+from livepatch.symbols import SymbolTable
 
 FLEET = "fc"
 
@@ -84,6 +90,27 @@ def test_cli_help_and_fleet_shell_help_are_the_one_definition(name: str) -> None
         result = runner.run_line(line)[-1]
         assert result.ok and result.text == form.help_text(""), line
     assert all(_words(o.help) in shown for o in form.options)
+
+
+def test_hotswap_help_of_a_fleet_verb_is_the_same_definition(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "livepatch")
+    try:
+        doc = _words(ip.magics_manager.magics["line"]["hotswap"].__doc__ or "")
+        for name in FLEET_VERBS:
+            spec = COMMANDS[name]
+            assert ip.run_line_magic("hotswap", f"{name} --help") is None
+            shown = capsys.readouterr().out
+            assert f"usage: %hotswap {spec.usage()}" in shown, name
+            # The one description, fleet form included, in the magic's syntax.
+            assert _words(localize(spec.full_description(), "%hotswap ")) in _words(shown)
+            assert all(f"%hotswap {e}" in shown for e in spec.all_examples()), name
+            assert spec.usage() in doc  # `%hotswap?` lists it, options and all
+            assert all(o.flag in doc for o in spec.options), name
+    finally:
+        ip.run_line_magic("unload_ext", "livepatch")
 
 
 def test_usage_errors_are_the_same_line_and_exit_2_in_the_cli_and_the_fleet_shell(
@@ -188,3 +215,49 @@ def test_one_fleet_command_reads_the_same_in_every_front_end(
                     ip.run_line_magic("hotswap", f"{line} --fleet {FLEET}")
     finally:
         ip.run_line_magic("unload_ext", "livepatch")
+
+
+def engine_rows(source: str) -> list[dict[str, Any]]:
+    """The rows an engine shows for ``source`` (the table a member would show)."""
+    engine = Engine(name="reference")
+    engine.add_slot("spam", SpamRules)
+    version = engine.load("spam", source, filename="rule.py")
+    return [row.to_json() for row in engine.symbols(version).rows]
+
+
+def test_symbols_and_diff_by_sha_come_from_the_local_store_with_no_member_running(
+    fleet_env: Path,
+) -> None:
+    # The store holds what pushes put there; no engine runs on this host.
+    store = LocalStore(FLEET)
+    one = store.put_source(rule(1), "rule_v1.py")
+    two = store.put_source(rule(2, slow=0.5), "rule_v2.py")
+    assert list_engines() == []
+    shown = run_cli("symbols", one[:12], "--fleet", FLEET, "--json")
+    assert shown.returncode == 0, shown.stderr
+    table = SymbolTable.from_json(__import__("json").loads(shown.stdout))
+    assert table.version == one[:12]
+    assert [row.to_json() for row in table.rows] == engine_rows(rule(1))
+    text = run_cli("symbols", one[:9], "--fleet", FLEET)
+    assert text.returncode == 0, text.stderr
+    assert f"# {one[:12]} (rule_v1.py): from fleet {FLEET}'s registry (local)" in text.stdout
+    assert "classify" in text.stdout
+    # diff: the rows the second version changed (its slow branch reads time.sleep).
+    for diff in (
+        run_cli("diff", one[:12], two[:12], "--fleet", FLEET),
+        run_cli("shell", "--fleet", FLEET, "-c", f"diff {one[:12]} {two[:12]}"),
+    ):
+        assert diff.returncode == 0, diff.stderr
+        assert f"{one[:12]} (rule_v1.py) vs {two[:12]} (rule_v2.py)" in diff.stdout
+        assert "~" in diff.stdout and "TAG" in diff.stdout
+    # A sha the store does not hold, or not a sha: one line, exit 1 / 2.
+    missing = run_cli("symbols", "0" * 12, "--fleet", FLEET)
+    assert missing.returncode == 1 and "has no version 000000000000" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    short = run_cli("symbols", "12", "--fleet", FLEET)
+    assert short.returncode == 1 and "7 or more hex digits" in short.stderr
+    # A body that fails here says so in one line, and nothing is left running.
+    broken = store.put_source("import not_a_module_here\n", "broken.py")
+    failed = run_cli("symbols", broken[:12], "--fleet", FLEET)
+    assert failed.returncode == 1, failed.stderr
+    assert "could not be built here" in failed.stderr and "not_a_module_here" in failed.stderr

@@ -223,61 +223,25 @@ def fleet_history(fleet: str, registry: str | None, limit: int = 10) -> list[Pus
     return LocalStore(fleet).read().pushes[-limit:]
 
 
-def _resolve_shas(fleet: str, prefixes: list[str]) -> tuple[Any, list[str], int]:
-    """A member of this host holding every sha (prefix): an open client, its
-    version ids for them, and how many members hold them all."""
-    from ..client import Client
-    from .local import local_members
-
-    for prefix in prefixes:
-        if len(prefix) < 7 or any(c not in "0123456789abcdef" for c in prefix.lower()):
-            raise FleetError(
-                f"{prefix!r}: name a fleet version by its sha256 (7 or more hex digits), "
-                "as `livepatch status --fleet` shows it"
-            )
-    found: tuple[Any, list[str]] | None = None
-    holders = 0
-    for info in local_members(fleet):
-        client = Client(info, client_name="livepatch-fleet", timeout=30)
-        ids: list[str] = []
-        for prefix in prefixes:
-            matches = {
-                v["sha256"]: v["id"]
-                for s in client.status()["slots"]
-                for v in s["versions"]
-                if v["sha256"].startswith(prefix.lower()) and v["state"] != "unloaded"
-            }
-            if len(matches) > 1:
-                client.close()
-                raise FleetError(f"sha prefix {prefix!r} is ambiguous: give more digits")
-            ids.extend(matches.values())
-        if len(ids) == len(prefixes):
-            holders += 1
-            if found is None:
-                found = (client, ids)
-                continue
-        client.close()
-    if found is None:
-        raise FleetError(
-            f"no member of fleet {fleet} on this host has {' and '.join(prefixes)} loaded"
-        )
-    return found[0], found[1], holders
-
-
-def fleet_symbols(fleet: str, shas: list[str]) -> tuple[Any, str]:
+def fleet_symbols(fleet: str, registry: str | None, shas: list[str]) -> tuple[Any, str]:
     """One sha's symbol table, or two shas' diff, once for the fleet (one sha
-    is one source everywhere, so one member's table is every member's):
-    the :class:`~livepatch.symbols.SymbolTable` or ``SymbolDiff``, and a
-    line saying where it was read."""
-    validate_fleet_name(fleet)
-    client, ids, holders = _resolve_shas(fleet, shas)
-    with client:
-        result = client.diff(ids[0], ids[1]) if len(ids) == 2 else client.symbols(ids[0])
-    note = (
-        f"# {' vs '.join(shas)}: as {' and '.join(ids)} on {client.info.name} "
-        f"(loaded on {holders} member{'s' * (holders != 1)})"
-    )
-    return result, note
+    is one source everywhere): built on this host from the source kept in
+    the fleet's registry, so no member need run here
+    (:mod:`livepatch.fleet.tables`). The
+    :class:`~livepatch.symbols.SymbolTable` or ``SymbolDiff``, and a line
+    saying where it was read."""
+    from .tables import registry_source, table_of_source
+
+    found = registry_source(fleet, registry, shas)
+    tables = [table_of_source(short(sha), source, name) for sha, source, name in found]
+    if len(tables) == 2:
+        from ..symbols import diff_tables
+
+        result: Any = diff_tables(tables[0], tables[1])
+    else:
+        result = tables[0]
+    what = " vs ".join(f"{short(sha)} ({name})" for sha, _, name in found)
+    return result, f"# {what}: from fleet {fleet}'s registry ({registry or 'local'})"
 
 
 # ---------------------------------------------------------------------------

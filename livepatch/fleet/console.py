@@ -102,7 +102,7 @@ class FleetSession:
         """A ``SymbolTable`` (one sha) or ``SymbolDiff`` (two), and where it was read."""
         from .cli import fleet_symbols
 
-        return fleet_symbols(self.fleet, shas)
+        return fleet_symbols(self.fleet, self.registry, shas)
 
 
 def _shas_of(view: Mapping[str, Any]) -> list[str]:

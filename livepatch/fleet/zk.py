@@ -259,6 +259,10 @@ class ZkRegistry:
             raise LookupError(f"the registry has no source {sha[:12]}") from None
         return source_from_node(data, sha)
 
+    def source_shas(self) -> list[str]:
+        """The sha256 of every source and object in the registry."""
+        return sorted(self._retry(self.client.get_children, self.paths.sources))
+
     def desired(self) -> dict[str, tuple[Desired, int]]:
         """slot -> (desired version, znode version for compare-and-set)."""
         found = {}
