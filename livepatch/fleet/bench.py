@@ -6,10 +6,11 @@
   p99 of ``call`` round trips over each member's socket while pushes run,
   next to the p99 without pushes.
 - :func:`measure_zookeeper`: a private ZooKeeper server and simulated
-  members (many per process, each with its own session and the real member
-  protocol: ephemeral node, watches, votes, acks; an in-memory engine
-  stand-in, :class:`~livepatch.fleet.handle.MemoryHandle`); push time for
-  each fleet size.
+  members, hundreds per process (:mod:`livepatch.fleet.zksim`: each a real
+  :class:`~livepatch.fleet.zkmember.ZkMember` with its own session, on one
+  gevent loop per process, with an in-memory engine stand-in,
+  :class:`~livepatch.fleet.handle.MemoryHandle`); push time for each fleet
+  size.
 
 ``benchmarks/fleet.py`` runs both and prints the table.
 """

@@ -4,6 +4,8 @@ Layout under the registry path (``zookeeper://HOST:PORT/PATH``)::
 
     PATH/fleets/<fleet>/members/<name>       ephemeral: the member's MemberState
     PATH/fleets/<fleet>/sources/<sha256>     {"filename", "source" or "object" (base64)}
+                                             or a manifest of chunks (see :mod:`.zksource`)
+    PATH/fleets/<fleet>/chunks/<sha256>      a big source's piece, raw bytes
     PATH/fleets/<fleet>/desired/<slot>       the slot's Desired; CAS on the znode version
     PATH/fleets/<fleet>/current              {"pushes": [open pushes], "desired": {slot: Desired}}
     PATH/fleets/<fleet>/pushes/<id>          the PushRecord (+ deadline, members)
@@ -29,8 +31,6 @@ process) re-read after every watch, make the engine match, then vote or ack.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import threading
@@ -51,7 +51,8 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 
-from .model import Desired, FleetError, MemberState, PushRecord, Rule, Vote, new_push_id, sha_of
+from .model import Desired, FleetError, MemberState, PushRecord, Rule, Vote, new_push_id
+from .zksource import MAX_NODE, read_source, source_from_node, source_node, write_source
 
 __all__ = [
     "MAX_NODE",
@@ -65,10 +66,6 @@ __all__ = [
     "vote_member",
     "vote_node",
 ]
-
-#: Largest source node written: ZooKeeper refuses a request over its
-#: ``jute.maxbuffer`` (1 MiB less one byte by default), path and header included.
-MAX_NODE = 1024 * 1024 - 4096
 
 #: Push nodes kept (the oldest are deleted by the next push).
 HISTORY = 50
@@ -110,40 +107,6 @@ def _loads(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def source_node(source: Rule, filename: str) -> bytes:
-    """A source node's data: the text, or a ready object's bytes in base64.
-    :class:`FleetError` when it would not fit in one znode."""
-    if isinstance(source, bytes):
-        data = _dumps({"filename": filename, "object": base64.b64encode(source).decode("ascii")})
-    else:
-        data = _dumps({"filename": filename, "source": source})
-    if len(data) > MAX_NODE:
-        raise FleetError(
-            f"{filename} is {len(source) / 1024:.0f} KiB, {len(data) / 1024:.0f} KiB in its "
-            f"registry node: a ZooKeeper node holds at most {MAX_NODE // 1024} KiB (jute.maxbuffer)"
-            "; strip it (`strip --strip-debug`) or push through the local registry"
-        )
-    return data
-
-
-def source_from_node(data: bytes, sha: str) -> tuple[Rule, str]:
-    """``(source, filename)`` from a source node (``bytes`` for an object);
-    ``LookupError`` when it is damaged."""
-    try:
-        value = _loads(data)
-        filename = str(value["filename"])
-        source: Rule = (
-            base64.b64decode(value["object"], validate=True)
-            if "object" in value
-            else str(value["source"])
-        )
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise LookupError(f"the registry's source {sha[:12]} is damaged: push it again") from None
-    if sha_of(source) != sha:
-        raise LookupError(f"the registry's source {sha[:12]} is damaged (its sha differs)")
-    return source, filename
-
-
 def _connect(address: ZkAddress, wait_s: float = 15.0, handler: Any = None) -> Any:
     client = KazooClient(hosts=address.hosts, timeout=address.timeout, handler=handler)
     try:
@@ -170,6 +133,7 @@ class _Paths:
         self.desired = f"{self.base}/desired"
         self.pushes = f"{self.base}/pushes"
         self.current = f"{self.base}/current"
+        self.chunks = f"{self.base}/chunks"
 
     def ensure(self, client: Any) -> None:
         for path in (self.members, self.sources, self.desired, self.pushes, self.current):
@@ -242,22 +206,14 @@ class ZkRegistry:
     # -- reading -------------------------------------------------------------------
 
     def put_source(self, source: Rule, filename: str) -> str:
-        """Store a source or an object's bytes content-addressed (idempotent);
-        returns its sha256."""
-        sha = sha_of(source)
-        data = source_node(source, filename)
-        with contextlib.suppress(NodeExistsError):
-            self._retry(self.client.create, f"{self.paths.sources}/{sha}", data)
-        return sha
+        """Store a source or an object's bytes content-addressed (idempotent;
+        split into chunk nodes when over one node); returns its sha256."""
+        return write_source(self.client, self.paths.sources, self.paths.chunks, source, filename)
 
     def get_source(self, sha: str) -> tuple[Rule, str]:
         """``(source, filename)`` (``bytes`` for an object); ``LookupError``
-        if the registry has none."""
-        try:
-            data, _ = self._retry(self.client.get, f"{self.paths.sources}/{sha}")
-        except NoNodeError:
-            raise LookupError(f"the registry has no source {sha[:12]}") from None
-        return source_from_node(data, sha)
+        if the registry has none, or it is damaged."""
+        return read_source(self.client, self.paths.sources, self.paths.chunks, sha)
 
     def source_shas(self) -> list[str]:
         """The sha256 of every source and object in the registry."""

@@ -2,17 +2,20 @@
 
 Each engine process that joins a fleet through ZooKeeper runs one
 :class:`ZkMember` (the benchmark runs hundreds per process). It holds an
-ephemeral node under ``members/``; it votes on every push it sees (prepare:
-load and check through its engine), swaps when the slot's desired node
-names a new sha, acks, and reports its state in its node. Watches never
-carry orders: each one only marks what changed, and a pass re-reads those
-nodes and makes the engine match (every node, every few seconds, anyway).
-After a session expires it joins again and converges.
+ephemeral node under ``members/``; it watches one node, ``current`` (the
+open pushes and a copy of the desired versions, see :mod:`.zk`); it votes
+on every push it sees (prepare: load and check through its engine), swaps
+when a slot's desired version names a new sha, acks, and reports its state
+in its node. Watches never carry orders: each one only marks what changed,
+and a pass re-reads and makes the engine match (``current`` every couple of
+seconds anyway, and the desired nodes themselves whenever it joins or lost
+its connection). After a session expires it joins again and converges.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +33,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from ..errors import LivepatchError
 from .handle import EngineHandle, converge, prepare, release
-from .model import Desired, MemberState, Rule, Vote, sha_of
+from .model import Desired, FleetError, MemberState, Rule, Vote, sha_of
 from .zk import (
     STALE_PUSH_S,
     ZkAddress,
@@ -40,13 +43,19 @@ from .zk import (
     _Paths,
     _without,
     current_of,
-    source_from_node,
     update_current,
     vote_member,
     vote_node,
 )
+from .zksource import read_source, write_source
 
 __all__ = ["ZkMember"]
+
+#: The mark of the loop's periodic pass (re-reads ``current``, checks open pushes).
+PERIODIC = "~"
+
+#: A member re-reports its state (calls/s) on a periodic pass this often.
+REPORT_S = 10.0
 
 
 class ZkMember:
@@ -87,6 +96,7 @@ class ZkMember:
         self._desired: dict[str, Desired] = {}
         self._desired_json: dict[str, Any] = {}
         self._last_calls: tuple[int, float] | None = None
+        self._reported = 0.0
         self._thread: threading.Thread | None = None
         self._connect = connect
         self.passes = 0
@@ -129,8 +139,10 @@ class ZkMember:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self._wake.wait(self.refresh_s):
-                self._mark("*")  # a periodic full pass: never trust only events
+            # Jittered, so that a thousand members started together do not
+            # all re-read at the same moment.
+            if not self._wake.wait(self.refresh_s * random.uniform(0.8, 1.2)):
+                self._mark(PERIODIC)  # never trust only events
             if self._stop.is_set():
                 return
             self._wake.clear()
@@ -152,9 +164,10 @@ class ZkMember:
         if self._rejoin:
             self._join()
             full = True
+        periodic = PERIODIC in dirty and not full
         current: dict[str, Any] | None = None
         fresh: set[str] = set()
-        if full or self.paths.current in dirty:
+        if full or periodic or self.paths.current in dirty:
             data, _ = self.client.get(self.paths.current, watch=self._on_watch)
             current = current_of(data)
             fresh = self._prepare_new(current["pushes"], check_votes=full)
@@ -165,15 +178,19 @@ class ZkMember:
         }
         if full:
             self._converge(None)  # the desired nodes themselves: the truth
-        elif current is not None and current["desired"] != self._desired_json:
-            self._converge(current["desired"])
+        elif current is not None and (periodic or current["desired"] != self._desired_json):
+            # A periodic pass also repairs an engine swapped by hand, and
+            # refreshes the calls/s in our node now and then.
+            stale = time.monotonic() - self._reported >= REPORT_S
+            self._converge(current["desired"], report=periodic and stale)
         open_ids = None if current is None else {str(p.get("id")) for p in current["pushes"]}
         # A push prepared in this very pass was just read: no need to look again.
-        self._release_ended(full, touched, open_ids, skip=fresh)
+        self._release_ended(full or periodic, touched, open_ids, skip=fresh)
 
-    def _converge(self, desired: dict[str, Any] | None) -> None:
+    def _converge(self, desired: dict[str, Any] | None, report: bool = False) -> None:
         """Make the engine run the desired versions (``desired``: from
-        ``current``; ``None``: read the desired nodes); ack and report in one
+        ``current``; ``None``: read the desired nodes); ack and report
+        (when anything changed, on a full pass, or with ``report``) in one
         transaction (one round trip, and one watch event for nobody)."""
         first = [desired]
 
@@ -195,7 +212,7 @@ class ZkMember:
         for d in self._desired.values():
             self._prepared.pop(d.push, None)
         acks = self._acks(self._desired)
-        publish = changed or desired is None  # a full pass reports anyway
+        publish = changed or desired is None or report  # a full pass reports anyway
         if publish:
             self._upload_active()
         if not acks and not publish:
@@ -232,11 +249,9 @@ class ZkMember:
 
     def _source(self, sha: str) -> tuple[Rule, str]:
         if sha not in self._sources:  # content-addressed: safe to keep
-            try:
-                data, _ = self.client.get(f"{self.paths.sources}/{sha}")
-            except NoNodeError:
-                raise LookupError(f"the registry has no source {sha[:12]}") from None
-            self._sources[sha] = source_from_node(data, sha)
+            self._sources[sha] = read_source(
+                self.client, self.paths.sources, self.paths.chunks, sha
+            )
         return self._sources[sha]
 
     def _prepare_new(self, pushes: list[dict[str, Any]], check_votes: bool = True) -> set[str]:
@@ -372,8 +387,12 @@ class ZkMember:
                 if sha_of(source) != sha:
                     continue
                 filename = f"{active['version'].partition('@')[0]}-{sha[:12]}.py"
-                with contextlib.suppress(NodeExistsError):
-                    self.client.create(path, _dumps({"filename": filename, "source": source}))
+                try:
+                    write_source(
+                        self.client, self.paths.sources, self.paths.chunks, source, filename
+                    )
+                except FleetError:
+                    continue  # too big for any fleet: nobody can roll back to it
             self._sources[sha] = self._source(sha)
 
     def _report(self) -> bytes:
@@ -384,6 +403,7 @@ class ZkMember:
             calls, then = self._last_calls
             rate = (self.state.calls - calls) / max(now - then, 1e-6)
         self._last_calls = (self.state.calls, now)
+        self._reported = now
         self.state.rate = round(rate, 1)
         return _dumps(self.state.to_json())
 

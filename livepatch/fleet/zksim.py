@@ -3,7 +3,9 @@
 A simulated member *is* a real :class:`~livepatch.fleet.zkmember.ZkMember`
 (its own session, ephemeral node, watches, reads, votes, acks and state
 reports: the real member's ZooKeeper logic, line for line, its reconcile
-loop included) whose engine is a :class:`~livepatch.fleet.handle.MemoryHandle`.
+loop and its periodic pass every couple of seconds included) whose engine
+is a :class:`~livepatch.fleet.handle.MemoryHandle` (it compiles each
+source, so a syntax error votes no, and swaps in memory).
 What differs from a real member is only how the process runs it, so that a
 thousand fit on one small machine:
 
@@ -258,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     members: list[ZkMember] = []
 
     def join(i: int) -> None:
-        member = ZkMember(
-            address, args.fleet, MemoryHandle(f"{args.prefix}{i}"), refresh_s=3600, connect=connect
-        )
+        member = ZkMember(address, args.fleet, MemoryHandle(f"{args.prefix}{i}"), connect=connect)
         member.start(wait=True)
         members.append(member)
 
