@@ -73,7 +73,7 @@ def note_version(version: str) -> None:
 Answer = Callable[[Any, "BaseException | None"], None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Call:
     fn: Callable[[], Any]
     target: str
@@ -295,8 +295,11 @@ class CallPool:
             except Interrupted:
                 continue  # the pending one arrived here: it is taken now
         _current.call = None
-        self._give_place()
-        self._forget(call)
+        with self._lock:
+            self._running -= 1
+            self._calls.discard(call)
+            if self._waiting:
+                self._free.notify()
         return not call.stolen
 
     def _take_place(self, call: _Call) -> bool:
@@ -323,12 +326,6 @@ class CallPool:
         self._forget(call)
         call.settle(error=self._timeout(call))
         return False
-
-    def _give_place(self) -> None:
-        with self._lock:
-            self._running -= 1
-            if self._waiting:
-                self._free.notify()
 
     def _run(self, call: _Call, ident: int) -> None:
         with call.lock:

@@ -163,6 +163,8 @@ class _Client:
         #: Set once a thread of its own reads this client (see Server._read_here):
         #: the loop no longer reads it, and that thread closes ``fd`` when it ends.
         self.reader_thread = False
+        #: It has called a rule (see Server._read_here).
+        self.calls_rules = False
         #: Ended (from any thread, through the loop) when the reading thread is done.
         self.reader_done: asyncio.Future[None] | None = None
 
@@ -188,9 +190,10 @@ class _Client:
         went straight to the socket.
 
         Straight to the socket when the transport has nothing buffered and
-        nothing else writes to this client (not subscribed: the loop writes
-        its events then); else, and for the rest of a partial write, as a
-        backlog the loop writes before anything else of this client's. All of
+        nothing else writes to this client; to a subscriber, through the
+        loop, after the events it has queued; else, and for the rest of a
+        partial write, as a backlog the loop writes before anything else of
+        this client's. All of
         it under ``lock``, which the loop's writes take too, so the loop may
         go on as soon as ``sent`` ends: what it writes next comes after.
         Never blocks: the watchdog answers timeouts through it.
@@ -200,9 +203,14 @@ class _Client:
                 sent.set_result(None)
             if self.closed:
                 return True
+            if self.subscribed:
+                # Behind the events the loop has queued already (a swap's
+                # come before its reply), in the order they were queued.
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(self.write, data)
+                return False
             if (
                 self.fd is not None
-                and not self.subscribed
                 and not self.backlog
                 and self.writer.transport.get_write_buffer_size() == 0
             ):
@@ -519,11 +527,6 @@ class Server:
                 continue  # clients have nothing to notify us of
             assert isinstance(event, Request)
             if event.method == "call":
-                if client.fd is not None:
-                    # A client that calls rules gets a thread of its own
-                    # from now on (see _read_here); the loop keeps the rest.
-                    await self._hand_over(client, reader, event)
-                    return
                 client.pending = self._call_direct(client, event)
                 continue
             try:
@@ -532,12 +535,15 @@ class Server:
                 return  # our own bookkeeping went wrong: drop this client, not the engine
             client.write(reply)
             await client.writer.drain()
+            if conn.authenticated and client.fd is not None:
+                # Past its hello a client gets a thread of its own (see
+                # _read_here); the loop keeps its events and its backlog.
+                await self._hand_over(client, reader)
+                return
 
-    async def _hand_over(
-        self, client: _Client, reader: asyncio.StreamReader, first: Request
-    ) -> None:
-        """Give the reading of ``client`` to a thread of its own, which
-        starts with ``first``; returns once that thread is done with it."""
+    async def _hand_over(self, client: _Client, reader: asyncio.StreamReader) -> None:
+        """Give the reading of ``client`` to a thread of its own; returns
+        once that thread is done with it."""
         transport = client.writer.transport
         if isinstance(transport, asyncio.ReadTransport):
             transport.pause_reading()
@@ -551,30 +557,31 @@ class Server:
         loop = asyncio.get_running_loop()
         client.reader_done = loop.create_future()
         client.reader_thread = True
-        self._start_reader(client, first)
+        self._start_reader(client)
         await client.reader_done
 
-    def _start_reader(self, client: _Client, first: Request | None = None) -> None:
+    def _start_reader(self, client: _Client) -> None:
         threading.Thread(
             target=self._read_here,
-            args=(client, first),
+            args=(client,),
             name=f"livepatch-conn-{client.peer.pid or 'tcp'}",
             daemon=True,
         ).start()
 
-    def _read_here(self, client: _Client, first: Request | None) -> None:
-        """A client's reader: frames in, rule calls run right here, replies out.
+    def _read_here(self, client: _Client) -> None:
+        """A client's reader, past its hello: frames in, requests answered
+        right here, replies out.
 
-        One thread per client that calls rules, so a call costs one wake-up
-        (this thread's, when its frame arrives) instead of two (the loop's,
-        then a call worker's) and no hand-off of the interpreter lock between
-        them. Control requests are still answered by the loop and its
-        threads (this thread waits for their reply, to keep replies in
-        order), so they never queue behind rule calls; calls still take one
-        of the call pool's places, under its deadline. A call stuck past its
-        deadline keeps this thread: the pool's watchdog answers ``timeout``
-        and starts another reader, and this one, if it ever comes back,
-        ends. Whichever thread reads last closes the descriptor.
+        One thread per client, so a request costs one wake-up (this
+        thread's, when its frame arrives) and no hand-off of the interpreter
+        lock between threads: rule calls and control requests alike. A
+        control request so never queues behind another client's rule calls
+        (it waits only for this client's earlier requests: replies go in
+        order), and the call pool starts no new call while it runs; calls
+        take one of the call pool's places, under its deadline. A call stuck
+        past its deadline keeps this thread: the pool's watchdog answers
+        ``timeout`` and starts another reader, and this one, if it ever
+        comes back, ends. Whichever thread reads last closes the descriptor.
         """
         loop = self._loop
         fd = client.fd
@@ -583,18 +590,29 @@ class Server:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         mine = True
+        # Until it calls a rule, a client is a control client (a CLI verb, a
+        # shell, a deploy script): from the moment its bytes arrive until it
+        # is answered, no new rule call starts, so that it is not kept
+        # waiting for the interpreter lock behind eight callers: each of the
+        # lock's hand-offs could otherwise cost it a switch interval.
+        calls = self.calls
+        paused = False
         try:
-            if first is not None:
-                mine = self._call_here(client, first, loop)
             while mine:
                 event = conn.next_event()
                 if event is NEED_DATA:
+                    if paused:
+                        calls.resume()
+                        paused = False
                     deadline = conn.read_deadline()
                     timeout_ms = None
                     if deadline is not None:
                         timeout_ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
                     if not poller.poll(timeout_ms):
                         return  # silent or trickling mid-frame: drop this client only
+                    if not client.calls_rules:
+                        calls.pause()
+                        paused = True
                     try:
                         data = os.read(fd, 1 << 16)
                     except BlockingIOError:
@@ -606,8 +624,7 @@ class Server:
                 if isinstance(event, ConnectionClosed):
                     return
                 if isinstance(event, Rejected):
-                    if not client.write_from_thread(event.reply, loop):
-                        self._wait_loop(self._flush(client), loop)
+                    mine = self._send_here(client, event.reply, loop)
                     if event.close:
                         return
                     continue
@@ -615,16 +632,68 @@ class Server:
                     continue
                 assert isinstance(event, Request)
                 if event.method == "call":
+                    client.calls_rules = True
+                    if paused:  # its own call must not wait for its own pause
+                        calls.resume()
+                        paused = False
                     mine = self._call_here(client, event, loop)
-                elif not self._wait_loop(self._respond(client, event), loop):
-                    return
+                else:
+                    mine = self._send_here(client, self._answer_here(client, event), loop)
         except LocalProtocolError:
             return  # our own bookkeeping went wrong: drop this client, not the engine
         finally:
+            if paused:
+                calls.resume()
             if mine:
                 client.release_fd()
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     loop.call_soon_threadsafe(_end, client.reader_done)
+
+    def _send_here(self, client: _Client, data: bytes, loop: asyncio.AbstractEventLoop) -> bool:
+        """Send from a reader thread; what the socket did not take is
+        written by the loop, and this thread waits for it (backpressure: a
+        peer that reads slower than it asks gets nothing more read)."""
+        if client.write_from_thread(data, loop):
+            return True
+        return self._wait_loop(self._flush(client), loop)
+
+    def _answer_here(self, client: _Client, request: Request) -> bytes:
+        """The reply to a request that is not a rule call, on a reader thread."""
+        conn = client.conn
+        method = request.method
+        if method == "hello":
+            return self._hello(client, request)
+        if method == "subscribe":
+            client.subscribed = True
+            return conn.send_result(request.id, {"subscribed": True})
+        job = self._job(client, request)
+        try:
+            if method in CONTROL_METHODS:
+                # Quick: run here, with no new rule call starting meanwhile
+                # so that it has the interpreter lock to itself.
+                self.calls.pause()
+                try:
+                    result = job()
+                finally:
+                    self.calls.resume()
+            else:
+                result = self._lifecycle.submit(job).result()
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client
+            return conn.send_error(request.id, exc)
+        try:
+            return conn.send_result(request.id, result)
+        except LivepatchError as exc:  # a result over the frame limit, or not JSON
+            return conn.send_error(request.id, exc)
+
+    def _job(self, client: _Client, request: Request) -> Callable[[], Any]:
+        """What answering a request that is not a rule call runs."""
+        method, params = request.method, request.params
+        if method == "status":
+            return functools.partial(self._status, client.peer)
+        job = functools.partial(self.service.handle, method, params, client.peer)
+        if method in INTROSPECTION_METHODS:
+            return functools.partial(self._introspect, job, method, params)
+        return job
 
     def _call_here(
         self, client: _Client, request: Request, loop: asyncio.AbstractEventLoop
@@ -677,30 +746,16 @@ class Server:
         await client.flush()
         return True
 
-    async def _respond(self, client: _Client, request: Request) -> bool:
-        """Answer a request that is not a rule call, for a reader thread."""
-        try:
-            reply = await self._answer(client, request)
-        except LocalProtocolError:
-            return False
-        client.write(reply)
-        await client.writer.drain()
-        return True
-
     async def _answer(self, client: _Client, request: Request) -> bytes:
         conn = client.conn
-        method, params = request.method, request.params
+        method = request.method
         if method == "hello":
             return self._hello(client, request)
         if method == "subscribe":
             client.subscribed = True
             return conn.send_result(request.id, {"subscribed": True})
         loop = asyncio.get_running_loop()
-        job: Callable[[], Any] = functools.partial(self.service.handle, method, params, client.peer)
-        if method == "status":
-            job = functools.partial(self._status, client.peer)
-        elif method in INTROSPECTION_METHODS:
-            job = functools.partial(self._introspect, job, method, params)
+        job = self._job(client, request)
         try:
             if method in CONTROL_METHODS:
                 result = await self._quick(
