@@ -30,8 +30,6 @@ __all__ = [
     "start_member",
 ]
 
-PROG = "livepatch"
-
 
 class Member(Protocol):
     """A running member agent."""
