@@ -8,8 +8,9 @@ commit skew (first to last member's swap, from their journals; goal p99
 <= 20 ms) and the call p99 over each member's socket during pushes next to
 without. ZooKeeper: a private server started here, simulated members in
 two processes (each a real member agent with its own session, on one gevent
-loop per process: livepatch/fleet/zksim.py); push time for each size (goal: 1,000 members <= 5 s and <= 10x the time of 10). The
-measurements are :mod:`livepatch.fleet.bench`'s.
+loop per process: livepatch/fleet/zksim.py); push time for each size
+(goal: 1,000 members <= 5 s and <= 10x the time of 10). The measurements
+are :mod:`livepatch.fleet.bench`'s.
 """
 
 from __future__ import annotations

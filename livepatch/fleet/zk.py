@@ -24,9 +24,10 @@ commits, aborts or gives up a push also rewrites it (compare-and-set on its
 znode version): the pushes still preparing, and a copy of every slot's
 desired version, written in the same transaction as the desired nodes, so
 it can never disagree with them. One watch event and one read per change
-tell a member everything; the desired nodes stay the truth that a member's
-periodic full pass reads. Members (:class:`ZkMember`, in each engine
-process) re-read after every watch, make the engine match, then vote or ack.
+tell a member everything (and a member's periodic pass re-reads it); the
+desired nodes stay the truth that a member reads when it joins. Members
+(:class:`ZkMember`, in each engine process) re-read after every watch, make
+the engine match, then vote or ack.
 """
 
 from __future__ import annotations

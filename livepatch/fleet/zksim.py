@@ -115,7 +115,21 @@ def _client_class() -> Any:
             return frame
 
         def start(self, timeout: float = 15) -> None:
-            """Open the session (kazoo's Connect request), then read in a greenlet."""
+            """Open the session (kazoo's Connect request), then read in a
+            greenlet; a refused or closed connection is tried again, as
+            kazoo does, until ``timeout``."""
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    return self._open(max(0.5, deadline - time.monotonic()))
+                except (OSError, ConnectionClosedError):
+                    if self._sock is not None:
+                        self._sock.close()
+                    if time.monotonic() > deadline:
+                        raise
+                    gevent.sleep(0.1)
+
+        def _open(self, timeout: float) -> None:
             host, port = self.hosts[0]
             self._sock = gevent.socket.create_connection((host, port), timeout)
             self._sock.settimeout(None)
