@@ -17,9 +17,18 @@ from typing import Any, Final
 from IPython.core.error import UsageError
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 
-from livepatch.commands.spec import localize
+from livepatch.commands.spec import (
+    COMMANDS,
+    FLEET_COMMANDS,
+    FLEET_OPTION,
+    ShellUsageError,
+    fleet_route,
+    localize,
+    parse,
+    strip_route,
+)
 from livepatch.errors import LivepatchError
-from livepatch.fleet.console import FLEET_COMMANDS, FleetRunner, FleetSession, not_in_fleet
+from livepatch.fleet.console import FleetRunner, FleetSession, not_in_fleet
 from livepatch.fleet.model import PushRecord, short
 from livepatch.fleet.view import render_push, render_push_line, render_view
 from livepatch.symbols import SymbolDiff, SymbolTable
@@ -237,22 +246,60 @@ def _view_of(result: Any, verb: str, words: list[str]) -> View:
     return Outcome(verb, data, f"{len(data)} pushes", detail="\n".join(lines) or None)
 
 
+def _routed(words: list[str]) -> tuple[FleetRunner, list[str]] | None:
+    """A verb of the one table given with ``--fleet`` (``status --fleet F``):
+    a runner for that fleet and the command in its form; ``None`` for an
+    engine's command. A fleet-only verb without ``--fleet`` is a usage error."""
+    spec = COMMANDS.get(words[0]) if words else None
+    if spec is None or spec.fleet is None:
+        return None
+    try:
+        parsed = parse(words)
+    except ShellUsageError:
+        return None  # the magic's own parser says what is wrong, in its words
+    if parsed.help:
+        return None  # the verb's one help, with its fleet form: the magic shows it
+    try:
+        route = fleet_route(parsed)
+        if route is None:
+            return None
+        session = FleetSession(*route)
+    except ShellUsageError as exc:
+        raise UsageError(_in_magic_syntax(str(exc))) from None
+    except LivepatchError as exc:
+        raise UsageError(exc.message) from None
+    return FleetRunner(session, prefix=PREFIX), strip_route(parsed)
+
+
+def _is_fleet(word: str) -> bool:
+    return word.partition("=")[0] == FLEET_OPTION.flag
+
+
+def _in_magic_syntax(message: str) -> str:
+    return localize(message, PREFIX).replace("usage: ", f"usage: {PREFIX}")
+
+
 def fleet_line(magics: Any, line: str, cell: str | None) -> View | None:
     """Handle ``line`` if it is about a fleet; ``None`` lets the engine verbs run.
 
     ``connect --fleet F [--registry URL]`` attaches the kernel to a fleet
     (and shows it), ``connect`` without ``--fleet`` and ``start`` detach it.
+    Any verb with a fleet form given ``--fleet F`` runs once on that fleet
+    (the one table's :func:`~livepatch.commands.spec.fleet_route`, as in the
+    CLI and the shell); while attached, the fleet's verbs run on it.
     """
     try:
         words = arg_split(line, posix=True, strict=True)
     except ValueError:
         return None  # the magic's own parser says what is wrong
     verb = words[0] if words else None
-    fleet = _take(words, "--fleet")
-    registry = _take(words, "--registry")
     attached = _runner(magics)
     if verb == "connect" or verb == "start":
+        fleet = _take(words, "--fleet")
+        registry = _take(words, "--registry")
         if fleet is None:
+            if registry is not None:
+                raise UsageError("--registry goes with --fleet F")
             setattr(magics, _ATTR, None)  # back to one engine
             return None
         if verb == "start" or len(words) > 1:
@@ -265,13 +312,10 @@ def fleet_line(magics: Any, line: str, cell: str | None) -> View | None:
         setattr(magics, _ATTR, attached)
         words = ["status"]
         verb = "status"
-    elif fleet is not None:
-        try:
-            attached = FleetRunner(FleetSession(fleet, registry), prefix=PREFIX)
-        except LivepatchError as exc:
-            raise UsageError(exc.message) from None
-    elif registry is not None:
-        raise UsageError("--registry goes with --fleet F")
+    elif verb not in _ENGINE_ONLY and (attached is None or any(_is_fleet(w) for w in words)):
+        routed = _routed(words)
+        if routed is not None:
+            attached, words = routed
     if attached is None or verb is None or verb in _ENGINE_ONLY:
         return None
     if verb not in FLEET_COMMANDS or verb in ("help", "quit", "?", "exit"):
@@ -283,7 +327,7 @@ def fleet_line(magics: Any, line: str, cell: str | None) -> View | None:
         raise UsageError(f"%%hotswap {verb}: a fleet verb takes no cell")
     result = attached.execute(words)
     if result.usage:
-        raise UsageError(localize(result.error or "usage", PREFIX))
+        raise UsageError(_in_magic_syntax(result.error or "usage"))
     if not result.ok and result.data is None:
         raise UsageError(localize(result.error or "failed", PREFIX))
     view = _view_of(result, verb, words)

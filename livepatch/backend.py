@@ -68,6 +68,19 @@ class Backend(Protocol):
         """
         ...
 
+    def identity(
+        self,
+        content: str | bytes,
+        filename: str,
+        *,
+        origin: Path | None = None,
+        build_dir: Path | None = None,
+    ) -> str | None:
+        """What makes a version of ``content`` besides its sha (a C source's
+        headers, compiler and flags), or ``None``: loading content with the
+        same sha and identity returns the existing version."""
+        ...
+
     def discard(self, version: Version) -> None:
         """Undo :meth:`load` for a version that is never published."""
         ...

@@ -143,28 +143,44 @@ def _emit_error(message: str, kind: str, code: int) -> None:
 
 def run_verb(args: argparse.Namespace) -> int:
     """Run a one-shot verb against an engine, through the shared command runner."""
-    return _run_words(_verb_words(args), args.existing, as_json=args.json)
+    return _run_words(_verb_words(args), getattr(args, "existing", None), as_json=args.json)
 
 
 def _run_words(words: list[str], existing: str | None, *, as_json: bool) -> int:
-    from .client import Client
-    from .commands.link import EngineLink
-    from .commands.runner import CommandRunner
+    from .commands.runner import CommandResult
+    from .commands.spec import ShellUsageError, fleet_route, parse
     from .render import color_allowed
 
-    with Client.connect(existing, client_name="livepatch-cli") as client:
-        runner = CommandRunner(
-            EngineLink(client),
-            color=color_allowed(sys.stdout) and not as_json,
-            prefix=f"{PROG} ",
-        )
-        if sys.stdout.isatty():
-            import shutil
+    color = color_allowed(sys.stdout) and not as_json
+    usage: CommandResult | None = None
+    try:
+        route = fleet_route(parse(words))
+    except ShellUsageError as exc:  # said before any connection is tried
+        route = None
+        usage = CommandResult(" ".join(words), False, error=str(exc), usage=True, kind="usage")
+    if usage is not None:
+        result = usage
+    elif route is not None:
+        if existing is not None:
+            raise UsageError("--existing names one engine; --fleet acts on every member")
+        # Imported only for a fleet verb: an engine's one-shot verb never pays for it.
+        from .fleet.console import run_fleet_command
 
-            runner.width = shutil.get_terminal_size().columns
-        result = runner.execute(words)
-        if result.action == "watch-file" and isinstance(result.data, dict):
-            return _watch_file(client, result.data, as_json=as_json, color=runner.color)
+        result = run_fleet_command(words, route, color=color, prefix=f"{PROG} ")
+    else:
+        from .client import Client
+        from .commands.link import EngineLink
+        from .commands.runner import CommandRunner
+
+        with Client.connect(existing, client_name="livepatch-cli") as client:
+            runner = CommandRunner(EngineLink(client), color=color, prefix=f"{PROG} ")
+            if sys.stdout.isatty():
+                import shutil
+
+                runner.width = shutil.get_terminal_size().columns
+            result = runner.execute(words)
+            if result.action == "watch-file" and isinstance(result.data, dict):
+                return _watch_file(client, result.data, as_json=as_json, color=runner.color)
     if as_json:
         if result.data is not None:
             _emit_json(result.data)
@@ -288,7 +304,7 @@ exit status:
 environment:
   LIVEPATCH_RUNTIME_DIR  where engines' sockets, connection files and logs live
                          (default: $XDG_RUNTIME_DIR/livepatch, else ~/.livepatch/runtime)
-  LIVEPATCH_STATE_HOME   where the shell keeps its history
+  LIVEPATCH_STATE_HOME   where the shell's history and the local fleets' store live
                          (default: $XDG_STATE_HOME/livepatch, else ~/.local/state/livepatch)
   LIVEPATCH_LOG_MAX_BYTES
                          rotate NAME.log (engines the demo or %hotswap start started)
@@ -314,12 +330,13 @@ def _add_command_verbs(sub: Any) -> None:
         spec = COMMANDS[name]
         if not spec.cli:
             continue
-        examples = "\n".join(f"  {PROG} {e}" for e in spec.examples)
+        shown = spec.all_examples()
+        examples = "\n".join(f"  {PROG} {e}" for e in shown)
         vp = sub.add_parser(
             name,
             help=spec.summary,
-            description=spec.description,
-            epilog=f"example{'s' * (len(spec.examples) > 1)}:\n{examples}" if examples else None,
+            description=spec.full_description(),
+            epilog=f"example{'s' * (len(shown) > 1)}:\n{examples}" if examples else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         for arg in spec.args:
@@ -342,7 +359,10 @@ def _add_command_verbs(sub: Any) -> None:
             vp.add_argument(
                 option.flag, dest=f"opt_{option.dest}", metavar=option.metavar, help=option.help
             )
-        vp.add_argument("--existing", metavar="NAME", help="engine name (default: the only one)")
+        if not spec.fleet_only:
+            vp.add_argument(
+                "--existing", metavar="NAME", help="engine name (default: the only one)"
+            )
         vp.add_argument("--json", action="store_true", help="machine-readable output (errors too)")
         vp.set_defaults(func=run_verb)
 
@@ -487,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command_verbs(sub)
     from .fleet.cli import add_fleet_arguments
 
-    add_fleet_arguments(sub)  # push; --fleet/--registry on engine, status, rollback
+    add_fleet_arguments(sub)  # --fleet/--registry on engine and shell, --fleet N on demo
     return parser
 
 

@@ -60,14 +60,14 @@ import re
 import shutil
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import BadState, LoadFailed
 from .ids import parse_version_id
-from .native_build import BASE_FLAGS, cached_build, compile_c, find_compiler
+from .native_build import BASE_FLAGS, build_identity, cached_build, compile_c, find_compiler
 from .native_elf import ElfInfo, ElfSymbol, NotSharedObject, is_elf, read_elf
 from .native_interface import NativeFunction, NativeInterface, make_pointer
 from .native_link import RTLD_LOCAL, RTLD_NOW, MissingVersion, Scope, dl, dlsym, mappings
@@ -91,6 +91,7 @@ __all__ = [
     "NativeObject",
     "NotSharedObject",
     "compile_c",
+    "elf_symbol_table",
     "find_compiler",
     "is_elf",
     "mappings",
@@ -216,6 +217,23 @@ class NativeBackend:
         return Version(
             slot, number, source, sha256, filename, f"{filename} [{version}]", None, None, obj
         )
+
+    def identity(
+        self,
+        content: str | bytes,
+        filename: str,
+        *,
+        origin: Path | None = None,
+        build_dir: Path | None = None,
+    ) -> str | None:
+        """For C source, what a build of it reads now besides the text (the
+        compiler, flags and headers; built here if not cached, so a compile
+        error is the load's :class:`LoadFailed`): the same source against
+        edited headers is a new version. ``None`` for a ready object, whose
+        bytes are all of it."""
+        if not isinstance(content, str):
+            return None
+        return build_identity(self._build(content, filename, origin, build_dir))
 
     def discard(self, version: Version) -> None:
         """Leave nothing of a version that was never published (its commit
@@ -474,46 +492,9 @@ class NativeBackend:
         return self.object_table(version.id, version.obj)
 
     def object_table(self, version: str, obj: NativeObject) -> SymbolTable:
-        """The object's ``.dynsym`` as a symbol table, undefined symbols resolved.
-
-        ``detail`` is ``size N`` for defined symbols (``weak, size N`` for
-        weak ones), and where an undefined one resolves (``libc.so.6``), or
-        ``?``. Entry points carry their C declaration as the signature.
-        """
-        lines = _source_lines(obj.source)
-        members = self.members()
-        rows: list[SymbolRow] = []
-        with Scope(obj.info, obj.origin) as scope:
-            for sym in obj.info.symbols:
-                if sym.bind == "LOCAL":
-                    continue  # not visible to dlsym or to other objects
-                if sym.defined:
-                    extra = {"UNIQUE": ", unique", "WEAK": ""}.get(sym.bind, "")
-                    kind = ", ifunc" if sym.type == "IFUNC" else ""
-                    prefix = "weak, " if sym.bind == "WEAK" else ""
-                    detail = f"{prefix}size {sym.size}{extra}{kind}"
-                else:
-                    # The version the dynamic linker would bind: the one the
-                    # reference asks for, and only if its library defines it.
-                    where = scope.lookup(sym.name, sym.version)
-                    version_note = f" ({sym.version})" if sym.version and where else ""
-                    if sym.version and not where:
-                        version_note = f" ({sym.version} not defined)"
-                    if sym.bind == "WEAK":
-                        detail = f"weak undefined: {where or 'absent (allowed)'}{version_note}"
-                    else:
-                        detail = f"{where or '?'}{version_note}"
-                rows.append(
-                    SymbolRow(
-                        name=sym.name,
-                        letter=sym.letter,
-                        line=lines.defined(sym.name) if sym.defined else lines.used(sym.name),
-                        signature=members.get(sym.name) if sym.defined else None,
-                        detail=detail,
-                        code_hash=sym.digest,
-                    )
-                )
-        return SymbolTable(version, tuple(rows))
+        """The object's ``.dynsym`` as a symbol table: :func:`elf_symbol_table`,
+        entry points with the interface's C declarations."""
+        return elf_symbol_table(version, obj, self.members())
 
     # -- purge and unload ---------------------------------------------------------
 
@@ -555,6 +536,49 @@ class NativeBackend:
         if info.unique:
             return f"STB_GNU_UNIQUE symbols: {', '.join(info.unique)}"
         return "another handle is open (a ctypes.CDLL or dlopen elsewhere) or an object needs it"
+
+
+def elf_symbol_table(version: str, obj: NativeObject, members: Mapping[str, str]) -> SymbolTable:
+    """An object's ``.dynsym`` as a symbol table, undefined symbols resolved
+    in this process (as the dynamic linker would bind them here).
+
+    ``detail`` is ``size N`` for defined symbols (``weak, size N`` for
+    weak ones), and where an undefined one resolves (``libc.so.6``), or
+    ``?``. Entry points carry their C declaration as the signature.
+    """
+    lines = _source_lines(obj.source)
+    rows: list[SymbolRow] = []
+    with Scope(obj.info, obj.origin) as scope:
+        for sym in obj.info.symbols:
+            if sym.bind == "LOCAL":
+                continue  # not visible to dlsym or to other objects
+            if sym.defined:
+                extra = {"UNIQUE": ", unique", "WEAK": ""}.get(sym.bind, "")
+                kind = ", ifunc" if sym.type == "IFUNC" else ""
+                prefix = "weak, " if sym.bind == "WEAK" else ""
+                detail = f"{prefix}size {sym.size}{extra}{kind}"
+            else:
+                # The version the dynamic linker would bind: the one the
+                # reference asks for, and only if its library defines it.
+                where = scope.lookup(sym.name, sym.version)
+                version_note = f" ({sym.version})" if sym.version and where else ""
+                if sym.version and not where:
+                    version_note = f" ({sym.version} not defined)"
+                if sym.bind == "WEAK":
+                    detail = f"weak undefined: {where or 'absent (allowed)'}{version_note}"
+                else:
+                    detail = f"{where or '?'}{version_note}"
+            rows.append(
+                SymbolRow(
+                    name=sym.name,
+                    letter=sym.letter,
+                    line=lines.defined(sym.name) if sym.defined else lines.used(sym.name),
+                    signature=members.get(sym.name) if sym.defined else None,
+                    detail=detail,
+                    code_hash=sym.digest,
+                )
+            )
+    return SymbolTable(version, tuple(rows))
 
 
 def _missing_version(sym: ElfSymbol | None, missing: MissingVersion, line: int | None) -> Problem:

@@ -24,7 +24,14 @@ from typing import Final
 
 from .errors import LoadFailed
 
-__all__ = ["BASE_FLAGS", "COMPILE_TIMEOUT", "cached_build", "compile_c", "find_compiler"]
+__all__ = [
+    "BASE_FLAGS",
+    "COMPILE_TIMEOUT",
+    "build_identity",
+    "cached_build",
+    "compile_c",
+    "find_compiler",
+]
 
 #: The compiler flags every C source is built with (the design's command).
 BASE_FLAGS: Final = ("-shared", "-fPIC", "-O2")
@@ -209,6 +216,20 @@ def cached_build(
     tmp.write_text(json.dumps(record), encoding="utf-8")
     os.replace(tmp, manifest)
     return built
+
+
+def build_identity(built: Path) -> str:
+    """What the object :func:`cached_build` returned was built from: its
+    cache key (compiler, flags, source) and every header the build read
+    with the digest it had, as one sha256. The same C source built against
+    an edited header has another identity, so it is another version."""
+    manifest = built.with_name(f"{built.stem}.headers.json")
+    try:
+        headers = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        headers = None
+    record = json.dumps([built.stem, headers], sort_keys=True)
+    return hashlib.sha256(record.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _compile_error(filename: str, compiled_as: str, diagnostics: str) -> LoadFailed:

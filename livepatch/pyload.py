@@ -243,6 +243,17 @@ class PythonBackend:
         loaded.import_threads = threads
         return loaded
 
+    def identity(
+        self,
+        content: str | bytes,
+        filename: str,
+        *,
+        origin: Path | None = None,
+        build_dir: Path | None = None,
+    ) -> str | None:
+        """Nothing besides the source: a Python version is its text."""
+        return None
+
     def discard(self, version: Version) -> None:
         """Not journaled, so never a version: leave nothing behind."""
         module = version.module

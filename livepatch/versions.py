@@ -108,6 +108,10 @@ class Version:
         self.namespace: dict[str, Any] | None = namespace
         self.code: types.CodeType | None = code
         self.obj = obj
+        #: What a C source was built from besides its text (the compiler,
+        #: flags and headers: :func:`~livepatch.native_build.build_identity`);
+        #: ``None`` when the content alone is the version's identity.
+        self.build_id: str | None = None
         self.module_name = module.__name__ if module is not None else ""
         self.state = VersionState.LOADED
         self.loaded_at = time.time()
@@ -244,12 +248,18 @@ class Slot:
         self.lock = threading.RLock()
         self.load_lock = threading.Lock()
 
-    def find_loaded(self, sha256: str) -> Version | None:
-        """The version loaded from this content that still has its symbols."""
+    def find_loaded(self, sha256: str, build_id: str | None = None) -> Version | None:
+        """The version loaded from this content (and, for a C source, built
+        from the same headers: ``build_id``) that still has its symbols."""
         for version in self.versions.values():
-            if version.sha256 == sha256 and version.state not in (
-                VersionState.PURGED,
-                VersionState.UNLOADED,
+            if (
+                version.sha256 == sha256
+                and version.build_id == build_id
+                and version.state
+                not in (
+                    VersionState.PURGED,
+                    VersionState.UNLOADED,
+                )
             ):
                 return version
         return None

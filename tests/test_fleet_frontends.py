@@ -64,8 +64,8 @@ def test_shell_script_status_push_symbols_diff_rollback(
     # member, state, converged, calls/s, then the active version and its sha.
     assert [r[:3] for r in rows] == [["a", "ready", "yes"], ["b", "ready", "yes"]]
     assert all(r[-1] == new and float(r[3]) >= 0 for r in rows)
-    assert f"# {new}: as " in out and "(loaded on 2 members)" in out
-    assert f"# {one} vs {new}" in out and "classify" in out
+    assert f"# {new} (rule_v2.py): from fleet {FLEET}'s registry (local)" in out
+    assert f"# {one} (rule_v1.py) vs {new} (rule_v2.py)" in out and "classify" in out
     assert out.count("committed") >= 3  # the push, and the history twice over
     assert active_sha("a") == active_sha("b") == sha_of(rule(2))
     # Rollback from the shell: the previous desired version, on every member.
@@ -189,7 +189,7 @@ def test_hotswap_connect_fleet_in_a_real_kernel(
         f"t = %hotswap symbols {new}\nprint(type(t).__name__, 'classify' in t._repr_html_())\n"
         f"d = %hotswap diff {one} {new}\nprint(type(d).__name__)",
     )
-    assert "(loaded on 2 members)" in table
+    assert f"from fleet {FLEET}'s registry (local)" in table
     lines = table.splitlines()  # each view's "where it was read" line, then its type
     assert lines[1] == "TableView True" and lines[3] == "DiffView", lines
     status = run_in(

@@ -222,12 +222,12 @@ def test_concurrent_pushes_conflict_cleanly_and_rollback(engines: list[EnginePro
     one, two = sha_of(rule(1))[:12], sha_of(rule(2))[:12]
     table = run_cli("symbols", one, "--fleet", FLEET)
     assert table.returncode == 0, table.stderr
-    assert "loaded on 2 members" in table.stdout and "classify" in table.stdout
+    assert "'s registry (local)" in table.stdout and "classify" in table.stdout
     diff = run_cli("diff", one, two, "--fleet", FLEET, "--json")
     assert diff.returncode == 0, diff.stderr
     assert "classify" in diff.stdout
     unknown = run_cli("symbols", "0" * 12, "--fleet", FLEET)
-    assert unknown.returncode == 1 and "has 000000000000 loaded" in unknown.stderr
+    assert unknown.returncode == 1 and "has no version 000000000000" in unknown.stderr
     bad = run_cli("push", "nothere.py", "--slot", "spam", "--fleet", FLEET)
     assert bad.returncode == 1 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
 

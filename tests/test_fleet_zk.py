@@ -27,6 +27,7 @@ from fleet_helpers import (
     wait_abandoned,
     wait_for,
 )
+from test_fleet_cli import engine_rows
 
 from livepatch.fleet.model import PushRecord, sha_of
 from livepatch.fleet.zk import ZkRegistry, current_of, parse_zk_url
@@ -340,3 +341,23 @@ def test_expired_session_leaves_membership_then_rejoins_and_converges(
     # A late member converges before it reports ready.
     member(engines, registry_url, "c")
     assert active_sha("c") == sha_of(rule(2))
+
+
+def test_symbols_and_diff_by_sha_come_from_zookeeper_with_no_member_anywhere(
+    registry_url: str,
+) -> None:
+    with ZkRegistry(parse_zk_url(registry_url), FLEET) as reg:
+        one = reg.put_source(rule(1), "rule_v1.py")
+        two = reg.put_source(rule(2), "rule_v2.py")
+        assert reg.members() == {}
+    shown = run_cli("symbols", one[:12], "--fleet", FLEET, "--registry", registry_url, "--json")
+    assert shown.returncode == 0, shown.stderr
+    # The rows an engine shows for that source, with no member anywhere.
+    assert json.loads(shown.stdout)["rows"] == engine_rows(rule(1))
+    script = f"symbols {one[:12]}; diff {one[:12]} {two[:12]}"
+    shell = run_cli("shell", "--fleet", FLEET, "--registry", registry_url, "-c", script)
+    assert shell.returncode == 0, shell.stderr
+    assert f"from fleet {FLEET}'s registry (zookeeper://" in shell.stdout
+    assert f"{one[:12]} (rule_v1.py) vs {two[:12]} (rule_v2.py)" in shell.stdout
+    missing = run_cli("symbols", "0" * 12, "--fleet", FLEET, "--registry", registry_url)
+    assert missing.returncode == 1 and "registry has no version" in missing.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -365,6 +366,37 @@ def test_a_crashing_constructor_fails_the_check_in_quarantine(engine: Engine) ->
     assert problem.kind == "crash" and "SIGSEGV" in problem.message
     # This process never mapped it, so it is still alive to say so.
     assert mappings(mapped_file(engine, v)) == []
+
+
+def test_a_c_source_built_against_an_edited_header_is_a_new_version(
+    tmp_path: Path, engine: Engine
+) -> None:
+    # The same .c text; what it exports depends on the header next to it.
+    source = (
+        '#include "rule_extra.h"\n'
+        "int classify(const char *text) { return text[0] == 'W'; }\n"
+        "#if EXTRA\nint extra(void) { return EXTRA; }\n#endif\n"
+    )
+    path = tmp_path / "rules.c"
+    path.write_text(source)
+    header = tmp_path / "rule_extra.h"
+    header.write_text("#define EXTRA 0\n")
+    v1 = engine.load_path("n", path)
+    assert engine.load_path("n", path) == v1  # nothing changed: the same version
+    header.write_text("#define EXTRA 7\n")
+    v2 = engine.load_path("n", path)
+    assert v2 != v1, "an edited header must give a new version"
+    names = {v: {row.name for row in engine.symbols(v).rows} for v in (v1, v2)}
+    assert "extra" not in names[v1] and "extra" in names[v2]
+    # Both carry the source's own sha (what fleets and the store address it by).
+    shas = {v.id: v.sha256 for v in engine.status().slots[0].versions}
+    assert shas[v1] == shas[v2] == hashlib.sha256(source.encode()).hexdigest()
+    assert engine.load_path("n", path) == v2  # the same headers again: v2 again
+    header.write_text("#define EXTRA 0\n")
+    assert engine.load_path("n", path) == v1  # back to the first headers: v1
+    engine.check(v2)
+    engine.swap(v2)
+    assert engine.call_version(v2, "classify", "Win") == 1
 
 
 def test_a_ready_object_is_copied_so_a_rebuilt_file_is_new_code(

@@ -31,9 +31,11 @@ from ..errors import LivepatchError
 from ..record import Record, set_field
 from .link import EngineLink
 from .spec import (
+    COMMANDS,
     ParsedCommand,
     ShellUsageError,
     command_names,
+    fleet_route,
     localize,
     lookup,
     parse,
@@ -266,8 +268,10 @@ class CommandRunner(LineRunner):
         }
         for name, handler in _EXTRA_HANDLERS.items():
             self._handlers[name] = functools.partial(handler, self)
-        # The commands table and the handlers must not drift apart.
-        assert set(self._handlers) == set(command_names(aliases=False))
+        # The commands table and the handlers must not drift apart (a
+        # fleet-only verb runs on a fleet, never here: see execute).
+        engine_verbs = {n for n in command_names(aliases=False) if not COMMANDS[n].fleet_only}
+        assert set(self._handlers) == engine_verbs
 
     @property
     def client(self) -> Client:
@@ -290,6 +294,21 @@ class CommandRunner(LineRunner):
         text = parsed.text
         if parsed.help:
             return CommandResult(text, True, parsed.spec.help_text(self.prefix))
+        try:
+            route = fleet_route(parsed)
+        except ShellUsageError as exc:
+            return self._failure(text, str(exc), usage=True)
+        if route is not None:
+            # `VERB ... --fleet F`: the whole fleet, as its shell runs it.
+            from ..fleet.console import run_fleet_command
+
+            return run_fleet_command(
+                list(parsed.words),
+                route,
+                color=self.color,
+                prefix=self.prefix,
+                base_dir=self.base_dir,
+            )
         needs_engine = parsed.spec.name not in ("help", "quit")
         try:
             announce = self.link.ensure() if needs_engine else ""
@@ -324,6 +343,7 @@ class CommandRunner(LineRunner):
         line, its own reconnect messages) calls this directly and catches
         :class:`ShellUsageError` and :class:`LivepatchError` itself.
         """
+        fleet_route(parsed)  # a fleet-only verb here: the usage error that says so
         return self._handlers[parsed.spec.name](parsed)
 
     def _lost_message(self, exc: ConnectionLost) -> str:

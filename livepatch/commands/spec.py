@@ -1,7 +1,8 @@
 """The command language of every front end: the commands as data, and the parser.
 
 The CLI (``livepatch VERB``), the shell and the ``%hotswap`` magics all take
-their verbs, options, help and examples from this one table.
+their verbs, options, help and examples from this one table. (The classes
+it is written in are :mod:`.grammar`'s, re-exported here.)
 
 Every command is a :class:`CommandSpec` in :data:`COMMANDS`: its positional
 arguments and options each carry an :class:`ArgKind`, so one table drives
@@ -14,244 +15,68 @@ a POSIX shell splits them, so JSON arguments are written in single quotes::
     load spam_v2.py --slot spam; check spam@2; swap spam@2 --expect spam@1
     call spam.classify '{"sender": "a@b.c", "text": "WIN NOW"}'
 
+A verb that also acts on a whole fleet carries a :class:`FleetUse`: what it
+does for a fleet, and the options only that form takes. ``VERB ... --fleet
+NAME [--registry URL]`` (the CLI, the engine shell, ``%hotswap``) then runs
+the verb on the fleet (:func:`fleet_route`), and :data:`FLEET_COMMANDS`, the
+fleet shell's table (``livepatch shell --fleet NAME``, ``%hotswap connect
+--fleet NAME``), is derived from the same entries, so both forms share one
+definition of every verb and option.
+
 Nothing here does I/O: the runner executes what the parser returns.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 import shlex
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
-from ..record import Record, set_field
+from .grammar import (
+    DEADLINE_OPTION,
+    FLEET_OPTION,
+    REGISTRY_OPTION,
+    ROUTE_OPTIONS,
+    VERSION_ID,
+    Arg,
+    ArgKind,
+    CommandSpec,
+    FleetUse,
+    Option,
+    ParsedCommand,
+    ShellUsageError,
+)
 
 __all__ = [
     "COMMANDS",
+    "DEADLINE_OPTION",
+    "FLEET_COMMANDS",
+    "FLEET_OPTION",
+    "REGISTRY_OPTION",
     "VERSION_ID",
     "Arg",
     "ArgKind",
     "CommandSpec",
+    "FleetUse",
     "Option",
     "ParsedCommand",
     "ShellUsageError",
     "command_names",
+    "fleet_command_names",
+    "fleet_route",
     "localize",
     "lookup",
     "parse",
     "register",
     "split_commands",
     "split_script",
+    "strip_route",
 ]
 
-#: A version id as the engine writes it: ``slot@N``.
-VERSION_ID: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*@[0-9]+")
-
-
-class ShellUsageError(ValueError):
-    """A command line that cannot be run; the message says how to fix it."""
-
-
-class ArgKind(enum.Enum):
-    """What an argument names; completion and highlighting follow from it."""
-
-    COMMAND = "command"
-    FILE = "file"
-    SLOT = "slot"
-    VERSION = "version"
-    TARGET = "target"  # SLOT.SYMBOL or SLOT@N.SYMBOL
-    JSON = "json"
-    SECONDS = "seconds"
-    NUMBER = "number"  # any number of 0 or more: a rate
-    ENGINE = "engine"  # an engine's name
-    COUNT = "count"
-    SWITCH = "switch"  # an option that takes no value: ``--watch``
-    FRACTION = "fraction"  # a number above 0 and at most 1: ``--sample 0.1``
-
-
-class Arg(Record):
-    """A positional argument."""
-
-    __slots__ = ("dest", "kind", "metavar", "optional", "repeat")
-    dest: str
-    metavar: str
-    kind: ArgKind
-    optional: bool
-    repeat: bool
-
-    def __init__(
-        self, dest: str, metavar: str, kind: ArgKind, optional: bool = False, repeat: bool = False
-    ) -> None:
-        set_field(self, "dest", dest)
-        set_field(self, "metavar", metavar)
-        set_field(self, "kind", kind)
-        set_field(self, "optional", optional)
-        set_field(self, "repeat", repeat)
-
-    def usage(self) -> str:
-        """How ``help`` shows it: ``VERSION``, ``[VERSION2]``, ``[JSON...]``."""
-        text = self.metavar + ("..." if self.repeat else "")
-        return f"[{text}]" if self.optional else text
-
-
-class Option(Record):
-    """An option that takes one value: ``--slot spam`` or ``--slot=spam``;
-    of kind ``SWITCH``, one that takes none: ``--watch``."""
-
-    __slots__ = ("dest", "flag", "help", "kind", "metavar")
-    flag: str
-    dest: str
-    metavar: str
-    kind: ArgKind
-    help: str
-
-    def __init__(self, flag: str, dest: str, metavar: str, kind: ArgKind, help: str) -> None:
-        set_field(self, "flag", flag)
-        set_field(self, "dest", dest)
-        set_field(self, "metavar", metavar)
-        set_field(self, "kind", kind)
-        set_field(self, "help", help)
-
-    def usage(self) -> str:
-        """How ``help`` shows it: ``[--slot SLOT]``, ``[--watch]``."""
-        if self.kind is ArgKind.SWITCH:
-            return f"[{self.flag}]"
-        return f"[{self.flag} {self.metavar}]"
-
-
-class CommandSpec(Record):
-    """One shell command: its name, arguments, options and help.
-
-    ``cli``: whether ``livepatch VERB`` (and ``%hotswap VERB``) offers it as
-    a one-shot verb (not help/quit).
-    """
-
-    __slots__ = ("aliases", "args", "cli", "description", "examples", "name", "options", "summary")
-    name: str
-    summary: str
-    description: str
-    args: tuple[Arg, ...]
-    options: tuple[Option, ...]
-    aliases: tuple[str, ...]
-    examples: tuple[str, ...]
-    cli: bool
-
-    def __init__(
-        self,
-        name: str,
-        summary: str,
-        description: str,
-        args: tuple[Arg, ...] = (),
-        options: tuple[Option, ...] = (),
-        aliases: tuple[str, ...] = (),
-        examples: tuple[str, ...] = (),
-        cli: bool = True,
-    ) -> None:
-        set_field(self, "name", name)
-        set_field(self, "summary", summary)
-        set_field(self, "description", description)
-        set_field(self, "args", args)
-        set_field(self, "options", options)
-        set_field(self, "aliases", aliases)
-        set_field(self, "examples", examples)
-        set_field(self, "cli", cli)
-
-    def usage(self) -> str:
-        """``load FILE [--slot SLOT]``."""
-        parts = [self.name, *(a.usage() for a in self.args), *(o.usage() for o in self.options)]
-        return " ".join(parts)
-
-    def option(self, word: str) -> Option | None:
-        """The option spelled ``word`` (``--slot`` or ``--slot=...``), if any."""
-        flag = word.partition("=")[0]
-        return next((o for o in self.options if o.flag == flag), None)
-
-    def positional(self, index: int) -> Arg | None:
-        """The spec of the ``index``-th positional word (repeats absorb the rest)."""
-        if index < len(self.args):
-            return self.args[index]
-        if self.args and self.args[-1].repeat:
-            return self.args[-1]
-        return None
-
-    def help_text(self, prefix: str = "") -> str:
-        """The full help of the command, as ``help NAME`` prints it.
-
-        ``prefix`` is the front end's way to write a command (``livepatch ``,
-        ``%hotswap ``; nothing in the shell), used in the usage and examples.
-        """
-        lines = [f"usage: {prefix}{self.usage()}", "", self.description]
-        if self.options:
-            lines.append("")
-            width = max(len(f"{o.flag} {o.metavar}") for o in self.options)
-            lines.extend(f"  {f'{o.flag} {o.metavar}':<{width}}  {o.help}" for o in self.options)
-        if self.aliases:
-            lines += ["", "also: " + ", ".join(self.aliases)]
-        if self.examples:
-            lines += ["", "examples:", *(f"  {prefix}{e}" for e in self.examples)]
-        return "\n".join(lines)
-
-
-class ParsedCommand(Record):
-    """A command line after parsing: the spec, positional values and options.
-
-    ``values`` maps each argument's ``dest`` to a string, a list of strings
-    (repeated arguments) or ``None`` (an optional argument left out), and each
-    option's ``dest`` to its value (``float``/``int`` for SECONDS/COUNT) or
-    ``None``. ``help`` is true for ``COMMAND --help``.
-    """
-
-    __slots__ = ("help", "spec", "values", "words")
-    spec: CommandSpec
-    words: tuple[str, ...]
-    values: Mapping[str, object]
-    help: bool
-
-    def __init__(
-        self,
-        spec: CommandSpec,
-        words: tuple[str, ...],
-        values: Mapping[str, object] | None = None,
-        help: bool = False,
-    ) -> None:
-        set_field(self, "spec", spec)
-        set_field(self, "words", words)
-        set_field(self, "values", {} if values is None else values)
-        set_field(self, "help", help)
-
-    @property
-    def text(self) -> str:
-        """The command as the user could type it again."""
-        return shlex.join(self.words)
-
-    def string(self, dest: str) -> str:
-        """A string value (``""`` when absent)."""
-        value = self.values.get(dest)
-        return value if isinstance(value, str) else ""
-
-    def optional(self, dest: str) -> str | None:
-        """A string value, or ``None`` when absent."""
-        value = self.values.get(dest)
-        return value if isinstance(value, str) else None
-
-    def strings(self, dest: str) -> list[str]:
-        """A repeated argument's values."""
-        value = self.values.get(dest)
-        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-    def flag(self, dest: str) -> bool:
-        """Whether a ``SWITCH`` option was given."""
-        return self.values.get(dest) is True
-
-    def number(self, dest: str) -> float | None:
-        """A numeric option's value, or ``None``."""
-        value = self.values.get(dest)
-        return float(value) if isinstance(value, int | float) else None
-
-
 _VERSION = Arg("version", "VERSION", ArgKind.VERSION)
+_SHA = Arg("version", "SHA", ArgKind.VERSION)
 
 _SPECS: Final = (
     CommandSpec(
@@ -260,6 +85,14 @@ _SPECS: Final = (
         "Show every slot with its active version (marked *) and every version\n"
         "with its state, call and error counts, calls in flight and source file.",
         examples=("status",),
+        fleet=FleetUse(
+            "every member side by side, and the push history",
+            "One row per member: its state (ready, converging, diverged, down),\n"
+            "whether it runs every desired version (converged), its calls per second\n"
+            "and the active version of each slot (its own id and the sha; ! marks one\n"
+            "that is not the desired version). Then the fleet's last pushes.",
+            examples=("status",),
+        ),
     ),
     CommandSpec(
         "load",
@@ -338,6 +171,13 @@ _SPECS: Final = (
         "Make the most recently retired version of SLOT active again.",
         args=(Arg("slot", "SLOT", ArgKind.SLOT),),
         examples=("rollback spam",),
+        fleet=FleetUse(
+            "push the version the fleet ran before",
+            "A push (two-phase, as `push`) of the slot's previous desired version;\n"
+            "exit status 1 when it aborts, with each member's reason.",
+            options=(DEADLINE_OPTION,),
+            examples=("rollback spam",),
+        ),
     ),
     CommandSpec(
         "purge",
@@ -375,6 +215,15 @@ _SPECS: Final = (
         "- removed, and ! where a name resolves differently.",
         args=(_VERSION, Arg("other", "VERSION2", ArgKind.VERSION, optional=True)),
         examples=("symbols spam@2", "symbols spam@1 spam@2"),
+        fleet=FleetUse(
+            "a version's symbol table by sha, once for the fleet",
+            "Versions are named by their sha256 (7 or more hex digits, as `status`\n"
+            "shows them). One sha is one source on every member, so its table is the\n"
+            "fleet's: it is built from the source kept in the fleet's registry, and no\n"
+            "member need run on this host. With two shas, both side by side (= ~ + -).",
+            args=(_SHA, Arg("other", "SHA2", ArgKind.VERSION, optional=True)),
+            examples=("symbols 3f2a9c1b7d4e", "symbols 3f2a9c1b7d4e 91c0e2aa5b77"),
+        ),
     ),
     CommandSpec(
         "diff",
@@ -384,6 +233,12 @@ _SPECS: Final = (
         "and a summary that counts the rows shown.",
         args=(Arg("a", "A", ArgKind.VERSION), Arg("b", "B", ArgKind.VERSION)),
         examples=("diff spam@1 spam@2",),
+        fleet=FleetUse(
+            "two versions' symbol tables side by side, by sha",
+            "The same view as `symbols A B`, for versions named by their sha, read\n"
+            "from the fleet's registry.",
+            examples=("diff 3f2a9c1b7d4e 91c0e2aa5b77",),
+        ),
     ),
     CommandSpec(
         "show",
@@ -442,6 +297,48 @@ _SPECS: Final = (
         examples=("watch --for 2",),
     ),
     CommandSpec(
+        "push",
+        "two-phase push of a rule file to every member of a fleet",
+        "Prepare: every member loads and checks the same source (same sha) and\n"
+        "votes. Commit: only if every member voted ok before the deadline, the\n"
+        "fleet's desired version flips (compare-and-set: concurrent pushes conflict\n"
+        "cleanly) and every member swaps. Otherwise nobody swaps, the prepared\n"
+        "versions are unloaded, each member's reason is shown and the exit status\n"
+        "is 1. FILE is a Python rule module, a C source (every member compiles it)\n"
+        "or a ready .so (sent as its bytes, so no member needs to see the file).",
+        args=(Arg("file", "FILE", ArgKind.FILE),),
+        fleet=FleetUse(
+            options=(
+                Option("--slot", "slot", "SLOT", ArgKind.SLOT, "the slot to push to (required)"),
+                Option(
+                    "--expect",
+                    "expect",
+                    "SHA",
+                    ArgKind.VERSION,
+                    "only if the fleet's desired version is SHA (a prefix) now",
+                ),
+                DEADLINE_OPTION,
+            ),
+            examples=("push livepatch/examples/rules/spam_v2.py --slot spam",),
+            only=True,
+        ),
+    ),
+    CommandSpec(
+        "history",
+        "a fleet's last pushes (no member is asked)",
+        "The push history, oldest first: what was pushed, the outcome, how long\n"
+        "it took and how many members swapped.",
+        fleet=FleetUse(
+            options=(
+                Option(
+                    "--limit", "limit", "N", ArgKind.COUNT, "only the last N pushes", default=10
+                ),
+            ),
+            examples=("history --limit 5",),
+            only=True,
+        ),
+    ),
+    CommandSpec(
         "help",
         "the list of commands, or one command's help",
         "Without an argument, list the commands; with one, show its usage.",
@@ -449,6 +346,7 @@ _SPECS: Final = (
         aliases=("?",),
         examples=("help swap",),
         cli=False,
+        fleet=FleetUse(examples=("help push",)),
     ),
     CommandSpec(
         "quit",
@@ -457,6 +355,10 @@ _SPECS: Final = (
         "attached to keeps running; the demo's own engine stops with the demo.",
         aliases=("exit",),
         cli=False,
+        fleet=FleetUse(
+            "leave the shell (the fleet keeps running)",
+            "Leave the shell. Ctrl-D on an empty line does the same.",
+        ),
     ),
 )
 
@@ -465,6 +367,22 @@ _REGISTRY: dict[str, CommandSpec] = {
     name: spec for spec in _SPECS for name in (spec.name, *spec.aliases)
 }
 _ORDER: list[CommandSpec] = list(_SPECS)
+
+#: The fleet shell's commands (each a verb's :meth:`~CommandSpec.for_fleet`).
+_FLEET_REGISTRY: dict[str, CommandSpec] = {}
+_FLEET_ORDER: list[CommandSpec] = []
+
+
+def _add_fleet_form(spec: CommandSpec) -> None:
+    if spec.fleet is None:
+        return
+    form = spec.for_fleet()
+    _FLEET_ORDER.append(form)
+    _FLEET_REGISTRY.update(dict.fromkeys((form.name, *form.aliases), form))
+
+
+for _spec in _SPECS:
+    _add_fleet_form(_spec)
 
 
 def register(spec: CommandSpec) -> CommandSpec:
@@ -479,11 +397,61 @@ def register(spec: CommandSpec) -> CommandSpec:
     for name in (spec.name, *spec.aliases):
         _REGISTRY[name] = spec
     _ORDER.append(spec)
+    _add_fleet_form(spec)
     return spec
 
 
 #: Every command by name and by alias.
 COMMANDS: Final[Mapping[str, CommandSpec]] = MappingProxyType(_REGISTRY)
+
+#: The fleet shell's commands by name and alias: the verbs with a fleet
+#: form, as that form (``livepatch shell --fleet F``, ``%hotswap connect --fleet F``).
+FLEET_COMMANDS: Final[Mapping[str, CommandSpec]] = MappingProxyType(_FLEET_REGISTRY)
+
+
+def fleet_command_names() -> list[str]:
+    """The fleet shell's command names in the order its ``help`` lists them."""
+    return [spec.name for spec in _FLEET_ORDER]
+
+
+def fleet_route(parsed: ParsedCommand) -> tuple[str, str | None] | None:
+    """``(fleet, registry)`` when ``parsed`` (a command of :data:`COMMANDS`)
+    acts on a fleet (``--fleet NAME``); ``None`` when it acts on one engine
+    (registry ``None``: the local one). :class:`ShellUsageError` for a
+    fleet-only verb without ``--fleet``, or a fleet option without it."""
+    spec = parsed.spec
+    if spec.fleet is None or not spec.cli:
+        return None
+    fleet = parsed.optional("fleet")
+    if fleet is not None:
+        registry = parsed.optional("registry")
+        return fleet, None if registry in (None, "", "local") else registry
+    if spec.fleet_only:
+        raise ShellUsageError(
+            f"{spec.name} acts on a fleet: give --fleet NAME (or attach to one: "
+            f"livepatch shell --fleet NAME, %hotswap connect --fleet NAME); usage: {spec.usage()}"
+        )
+    own = {o.flag for o in (*ROUTE_OPTIONS, *spec.fleet.options)}
+    for word in parsed.words[1:]:
+        flag = word.partition("=")[0]
+        if flag in own:
+            raise ShellUsageError(f"{flag} goes with --fleet NAME: usage: {spec.usage()}")
+    return None
+
+
+def strip_route(parsed: ParsedCommand) -> list[str]:
+    """``parsed``'s words without ``--fleet``/``--registry``: the command as
+    the fleet shell writes it (its form parses them)."""
+    words: list[str] = []
+    rest = iter(parsed.words)
+    for word in rest:
+        flag, eq, _ = word.partition("=")
+        if flag in (FLEET_OPTION.flag, REGISTRY_OPTION.flag) and word.startswith("--"):
+            if not eq:
+                next(rest, None)
+            continue
+        words.append(word)
+    return words
 
 
 def command_names(*, aliases: bool = True) -> list[str]:
@@ -569,7 +537,7 @@ def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = Non
     if not words:
         raise ShellUsageError("empty command")
     spec = lookup(words[0], commands)
-    values: dict[str, object] = {o.dest: None for o in spec.options}
+    values: dict[str, object] = {o.dest: o.default for o in spec.options}
     positionals: list[str] = []
     rest = iter(words[1:])
     for word in rest:

@@ -1,19 +1,17 @@
-"""The fleet's verbs, for whichever front end hooks them in.
+"""What the fleet's front ends call: push, rollback, the view, symbols.
 
-:func:`add_fleet_arguments` adds ``push`` and the ``--fleet``/``--registry``
-options of ``engine``, ``status`` and ``rollback`` to the ``livepatch``
-parser; :func:`start_member` is the engine's one call at start-up. The
-verbs themselves (:func:`cmd_push`, :func:`cmd_fleet_rollback`,
-:func:`cmd_fleet_status`) print and return an exit status: 0 committed,
-1 aborted or refused (each member's reason printed), as the CLI does.
+The verbs themselves (``push``, ``status --fleet``, ``rollback --fleet``...)
+are the command layer's (:mod:`livepatch.commands.spec`), run by
+:class:`~livepatch.fleet.console.FleetRunner` on the functions here.
+:func:`add_fleet_arguments` adds the ``--fleet``/``--registry`` options of
+``engine`` and ``shell`` to the ``livepatch`` parser; :func:`start_member`
+is the engine's one call at start-up.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,11 +21,6 @@ from .model import FleetError, PushRecord, Rule, short, validate_fleet_name
 __all__ = [
     "Member",
     "add_fleet_arguments",
-    "cmd_fleet_diff",
-    "cmd_fleet_rollback",
-    "cmd_fleet_status",
-    "cmd_fleet_symbols",
-    "cmd_push",
     "fleet_history",
     "fleet_symbols",
     "fleet_view",
@@ -36,8 +29,6 @@ __all__ = [
     "rollback_fleet",
     "start_member",
 ]
-
-PROG = "livepatch"
 
 
 class Member(Protocol):
@@ -141,20 +132,6 @@ def push_source(
     )
 
 
-def _report(record: PushRecord, as_json: bool) -> int:
-    from .view import render_push
-
-    if as_json:
-        json.dump(record.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(render_push(record))
-    if record.ok:
-        return 0
-    print(f"{PROG}: push aborted: {record.reason}; nobody swapped", file=sys.stderr)
-    return 1
-
-
 def read_rule(path: Path) -> Rule:
     """What to push from a rule file: its text (a Python module, or C that a
     native slot compiles), or, for a ready shared object (``.so``, or any
@@ -184,22 +161,6 @@ def read_rule(path: Path) -> Rule:
         ) from None
 
 
-def cmd_push(args: argparse.Namespace) -> int:
-    """``livepatch push FILE --slot S --fleet F``."""
-    path = Path(args.file)
-    source = read_rule(path)
-    record = push_source(
-        args.fleet,
-        args.registry,
-        args.slot,
-        source,
-        path.name,
-        expect=args.expect,
-        deadline_s=args.deadline,
-    )
-    return _report(record, args.json)
-
-
 def rollback_fleet(
     fleet: str, registry: str | None, slot: str, deadline_s: float = 60.0
 ) -> PushRecord:
@@ -226,12 +187,6 @@ def rollback_fleet(
     from .local import rollback_local
 
     return rollback_local(fleet, slot, deadline_s)
-
-
-def cmd_fleet_rollback(args: argparse.Namespace) -> int:
-    """``livepatch rollback SLOT --fleet F``: push the previous desired version."""
-    record = rollback_fleet(args.fleet, args.registry, args.slot, args.deadline)
-    return _report(record, args.json)
 
 
 def fleet_view(fleet: str, registry: str | None, history: int = 10) -> dict[str, Any]:
@@ -266,109 +221,29 @@ def fleet_history(fleet: str, registry: str | None, limit: int = 10) -> list[Pus
     return LocalStore(fleet).read().pushes[-limit:]
 
 
-def cmd_fleet_status(args: argparse.Namespace) -> int:
-    """``livepatch status --fleet F``."""
-    from .view import render_view
-
-    view = fleet_view(args.fleet, args.registry)
-    if args.json:
-        json.dump(view, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(render_view(view))
-    return 0
-
-
-def _resolve_shas(fleet: str, prefixes: list[str]) -> tuple[Any, list[str], int]:
-    """A member of this host holding every sha (prefix): an open client, its
-    version ids for them, and how many members hold them all."""
-    from ..client import Client
-    from .local import local_members
-
-    for prefix in prefixes:
-        if len(prefix) < 7 or any(c not in "0123456789abcdef" for c in prefix.lower()):
-            raise FleetError(
-                f"{prefix!r}: name a fleet version by its sha256 (7 or more hex digits), "
-                "as `livepatch status --fleet` shows it"
-            )
-    found: tuple[Any, list[str]] | None = None
-    holders = 0
-    for info in local_members(fleet):
-        client = Client(info, client_name="livepatch-fleet", timeout=30)
-        ids: list[str] = []
-        for prefix in prefixes:
-            matches = {
-                v["sha256"]: v["id"]
-                for s in client.status()["slots"]
-                for v in s["versions"]
-                if v["sha256"].startswith(prefix.lower()) and v["state"] != "unloaded"
-            }
-            if len(matches) > 1:
-                client.close()
-                raise FleetError(f"sha prefix {prefix!r} is ambiguous: give more digits")
-            ids.extend(matches.values())
-        if len(ids) == len(prefixes):
-            holders += 1
-            if found is None:
-                found = (client, ids)
-                continue
-        client.close()
-    if found is None:
-        raise FleetError(
-            f"no member of fleet {fleet} on this host has {' and '.join(prefixes)} loaded"
-        )
-    return found[0], found[1], holders
-
-
-def fleet_symbols(fleet: str, shas: list[str]) -> tuple[Any, str]:
+def fleet_symbols(fleet: str, registry: str | None, shas: list[str]) -> tuple[Any, str]:
     """One sha's symbol table, or two shas' diff, once for the fleet (one sha
-    is one source everywhere, so one member's table is every member's):
-    the :class:`~livepatch.symbols.SymbolTable` or ``SymbolDiff``, and a
-    line saying where it was read."""
-    validate_fleet_name(fleet)
-    client, ids, holders = _resolve_shas(fleet, shas)
-    with client:
-        result = client.diff(ids[0], ids[1]) if len(ids) == 2 else client.symbols(ids[0])
-    note = (
-        f"# {' vs '.join(shas)}: as {' and '.join(ids)} on {client.info.name} "
-        f"(loaded on {holders} member{'s' * (holders != 1)})"
-    )
-    return result, note
+    is one source everywhere): built on this host from the source kept in
+    the fleet's registry, so no member need run here
+    (:mod:`livepatch.fleet.tables`). The
+    :class:`~livepatch.symbols.SymbolTable` or ``SymbolDiff``, and a line
+    saying where it was read."""
+    from .tables import registry_source, table_of_source
 
+    found = registry_source(fleet, registry, shas)
+    tables = [table_of_source(short(sha), source, name) for sha, source, name in found]
+    if len(tables) == 2:
+        from ..symbols import diff_tables
 
-def cmd_fleet_symbols(args: argparse.Namespace) -> int:
-    """``livepatch symbols SHA [OTHER] --fleet F``: once for the fleet."""
-    from ..render import color_allowed, render_diff, render_table
-
-    shas = [args.version, *([args.other] if args.other else [])]
-    result, note = fleet_symbols(args.fleet, shas)
-    color = color_allowed(sys.stdout)
-    if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        result: Any = diff_tables(tables[0], tables[1])
     else:
-        print(note)
-        print(render_diff(result, color=color) if args.other else render_table(result, color=color))
-    return 0
-
-
-def cmd_fleet_diff(args: argparse.Namespace) -> int:
-    """``livepatch diff A B --fleet F`` by sha."""
-    args.version, args.other = args.a, args.b
-    return cmd_fleet_symbols(args)
+        result = tables[0]
+    what = " vs ".join(f"{short(sha)} ({name})" for sha, _, name in found)
+    return result, f"# {what}: from fleet {fleet}'s registry ({registry or 'local'})"
 
 
 # ---------------------------------------------------------------------------
 # Parser
-
-
-def _either(
-    fleet_func: Callable[[argparse.Namespace], int], plain: Callable[[argparse.Namespace], int]
-) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        return fleet_func(args) if getattr(args, "fleet", None) else plain(args)
-
-    return run
 
 
 def _registry_url(text: str) -> str:
@@ -383,87 +258,40 @@ def _registry_url(text: str) -> str:
     return text
 
 
+def _fleet_option(p: argparse.ArgumentParser, help: str) -> None:
+    from ..commands.spec import FLEET_OPTION
+
+    p.add_argument(FLEET_OPTION.flag, type=_fleet_name, metavar=FLEET_OPTION.metavar, help=help)
+
+
 def _registry_option(p: argparse.ArgumentParser) -> None:
+    # The command layer's option, so every front end describes it alike.
+    from ..commands.spec import REGISTRY_OPTION
+
     p.add_argument(
-        "--registry",
+        REGISTRY_OPTION.flag,
         type=_registry_url,
-        metavar="URL",
-        help="local (default: the engines of this host) or zookeeper://HOST:PORT/PATH",
+        metavar=REGISTRY_OPTION.metavar,
+        help=REGISTRY_OPTION.help.replace("with --fleet: ", ""),
     )
 
 
 def add_fleet_arguments(sub: Any) -> None:
-    """Add ``push`` and the fleet options of ``engine``, ``status`` and
-    ``rollback`` to the ``livepatch`` subcommand parsers ``sub``."""
+    """Add the fleet options of ``engine``, ``shell`` and ``demo`` to the
+    ``livepatch`` subcommand parsers ``sub`` (the verbs that act on a fleet,
+    ``push``, ``status --fleet``..., are the command layer's)."""
     choices: dict[str, argparse.ArgumentParser] = sub.choices
     engine = choices["engine"]
-    engine.add_argument(
-        "--fleet", type=_fleet_name, metavar="NAME", help="join this fleet (livepatch push ...)"
+    _fleet_option(
+        engine, "join this fleet (`livepatch push FILE --slot S --fleet NAME` reaches it)"
     )
     _registry_option(engine)
 
-    status = choices["status"]
-    status.add_argument(
-        "--fleet", type=_fleet_name, metavar="NAME", help="every member of the fleet side by side"
-    )
-    _registry_option(status)
-    status.set_defaults(func=_either(cmd_fleet_status, status.get_default("func")))
-
-    rollback = choices["rollback"]
-    rollback.add_argument(
-        "--fleet", type=_fleet_name, metavar="NAME", help="push the fleet's previous version"
-    )
-    _registry_option(rollback)
-    rollback.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
-    rollback.set_defaults(func=_either(cmd_fleet_rollback, rollback.get_default("func")))
-
-    for verb, func in (("symbols", cmd_fleet_symbols), ("diff", cmd_fleet_diff)):
-        vp = choices[verb]
-        vp.add_argument(
-            "--fleet",
-            type=_fleet_name,
-            metavar="NAME",
-            help="versions named by sha256 (a prefix), shown once for the fleet",
-        )
-        vp.set_defaults(func=_either(func, vp.get_default("func")))
-
     shell = choices["shell"]
-    shell.add_argument(
-        "--fleet",
-        type=_fleet_name,
-        metavar="NAME",
-        help="attach to a whole fleet: its members side by side, push, rollback",
-    )
+    _fleet_option(shell, "attach to a whole fleet: its members side by side, push, rollback")
     _registry_option(shell)
 
     demo = choices["demo"]
     demo.add_argument(
         "--fleet", type=int, metavar="N", help="tour a fleet push on N engines instead"
     )
-
-    p = sub.add_parser(
-        "push",
-        help="two-phase push of a rule file to every member of a fleet",
-        description="Prepare (every member loads and checks the same source and votes), then "
-        "commit (the fleet's desired version flips and every member swaps) or abort (nobody "
-        "swaps; each member's reason is printed; exit 1).",
-    )
-    p.add_argument(
-        "file",
-        help="a Python rule module, a C source or a ready .so (native slots; sent as its bytes)",
-    )
-    p.add_argument("--slot", required=True)
-    p.add_argument("--fleet", required=True, type=_fleet_name, metavar="NAME")
-    _registry_option(p)
-    p.add_argument(
-        "--expect", metavar="SHA", help="only if the fleet's desired version is SHA (a prefix)"
-    )
-    p.add_argument(
-        "--deadline",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="members must vote within this (default: 60)",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_push)

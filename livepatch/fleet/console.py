@@ -1,9 +1,11 @@
 """The fleet's commands for the interactive front ends: the shell and ``%hotswap``.
 
 ``livepatch shell --fleet F`` and ``%hotswap connect --fleet F`` drive a
-whole fleet rather than one engine. Their commands are a table of
-:class:`~livepatch.commands.spec.CommandSpec` (:data:`FLEET_COMMANDS`),
-parsed by the command layer's own parser, and :class:`FleetRunner` runs them
+whole fleet rather than one engine; ``VERB ... --fleet F`` in the CLI, the
+engine shell and ``%hotswap`` runs one command so. Their commands are the
+fleet forms of the command layer's verbs
+(:data:`~livepatch.commands.spec.FLEET_COMMANDS`, derived from the one
+table), parsed by its parser, and :class:`FleetRunner` runs them
 to :class:`~livepatch.commands.runner.CommandResult` objects (text, one-line
 error, JSON-ready ``data``), as the engine's runner does:
 
@@ -24,119 +26,22 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Final
+from typing import Any
 
 from ..commands.runner import CommandResult, LineRunner
 from ..commands.spec import (
     COMMANDS,
-    Arg,
-    ArgKind,
-    CommandSpec,
-    Option,
+    FLEET_COMMANDS,
     ParsedCommand,
     ShellUsageError,
+    fleet_command_names,
     parse,
+    strip_route,
 )
 from ..errors import LivepatchError
 from .model import PushRecord, short, validate_fleet_name
 
-__all__ = ["FLEET_COMMANDS", "FleetRunner", "FleetSession", "not_in_fleet"]
-
-_SHA = Arg("version", "SHA", ArgKind.VERSION)
-_DEADLINE = Option(
-    "--deadline",
-    "deadline",
-    "SECONDS",
-    ArgKind.SECONDS,
-    "members must vote within this (default: 60)",
-)
-
-_SPECS: Final = (
-    CommandSpec(
-        "status",
-        "every member side by side, and the push history",
-        "One row per member: its state (ready, converging, diverged, down),\n"
-        "whether it runs every desired version (converged), its calls per second\n"
-        "and the active version of each slot (its own id and the sha; ! marks one\n"
-        "that is not the desired version). Then the fleet's last pushes.",
-        examples=("status",),
-    ),
-    CommandSpec(
-        "push",
-        "two-phase push of a rule file to every member",
-        "Prepare: every member loads and checks the same source (same sha) and\n"
-        "votes. Commit: only if every member voted ok, the fleet's desired version\n"
-        "flips and every member swaps. Otherwise nobody swaps, the prepared\n"
-        "versions are unloaded and each member's reason is shown.",
-        args=(Arg("file", "FILE", ArgKind.FILE),),
-        options=(
-            Option("--slot", "slot", "SLOT", ArgKind.SLOT, "the slot to push to (required)"),
-            Option(
-                "--expect",
-                "expect",
-                "SHA",
-                ArgKind.VERSION,
-                "only if the fleet's desired version is SHA (a prefix) now",
-            ),
-            _DEADLINE,
-        ),
-        examples=("push livepatch/examples/rules/spam_v2.py --slot spam",),
-    ),
-    CommandSpec(
-        "rollback",
-        "push the version the fleet ran before",
-        "A push (two-phase, as `push`) of the slot's previous desired version.",
-        args=(Arg("slot", "SLOT", ArgKind.SLOT),),
-        options=(_DEADLINE,),
-        examples=("rollback spam",),
-    ),
-    CommandSpec(
-        "symbols",
-        "a version's symbol table by sha, once for the fleet",
-        "One sha is one source on every member, so one member's table is the\n"
-        "fleet's. With two shas, both side by side (= ~ + -).",
-        args=(_SHA, Arg("other", "SHA2", ArgKind.VERSION, optional=True)),
-        examples=("symbols 3f2a9c1b7d4e",),
-    ),
-    CommandSpec(
-        "diff",
-        "two versions' symbol tables side by side, by sha",
-        "The same view as `symbols A B`, for versions named by their sha.",
-        args=(Arg("a", "A", ArgKind.VERSION), Arg("b", "B", ArgKind.VERSION)),
-        examples=("diff 3f2a9c1b7d4e 91c0e2aa5b77",),
-    ),
-    CommandSpec(
-        "history",
-        "the fleet's last pushes (no member is asked)",
-        "The push history, oldest first: what was pushed, the outcome, how long\n"
-        "it took and how many members swapped.",
-        options=(
-            Option("--limit", "limit", "N", ArgKind.COUNT, "only the last N pushes (default: 10)"),
-        ),
-        examples=("history --limit 5",),
-    ),
-    CommandSpec(
-        "help",
-        "the list of commands, or one command's help",
-        "Without an argument, list the commands; with one, show its usage.",
-        args=(Arg("command", "COMMAND", ArgKind.COMMAND, optional=True),),
-        aliases=("?",),
-        cli=False,
-    ),
-    CommandSpec(
-        "quit",
-        "leave the shell (the fleet keeps running)",
-        "Leave the shell. Ctrl-D on an empty line does the same.",
-        aliases=("exit",),
-        cli=False,
-    ),
-)
-
-#: The fleet console's commands by name and alias.
-FLEET_COMMANDS: Final[Mapping[str, CommandSpec]] = MappingProxyType(
-    {name: spec for spec in _SPECS for name in (spec.name, *spec.aliases)}
-)
+__all__ = ["FLEET_COMMANDS", "FleetRunner", "FleetSession", "not_in_fleet", "run_fleet_command"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +102,7 @@ class FleetSession:
         """A ``SymbolTable`` (one sha) or ``SymbolDiff`` (two), and where it was read."""
         from .cli import fleet_symbols
 
-        return fleet_symbols(self.fleet, shas)
+        return fleet_symbols(self.fleet, self.registry, shas)
 
 
 def _shas_of(view: Mapping[str, Any]) -> list[str]:
@@ -286,7 +191,7 @@ class FleetRunner(LineRunner):
     def _history(self, parsed: ParsedCommand) -> CommandResult:
         from .view import render_push_line
 
-        limit = int(parsed.number("limit") or 10)
+        limit = int(parsed.number("limit") or 0)
         records = self.session.history(limit)
         text = "\n".join(render_push_line(r) for r in records) or "no pushes yet"
         return CommandResult(parsed.text, True, text, data=[r.to_json() for r in records])
@@ -314,6 +219,12 @@ class FleetRunner(LineRunner):
             kind="aborted",
         )
 
+    @staticmethod
+    def _deadline(parsed: ParsedCommand) -> float:
+        deadline = parsed.number("deadline")
+        assert deadline is not None  # the option has a default
+        return deadline
+
     def _push(self, parsed: ParsedCommand) -> CommandResult:
         slot = parsed.optional("slot")
         if not slot:
@@ -322,12 +233,12 @@ class FleetRunner(LineRunner):
             self._path(parsed.string("file")),
             slot,
             expect=parsed.optional("expect"),
-            deadline_s=parsed.number("deadline") or 60.0,
+            deadline_s=self._deadline(parsed),
         )
         return self._pushed(parsed, record)
 
     def _rollback(self, parsed: ParsedCommand) -> CommandResult:
-        record = self.session.rollback(parsed.string("slot"), parsed.number("deadline") or 60.0)
+        record = self.session.rollback(parsed.string("slot"), self._deadline(parsed))
         return self._pushed(parsed, record)
 
     def _side_by_side(self, parsed: ParsedCommand, shas: list[str]) -> CommandResult:
@@ -354,9 +265,10 @@ class FleetRunner(LineRunner):
             if spec is None:
                 raise ShellUsageError(f"unknown command {name!r}: `help` lists the commands")
             return CommandResult(parsed.text, True, spec.help_text(self.prefix))
-        width = max(len(s.name) for s in _SPECS)
+        names = fleet_command_names()
+        width = max(len(n) for n in names)
         lines = [f"fleet {self.session.label}: commands"]
-        lines += [f"  {s.name:<{width}}  {s.summary}" for s in _SPECS]
+        lines += [f"  {n:<{width}}  {FLEET_COMMANDS[n].summary}" for n in names]
         lines.append(f"{self.prefix}help COMMAND shows one command's usage")
         return CommandResult(parsed.text, True, "\n".join(lines))
 
@@ -368,6 +280,31 @@ def not_in_fleet(verb: str, session: FleetSession, prefix: str = "") -> str:
     """The error for an engine verb given while attached to a fleet."""
     return (
         f"{verb}: attached to fleet {session.label}, whose verbs are "
-        f"{', '.join(s.name for s in _SPECS if s.cli)}; `{prefix}push FILE --slot S` reaches "
+        f"{', '.join(n for n in fleet_command_names() if FLEET_COMMANDS[n].cli)}; "
+        f"`{prefix}push FILE --slot S` reaches "
         "every member"
     )
+
+
+def run_fleet_command(
+    words: list[str],
+    route: tuple[str, str | None],
+    *,
+    color: bool = False,
+    prefix: str = "",
+    base_dir: Path | None = None,
+) -> CommandResult:
+    """Run a command of the one table given with ``--fleet`` (``route``:
+    :func:`~livepatch.commands.spec.fleet_route`'s fleet and registry) on
+    that fleet, as the fleet shell runs it: the CLI's, the engine shell's and
+    ``%hotswap``'s way to one fleet command. Never raises."""
+    text = " ".join(words)
+    try:
+        session = FleetSession(*route)
+        fleet_words = strip_route(parse(words))
+    except ShellUsageError as exc:
+        return CommandResult(text, False, error=str(exc), usage=True, kind="usage")
+    except LivepatchError as exc:  # a bad fleet name or registry URL
+        return CommandResult(text, False, error=exc.message, usage=True, kind="usage")
+    runner = FleetRunner(session, color=color, prefix=prefix, base_dir=base_dir)
+    return runner.execute(fleet_words)

@@ -163,7 +163,12 @@ class LocalMember:
         handle = ClientHandle(self._client)
         self._release_abandoned(handle)
         result = converge(handle, read_desired, self.store.get_source, self.info.pid)
-        self.state = result.state
+        previous, self.state = self.state, result.state
+        # Our calls per second since the last report, so `status --fleet`
+        # reads a rate instead of sampling every member twice.
+        elapsed = self.state.time - previous.time
+        if previous.time and elapsed > 0:
+            self.state.rate = round(max(self.state.calls - previous.calls, 0) / elapsed, 1)
         self.store.write_member(self.state)
 
     def _release_abandoned(self, handle: ClientHandle) -> None:

@@ -165,6 +165,12 @@ class LocalStore:
             )
         return source, filename
 
+    def source_shas(self) -> list[str]:
+        """The sha256 of every stored source and object."""
+        return sorted(
+            p.stem for p in (self.path / "sources").iterdir() if p.suffix in (".py", ".so")
+        )
+
     # -- desired state and history ----------------------------------------------
 
     def read(self) -> FleetState:

@@ -14,32 +14,57 @@ from typing import Any
 from ..client import Client
 from ..errors import LivepatchError
 from .local import _parallel, local_members
-from .model import PushRecord, short
+from .model import MemberState, PushRecord, short
 from .store import LocalStore
 
-__all__ = ["annotate", "local_view", "render_push", "render_push_line", "render_view"]
+__all__ = [
+    "annotate",
+    "local_view",
+    "member_rate",
+    "render_push",
+    "render_push_line",
+    "render_view",
+]
 
 
 def _calls(status: dict[str, Any]) -> int:
     return sum(int(v.get("calls", 0)) for s in status["slots"] for v in s["versions"])
 
 
-def local_view(fleet: str, sample_s: float = 0.5, history: int = 10) -> dict[str, Any]:
+#: A rate is measured over at least this long: a member's report younger
+#: than this gives way to the rate the member measured itself.
+MIN_WINDOW_S = 0.5
+
+
+def member_rate(said: MemberState | None, status: dict[str, Any], now: float) -> float | None:
+    """A member's calls per second from one status sample and its own last
+    report (written every couple of seconds by its agent): the calls since
+    that report, or the rate the report carries when it is too recent to
+    measure over. ``None`` when the member has not reported since it started."""
+    if said is None or said.pid != status["pid"] or not said.time:
+        return None
+    elapsed = now - said.time
+    if elapsed < MIN_WINDOW_S:
+        return said.rate
+    return max(_calls(status) - said.calls, 0) / elapsed
+
+
+def local_view(fleet: str, history: int = 10) -> dict[str, Any]:
     """The local fleet now: desired versions, members (live and down), pushes.
 
-    Calls per second come from two status samples ``sample_s`` apart.
+    One status request per member, in parallel; calls per second come from
+    :func:`member_rate` (a sleep between two samples made every view take
+    half a second).
     """
     store = LocalStore(fleet)
     state = store.read()
     infos = {info.name: info for info in local_members(fleet)}
     said = store.read_members()
 
-    def sample(name: str) -> tuple[dict[str, Any], float]:
+    def sample(name: str) -> tuple[dict[str, Any], float | None]:
         with Client(infos[name], client_name="livepatch-fleet-status", timeout=10) as client:
-            first, t0 = client.status(), time.monotonic()
-            time.sleep(sample_s)  # the rate needs two samples some time apart
-            second, t1 = client.status(), time.monotonic()
-        return second, (_calls(second) - _calls(first)) / max(t1 - t0, 1e-6)
+            status = client.status()
+        return status, member_rate(said.get(name), status, time.time())
 
     samples, errors, _late = _parallel(
         {n: functools.partial(sample, n) for n in infos}, time.monotonic() + 15
@@ -67,7 +92,8 @@ def local_view(fleet: str, sample_s: float = 0.5, history: int = 10) -> dict[str
                 for s in status["slots"]
                 if s["active"]
             }
-            row["calls_per_s"] = round(rate, 1)
+            if rate is not None:
+                row["calls_per_s"] = round(rate, 1)
         elif name in infos:
             err = errors.get(name)
             row["state"] = "unreachable"

@@ -219,6 +219,10 @@ class ZkRegistry:
         if the registry has none, or it is damaged."""
         return read_source(self.client, self.paths.sources, self.paths.chunks, sha)
 
+    def source_shas(self) -> list[str]:
+        """The sha256 of every source and object in the registry."""
+        return sorted(self._retry(self.client.get_children, self.paths.sources))
+
     def desired(self) -> dict[str, tuple[Desired, int]]:
         """slot -> (desired version, znode version for compare-and-set)."""
         found = {}
