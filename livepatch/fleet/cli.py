@@ -230,6 +230,8 @@ def fleet_symbols(fleet: str, registry: str | None, shas: list[str]) -> tuple[An
     saying where it was read."""
     from .tables import registry_source, table_of_source
 
+    if _is_zk(registry):
+        _quiet_kazoo()
     found = registry_source(fleet, registry, shas)
     tables = [table_of_source(short(sha), source, name) for sha, source, name in found]
     if len(tables) == 2:
