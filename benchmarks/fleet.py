@@ -6,10 +6,11 @@ Run: ``.venv/bin/python benchmarks/fleet.py [--engines 8] [--pushes 40]
 Local: 8 real engines with traffic on the local registry; push p50/p99,
 commit skew (first to last member's swap, from their journals; goal p99
 <= 20 ms) and the call p99 over each member's socket during pushes next to
-without. ZooKeeper: a private server started here, simulated members (each
-with its own session and the real member protocol); push time for each
-size (goal: 1,000 members <= 5 s and <= 10x the time of 10). The
-measurements are :mod:`livepatch.fleet.bench`'s.
+without. ZooKeeper: a private server started here, simulated members in
+two processes (each a real member agent with its own session, on one gevent
+loop per process: livepatch/fleet/zksim.py); push time for each size
+(goal: 1,000 members <= 5 s and <= 10x the time of 10). The measurements
+are :mod:`livepatch.fleet.bench`'s.
 """
 
 from __future__ import annotations

@@ -7,13 +7,16 @@ Starts a private ZooKeeper server and ``--hosts`` processes of simulated
 members (as :func:`livepatch.fleet.bench.measure_zookeeper` does), pushes
 once to warm up, then ``--pushes`` times, and prints the wall time per push
 and the CPU seconds per push of the ZooKeeper server, each member process
-and the pusher (``utime + stime`` from ``/proc/PID/stat``).
+and the pusher (``utime + stime`` from ``/proc/PID/stat``), and the packets
+the server received (requests) and sent (replies and watch events) per
+member per push, from its ``srvr`` command.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def served(port: int) -> tuple[int, int]:
+    """The server's (received, sent) packet counts so far (``srvr``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"srvr")
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    counts = dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
+    return int(counts["Received"]), int(counts["Sent"])
+
+
 def main() -> None:
     """Measure and print."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -45,7 +59,7 @@ def main() -> None:
         url = f"zookeeper://{zk.hosts}/cpu?timeout=30"
         hosts = []
         for i in range(args.hosts):
-            cmd = [sys.executable, "-m", "livepatch.fleet.bench", "--host-members"]
+            cmd = [sys.executable, "-m", "livepatch.fleet.zksim", "--members"]
             cmd += [str(args.members // args.hosts), "--registry", url, "--fleet", "cpu"]
             cmd += ["--prefix", f"p{i}-"]
             hosts.append(
@@ -62,6 +76,7 @@ def main() -> None:
             with ZkRegistry(parse_zk_url(url), "cpu") as reg:
                 assert reg.push("spam", _rule(9), "warm.py", deadline_s=120).ok
                 before = {k: cpu_s(p) for k, p in pids.items()}
+                packets = served(zk.port)
                 t0 = time.perf_counter()
                 for i in range(args.pushes):
                     record = reg.push("spam", _rule(1 + i % 2), f"r{i}.py", deadline_s=120)
@@ -69,6 +84,7 @@ def main() -> None:
                         raise SystemExit(f"fleet_cpu: push aborted: {record.reason}")
                 wall = (time.perf_counter() - t0) / args.pushes
                 after = {k: cpu_s(p) for k, p in pids.items()}
+                received, sent = (b - a for a, b in zip(packets, served(zk.port), strict=True))
         finally:
             for host in hosts:
                 assert host.stdin is not None
@@ -77,6 +93,8 @@ def main() -> None:
                 host.wait(60)
     per = {k: round((after[k] - before[k]) / args.pushes, 3) for k in pids}
     print(f"{args.members} members: {wall:.3f} s per push; CPU s per push: {per}")
+    n = args.pushes * args.members
+    print(f"per member per push: {received / n:.2f} requests received, {sent / n:.2f} packets sent")
 
 
 if __name__ == "__main__":

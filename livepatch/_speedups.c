@@ -16,8 +16,10 @@
  *               version (or, nested, keeps the outer pin's) on this context's
  *               PinStack and returns its Rules.
  *   Rules       the bound rules of one version (the C PinnedRules):
- *               rules.f(...) calls f of that version, counted.
- *   Counted     what rules.f is: f with the version's counters around it.
+ *               rules.f is f of that version itself, the call counted at
+ *               the lookup (a plain function is called inline by the
+ *               interpreter, a C wrapper could not be); an error raised in
+ *               the version's code counts when it leaves the pin block.
  *   Counter     a call counter advanced in place.
  *   Sampler     a shadow run's sampler (livepatch/shadow.py): set on the
  *               active version's Rules (`_sampler`), it counts calls down and
@@ -39,7 +41,9 @@
  *              holds it), so a context that inherited another's stack (an
  *              asyncio task, copy_context) never changes it: it takes its own
  *              copy at its first pin or pinned call. Threads and tasks so
- *              each see their own pins, across await.
+ *              each see their own pins, across await. The dispatcher is
+ *              the variable's only setter (see pins_value, which caches the
+ *              value it read until the thread switches context).
  *   fallback   the bound Python Engine.call.
  *   no_active  the engine's _no_active(slot): the exception a pin of a slot
  *              without an active version raises.
@@ -66,7 +70,6 @@
 #include "_speedups_c/lookup.c"
 #include "_speedups_c/dispatcher.c"
 #include "_speedups_c/method.c"
-#include "_speedups_c/counted.c"
 #include "_speedups_c/rules.c"
 #include "_speedups_c/pin.c"
 #include "_speedups_c/pinhook.c"

@@ -30,7 +30,8 @@ class Dispatcher:
 
 @final
 class Rules:
-    """The rules of one pinned version: ``rules.NAME(...)`` is counted."""
+    """The rules of one pinned version: ``rules.NAME`` is the version's own
+    function, the call counted when it is looked up (see livepatch/pinning.py)."""
 
     def __new__(
         cls,
@@ -50,14 +51,6 @@ class Rules:
     #: A shadow run's sampler of the calls the dispatcher makes on these rules.
     _sampler: Sampler | None
     def __getattr__(self, name: str) -> Callable[..., Any]: ...
-
-@final
-class Counted:
-    """``rules.NAME``: the function with its version's counters around it."""
-
-    __name__: str
-    __wrapped__: Callable[..., Any]
-    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 @final
 class PinStack:

@@ -13,6 +13,14 @@ by :meth:`CallPool.snapshot` until it returns. It also stays "in flight" for
 Deadlines are enforced by one watchdog thread that scans the calls in the
 pool a few dozen times a second, so submitting a call costs no timer and no
 wake-up of its own.
+
+A call runs either on one of the pool's workers (:meth:`CallPool.submit`) or
+on the thread that asks for it (:meth:`CallPool.run`: the server's reader
+thread of a connection, so that a call costs no hand-off between threads).
+Both count against the same ``workers`` running calls and ``queue_size``
+waiting ones; a call that outlives its deadline on the asking thread keeps
+its place just as a stuck worker does, and the asker is told to hand its
+work to another thread.
 """
 
 from __future__ import annotations
@@ -60,7 +68,12 @@ def note_version(version: str) -> None:
         call.version = version
 
 
-@dataclass(eq=False)
+#: How a call run with :meth:`CallPool.run` is answered: ``(value, None)`` or
+#: ``(None, error)``, exactly once.
+Answer = Callable[[Any, "BaseException | None"], None]
+
+
+@dataclass(eq=False, slots=True)
 class _Call:
     fn: Callable[[], Any]
     target: str
@@ -68,19 +81,36 @@ class _Call:
     timeout_s: float
     submitted: float
     deadline: float
-    future: Future[Any] = field(default_factory=Future)
+    #: Settled for :meth:`CallPool.submit`; ``answer`` is called instead for run().
+    future: Future[Any] | None = None
+    answer: Answer | None = None
+    #: run(): called by the watchdog once it answered a started call's timeout.
+    on_stuck: Callable[[], None] | None = None
     version: str | None = None
     thread: int | None = None
     started: float | None = None
     expired: bool = False
     finished: bool = False
+    settled: bool = False
+    #: The watchdog answered the call after it had started: its thread, when
+    #: it comes back, leaves the rest to the one ``on_stuck`` set up.
+    stolen: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+    def settle(
+        self, value: Any = None, error: BaseException | None = None, *, watchdog: bool = False
+    ) -> None:
         """First answer wins: the worker's result or the watchdog's timeout."""
-        if self.future.done():
+        with self.lock:
+            if self.settled:
+                return
+            self.settled = True
+            self.stolen = watchdog and self.thread is not None
+        if self.answer is not None:
+            self.answer(value, error)
             return
-        with contextlib.suppress(Exception):  # InvalidStateError: lost the race
+        assert self.future is not None
+        with contextlib.suppress(Exception):  # InvalidStateError: cancelled
             if error is not None:
                 self.future.set_exception(error)
             else:
@@ -106,6 +136,11 @@ class CallPool:
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._calls: set[_Call] = set()  # queued or running, stuck ones included
         self._lock = threading.Lock()
+        # Calls running now (stuck ones included) and threads waiting for one
+        # of the ``workers`` places, which ``_free`` wakes.
+        self._running = 0
+        self._waiting = 0
+        self._free = threading.Condition(self._lock)
         self._stop = threading.Event()
         # Set while no one asked for a pause: workers start calls.
         self._open = threading.Event()
@@ -126,6 +161,40 @@ class CallPool:
     ) -> Future[Any]:
         """Queue ``fn()``; its future ends with the result, the exception it
         raised, or :class:`Timeout`. Raises :class:`Busy` when the pool is full."""
+        call = self._admit(fn, target, symbol, timeout_s)
+        call.future = Future()
+        self._queue.put(call)
+        return call.future
+
+    def run(
+        self,
+        fn: Callable[[], Any],
+        *,
+        target: str,
+        symbol: str,
+        answer: Answer,
+        on_stuck: Callable[[], None],
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Run ``fn()`` on this thread, once one of the pool's places is free,
+        under the pool's deadline; ``answer`` gets its result or error (or
+        :class:`Timeout`) exactly once, from this thread or, at the
+        deadline, from the watchdog.
+
+        Returns ``False`` when the watchdog answered the call after it had
+        started (its deadline passed): the watchdog then called ``on_stuck``
+        once the answer was out, and this thread, if it ever gets here,
+        leaves whatever it was doing to the thread ``on_stuck`` set up. Raises :class:`Busy`
+        when the pool is full (``answer`` is not called then).
+        """
+        call = self._admit(fn, target, symbol, timeout_s)
+        call.answer = answer
+        call.on_stuck = on_stuck
+        return self._execute(call, threading.get_ident())
+
+    def _admit(
+        self, fn: Callable[[], Any], target: str, symbol: str, timeout_s: float | None
+    ) -> _Call:
         limit = min(timeout_s if timeout_s is not None else self.timeout_s, MAX_TIMEOUT_S)
         now = time.monotonic()
         call = _Call(fn, target, symbol, limit, now, now + limit)
@@ -140,8 +209,7 @@ class CallPool:
                     stuck=stuck,
                 )
             self._calls.add(call)
-        self._queue.put(call)
-        return call.future
+        return call
 
     def snapshot(self) -> dict[str, Any]:
         """Pool size, calls queued and running, and the stuck calls (past
@@ -201,22 +269,70 @@ class CallPool:
             call = self._queue.get()
             if call is None:
                 return
-            if not self._open.is_set():
-                self._open.wait(_PAUSE_MAX_S)
-            # An interrupt delivered after the call's own code had returned
-            # (the race the lock in _run narrows but cannot close) undoes nothing.
-            with contextlib.suppress(Interrupted):
-                self._run(call, ident)
+            self._execute(call, ident)
+
+    def _execute(self, call: _Call, ident: int) -> bool:
+        """Run a call on this thread once a place is free; ``False`` when the
+        watchdog answered it after it started (see :meth:`run`)."""
+        if not self._open.is_set():
+            self._open.wait(_PAUSE_MAX_S)
+        if not self._take_place(call):
+            return True  # timed out while queued: answered, never started
+        # An interrupt delivered after the call's own code had returned (the
+        # race the lock in _run narrows but cannot close) undoes nothing.
+        with contextlib.suppress(Interrupted):
+            self._run(call, ident)
+        while True:
+            try:
+                with call.lock:
+                    call.finished = True  # no interrupt is sent from now on
+                    expired = call.expired
+                if expired:
+                    absorb_interrupt()  # one not yet raised must not hit the next call
+                if not call.settled:  # cut short before it was answered
+                    call.settle(error=self._timeout(call))
+                break
+            except Interrupted:
+                continue  # the pending one arrived here: it is taken now
+        _current.call = None
+        with self._lock:
+            self._running -= 1
+            self._calls.discard(call)
+            if self._waiting:
+                self._free.notify()
+        return not call.stolen
+
+    def _take_place(self, call: _Call) -> bool:
+        """Wait for one of the ``workers`` places (the queue); ``False`` once
+        the call's deadline passed while waiting (it is answered then)."""
+        with self._lock:
+            if self._running < self.workers:
+                self._running += 1
+                return True
+            self._waiting += 1
+            try:
+                while self._running >= self.workers:
+                    left = call.deadline - time.monotonic()
+                    if left <= 0 or call.expired:
+                        break
+                    self._free.wait(min(left, _SCAN_S * 5))
+                else:
+                    self._running += 1
+                    return True
+            finally:
+                self._waiting -= 1
+        with call.lock:
+            call.expired = True
+        self._forget(call)
+        call.settle(error=self._timeout(call))
+        return False
 
     def _run(self, call: _Call, ident: int) -> None:
         with call.lock:
-            never_started = call.expired  # timed out while queued
-            if not never_started:
-                call.thread = ident
-                call.started = time.monotonic()
-        if never_started:
-            self._forget(call)
-            return
+            if call.expired:  # timed out between its place and now: answered
+                return
+            call.thread = ident
+            call.started = time.monotonic()
         _current.call = call
         try:
             value = call.fn()
@@ -226,14 +342,6 @@ class CallPool:
             call.settle(error=exc)
         else:
             call.settle(value)
-        finally:
-            _current.call = None
-            with call.lock:
-                call.finished = True
-                expired = call.expired
-            if expired:
-                absorb_interrupt()  # one not yet raised must not hit the next call
-            self._forget(call)
 
     def _forget(self, call: _Call) -> None:
         with self._lock:
@@ -263,4 +371,6 @@ class CallPool:
                         interrupt_thread(call.thread)
                     else:
                         self._forget(call)
-                call.settle(error=self._timeout(call))
+                call.settle(error=self._timeout(call), watchdog=True)
+                if call.stolen and call.on_stuck is not None:
+                    call.on_stuck()  # after the answer: it goes out first

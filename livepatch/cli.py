@@ -304,7 +304,7 @@ exit status:
 environment:
   LIVEPATCH_RUNTIME_DIR  where engines' sockets, connection files and logs live
                          (default: $XDG_RUNTIME_DIR/livepatch, else ~/.livepatch/runtime)
-  LIVEPATCH_STATE_HOME   where the shell keeps its history
+  LIVEPATCH_STATE_HOME   where the shell's history and the local fleets' store live
                          (default: $XDG_STATE_HOME/livepatch, else ~/.local/state/livepatch)
   LIVEPATCH_LOG_MAX_BYTES
                          rotate NAME.log (engines the demo or %hotswap start started)

@@ -30,15 +30,31 @@ class ConversionError(ValueError):
 _field_names: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
+#: Exact types that are JSON as they are (subclasses take the long way).
+_PLAIN: frozenset[type] = frozenset({str, int, bool, type(None)})
+
+
 def to_json(value: Any) -> Any:
     """A JSON-able form of ``value`` (dataclasses as objects, tuples as lists)."""
+    kind = type(value)
+    # Exact types first: a rule's result is converted on every socket call.
+    if kind in _PLAIN:
+        return value
+    if kind is list:
+        return [v if type(v) in _PLAIN else to_json(v) for v in value]
+    if kind is float:
+        return value if math.isfinite(value) else {"$repr": repr(value)}
+    names = _field_names.get(kind)
+    if names is not None:  # a dataclass seen before: its fields, without asking again
+        fields = {}
+        for name in names:
+            field = getattr(value, name)
+            fields[name] = field if type(field) in _PLAIN else to_json(field)
+        return fields
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$repr": repr(value)}
-    names = _field_names.get(type(value))
-    if names is not None:  # a dataclass seen before: its fields, without asking again
-        return {name: to_json(getattr(value, name)) for name in names}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         names = tuple(f.name for f in dataclasses.fields(value))
         with contextlib.suppress(TypeError):  # a class that cannot be weakly referenced

@@ -60,7 +60,7 @@ from .model import (
     parse_version_id,
 )
 from .native import MAX_OBJECT, NativeBackend, NativeInterface
-from .pinning import Pin, PinnedRules
+from .pinning import Pin, PinnedRules, note_counted_error
 from .pyload import MAX_SOURCE, MODULE_PREFIX, PythonBackend
 from .quarantine import Quarantine
 from .reclaim import all_dead
@@ -609,22 +609,28 @@ class Engine(Introspection):
         fn = namespace.get(symbol) if namespace is not None else None
         if not callable(fn):
             raise self._not_callable(version, symbol)
-        if version.sampler is not None:
-            # A shadow run samples this version's calls (livepatch/shadow.py).
-            return version.sampler.call(
-                version, fn, symbol, args if arg is _NO_ARG else (arg, *args), kwargs
-            )
-        next(version.calls)
         try:
-            # One positional argument is the common case: call it without
-            # building an argument tuple and dict.
-            if arg is _NO_ARG:
-                return fn(*args, **kwargs)
-            if args or kwargs:
-                return fn(arg, *args, **kwargs)
-            return fn(arg)
-        except BaseException:
-            next(version.errors)
+            if version.sampler is not None:
+                # A shadow run samples this version's calls (livepatch/shadow.py).
+                return version.sampler.call(
+                    version, fn, symbol, args if arg is _NO_ARG else (arg, *args), kwargs
+                )
+            next(version.calls)
+            try:
+                # One positional argument is the common case: call it without
+                # building an argument tuple and dict.
+                if arg is _NO_ARG:
+                    return fn(*args, **kwargs)
+                if args or kwargs:
+                    return fn(arg, *args, **kwargs)
+                return fn(arg)
+            except BaseException:
+                next(version.errors)
+                raise
+        except BaseException as exc:
+            if rules is not None:
+                # Counted here: the pin block it leaves must not count it again.
+                note_counted_error(pins, slot, exc)
             raise
 
     def call_version(self, version: str, symbol: str, /, *args: Any, **kwargs: Any) -> Any:

@@ -4,6 +4,22 @@
 keeps it for the block, for ``rules.f(...)`` and for every nested
 ``engine.call`` of the slot (through a context variable, so threads and
 asyncio tasks each see their own pin).
+
+``rules.f`` is the version's own function, not a wrapper: a pinned call
+then costs what a direct call costs (the version is held by the open pin,
+not by each call). Its counting moves accordingly, the same on this path
+and in ``livepatch._speedups``:
+
+- a call is counted when ``rules.NAME`` is looked up, so ``rules.f(x)``
+  counts one call, exactly;
+- an error is counted when an exception raised in the version's code leaves
+  the slot's outermost pin block (the request), once however many nested
+  blocks it crosses, and not again when ``engine.call`` inside the block
+  already counted it;
+- a function kept from ``rules.f`` and called again is not counted again,
+  and once the block has ended it runs unpinned: ``engine.call`` inside it
+  sees the active version. While it runs, unload still counts it in flight
+  (from the threads' stacks, as any running code of a version).
 """
 
 from __future__ import annotations
@@ -35,25 +51,12 @@ class PinnedRules:
         return self._v.id
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
+        # Never cached on the instance: every lookup is a call to count.
         fn = self._ns.get(name)
         if name.startswith("__") or not callable(fn):
             raise AttributeError(f"{self._v.id} has no callable {name!r}")
-        version = self._v
-        target: Callable[..., Any] = fn
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            next(version.calls)
-            try:
-                return target(*args, **kwargs)
-            except BaseException:
-                next(version.errors)
-                raise
-
-        counted.__name__ = name
-        counted.__doc__ = getattr(fn, "__doc__", None)
-        # Cache on the instance: the next lookup skips __getattr__.
-        self.__dict__[name] = counted
-        return counted
+        next(self._v.calls)
+        return typing.cast(Callable[..., Any], fn)
 
     def __repr__(self) -> str:
         return f"<PinnedRules {self._v.id}>"
@@ -63,6 +66,27 @@ class PinnedRules:
 #: this one replaced, and the (version, thread) this block counted.
 _PARENT: Any = object()
 _OPENED: Any = object()
+#: ``(_RAISED, slot)``: a one-item list shared by the nested blocks of the
+#: slot, holding the exception ``engine.call`` inside them counted.
+_RAISED: Any = object()
+
+
+def raised_in(exc: BaseException, namespace: dict[str, Any] | None) -> bool:
+    """Whether ``exc``'s traceback passes through code of ``namespace``."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals is namespace:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def note_counted_error(pins: Any, slot: str, exc: BaseException) -> None:
+    """``engine.call`` inside a pin of ``slot`` counted ``exc``: the block's
+    ``__exit__`` must not count it again."""
+    holder = pins.get((_RAISED, slot)) if isinstance(pins, dict) else None
+    if holder is not None:
+        holder[0] = exc
 
 
 class Pin:
@@ -108,15 +132,25 @@ class Pin:
         version.pins[thread] = version.pins.get(thread, 0) + 1
         opened = {**pins} if pins is not None else {}
         opened.update({slot: rules, _PARENT: pins, _OPENED: (version, thread)})
+        if pins is None or slot not in pins:  # the request's block
+            opened[(_RAISED, slot)] = [None]
         engine._pins.set(opened)
         return typing.cast(PinnedRules, rules)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         pins: dict[Any, Any] | None = self._engine._pins.get()
         if pins is None or _OPENED not in pins:
             return
         version, thread = pins[_OPENED]
-        self._engine._pins.set(pins[_PARENT])
+        parent = pins[_PARENT]
+        if exc is not None and (parent is None or self._slot not in parent):
+            # The request's block ends with an exception: the version's
+            # error, unless engine.call counted it (see the module docstring).
+            holder = pins.get((_RAISED, self._slot))
+            rules: PinnedRules = pins[self._slot]
+            if (holder is None or holder[0] is not exc) and raised_in(exc, rules._ns):
+                next(version.errors)
+        self._engine._pins.set(parent)
         left = version.pins.get(thread, 0) - 1
         if left > 0:
             version.pins[thread] = left

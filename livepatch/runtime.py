@@ -38,6 +38,7 @@ __all__ = [
     "remove_connection_file",
     "runtime_dir",
     "socket_path",
+    "state_home",
     "validate_name",
     "write_connection_file",
 ]
@@ -113,6 +114,23 @@ def validate_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def state_home() -> Path:
+    """Where livepatch keeps per-user state (the shell's history, the local
+    fleets' store): ``$LIVEPATCH_STATE_HOME``, else ``$XDG_STATE_HOME/livepatch``,
+    else ``~/.local/state/livepatch``.
+
+    A relative ``$XDG_STATE_HOME`` is ignored, as the XDG base directory
+    specification asks: it would put state wherever the command happened to
+    run.
+    """
+    explicit = os.environ.get("LIVEPATCH_STATE_HOME")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "livepatch"
 
 
 def runtime_dir(create: bool = True) -> Path:

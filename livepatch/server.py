@@ -1,20 +1,29 @@
 """The control server: asyncio in a background thread of the engine process.
 
-A thin I/O loop around :class:`livepatch.protocol.ServerConnection` (framing,
-validation, errors) and :class:`livepatch.service.Service` (what each method
-does). Requests on one connection are answered in order. Nothing the engine
-does runs on the event loop itself, and work is split three ways so that no
-kind of request waits behind another:
+A thin I/O layer around :class:`livepatch.protocol.ServerConnection`
+(framing, validation, errors) and :class:`livepatch.service.Service` (what
+each method does). The event loop accepts connections and reads each one up
+to its ``hello``; from then on a client is read by a thread of its own
+(:meth:`Server._read_here`), which answers its requests in order, so that no
+kind of request waits behind another client's:
 
 * control requests (``status``, ``swap``, ``rollback``, ``purge``,
-  ``journal``, ``source``) run on their own small thread pool: quick, and
-  never queued behind a rule call or a load;
+  ``journal``, ``source``) run right on the client's thread, with no new
+  rule call starting meanwhile: quick, and never queued behind a rule call
+  or a load;
 * lifecycle and introspection (``load``, ``check``, ``unload``, ``symbols``,
-  ``diff``) run on another, bounded by the quarantine's time limit or by an
-  introspection deadline;
-* rule calls (``call``) run in a :class:`~livepatch.callpool.CallPool`:
-  fixed workers, a capped queue (``busy`` beyond it), a deadline per call
-  (``timeout``, and the call is interrupted or shown as stuck in ``status``).
+  ``diff``) run on a small thread pool, bounded by the quarantine's time
+  limit or by an introspection deadline;
+* rule calls (``call``) run on the client's thread too, each holding one of
+  the :class:`~livepatch.callpool.CallPool`'s places: a fixed number at
+  once, a capped queue (``busy`` beyond it), a deadline per call
+  (``timeout``; the call is interrupted, or shown as stuck in ``status``
+  while another thread takes over the client).
+
+One thread per client, rather than the loop handing each call to a worker,
+makes a call one wake-up instead of two, with no hand-off of the interpreter
+lock between threads. The loop still writes subscribers' events and
+whatever a socket did not take at once (:mod:`livepatch.serverclient`).
 
 Before ``hello`` a connection may send only a small frame, must have sent its
 hello within a deadline of connecting, and only so many such connections are
@@ -34,14 +43,14 @@ import functools
 import ipaddress
 import os
 import secrets
+import select
 import socket
 import stat
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +84,7 @@ from .runtime import (
     validate_name,
     write_connection_file,
 )
+from .serverclient import ServedClient, end_reader
 from .service import Service, bad_result
 from .statedir import SourceStore
 
@@ -89,13 +99,8 @@ MAX_UNAUTHENTICATED = int(os.environ.get("LIVEPATCH_MAX_UNAUTHENTICATED", "32"))
 #: ``symbols`` and ``diff`` run code of the loaded module (a ``__signature__``,
 #: a default's ``__repr__``): interrupted after this.
 INTROSPECTION_TIMEOUT_S = float(os.environ.get("LIVEPATCH_INTROSPECTION_TIMEOUT", "10"))
-#: How long the event loop blocks on a control request before it awaits the
-#: rest (see Server._quick): long enough for the common case, short enough
-#: that a slow one never holds up other connections. Rule calls are always
-#: awaited: blocking on them serialised calls and measured slower for both
-#: throughput and swap latency (benchmarks/control_plane.py).
-CONTROL_WAIT_S = 0.02
-#: Methods served by the control threads: quick, never behind calls or loads.
+#: Control requests: quick, answered on their client's thread with no new rule
+#: call starting meanwhile.
 CONTROL_METHODS = frozenset({"status", "swap", "rollback", "purge", "journal", "source"})
 #: Read-only methods that run the loaded module's code: under a deadline.
 INTROSPECTION_METHODS = frozenset({"symbols", "diff"})
@@ -134,88 +139,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class _Client:
-    """One connected client, as the loop sees it."""
-
-    def __init__(self, writer: asyncio.StreamWriter, peer: Peer) -> None:
-        self.conn = ServerConnection(
-            hello_timeout_s=HELLO_TIMEOUT_S, frame_timeout_s=FRAME_TIMEOUT_S
-        )
-        self.writer = writer
-        self.peer = peer
-        self.subscribed = False
-        self.task = asyncio.current_task()
-        #: The reply of the rule call in flight has been sent (see Server._call_direct).
-        self.pending: Future[None] | None = None
-        # A rule call's reply is written by the thread that settled the call,
-        # on a duplicate of the socket's descriptor: the descriptor number
-        # cannot be reused for another client while this one is open, even
-        # once the transport has closed its own. Guarded by `lock`.
-        self.lock = threading.Lock()
-        self.closed = False
-        self.backlog = b""
-        sock = writer.get_extra_info("socket")
-        self.fd: int | None = None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                self.fd = os.dup(sock.fileno())
-
-    def write(self, data: bytes) -> None:
-        """Write from the loop: after any reply a call thread wrote or left."""
-        with self.lock:
-            if self.writer.is_closing():
-                return
-            if self.backlog:
-                self.writer.write(self.backlog)
-                self.backlog = b""
-            if data:
-                self.writer.write(data)
-
-    def write_from_thread(
-        self, data: bytes, sent: Future[None], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        """Send a rule call's reply from the thread that settled the call, and
-        end ``sent``.
-
-        Straight to the socket when the transport has nothing buffered and
-        nothing else writes to this client (not subscribed: the loop writes
-        its events then); else, and for the rest of a partial write, as a
-        backlog the loop writes before anything else of this client's. All of
-        it under ``lock``, which the loop's writes take too, so the loop may
-        go on as soon as ``sent`` ends: what it writes next comes after.
-        """
-        with self.lock:
-            sent.set_result(None)
-            if self.closed:
-                return
-            if (
-                self.fd is not None
-                and not self.subscribed
-                and not self.backlog
-                and self.writer.transport.get_write_buffer_size() == 0
-            ):
-                try:
-                    done = os.write(self.fd, data)
-                except BlockingIOError:
-                    done = 0
-                except OSError:
-                    return  # the peer is gone: the loop sees it too
-                if done == len(data):
-                    return
-                data = data[done:]
-            self.backlog += data
-        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-            loop.call_soon_threadsafe(self.write, b"")
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-        self.writer.close()
-
-
 class Server:
     """Serves an engine's control protocol until :meth:`stop`."""
 
@@ -247,13 +170,12 @@ class Server:
         self.directory = directory
         self.service = Service(engine, journal, store)
         self.calls = calls or CallPool()
-        self._control = ThreadPoolExecutor(2, thread_name_prefix="livepatch-control")
         self._lifecycle = ThreadPoolExecutor(4, thread_name_prefix="livepatch-lifecycle")
         self.info: ConnectionInfo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
-        self._clients: set[_Client] = set()
+        self._clients: set[ServedClient] = set()
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._error: BaseException | None = None
@@ -293,7 +215,6 @@ class Server:
             self._claim.release()
         self.calls.close()
         # Idle threads go; a stuck call's or a hung load's thread is a daemon.
-        self._control.shutdown(wait=False, cancel_futures=True)
         self._lifecycle.shutdown(wait=False, cancel_futures=True)
 
     def _cleanup_files(self) -> None:
@@ -426,7 +347,17 @@ class Server:
             writer.write(ServerConnection().send_error(None, busy))
             writer.close()
             return
-        client = _Client(writer, peer)
+        conn = ServerConnection(hello_timeout_s=HELLO_TIMEOUT_S, frame_timeout_s=FRAME_TIMEOUT_S)
+        client = ServedClient(writer, peer, conn)
+        if client.fd is None:
+            # Its reader thread needs a descriptor of its own: none left.
+            busy = Busy(
+                "the engine has no file descriptor left for another connection: "
+                "close some clients, or raise its limit (ulimit -n)"
+            )
+            writer.write(conn.send_error(None, busy))
+            client.close()
+            return
         self._clients.add(client)
         try:
             await self._client_loop(client, reader)
@@ -436,7 +367,7 @@ class Server:
             self._clients.discard(client)
             client.close()
 
-    async def _client_loop(self, client: _Client, reader: asyncio.StreamReader) -> None:
+    async def _client_loop(self, client: ServedClient, reader: asyncio.StreamReader) -> None:
         conn = client.conn
         while True:
             event = conn.next_event()
@@ -453,13 +384,6 @@ class Server:
                     return  # silent or trickling: drop this client only
                 conn.receive_data(data)
                 continue
-            if client.pending is not None:
-                # Replies go in order: the rule call in flight is answered
-                # before anything that came after it (for a client that
-                # waits for each reply, it was answered already).
-                pending, client.pending = client.pending, None
-                if not pending.done():
-                    await asyncio.wrap_future(pending)
             if isinstance(event, ConnectionClosed):
                 return
             if isinstance(event, Rejected):
@@ -470,41 +394,159 @@ class Server:
                 continue
             if isinstance(event, Notification):
                 continue  # clients have nothing to notify us of
-            assert isinstance(event, Request)
-            if event.method == "call":
-                client.pending = self._call_direct(client, event)
-                continue
+            # Before hello, the connection lets nothing else out.
+            assert isinstance(event, Request) and event.method == "hello"
             try:
-                reply = await self._answer(client, event)
+                reply = self._hello(client, event)
             except LocalProtocolError:
                 return  # our own bookkeeping went wrong: drop this client, not the engine
             client.write(reply)
             await client.writer.drain()
+            if conn.authenticated:
+                # Past its hello a client gets a thread of its own (see
+                # _read_here); the loop keeps its events and its backlog.
+                await self._hand_over(client, reader)
+                return
 
-    async def _answer(self, client: _Client, request: Request) -> bytes:
+    async def _hand_over(self, client: ServedClient, reader: asyncio.StreamReader) -> None:
+        """Give the reading of ``client`` to a thread of its own; returns
+        once that thread is done with it."""
+        transport = client.writer.transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        # What the transport read ahead is handed over too: with the stream
+        # at EOF (ours, not the peer's: the thread sees the peer's on the
+        # socket), read() returns the buffer without waiting.
+        reader.feed_eof()
+        ahead = await reader.read()
+        if ahead and not client.conn.closed_by_peer:
+            client.conn.receive_data(ahead)
+        loop = asyncio.get_running_loop()
+        client.reader_done = loop.create_future()
+        client.reader_thread = True
+        self._start_reader(client)
+        await client.reader_done
+
+    def _start_reader(self, client: ServedClient) -> None:
+        threading.Thread(
+            target=self._read_here,
+            args=(client,),
+            name=f"livepatch-conn-{client.peer.pid or 'tcp'}",
+            daemon=True,
+        ).start()
+
+    def _read_here(self, client: ServedClient) -> None:
+        """A client's reader, past its hello: frames in, requests answered
+        right here, replies out.
+
+        One thread per client, so a request costs one wake-up (this
+        thread's, when its frame arrives) and no hand-off of the interpreter
+        lock between threads: rule calls and control requests alike. A
+        control request so never queues behind another client's rule calls
+        (it waits only for this client's earlier requests: replies go in
+        order), and the call pool starts no new call while it runs; calls
+        take one of the call pool's places, under its deadline. A call stuck
+        past its deadline keeps this thread: the pool's watchdog answers
+        ``timeout`` and starts another reader, and this one, if it ever
+        comes back, ends. Whichever thread reads last closes the descriptor.
+        """
+        loop = self._loop
+        fd = client.fd
+        assert loop is not None and fd is not None
         conn = client.conn
-        method, params = request.method, request.params
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        mine = True
+        # Until it calls a rule, a client is a control client (a CLI verb, a
+        # shell, a deploy script): from the moment its bytes arrive until it
+        # is answered, no new rule call starts, so that it is not kept
+        # waiting for the interpreter lock behind eight callers: each of the
+        # lock's hand-offs could otherwise cost it a switch interval.
+        calls = self.calls
+        paused = False
+        try:
+            while mine:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    if paused:
+                        calls.resume()
+                        paused = False
+                    deadline = conn.read_deadline()
+                    timeout_ms = None
+                    if deadline is not None:
+                        timeout_ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                    if not poller.poll(timeout_ms):
+                        return  # silent or trickling mid-frame: drop this client only
+                    if not client.calls_rules:
+                        calls.pause()
+                        paused = True
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        return  # reset by the peer, or shut down by close()
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    return
+                if isinstance(event, Rejected):
+                    mine = self._send_here(client, event.reply, loop)
+                    if event.close:
+                        return
+                    continue
+                if isinstance(event, Notification):
+                    continue
+                assert isinstance(event, Request)
+                if event.method == "call":
+                    client.calls_rules = True
+                    if paused:  # its own call must not wait for its own pause
+                        calls.resume()
+                        paused = False
+                    mine = self._call_here(client, event, loop)
+                else:
+                    mine = self._send_here(client, self._answer_here(client, event), loop)
+        except LocalProtocolError:
+            return  # our own bookkeeping went wrong: drop this client, not the engine
+        finally:
+            if paused:
+                calls.resume()
+            if mine:
+                client.release_fd()
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(end_reader, client.reader_done)
+
+    def _send_here(
+        self, client: ServedClient, data: bytes, loop: asyncio.AbstractEventLoop
+    ) -> bool:
+        """Send from a reader thread; what the socket did not take is
+        written by the loop, and this thread waits for it (backpressure: a
+        peer that reads slower than it asks gets nothing more read)."""
+        if client.write_from_thread(data, loop):
+            return True
+        return self._wait_loop(self._flush(client), loop)
+
+    def _answer_here(self, client: ServedClient, request: Request) -> bytes:
+        """The reply to a request that is not a rule call, on a reader thread."""
+        conn = client.conn
+        method = request.method
         if method == "hello":
             return self._hello(client, request)
         if method == "subscribe":
             client.subscribed = True
             return conn.send_result(request.id, {"subscribed": True})
-        loop = asyncio.get_running_loop()
-        job: Callable[[], Any] = functools.partial(self.service.handle, method, params, client.peer)
-        if method == "status":
-            job = functools.partial(self._status, client.peer)
-        elif method in INTROSPECTION_METHODS:
-            job = functools.partial(self._introspect, job, method, params)
+        job = self._job(client, request)
         try:
             if method in CONTROL_METHODS:
-                result = await self._quick(
-                    self._control.submit(job), CONTROL_WAIT_S, events_first=True, pause=self.calls
-                )
+                # Quick: run here, with no new rule call starting meanwhile
+                # so that it has the interpreter lock to itself.
+                self.calls.pause()
+                try:
+                    result = job()
+                finally:
+                    self.calls.resume()
             else:
-                work: Awaitable[Any] = loop.run_in_executor(self._lifecycle, job)
-                result = await work
-        except LivepatchError as exc:
-            return conn.send_error(request.id, exc)
+                result = self._lifecycle.submit(job).result()
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
             return conn.send_error(request.id, exc)
         try:
@@ -512,103 +554,87 @@ class Server:
         except LivepatchError as exc:  # a result over the frame limit, or not JSON
             return conn.send_error(request.id, exc)
 
-    def _call_direct(self, client: _Client, request: Request) -> Future[None]:
-        """A rule call whose reply is sent by the thread that settles it.
+    def _job(self, client: ServedClient, request: Request) -> Callable[[], Any]:
+        """What answering a request that is not a rule call runs."""
+        method, params = request.method, request.params
+        if method == "status":
+            return functools.partial(self._status, client.peer)
+        job = functools.partial(self.service.handle, method, params, client.peer)
+        if method in INTROSPECTION_METHODS:
+            return functools.partial(self._introspect, job, method, params)
+        return job
 
-        The call runs in the call pool under its deadline, as every rule call
-        does; its reply is encoded and written by the worker that ran it (or
-        by the watchdog that timed it out) instead of being handed back to
-        the loop: a hand-off to the loop per call (a future chained to an
-        asyncio one, a wake-up through the loop's self-pipe, and another
-        wait for the interpreter lock) was a third of the control plane's
-        cost per call. The loop meanwhile goes back to reading this client;
-        the returned future ends once the reply is sent, and the loop waits
-        for it before it answers anything else of this client's.
-        """
-        loop = asyncio.get_running_loop()
+    def _call_here(
+        self, client: ServedClient, request: Request, loop: asyncio.AbstractEventLoop
+    ) -> bool:
+        """Run a rule call on this (the client's reader) thread and send its
+        reply; ``False`` when the call got stuck and another thread reads
+        the client now."""
         conn = client.conn
         params = dict(request.params)
         timeout_s = params.pop("timeout_s", None)
         target = str(params.get("version") or params.get("slot"))
         symbol = str(params["symbol"])
-        sent: Future[None] = Future()
+        flushed = [True]
+
+        def answer(value: Any, error: BaseException | None) -> None:
+            frame = self._call_reply(conn, request, target, symbol, value, error)
+            flushed[0] = client.write_from_thread(frame, loop)
+
         try:
-            future = self.calls.submit(
+            mine = self.calls.run(
                 functools.partial(self.service.handle, "call", params, client.peer),
                 target=target,
                 symbol=symbol,
+                answer=answer,
+                on_stuck=functools.partial(self._start_reader, client),
                 timeout_s=timeout_s,
             )
         except Exception as exc:  # noqa: BLE001 - busy, or never a traceback
-            client.write(conn.send_error(request.id, exc))
-            sent.set_result(None)
-            return sent
+            answer(None, exc)
+            mine = True
+        if mine and not flushed[0]:
+            # The peer reads slower than it asks: read nothing more of it
+            # until what it was sent has gone out (backpressure).
+            mine = self._wait_loop(self._flush(client), loop)
+        return mine
 
-        def reply(settled: Future[Any]) -> None:
-            try:
-                frame = self._call_reply(conn, request, target, symbol, settled)
-            except BaseException:
-                sent.set_result(None)
-                raise
-            client.write_from_thread(frame, sent, loop)
+    @staticmethod
+    def _wait_loop(work: Coroutine[Any, Any, bool | None], loop: asyncio.AbstractEventLoop) -> bool:
+        """Run ``work`` on the loop and wait for it; ``False`` when it failed
+        or the loop is gone (the client is then dropped)."""
+        try:
+            return asyncio.run_coroutine_threadsafe(work, loop).result() is not False
+        except RuntimeError:  # the loop is closed: shutting down
+            work.close()
+            return False
+        except BaseException:  # noqa: BLE001 - cancelled, or the peer went away
+            return False
 
-        future.add_done_callback(reply)
-        return sent
+    async def _flush(self, client: ServedClient) -> bool:
+        await client.flush()
+        return True
 
     @staticmethod
     def _call_reply(
-        conn: ServerConnection, request: Request, target: str, symbol: str, settled: Future[Any]
+        conn: ServerConnection,
+        request: Request,
+        target: str,
+        symbol: str,
+        value: Any,
+        error: BaseException | None,
     ) -> bytes:
         """The reply frame for a settled rule call: its result or its error."""
-        error = settled.exception()
         if error is not None:
             return conn.send_error(request.id, error)
         try:
-            return conn.send_result(request.id, settled.result())
+            return conn.send_result(request.id, value)
         except InternalError as exc:
             # The result came from the rule: its value is at fault, not us.
             cause = exc.__cause__ if exc.__cause__ is not None else exc
             return conn.send_error(request.id, bad_result(f"{target} {symbol}()", cause))
         except LivepatchError as exc:  # over the frame limit
             return conn.send_error(request.id, exc)
-
-    @staticmethod
-    async def _quick(
-        future: Future[Any],
-        wait_s: float,
-        *,
-        events_first: bool = False,
-        pause: CallPool | None = None,
-    ) -> Any:
-        """The future's result, waited for *blocking* the loop at first.
-
-        Waiting on the future releases the GIL, so the thread doing the work
-        takes it at once instead of queueing behind the event loop's next
-        frames (a thread waiting for the GIL can wait a whole switch
-        interval, 5 ms, per hand-off). Work that takes longer than
-        ``wait_s`` is awaited without blocking, so the loop is never held
-        up for more than that. ``pause``: a call pool that starts no new call
-        while the loop blocks, so that the work is not queued for the
-        interpreter lock behind calls (the call pool's workers are many,
-        and busy under load).
-        """
-        if pause is not None:
-            pause.pause()
-        try:
-            result = future.result(timeout=wait_s)
-        except FutureTimeout:
-            if pause is not None:
-                pause.resume()
-                pause = None
-            return await asyncio.wrap_future(future)
-        finally:
-            if pause is not None:
-                pause.resume()
-        if events_first:
-            # The change's event notifications were queued on the loop while
-            # the work ran: let them out before the reply, as they happened.
-            await asyncio.sleep(0)
-        return result
 
     def _status(self, peer: Peer) -> Any:
         result = self.service.handle("status", {}, peer)
@@ -628,7 +654,7 @@ class Server:
                 timeout_s=INTROSPECTION_TIMEOUT_S,
             ) from None
 
-    def _hello(self, client: _Client, request: Request) -> bytes:
+    def _hello(self, client: ServedClient, request: Request) -> bytes:
         conn = client.conn
         token = request.params.get("token")
         needs_token = self.listen.transport == "tcp"

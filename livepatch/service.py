@@ -75,9 +75,9 @@ class Service:
         #: (version, symbol) -> (function, its signature), for calls. Dropped
         #: when the version is purged or unloaded, so it never keeps one alive.
         self._signatures: dict[tuple[str, str], tuple[Callable[..., Any], inspect.Signature]] = {}
-        #: (version, symbol) -> how its calls' arguments are converted; dropped with
-        #: the signatures.
-        self._plans: dict[tuple[str, str], CallPlan] = {}
+        #: (version, symbol) -> how its calls' arguments are converted, and the
+        #: function's annotations it was prepared from; dropped with the signatures.
+        self._plans: dict[tuple[str, str], tuple[CallPlan, Any]] = {}
         engine.subscribe(self._forget_signatures)
 
     @property
@@ -306,19 +306,17 @@ class Service:
 
     def _plan(self, version: str, symbol: str, fn: Callable[..., Any]) -> CallPlan:
         """How to convert the arguments of a call of ``fn``: prepared once per
-        function while its hints come from the slot's interface (the host's,
-        which do not change), else each call (a function's own annotations
-        are resolved each call, as before)."""
+        function (and again if its annotations are replaced), from the
+        slot's interface for its members (the host's, which do not change),
+        else from the function's own annotations."""
+        key = (version, symbol)
+        cached = self._plans.get(key)
+        annotations = getattr(fn, "__annotations__", None)
+        if cached is not None and cached[0].fn is fn and cached[1] is annotations:
+            return cached[0]
         hints = self._hints(version, symbol, fn)
-        cached = self._plans.get((version, symbol))
-        if (
-            cached is not None
-            and cached.fn is fn
-            and (cached.hints is hints or cached.hints == hints)
-        ):
-            return cached
         plan = CallPlan(fn, hints, self._signature(version, symbol, fn))
-        self._plans[(version, symbol)] = plan
+        self._plans[key] = (plan, annotations)
         return plan
 
     def _signature(

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,78 @@ def test_an_absorbed_interrupt_leaves_the_thread_healthy_even_when_traced() -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["Interrupted", "[0, 1, 2]"]
+
+
+def test_run_on_the_asking_thread_shares_places_pause_and_deadlines() -> None:
+    pool = CallPool(workers=1, queue_size=1, timeout_s=5)
+    answers: list[tuple[str, Any, BaseException | None, int]] = []
+    stuck: list[int] = []
+    release = threading.Event()
+
+    def answer(tag: str) -> Callable[[Any, BaseException | None], None]:
+        def record(value: Any, error: BaseException | None) -> None:
+            answers.append((tag, value, error, threading.get_ident()))
+
+        return record
+
+    def run(tag: str, fn: Callable[[], Any], timeout_s: float | None = None) -> bool:
+        return pool.run(
+            fn,
+            target="s",
+            symbol=tag,
+            answer=answer(tag),
+            on_stuck=lambda: stuck.append(len(answers)),
+            timeout_s=timeout_s,
+        )
+
+    try:
+        # Runs right here, answered from here, exactly once.
+        me = threading.get_ident()
+        assert run("here", threading.get_ident) is True
+        assert answers == [("here", me, None, me)]
+        assert run("raises", lambda: 1 / 0) is True
+        assert isinstance(answers[-1][2], ZeroDivisionError)
+
+        # A pause holds a call back until it ends.
+        pool.pause()
+        held = threading.Thread(target=run, args=("held", lambda: "ran"))
+        held.start()
+        # Waiting (a pause holds a call for at most 50 ms), or run already.
+        wait_until(lambda: pool.snapshot()["queued"] == 1 or len(answers) == 3)
+        pool.resume()
+        held.join(10)
+        assert answers[-1][:3] == ("held", "ran", None)
+
+        # Stuck in C past its deadline: the watchdog answers `timeout` and
+        # then (never before) calls on_stuck; the place stays taken, so the
+        # next call waits in the queue, times out there, and its thread goes on.
+        outcome: list[bool] = []
+        blocked = threading.Thread(
+            target=lambda: outcome.append(run("block", release.wait, timeout_s=0.2))
+        )
+        blocked.start()
+        wait_until(lambda: stuck != [])
+        tag, _, error, ident = answers[stuck[0] - 1]
+        assert tag == "block" and isinstance(error, Timeout) and ident != blocked.ident
+        assert [(c["symbol"]) for c in pool.snapshot()["stuck"]] == ["block"]
+        assert run("queued", lambda: "late", timeout_s=0.2) is True
+        assert answers[-1][0] == "queued" and isinstance(answers[-1][2], Timeout)
+        # Full: one running (stuck), one waiting for its place: busy.
+        waiter = threading.Thread(target=run, args=("waiting", lambda: None, 5))
+        waiter.start()
+        wait_until(lambda: pool.snapshot()["queued"] == 1)
+        with pytest.raises(Busy):
+            run("refused", lambda: None)
+        assert "refused" not in [a[0] for a in answers]
+        # When the stuck call comes back, its thread learns it was replaced,
+        # and its place goes to the waiting call.
+        release.set()
+        blocked.join(10)
+        assert outcome == [False]
+        waiter.join(10)
+        assert answers[-1][:3] == ("waiting", None, None)
+        assert [a[0] for a in answers].count("block") == 1
+        wait_until(lambda: pool.snapshot()["running"] == 0)
+    finally:
+        release.set()
+        pool.close()

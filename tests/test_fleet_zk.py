@@ -23,13 +23,14 @@ from fleet_helpers import (
     active_sha,
     kill_pusher_after_prepare,
     rule,
+    versions_of,
     wait_abandoned,
     wait_for,
 )
 from test_fleet_cli import engine_rows
 
 from livepatch.fleet.model import PushRecord, sha_of
-from livepatch.fleet.zk import ZkRegistry, parse_zk_url
+from livepatch.fleet.zk import ZkRegistry, current_of, parse_zk_url
 from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
 
 FLEET = "z"
@@ -170,6 +171,57 @@ def test_kill9_during_prepare_and_commit_then_restart_converges(
     assert active_sha("a") == active_sha("b") == sha_of(rule(3))
     member(engines, registry_url, "c", env=env)  # ready only once converged
     assert active_sha("c") == sha_of(rule(3))
+
+
+def open_pushes(url: str) -> list[str]:
+    """The pushes the fleet's ``current`` node lists as still preparing."""
+    with ZkRegistry(parse_zk_url(url), FLEET) as reg:
+        data, _ = reg.client.get(reg.paths.current)
+        return [str(p["id"]) for p in current_of(data)["pushes"]]
+
+
+@pytest.mark.slow
+def test_two_pushes_at_once_one_commits_and_the_other_aborts_cleanly(
+    engines: list[EngineProcess], registry_url: str
+) -> None:
+    for name in "ab":
+        member(engines, registry_url, name)
+    assert push(registry_url, 1).ok
+    second: list[PushRecord] = []
+    pusher = threading.Thread(target=lambda: second.append(push(registry_url, 6)))
+
+    watcher = ZkRegistry(parse_zk_url(registry_url), FLEET)
+
+    def start_second(phase: str, rec: PushRecord) -> None:
+        # The second push opens while the first waits here, prepared: both
+        # read the same desired version, and ``current`` lists both open.
+        if phase == "prepared":
+            pusher.start()
+            wait_for(
+                lambda: len(watcher.client.get_children(watcher.paths.pushes)) == 3,
+                what="the second push to open",
+            )
+
+    try:
+        first = push(registry_url, 5, phase=start_second)
+        pusher.join(120)
+    finally:
+        watcher.close()
+    records = {5: first, 6: second[0]}
+    won = [n for n, r in records.items() if r.ok]
+    assert len(won) == 1, {n: (r.outcome, r.reason) for n, r in records.items()}
+    (lost,) = set(records) - set(won)
+    assert "another push changed spam's desired version first" in records[lost].reason
+    assert open_pushes(registry_url) == []
+    for name in "ab":
+        assert active_sha(name) == sha_of(rule(won[0]))
+        # What the losing push prepared is unloaded; nobody swapped to it.
+        wait_for(
+            lambda name=name: versions_of(name, sha_of(rule(lost))) == ["unloaded"],
+            what=f"{name} to release the aborted push's version",
+        )
+    with ZkRegistry(parse_zk_url(registry_url), FLEET) as reg:
+        assert reg.desired()["spam"][0].sha256 == sha_of(rule(won[0]))
 
 
 @pytest.mark.slow

@@ -392,6 +392,21 @@ def test_history_lives_in_the_state_directory(
     assert history_path() == tmp_path / "home" / ".local" / "state" / "livepatch" / "history"
 
 
+def test_the_shell_and_the_local_fleets_share_one_state_home_and_ignore_a_relative_xdg(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from livepatch.fleet.store import fleet_root
+
+    assert fleet_root() == tmp_path / "state" / "fleets"  # $LIVEPATCH_STATE_HOME for both
+    monkeypatch.delenv("LIVEPATCH_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", "state")  # relative: the spec says ignore it
+    monkeypatch.chdir(tmp_path)
+    home_state = tmp_path / "home" / ".local" / "state" / "livepatch"
+    assert fleet_root() == home_state / "fleets"
+    assert history_path() == home_state / "history"
+
+
 # -- the prompt loop (pipe input, dummy output) ---------------------------------------
 
 

@@ -542,8 +542,8 @@ def test_pinned_rules_attributes(engine: Engine) -> None:
     with engine.pin("rules") as rules:
         assert repr(rules) == "<PinnedRules rules@1>"
         assert rules.version == "rules@1"
-        assert rules.ident.__name__ == "ident"
-        assert rules.ident is rules.ident  # wrapped once
+        # the version's own function, no wrapper (each lookup counts a call)
+        assert rules.ident is rule(engine, "ident")
         with pytest.raises(AttributeError, match="rules@1 has no callable 'NOT_CALLABLE'"):
             rules.NOT_CALLABLE  # noqa: B018
         with pytest.raises(AttributeError, match="no callable 'absent'"):
@@ -553,7 +553,9 @@ def test_pinned_rules_attributes(engine: Engine) -> None:
         with pytest.raises(rule(engine, "boom").__globals__["Boom"]):
             rules.boom(1)
         assert rules.mixed(1, d=4) == (1, 2, 3, (), 4, 5, {})
-    assert counters(engine) == (2, 1)
+    # ident, boom and mixed were looked up; boom's error, caught inside the
+    # block, never left it (see test_pin_counts.py for where errors count)
+    assert counters(engine) == (3, 0)
 
 
 def test_a_call_that_swaps_its_own_slot(engine: Engine) -> None:
@@ -799,10 +801,15 @@ def test_dispatcher_reads_only_well_formed_records() -> None:
     assert d("ok", "n") == "fallback"
     assert d("ok") == "fallback"  # type: ignore[call-arg]
     assert handed == [(("ok", "n"), {}), (("ok",), {})]
-    # a value of the variable the C pin did not store: Python decides
-    token = var.set({"ok": object()})
-    assert d("ok", "f") == "fallback"
-    var.reset(token)
+
+    # a value of the variable the C pin did not store: Python decides. (The
+    # dispatcher is the variable's only setter once made: it caches what it
+    # read until the thread switches context, so the value comes with one.)
+    def foreign() -> Any:
+        var.set({"ok": object()})
+        return d("ok", "f")
+
+    assert contextvars.copy_context().run(foreign) == "fallback"
     # the C pin: pinned in this context, then not
     with d.pin("ok") as rules:
         assert len(var.get()) == 1 and var.get().get("ok") is rules

@@ -54,7 +54,7 @@ count_error(PyObject *errors)
 }
 
 /* Call fn with the version's counters around it: the one body of every
- * counted call (engine.call, pinned or not, and rules.NAME). */
+ * counted call (engine.call, pinned or not). */
 static inline PyObject *
 counted_call(PyObject *fn, PyObject *calls, PyObject *errors, PyObject *const *args,
              size_t nargsf, PyObject *kwnames)

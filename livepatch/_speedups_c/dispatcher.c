@@ -17,35 +17,36 @@ pinned_rules(Dispatcher *self, PyObject *slot, int *fallback)
 {
     PyObject *top, *rules;
     PinStack *stack;
-    if (PyContextVar_Get(self->pins, NULL, &top) < 0) {
+    PyThreadState *ts = PyThreadState_Get();
+    if (pins_value(self, ts, &top) < 0) {
         return NULL;
     }
-    if (top == NULL || top == Py_None) {
-        Py_XDECREF(top);
+    if (top == NULL) {
         return NULL;
     }
     if (!Py_IS_TYPE(top, self->stack_type)) {
-        Py_DECREF(top);
         *fallback = 1;
         return NULL;
     }
     stack = (PinStack *)top;
     if (stack->depth == 0) {
-        Py_DECREF(top);
         return NULL;
     }
-    if (stack->owner != current_context()) {
+    if (stack->owner != ts->context) {
         /* Inherited pins: from the first pinned call on, this context keeps
          * its own copy, so its calls never change version when the context
          * it came from closes its pins. */
-        stack = own_stack(self, top);
+        stack = own_stack(self, Py_NewRef(top));
         if (stack == NULL) {
             return NULL;
         }
+        rules = stack_find(stack, slot);
+        Py_XINCREF(rules); /* before the stack, which holds it, may go */
+        Py_DECREF(stack);
+        return rules;
     }
     rules = stack_find(stack, slot);
-    Py_XINCREF(rules); /* before the stack, which holds it, may go */
-    Py_DECREF(stack);
+    Py_XINCREF(rules);
     return rules;
 }
 
@@ -61,7 +62,7 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *rules, *fn, *result;
     Rules *r;
-    int fallback = 0;
+    int fallback = 0, pinned = 1;
 
     if (self->fast == NULL || self->pins == NULL) {
         goto fallback; /* being cleared by the GC (see dispatcher_clear) */
@@ -79,6 +80,7 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         if (fallback) {
             goto fallback;
         }
+        pinned = 0;
         /* Borrowed from `fast`; taken strongly at once, before anything that
          * could run Python code (a swap on another thread may replace it
          * while the rule runs, and the callee may itself swap). */
@@ -118,6 +120,9 @@ dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
     else {
         result = sampled_call(r->sampler, fn, r->calls, r->errors, args[1], args + 2, nargs - 2,
                               kwnames);
+    }
+    if (result == NULL && pinned) {
+        note_counted_error(self->pins, self->stack_type, args[0]);
     }
     Py_DECREF(fn);
     Py_DECREF(rules);
@@ -391,7 +396,8 @@ PyDoc_STRVAR(dispatcher_doc,
              "symbol of the slot's version pinned in this context (pins), else\n"
              "of its active one (fast: slot -> Rules), and counts the call and\n"
              "any error. Every unusual case is handed to fallback, the Python\n"
-             "Engine.call, with the original arguments. pin(slot) is Engine.pin.");
+             "Engine.call, with the original arguments. pin(slot) is Engine.pin.\n"
+             "Once made, the dispatcher is the only setter of pins.");
 
 static PyType_Slot dispatcher_slots[] = {
     {Py_tp_doc, (void *)dispatcher_doc},

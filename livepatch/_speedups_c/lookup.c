@@ -61,6 +61,8 @@ namespace_fn(Dispatcher *self, PyObject *ns, PyObject *symbol)
 static void
 cache_clear(Dispatcher *self)
 {
+    self->c_ts_id = 0;
+    self->c_pins = NULL;
     self->c_rules = self->c_fn = NULL;
     Py_CLEAR(self->c_slot);
     Py_CLEAR(self->c_symbol);

@@ -26,7 +26,6 @@ speedups_exec(PyObject *module)
 {
     speedups_state *state = PyModule_GetState(module);
     if (add_type(module, &rules_spec, "Rules", &state->rules) < 0 ||
-        add_type(module, &counted_spec, "Counted", &state->counted) < 0 ||
         add_type(module, &pin_spec, "PinStack", &state->pin) < 0 ||
         add_type(module, &hook_spec, "PinHook", &state->hook) < 0 ||
         add_type(module, &counter_spec, "Counter", &state->counter) < 0 ||
@@ -45,7 +44,6 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->dispatcher);
     Py_VISIT(state->counter);
     Py_VISIT(state->rules);
-    Py_VISIT(state->counted);
     Py_VISIT(state->pin);
     Py_VISIT(state->hook);
     Py_VISIT(state->sampler);
@@ -60,7 +58,6 @@ speedups_clear(PyObject *module)
     Py_CLEAR(state->dispatcher);
     Py_CLEAR(state->counter);
     Py_CLEAR(state->rules);
-    Py_CLEAR(state->counted);
     Py_CLEAR(state->pin);
     Py_CLEAR(state->hook);
     Py_CLEAR(state->sampler);

@@ -13,6 +13,7 @@ hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
 {
     PinHook *hook = (PinHook *)op;
     Dispatcher *d = (Dispatcher *)hook->dispatcher;
+    PyThreadState *ts = PyThreadState_Get();
     PyObject *value, *rules;
     PinStack *stack;
 
@@ -27,22 +28,20 @@ hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
         PyErr_SetString(PyExc_ReferenceError, "the engine of this pin is gone");
         return NULL;
     }
-    if (PyContextVar_Get(d->pins, NULL, &value) < 0) {
+    if (pins_value(d, ts, &value) < 0) {
         return NULL;
     }
-    if (value == Py_None) {
-        Py_CLEAR(value);
-    }
-    /* The common case, inline: this context's own stack. */
+    /* The common case, inline: this context's own stack (borrowed). */
     if (value != NULL && Py_IS_TYPE(value, d->stack_type) &&
-        ((PinStack *)value)->owner == current_context()) {
+        ((PinStack *)value)->owner == ts->context) {
         stack = (PinStack *)value;
+        Py_INCREF(stack);
     }
     else {
         if (value != NULL && !Py_IS_TYPE(value, d->stack_type)) {
-            Py_CLEAR(value); /* not ours (a Python Pin's dict): nothing to inherit */
+            value = NULL; /* not ours (a Python Pin's dict): nothing to inherit */
         }
-        stack = own_stack(d, value);
+        stack = own_stack(d, Py_XNewRef(value));
         if (stack == NULL) {
             return NULL;
         }
@@ -70,7 +69,7 @@ hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
     /* Between reading `fast` and the push nothing runs Python code, so an
      * unload on another thread either sees this pin or ran before it. */
     Py_INCREF(rules);
-    if (stack_push(stack, hook->slot, rules, 1) < 0) {
+    if (stack_push(stack, hook->slot, rules, (unsigned long)ts->thread_id) < 0) {
         Py_DECREF(rules);
         Py_DECREF(stack);
         return NULL;
@@ -79,28 +78,75 @@ hook_enter(PyObject *op, PyObject *const *Py_UNUSED(args), size_t nargsf,
     return rules; /* our reference */
 }
 
+/* Does the traceback pass through code of the namespace `ns`? */
+static int
+raised_in(PyObject *exc, PyObject *ns)
+{
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyTracebackObject *t;
+    int found = 0;
+    for (t = (PyTracebackObject *)tb; t != NULL && !found; t = t->tb_next) {
+        if (!PyTraceBack_Check((PyObject *)t) || t->tb_frame == NULL) {
+            break;
+        }
+        PyObject *globals = PyFrame_GetGlobals(t->tb_frame);
+        found = globals == ns;
+        Py_XDECREF(globals);
+    }
+    Py_XDECREF(tb);
+    return found;
+}
+
+/* The block ends with `exc`: count it as an error of the pinned version when
+ * the version's code raised it and this is the request's block, the slot's
+ * outermost on the stack (an exception leaving nested blocks counts once),
+ * unless engine.call inside the block counted it already. rules.f calls
+ * raise through no wrapper of ours: this is where their errors count. */
+static void
+count_block_error(PinStack *stack, PyObject *exc)
+{
+    PinEntry *top = &stack->entries[stack->depth - 1];
+    Rules *rules = (Rules *)top->rules;
+    if (!top->counted || !PyExceptionInstance_Check(exc) || top->raised == exc ||
+        stack_outermost(stack, top->slot) != top || rules->namespace == NULL ||
+        !raised_in(exc, rules->namespace)) {
+        return;
+    }
+    if (tick(rules->errors) < 0) {
+        PyErr_WriteUnraisable(rules->errors); /* never replaces the block's exception */
+    }
+}
+
 /* __exit__ of engine.pin(slot): pop this context's innermost pin, the one
- * this block pushed (`with` blocks nest within a context). */
+ * this block pushed (`with` blocks nest within a context), counting the
+ * error it ends with (count_block_error). Called as __exit__(type, value,
+ * traceback) by `with`, or with the manager first by an ExitStack. */
 static PyObject *
-hook_exit(PyObject *op, PyObject *const *Py_UNUSED(args), size_t Py_UNUSED(nargsf),
-          PyObject *Py_UNUSED(kwnames))
+hook_exit(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *Py_UNUSED(kwnames))
 {
     PinHook *hook = (PinHook *)op;
     Dispatcher *d = (Dispatcher *)hook->dispatcher;
-    PyObject *value;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *value, *exc = nargs == 3 ? args[1] : nargs == 4 ? args[2] : Py_None;
+    PyThreadState *ts = PyThreadState_Get();
     if (d->pins == NULL || d->stack_type == NULL) {
         Py_RETURN_NONE;
     }
-    if (PyContextVar_Get(d->pins, NULL, &value) < 0) {
+    if (pins_value(d, ts, &value) < 0) {
         return NULL;
     }
     if (value != NULL && Py_IS_TYPE(value, d->stack_type)) {
         PinStack *stack = (PinStack *)value;
-        if (stack->depth > 0 && stack->owner == current_context()) {
+        if (stack->depth > 0 && stack->owner == ts->context) {
+            /* Held across the pop, whose releases may run finalizers. */
+            Py_INCREF(stack);
+            if (exc != Py_None) {
+                count_block_error(stack, exc);
+            }
             stack_pop(stack);
+            Py_DECREF(stack);
         }
     }
-    Py_XDECREF(value);
     Py_RETURN_NONE; /* never swallows the block's exception */
 }
 
@@ -149,6 +195,7 @@ stack_traverse(PyObject *op, visitproc visit, void *arg)
     for (i = 0; i < self->depth; i++) {
         Py_VISIT(self->entries[i].slot);
         Py_VISIT(self->entries[i].rules);
+        Py_VISIT(self->entries[i].raised);
     }
     return 0;
 }

@@ -47,7 +47,6 @@ typedef struct {
     PyTypeObject *dispatcher;
     PyTypeObject *counter;
     PyTypeObject *rules;
-    PyTypeObject *counted;
     PyTypeObject *pin;
     PyTypeObject *hook;
     PyTypeObject *sampler;
@@ -79,6 +78,12 @@ typedef struct {
     PyObject *c_fn;            /* borrowed from the namespace */
     PyObject *c_pin_slot;      /* strong, or NULL: the last pin(slot) answered */
     PyObject *c_pinner;        /* strong */
+    /* The last value read of `pins` (see pins_value): valid while the same
+     * thread state runs with the same context version, the key CPython's
+     * own per-variable cache uses. c_ts_id 0 (no thread has it): empty. */
+    uint64_t c_ts_id;
+    uint64_t c_ts_ver;
+    PyObject *c_pins;          /* borrowed from the context, or NULL for None */
 } Dispatcher;
 
 /* Counter: the engine's per-version call and error counter when this module
@@ -93,8 +98,9 @@ typedef struct {
 } Counter;
 
 /* Rules: one version's functions, as `pin` hands them out. One per version
- * (the engine makes it when it first publishes the version), so the
- * Counted wrappers are built once per name. */
+ * (the engine makes it when it first publishes the version). rules.NAME is
+ * the version's own function, the call counted when the name is looked up
+ * (see rules_getattro). */
 typedef struct {
     PyObject_HEAD
     PyObject *version;   /* strong: the engine's Version record (`_v`) */
@@ -102,22 +108,14 @@ typedef struct {
     PyObject *namespace; /* strong: dict, the version's globals (`_ns`) */
     PyObject *calls;     /* strong: counter */
     PyObject *errors;    /* strong: counter */
-    PyObject *cache;     /* strong: dict name -> Counted */
-    PyObject *last_name; /* strong, or NULL: the last name looked up in cache */
-    PyObject *last_counted; /* strong: what cache holds for it */
+    /* The last rules.NAME answered, valid while the namespace's tag is
+     * unchanged (the namespace then still holds last_fn). */
+    PyObject *last_name; /* strong, or NULL */
+    uint64_t last_tag;
+    PyObject *last_fn;   /* borrowed from the namespace */
     PyObject *weakreflist;
     PyObject *sampler;   /* strong or NULL: a shadow run's Sampler (see sampled_call) */
 } Rules;
-
-/* Counted: rules.NAME, the function with its version's counters. */
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *fn;     /* strong */
-    PyObject *calls;  /* strong */
-    PyObject *errors; /* strong */
-    PyObject *name;   /* strong: str */
-} Counted;
 
 /* One open pin block of a context. */
 typedef struct {
@@ -125,6 +123,10 @@ typedef struct {
     PyObject *rules;      /* strong: the pinned Rules */
     unsigned long thread; /* threading.get_ident() of the opener */
     int counted;          /* pushed here (1), or inherited from another context (0) */
+    /* strong, or NULL: the exception that engine.call inside the block
+     * counted as an error, so that __exit__ does not count it again (kept
+     * on the slot's outermost entry, see hook_exit) */
+    PyObject *raised;
 } PinEntry;
 
 /* PinStack: the open pins of one context, innermost last. */

@@ -27,12 +27,13 @@ def measure_fleet(settings: Settings, progress: ProgressFn = _no_progress) -> di
     # The fleet package imports kazoo: only when this section runs.
     from ..fleet.bench import measure_local, measure_zookeeper
     from ..fleet.zkserver import zookeeper_missing
+    from ..fleet.zksim import gevent_missing
 
     local = measure_local(
         settings.fleet_engines, settings.fleet_pushes, quiet_s=settings.fleet_quiet_s
     )
     progress(0.5)
-    missing = zookeeper_missing()
+    missing = zookeeper_missing() or gevent_missing()
     zookeeper: dict[str, Any]
     if missing:
         required = bool(os.environ.get("CI"))

@@ -6,19 +6,18 @@
   p99 of ``call`` round trips over each member's socket while pushes run,
   next to the p99 without pushes.
 - :func:`measure_zookeeper`: a private ZooKeeper server and simulated
-  members (many per process, each with its own session and the real member
-  protocol: ephemeral node, watches, votes, acks; an in-memory engine
-  stand-in, :class:`~livepatch.fleet.handle.MemoryHandle`); push time for
-  each fleet size.
+  members, hundreds per process (:mod:`livepatch.fleet.zksim`: each a real
+  :class:`~livepatch.fleet.zkmember.ZkMember` with its own session, on one
+  gevent loop per process, with an in-memory engine stand-in,
+  :class:`~livepatch.fleet.handle.MemoryHandle`); push time for each fleet
+  size.
 
 ``benchmarks/fleet.py`` runs both and prints the table.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -216,59 +215,15 @@ def measure_local(
 # ZooKeeper, simulated members
 
 
-def _host_members(args: argparse.Namespace) -> int:
-    """A process holding ``args.count`` simulated members (``--host-members``)."""
-    import concurrent.futures
-    import logging
-
-    from kazoo.handlers.threading import SequentialThreadingHandler
-
-    from .handle import MemoryHandle
-    from .zk import parse_zk_url
-    from .zkmember import ZkMember
-
-    logging.getLogger("kazoo").setLevel(logging.ERROR)  # a reconnect is not news here
-    address = parse_zk_url(args.registry)
-    # Hundreds of members share a few pass workers and one kazoo handler;
-    # each still has its own session, node, watches, votes and acks.
-    handler = SequentialThreadingHandler()
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
-    members = []
-    lock = threading.Lock()
-
-    def join(i: int) -> None:
-        m = ZkMember(
-            address,
-            args.fleet,
-            MemoryHandle(f"{args.prefix}{i}"),
-            refresh_s=3600,
-            executor=executor,
-            handler=handler,
-        )
-        m.start(wait=True)
-        with lock:
-            members.append(m)
-
-    threads = [threading.Thread(target=join, args=(i,)) for i in range(args.count)]
-    for chunk in range(0, len(threads), 50):  # do not open 1,000 sessions at once
-        for t in threads[chunk : chunk + 50]:
-            t.start()
-        for t in threads[chunk : chunk + 50]:
-            t.join()
-    print(json.dumps({"ready": len(members)}), flush=True)
-    sys.stdin.read()  # until the benchmark closes our stdin
-    # The sessions end with the process; the server expires them.
-    os._exit(0)
-
-
 def measure_zookeeper(
     sizes: tuple[int, ...] = (10, 100, 1000), pushes: int = 5, processes: int = 2
 ) -> dict[str, Any]:
     """Push time to ``sizes`` simulated ZooKeeper members (see the module doc)."""
     from .zk import ZkRegistry, parse_zk_url
     from .zkserver import ZooKeeperServer, zookeeper_missing
+    from .zksim import gevent_missing
 
-    missing = zookeeper_missing()
+    missing = zookeeper_missing() or gevent_missing()
     if missing:
         return {"skipped": missing}
     results: dict[str, Any] = {}
@@ -283,8 +238,8 @@ def measure_zookeeper(
                 cmd = [
                     sys.executable,
                     "-m",
-                    "livepatch.fleet.bench",
-                    "--host-members",
+                    "livepatch.fleet.zksim",
+                    "--members",
                     str(count),
                     "--registry",
                     url,
@@ -334,17 +289,3 @@ def measure_zookeeper(
             large["push_s_median"] / small["push_s_median"], 2
         )
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m livepatch.fleet.bench --host-members N ...`` (member hosts)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host-members", type=int, dest="count", required=True)
-    parser.add_argument("--registry", required=True)
-    parser.add_argument("--fleet", required=True)
-    parser.add_argument("--prefix", default="m")
-    return _host_members(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,15 +9,14 @@ JSON-able, shared by the local and the ZooKeeper registry.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeAlias
 
 from ..errors import LivepatchError
+from ..runtime import state_home
 
 __all__ = [
     "Desired",
@@ -61,13 +60,6 @@ def validate_fleet_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def state_home() -> Path:
-    """``$XDG_STATE_HOME/livepatch``, else ``~/.local/state/livepatch``."""
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
-    return base / "livepatch"
 
 
 def sha_of(source: Rule) -> str:

@@ -4,7 +4,10 @@ Layout under the registry path (``zookeeper://HOST:PORT/PATH``)::
 
     PATH/fleets/<fleet>/members/<name>       ephemeral: the member's MemberState
     PATH/fleets/<fleet>/sources/<sha256>     {"filename", "source" or "object" (base64)}
+                                             or a manifest of chunks (see :mod:`.zksource`)
+    PATH/fleets/<fleet>/chunks/<sha256>      a big source's piece, raw bytes
     PATH/fleets/<fleet>/desired/<slot>       the slot's Desired; CAS on the znode version
+    PATH/fleets/<fleet>/current              {"pushes": [open pushes], "desired": {slot: Desired}}
     PATH/fleets/<fleet>/pushes/<id>          the PushRecord (+ deadline, members)
     PATH/fleets/<fleet>/pushes/<id>/votes/<name>=<version>=<new>   an ok vote (no data)
     PATH/fleets/<fleet>/pushes/<id>/votes/<name>   a refusal: the Vote
@@ -14,16 +17,21 @@ The pusher never talks to an engine: it writes the push node, waits for a
 vote from every member that is still alive, then commits with one
 ZooKeeper transaction (``desired/<slot>`` set with the version it read,
 and the push node marked ``committed``: both or neither, so a commit never
-exists without its record), or marks the push ``aborted``. Members
-(:class:`ZkMember`, in each engine process) watch the pushes and the
-desired versions; every watch only wakes a reconcile pass that re-reads the
-nodes and makes the engine match, then acks.
+exists without its record), or marks the push ``aborted``.
+
+``current`` is the one node members watch. Every transaction that opens,
+commits, aborts or gives up a push also rewrites it (compare-and-set on its
+znode version): the pushes still preparing, and a copy of every slot's
+desired version, written in the same transaction as the desired nodes, so
+it can never disagree with them. One watch event and one read per change
+tell a member everything (and a member's periodic pass re-reads it); the
+desired nodes stay the truth that a member reads when it joins. Members
+(:class:`ZkMember`, in each engine process) re-read after every watch, make
+the engine match, then vote or ack.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import threading
@@ -39,29 +47,32 @@ from kazoo.exceptions import (
     ConnectionLoss,
     NodeExistsError,
     NoNodeError,
+    RolledBackError,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 
-from .model import Desired, FleetError, MemberState, PushRecord, Rule, Vote, new_push_id, sha_of
+from .model import Desired, FleetError, MemberState, PushRecord, Rule, Vote, new_push_id
+from .zksource import MAX_NODE, read_source, source_from_node, source_node, write_source
 
 __all__ = [
     "MAX_NODE",
     "ZkAddress",
     "ZkRegistry",
+    "current_of",
     "parse_zk_url",
     "source_from_node",
     "source_node",
+    "update_current",
     "vote_member",
     "vote_node",
 ]
 
-#: Largest source node written: ZooKeeper refuses a request over its
-#: ``jute.maxbuffer`` (1 MiB less one byte by default), path and header included.
-MAX_NODE = 1024 * 1024 - 4096
-
 #: Push nodes kept (the oldest are deleted by the next push).
 HISTORY = 50
+
+#: Members give up a push that is still preparing this long past its deadline.
+STALE_PUSH_S = 30.0
 
 _Phase = Callable[[str, PushRecord], None]
 
@@ -97,40 +108,6 @@ def _loads(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def source_node(source: Rule, filename: str) -> bytes:
-    """A source node's data: the text, or a ready object's bytes in base64.
-    :class:`FleetError` when it would not fit in one znode."""
-    if isinstance(source, bytes):
-        data = _dumps({"filename": filename, "object": base64.b64encode(source).decode("ascii")})
-    else:
-        data = _dumps({"filename": filename, "source": source})
-    if len(data) > MAX_NODE:
-        raise FleetError(
-            f"{filename} is {len(source) / 1024:.0f} KiB, {len(data) / 1024:.0f} KiB in its "
-            f"registry node: a ZooKeeper node holds at most {MAX_NODE // 1024} KiB (jute.maxbuffer)"
-            "; strip it (`strip --strip-debug`) or push through the local registry"
-        )
-    return data
-
-
-def source_from_node(data: bytes, sha: str) -> tuple[Rule, str]:
-    """``(source, filename)`` from a source node (``bytes`` for an object);
-    ``LookupError`` when it is damaged."""
-    try:
-        value = _loads(data)
-        filename = str(value["filename"])
-        source: Rule = (
-            base64.b64decode(value["object"], validate=True)
-            if "object" in value
-            else str(value["source"])
-        )
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise LookupError(f"the registry's source {sha[:12]} is damaged: push it again") from None
-    if sha_of(source) != sha:
-        raise LookupError(f"the registry's source {sha[:12]} is damaged (its sha differs)")
-    return source, filename
-
-
 def _connect(address: ZkAddress, wait_s: float = 15.0, handler: Any = None) -> Any:
     client = KazooClient(hosts=address.hosts, timeout=address.timeout, handler=handler)
     try:
@@ -156,10 +133,50 @@ class _Paths:
         self.sources = f"{self.base}/sources"
         self.desired = f"{self.base}/desired"
         self.pushes = f"{self.base}/pushes"
+        self.current = f"{self.base}/current"
+        self.chunks = f"{self.base}/chunks"
 
     def ensure(self, client: Any) -> None:
-        for path in (self.members, self.sources, self.desired, self.pushes):
+        for path in (self.members, self.sources, self.desired, self.pushes, self.current):
             client.ensure_path(path)
+
+
+def current_of(data: bytes) -> dict[str, Any]:
+    """The ``current`` node's content: ``{"pushes": [...], "desired": {...}}``
+    (empty before the fleet's first push)."""
+    value = _loads(data) if data else {}
+    return {"pushes": list(value.get("pushes", [])), "desired": dict(value.get("desired", {}))}
+
+
+def update_current(
+    client: Any,
+    paths: _Paths,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    ops: Callable[[Any], None] = lambda tx: None,
+) -> list[Any]:
+    """One transaction: ``ops`` (added first), and ``current`` rewritten by
+    ``change`` with compare-and-set; retried while only ``current`` changed
+    meanwhile (another push opened or ended). Returns the results, ``current``'s last."""
+    while True:
+        data, stat = client.get(paths.current)
+        tx = client.transaction()
+        ops(tx)
+        tx.set_data(paths.current, _dumps(change(current_of(data))), version=stat.version)
+        results: list[Any] = tx.commit()
+        others = results[:-1]
+        if isinstance(results[-1], BadVersionError) and not any(
+            isinstance(r, Exception) and not isinstance(r, RolledBackError) for r in others
+        ):
+            continue
+        return results
+
+
+def _without(push_id: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def change(current: dict[str, Any]) -> dict[str, Any]:
+        current["pushes"] = [p for p in current["pushes"] if p.get("id") != push_id]
+        return current
+
+    return change
 
 
 class ZkRegistry:
@@ -190,22 +207,14 @@ class ZkRegistry:
     # -- reading -------------------------------------------------------------------
 
     def put_source(self, source: Rule, filename: str) -> str:
-        """Store a source or an object's bytes content-addressed (idempotent);
-        returns its sha256."""
-        sha = sha_of(source)
-        data = source_node(source, filename)
-        with contextlib.suppress(NodeExistsError):
-            self._retry(self.client.create, f"{self.paths.sources}/{sha}", data)
-        return sha
+        """Store a source or an object's bytes content-addressed (idempotent;
+        split into chunk nodes when over one node); returns its sha256."""
+        return write_source(self.client, self.paths.sources, self.paths.chunks, source, filename)
 
     def get_source(self, sha: str) -> tuple[Rule, str]:
         """``(source, filename)`` (``bytes`` for an object); ``LookupError``
-        if the registry has none."""
-        try:
-            data, _ = self._retry(self.client.get, f"{self.paths.sources}/{sha}")
-        except NoNodeError:
-            raise LookupError(f"the registry has no source {sha[:12]}") from None
-        return source_from_node(data, sha)
+        if the registry has none, or it is damaged."""
+        return read_source(self.client, self.paths.sources, self.paths.chunks, sha)
 
     def source_shas(self) -> list[str]:
         """The sha256 of every source and object in the registry."""
@@ -392,15 +401,35 @@ class ZkRegistry:
     def _create_push(
         self, base: str, record: PushRecord, meta: dict[str, Any], names: list[str]
     ) -> None:
-        def create() -> None:
-            tx = self.client.transaction()
-            tx.create(base, _header(record, meta))
+        header = _header(record, meta)
+        now = time.time()
+
+        def opened(current: dict[str, Any]) -> dict[str, Any]:
+            # Pushes long past their deadline were given up by the members.
+            current["pushes"] = [
+                p
+                for p in current["pushes"]
+                if float(p.get("deadline", 0)) + STALE_PUSH_S > now and p.get("id") != record.id
+            ]
+            current["pushes"].append(_loads(header))
+            return current
+
+        def ops(tx: Any) -> None:
+            tx.create(base, header)
             tx.create(f"{base}/votes")
             tx.create(f"{base}/acks")
             tx.create(f"{base}/roster", _dumps(names))
             tx.create(f"{base}/pusher", ephemeral=True)
-            results = tx.commit()
+
+        def create() -> None:
+            if record.outcome == "preparing":
+                results = update_current(self.client, self.paths, opened, ops)
+            else:  # refused before it opened (--expect): no member need know
+                tx = self.client.transaction()
+                ops(tx)
+                results = tx.commit()
             failed = [r for r in results if isinstance(r, Exception)]
+            # NodeExists: a retry after a lost connection, and the first try won.
             if failed and not isinstance(failed[0], NodeExistsError):
                 raise failed[0]
 
@@ -422,17 +451,24 @@ class ZkRegistry:
         record.outcome = "committed"
         body = _header(record, meta)
         path = f"{self.paths.desired}/{desired.slot}"
+
+        def committed(current: dict[str, Any]) -> dict[str, Any]:
+            current = _without(record.id)(current)
+            current["desired"][desired.slot] = desired.to_json()
+            return current
+
+        def ops(tx: Any) -> None:
+            if zversion < 0:
+                tx.create(path, _dumps(desired.to_json()))
+            else:
+                tx.set_data(path, _dumps(desired.to_json()), version=zversion)
+            # version=0: the push node as we created it. A member that
+            # gave the push up as abandoned changed it: then no commit.
+            tx.set_data(base, body, version=0)
+
         for _attempt in range(10):
             try:
-                tx = self.client.transaction()
-                if zversion < 0:
-                    tx.create(path, _dumps(desired.to_json()))
-                else:
-                    tx.set_data(path, _dumps(desired.to_json()), version=zversion)
-                # version=0: the push node as we created it. A member that
-                # gave the push up as abandoned changed it: then no commit.
-                tx.set_data(base, body, version=0)
-                results = tx.commit()
+                results = update_current(self.client, self.paths, committed, ops)
             except (ConnectionLoss, SessionExpiredError, KazooTimeoutError):
                 self._wait_connected()
                 data, _ = self._retry(self.client.get, base)
@@ -471,11 +507,17 @@ class ZkRegistry:
             # the header members watch stays small, and is left alone after a
             # commit (which already marked it): members that still watch it
             # need not wake for this.
-            tx = self.client.transaction()
-            if outcome != "committed":
-                tx.set_data(base, _header(record, meta))
-            tx.create(f"{base}/record", _dumps(record.to_json()))
-            results = tx.commit()
+            def ops(tx: Any) -> None:
+                if outcome != "committed":
+                    tx.set_data(base, _header(record, meta))
+                tx.create(f"{base}/record", _dumps(record.to_json()))
+
+            if outcome == "committed":  # the commit took it out of ``current``
+                tx = self.client.transaction()
+                ops(tx)
+                results = tx.commit()
+            else:
+                results = update_current(self.client, self.paths, _without(record.id), ops)
             failed = [r for r in results if isinstance(r, Exception)]
             if failed and not isinstance(failed[0], NodeExistsError):
                 raise failed[0]
@@ -538,8 +580,9 @@ class ZkRegistry:
                 break
             wake.wait(min(remaining, 1.0))
             # Many members answer at once: let a batch land before re-reading
-            # the whole list (longer for larger fleets, at most 50 ms).
-            time.sleep(min(0.05, 0.00005 * len(wanted)))
+            # the whole list (longer while many are still to answer, at most
+            # 50 ms; the last few are read at once).
+            time.sleep(min(0.05, 0.00005 * len(wanted - set(got) - gone)))
         return got, gone
 
     def _prune(self) -> None:

@@ -2,52 +2,68 @@
 
 Each engine process that joins a fleet through ZooKeeper runs one
 :class:`ZkMember` (the benchmark runs hundreds per process). It holds an
-ephemeral node under ``members/``; it votes on every push it sees (prepare:
-load and check through its engine), swaps when the slot's desired node
-names a new sha, acks, and reports its state in its node. Watches never
-carry orders: each one only marks what changed, and a pass re-reads those
-nodes and makes the engine match (every node, every few seconds, anyway).
-After a session expires it joins again and converges.
+ephemeral node under ``members/``; it watches one node, ``current`` (the
+open pushes and a copy of the desired versions, see :mod:`.zk`); it votes
+on every push it sees (prepare: load and check through its engine), swaps
+when a slot's desired version names a new sha, acks, and reports its state
+in its node. Watches never carry orders: each one only marks what changed,
+and a pass re-reads and makes the engine match (``current`` every couple of
+seconds anyway, and the desired nodes themselves whenever it joins or lost
+its connection). After a session expires it joins again and converges.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooState
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    RolledBackError,
+)
 from kazoo.handlers.threading import KazooTimeoutError
 
 from ..errors import LivepatchError
 from .handle import EngineHandle, converge, prepare, release
-from .model import Desired, MemberState, Rule, Vote, sha_of
+from .model import Desired, FleetError, MemberState, Rule, Vote, sha_of
 from .zk import (
+    STALE_PUSH_S,
     ZkAddress,
     _connect,
     _dumps,
     _loads,
     _Paths,
-    source_from_node,
+    _without,
+    current_of,
+    update_current,
     vote_member,
     vote_node,
 )
+from .zksource import read_source, write_source
 
 __all__ = ["ZkMember"]
 
-#: A member gives up on a push that is still preparing this long past its deadline.
-STALE_PUSH_S = 30.0
+#: The mark of the loop's periodic pass (re-reads ``current``, checks open pushes).
+PERIODIC = "~"
+
+#: A member re-reports its state (calls/s) on a periodic pass this often.
+REPORT_S = 10.0
 
 
 class ZkMember:
     """A member agent: an ephemeral node, watches, and a reconcile loop.
 
-    By default the loop is a thread of its own. Simulated members (the
-    benchmark's, hundreds per process) pass an ``executor`` that runs their
-    passes instead, and a kazoo ``handler`` they share: the same protocol,
-    without three threads per member.
+    The loop is a thread of its own. ``connect`` opens the session (the
+    benchmark's simulated members, a thousand per process, pass one that
+    shares an event loop: :mod:`livepatch.fleet.zksim`).
     """
 
     def __init__(
@@ -57,8 +73,7 @@ class ZkMember:
         handle: EngineHandle,
         pid: int = 0,
         refresh_s: float = 2.0,
-        executor: Any = None,
-        handler: Any = None,
+        connect: Callable[[ZkAddress], Any] = _connect,
     ) -> None:
         self.address = address
         self.fleet = fleet
@@ -79,25 +94,22 @@ class ZkMember:
         self._acked: set[str] = set()
         self._sources: dict[str, tuple[Rule, str]] = {}
         self._desired: dict[str, Desired] = {}
+        self._desired_json: dict[str, Any] = {}
         self._last_calls: tuple[int, float] | None = None
+        self._reported = 0.0
         self._thread: threading.Thread | None = None
-        self._executor = executor
-        self._handler = handler
-        self._scheduled = False
+        self._connect = connect
         self.passes = 0
 
     def start(self, wait: bool = True) -> MemberState:
         """Join the fleet; with ``wait``, converge once before returning."""
-        self.client = _connect(self.address, handler=self._handler)
+        self.client = self._connect(self.address)
         self.client.add_listener(self._on_state)
         self.client.retry(self.paths.ensure, self.client)
         if wait:
             self._pass()
-        if self._executor is None:
-            self._thread = threading.Thread(
-                target=self._loop, name="livepatch-fleet-zk", daemon=True
-            )
-            self._thread.start()
+        self._thread = threading.Thread(target=self._loop, name="livepatch-fleet-zk", daemon=True)
+        self._thread.start()
         return self.state
 
     def stop(self) -> None:
@@ -123,30 +135,14 @@ class ZkMember:
     def _mark(self, path: str) -> None:
         with self._dirty_lock:
             self._dirty.add(path)
-            if self._executor is not None:
-                if self._scheduled or self._stop.is_set():
-                    return
-                self._scheduled = True
-        if self._executor is not None:
-            self._executor.submit(self._run_scheduled)
-        else:
-            self._wake.set()
-
-    def _run_scheduled(self) -> None:
-        with self._dirty_lock:
-            dirty, self._dirty = self._dirty, set()
-            self._scheduled = False
-        try:
-            self._pass(dirty)
-        except (KazooException, KazooTimeoutError, LivepatchError, OSError):
-            timer = threading.Timer(0.2, self._mark, args=("*",))  # retry, not at once
-            timer.daemon = True
-            timer.start()
+        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self._wake.wait(self.refresh_s):
-                self._mark("*")  # a periodic full pass: never trust only events
+            # Jittered, so that a thousand members started together do not
+            # all re-read at the same moment.
+            if not self._wake.wait(self.refresh_s * random.uniform(0.8, 1.2)):
+                self._mark(PERIODIC)  # never trust only events
             if self._stop.is_set():
                 return
             self._wake.clear()
@@ -161,41 +157,51 @@ class ZkMember:
 
     def _pass(self, dirty: set[str] | None = None) -> None:
         """One reconcile pass: re-read what a watch said changed (everything
-        for ``*``), make the engine match, ack, report."""
+        for ``*``), make the engine match, vote or ack, report."""
         self.passes += 1
         dirty = {"*"} if dirty is None else dirty
         full = "*" in dirty
         if self._rejoin:
             self._join()
             full = True
-        pushes = self.paths.pushes
+        periodic = PERIODIC in dirty and not full
+        current: dict[str, Any] | None = None
         fresh: set[str] = set()
-        if full or pushes in dirty:
-            fresh = self._prepare_new(
-                self.client.get_children(pushes, watch=self._on_watch), check_votes=full
-            )
-        # A watch on a push node or on its lease (``<id>/pusher``) names the push.
+        if full or periodic or self.paths.current in dirty:
+            data, _ = self.client.get(self.paths.current, watch=self._on_watch)
+            current = current_of(data)
+            fresh = self._prepare_new(current["pushes"], check_votes=full)
+        # A watch on a push's lease (``pushes/<id>/pusher``) names the push.
+        pushes = self.paths.pushes
         touched = {
             p[len(pushes) + 1 :].partition("/")[0] for p in dirty if p.startswith(pushes + "/")
         }
-        only = None if full or pushes in dirty else touched
-        desired_dir = self.paths.desired
-        slots = {p[len(desired_dir) + 1 :] for p in dirty if p.startswith(desired_dir + "/")}
-        if full or desired_dir in dirty or slots:
-            self._converge(full, desired_dir in dirty, slots)
+        if full:
+            self._converge(None)  # the desired nodes themselves: the truth
+        elif current is not None and (periodic or current["desired"] != self._desired_json):
+            # A periodic pass also repairs an engine swapped by hand, and
+            # refreshes the calls/s in our node now and then.
+            stale = time.monotonic() - self._reported >= REPORT_S
+            self._converge(current["desired"], report=periodic and stale)
+        open_ids = None if current is None else {str(p.get("id")) for p in current["pushes"]}
         # A push prepared in this very pass was just read: no need to look again.
-        self._release_aborted(only, skip=fresh)
+        self._release_ended(full or periodic, touched, open_ids, skip=fresh)
 
-    def _converge(self, full: bool, listing: bool, slots: set[str]) -> None:
-        """Make the engine run the desired versions; ack and report in one
+    def _converge(self, desired: dict[str, Any] | None, report: bool = False) -> None:
+        """Make the engine run the desired versions (``desired``: from
+        ``current``; ``None``: read the desired nodes); ack and report
+        (when anything changed, on a full pass, or with ``report``) in one
         transaction (one round trip, and one watch event for nobody)."""
+        first = [desired]
 
         def read_desired() -> dict[str, tuple[str, str]]:
-            # Re-read only what changed (a new slot re-reads the list).
-            if full or listing or not self._desired:
+            # A retry (someone swapped meanwhile) reads ``current`` again.
+            given = first.pop() if first else self._read_current_desired()
+            if given is None:
                 self._desired = self._read_desired()
             else:
-                self._desired.update(self._read_desired(slots))
+                self._desired = {s: Desired.from_json(d) for s, d in given.items()}
+            self._desired_json = {s: d.to_json() for s, d in self._desired.items()}
             return {slot: (d.sha256, d.filename) for slot, d in self._desired.items()}
 
         result = converge(self.handle, read_desired, self._source, self.pid)
@@ -206,7 +212,7 @@ class ZkMember:
         for d in self._desired.values():
             self._prepared.pop(d.push, None)
         acks = self._acks(self._desired)
-        publish = changed or full
+        publish = changed or desired is None or report  # a full pass reports anyway
         if publish:
             self._upload_active()
         if not acks and not publish:
@@ -243,24 +249,20 @@ class ZkMember:
 
     def _source(self, sha: str) -> tuple[Rule, str]:
         if sha not in self._sources:  # content-addressed: safe to keep
-            try:
-                data, _ = self.client.get(f"{self.paths.sources}/{sha}")
-            except NoNodeError:
-                raise LookupError(f"the registry has no source {sha[:12]}") from None
-            self._sources[sha] = source_from_node(data, sha)
+            self._sources[sha] = read_source(
+                self.client, self.paths.sources, self.paths.chunks, sha
+            )
         return self._sources[sha]
 
-    def _prepare_new(self, pushes: list[str], check_votes: bool = True) -> set[str]:
-        """Vote on every push we have not seen; returns the ones we prepared."""
+    def _prepare_new(self, pushes: list[dict[str, Any]], check_votes: bool = True) -> set[str]:
+        """Vote on every open push (headers from ``current``) we have not
+        seen; returns the ones we prepared."""
         fresh = set()
-        for push_id in sorted(set(pushes) - self._seen):
-            base = f"{self.paths.pushes}/{push_id}"
-            try:
-                data, _ = self.client.get(base, watch=self._on_watch)
-            except NoNodeError:
-                self._seen.add(push_id)
+        for push in sorted(pushes, key=lambda p: str(p.get("id"))):
+            push_id = str(push.get("id"))
+            if push_id in self._seen:
                 continue
-            push = _loads(data)
+            base = f"{self.paths.pushes}/{push_id}"
             if push.get("outcome") != "preparing" or time.time() > float(push.get("deadline", 0)):
                 self._seen.add(push_id)
                 continue
@@ -285,17 +287,22 @@ class ZkMember:
             return False
         return any(vote_member(n) == self.name for n in names)
 
-    def _release_aborted(self, only: set[str] | None, skip: set[str]) -> None:
-        """Prepared versions of pushes that were aborted (or abandoned) go."""
+    def _release_ended(
+        self, full: bool, touched: set[str], open_ids: set[str] | None, skip: set[str]
+    ) -> None:
+        """Prepared versions of pushes that were aborted (or abandoned) go.
+
+        A push is looked at when it left ``current``'s open pushes without
+        a commit naming it, when its lease changed, and on a full pass."""
         for push_id, vote in list(self._prepared.items()):
-            if (only is not None and push_id not in only) or push_id in skip:
+            if push_id in skip:
+                continue
+            left = open_ids is not None and push_id not in open_ids
+            if not (full or left or push_id in touched):
                 continue
             base = f"{self.paths.pushes}/{push_id}"
             try:
-                # Without a watch first: a push that ended needs none.
                 data, stat = self.client.get(base)
-                if _loads(data).get("outcome") == "preparing":
-                    data, stat = self.client.get(base, watch=self._on_watch)
                 push = _loads(data)
             except NoNodeError:
                 push, stat = {"outcome": "aborted"}, None
@@ -320,21 +327,30 @@ class ZkMember:
         commit is a compare-and-set on the same node version): the outcome."""
         body = {**push, "outcome": "abandoned", "finished": time.time()}
         body["reason"] = "its pusher went away (or stalled) before committing"
-        try:
-            self.client.set(base, _dumps(body), version=version)
-        except BadVersionError:
-            data, _ = self.client.get(base, watch=self._on_watch)
+        push_id = base.rpartition("/")[2]
+
+        def ops(tx: Any) -> None:
+            tx.set_data(base, _dumps(body), version=version)
+
+        results = update_current(self.client, self.paths, _without(push_id), ops)
+        if isinstance(results[0], BadVersionError):
+            data, _ = self.client.get(base)
             return str(_loads(data).get("outcome"))
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, RolledBackError):
+                raise result
         return "abandoned"
 
-    def _read_desired(self, slots: set[str] | None = None) -> dict[str, Desired]:
+    def _read_current_desired(self) -> dict[str, Any]:
+        data, _ = self.client.get(self.paths.current)
+        desired: dict[str, Any] = current_of(data)["desired"]
+        return desired
+
+    def _read_desired(self) -> dict[str, Desired]:
+        """The desired nodes themselves (no watch: ``current`` tells changes)."""
         c = self.client
-        if slots is None:
-            slots = set(c.get_children(self.paths.desired, watch=self._on_watch))
-        results = {
-            slot: c.get_async(f"{self.paths.desired}/{slot}", watch=self._on_watch)
-            for slot in slots
-        }
+        slots = set(c.get_children(self.paths.desired))
+        results = {slot: c.get_async(f"{self.paths.desired}/{slot}") for slot in slots}
         found = {}
         for slot, result in results.items():
             with contextlib.suppress(NoNodeError):
@@ -371,8 +387,12 @@ class ZkMember:
                 if sha_of(source) != sha:
                     continue
                 filename = f"{active['version'].partition('@')[0]}-{sha[:12]}.py"
-                with contextlib.suppress(NodeExistsError):
-                    self.client.create(path, _dumps({"filename": filename, "source": source}))
+                try:
+                    write_source(
+                        self.client, self.paths.sources, self.paths.chunks, source, filename
+                    )
+                except FleetError:
+                    continue  # too big for any fleet: nobody can roll back to it
             self._sources[sha] = self._source(sha)
 
     def _report(self) -> bytes:
@@ -383,6 +403,7 @@ class ZkMember:
             calls, then = self._last_calls
             rate = (self.state.calls - calls) / max(now - then, 1e-6)
         self._last_calls = (self.state.calls, now)
+        self._reported = now
         self.state.rate = round(rate, 1)
         return _dumps(self.state.to_json())
 

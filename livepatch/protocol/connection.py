@@ -165,6 +165,11 @@ class ServerConnection:
         return self._frame_started + limits.timeout_s
 
     @property
+    def closed_by_peer(self) -> bool:
+        """Whether the end of the stream was received (``receive_data(b"")``)."""
+        return self._framer.eof
+
+    @property
     def in_flight(self) -> frozenset[RequestId]:
         """Ids of requests handed out by :meth:`next_event` and not yet answered."""
         return frozenset(self._in_flight)

@@ -15,9 +15,12 @@ from .codes import INTERNAL_ERROR, JSONRPC_VERSION, MAX_FRAME, code_for_kind
 from .events import RequestId
 from .schema import short
 
+#: One encoder for every frame (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
 
 def _dumps(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _ENCODER.encode(message)
 
 
 def encode_message(message: Mapping[str, Any], *, max_frame: int = MAX_FRAME) -> bytes:
@@ -76,18 +79,21 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+#: One decoder for every frame (``json.loads`` with options builds one per call).
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+    object_pairs_hook=_no_duplicate_keys,
+)
+
+
 def loads_frame(frame: bytes) -> Any:
     try:
         text = frame.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadFrame(f"frame is not valid UTF-8 (bad byte at offset {exc.start})") from None
     try:
-        return json.loads(
-            text,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_no_duplicate_keys,
-        )
+        return _DECODER.decode(text)
     except RecursionError:
         raise BadFrame("JSON is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and the hooks above

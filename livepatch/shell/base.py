@@ -17,7 +17,6 @@ share the rest, defined here once:
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,22 +32,12 @@ from prompt_toolkit.styles import BaseStyle
 
 from ..commands.runner import CommandResult, LineRunner
 from ..render import color_allowed
+from ..runtime import state_home
 
 __all__ = ["PromptShell", "history_path", "state_home"]
 
 _RED = "\x1b[31m"
 _RESET = "\x1b[0m"
-
-
-def state_home() -> Path:
-    """Where the shell keeps its state: ``$LIVEPATCH_STATE_HOME``, else
-    ``$XDG_STATE_HOME/livepatch``, else ``~/.local/state/livepatch``."""
-    explicit = os.environ.get("LIVEPATCH_STATE_HOME")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
-    return base / "livepatch"
 
 
 def history_path() -> Path:

@@ -1,6 +1,7 @@
 """Spam rules, version 3: version 2's rules, counting the messages they see."""
 
 import re
+import threading
 
 from livepatch.examples.spam import Message, Verdict
 
@@ -32,10 +33,14 @@ def bad_links(links: tuple[str, ...]) -> list[str]:
 #: What this version has classified. A module global: a plain swap to the next
 #: version would start again from zero (see spam_v4.py's handoff hook).
 SEEN = {"messages": 0, "spam": 0}
+#: Calls run on several threads at once: ``+=`` on a dict item is a read and
+#: a write, and two threads can lose an update between them.
+_COUNTING = threading.Lock()
 
 
 def stats() -> dict[str, int]:
-    return dict(SEEN)
+    with _COUNTING:
+        return dict(SEEN)
 
 
 def classify(msg: Message) -> Verdict:
@@ -47,6 +52,7 @@ def classify(msg: Message) -> Verdict:
         reasons.append("many-links")
     score = min(1.0, 0.25 * len(reasons))
     verdict = Verdict(spam=score >= THRESHOLD, score=round(score, 3), reasons=tuple(reasons))
-    SEEN["messages"] += 1
-    SEEN["spam"] += verdict.spam
+    with _COUNTING:
+        SEEN["messages"] += 1
+        SEEN["spam"] += verdict.spam
     return verdict

@@ -1,6 +1,7 @@
 """Spam rules, version 4: one more keyword, and the counts handed over at swap."""
 
 import re
+import threading
 
 from livepatch.examples.spam import Message, Verdict
 
@@ -31,19 +32,25 @@ def bad_links(links: tuple[str, ...]) -> list[str]:
 
 #: What the rules have classified, this version and the ones before it.
 SEEN = {"messages": 0, "spam": 0}
+#: Calls run on several threads at once: ``+=`` on a dict item is a read and
+#: a write, and two threads can lose an update between them.
+_COUNTING = threading.Lock()
 
 
 def __livepatch_handoff__(previous):
     """Run at swap, before this version serves: carry the counts over.
 
     ``previous`` is the namespace of the version being replaced (read-only).
+    Calls still running on it after this hook has run count there, not here:
+    the hook runs before this version is published, while the old one serves.
     """
     for key, count in previous.get("SEEN", {}).items():
         SEEN[key] = SEEN.get(key, 0) + count
 
 
 def stats() -> dict[str, int]:
-    return dict(SEEN)
+    with _COUNTING:
+        return dict(SEEN)
 
 
 def classify(msg: Message) -> Verdict:
@@ -55,6 +62,7 @@ def classify(msg: Message) -> Verdict:
         reasons.append("many-links")
     score = min(1.0, 0.25 * len(reasons))
     verdict = Verdict(spam=score >= THRESHOLD, score=round(score, 3), reasons=tuple(reasons))
-    SEEN["messages"] += 1
-    SEEN["spam"] += verdict.spam
+    with _COUNTING:
+        SEEN["messages"] += 1
+        SEEN["spam"] += verdict.spam
     return verdict
