@@ -8,6 +8,8 @@ view that needs no process (the calls/s of ``status --fleet``)."""
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,3 +263,36 @@ def test_symbols_and_diff_by_sha_come_from_the_local_store_with_no_member_runnin
     failed = run_cli("symbols", broken[:12], "--fleet", FLEET)
     assert failed.returncode == 1, failed.stderr
     assert "could not be built here" in failed.stderr and "not_a_module_here" in failed.stderr
+
+
+def test_a_one_shot_fleet_verb_imports_no_engine_core_and_builds_no_parser(
+    fleet_env: Path,
+) -> None:
+    code = (
+        "import sys\n"
+        "from livepatch.cli import main\n"
+        f"assert main(['status', '--fleet', '{FLEET}']) == 0\n"
+        f"assert main(['history', '--fleet', '{FLEET}']) == 0\n"
+        "print(sorted(sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"fleet {FLEET} (local): 0 members" in done.stdout and "no pushes yet" in done.stdout
+    loaded = set(eval(done.stdout.strip().splitlines()[-1]))  # a printed list of names
+    heavy = {"engine", "native", "resolve", "bytecode", "symbols", "pyload", "quarantine"}
+    assert not {f"livepatch.{m}" for m in heavy} & loaded, loaded
+    assert "livepatch.fleet.zk" not in loaded and "kazoo" not in loaded
+    assert not any(m.startswith(("IPython", "prompt_toolkit")) for m in loaded), loaded
+    # The command layer parsed it: no argparse parser of every verb was built.
+    assert "argparse" not in loaded or _bare_has("argparse")
+
+
+def _bare_has(module: str) -> bool:
+    """Whether a bare interpreter here imports ``module`` at start-up (site may)."""
+    bare = subprocess.run(
+        [sys.executable, "-c", "import sys; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return module in set(eval(bare.stdout))

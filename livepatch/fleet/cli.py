@@ -10,13 +10,16 @@ is the engine's one call at start-up.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..runtime import ConnectionInfo
 from .model import FleetError, PushRecord, Rule, short, validate_fleet_name
+
+if TYPE_CHECKING:
+    # argparse only where a parser is built: a one-shot fleet verb builds none.
+    import argparse
 
 __all__ = [
     "Member",
@@ -55,6 +58,8 @@ def _fleet_name(text: str) -> str:
     try:
         return validate_fleet_name(text)
     except FleetError as exc:
+        import argparse
+
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
@@ -230,6 +235,8 @@ def fleet_symbols(fleet: str, registry: str | None, shas: list[str]) -> tuple[An
     saying where it was read."""
     from .tables import registry_source, table_of_source
 
+    if _is_zk(registry):
+        _quiet_kazoo()
     found = registry_source(fleet, registry, shas)
     tables = [table_of_source(short(sha), source, name) for sha, source, name in found]
     if len(tables) == 2:
@@ -254,6 +261,8 @@ def _registry_url(text: str) -> str:
     try:
         parse_zk_url(text)
     except FleetError as exc:
+        import argparse
+
         raise argparse.ArgumentTypeError(exc.message) from None
     return text
 

@@ -155,7 +155,15 @@ def _build(request: dict[str, Any]) -> SymbolTable:
     return SymbolTable(label, table.rows)
 
 
+#: The child's address-space limit, as an engine's quarantine has by default.
+CHILD_MEMORY_BYTES = 1024 * 2**20
+
+
 def _main() -> int:
+    import resource
+
+    # A body that runs away with memory fails here, not on the user's machine.
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
     request = json.loads(sys.stdin.read())
     # The rule's own output must not mix with the reply on stdout.
     reply_fd = os.dup(1)
@@ -164,6 +172,8 @@ def _main() -> int:
         reply: dict[str, Any] = {"table": _build(request).to_json()}
     except LivepatchError as exc:
         reply = {"error": exc.message}
+    except MemoryError:
+        reply = {"error": f"its body needed more than {CHILD_MEMORY_BYTES // 2**20} MiB"}
     except Exception as exc:  # noqa: BLE001 - the one line the user sees; the child exits
         reply = {"error": f"{type(exc).__name__}: {exc}"}
     with os.fdopen(reply_fd, "w") as out:
