@@ -102,6 +102,8 @@ INTROSPECTION_TIMEOUT_S = float(os.environ.get("LIVEPATCH_INTROSPECTION_TIMEOUT"
 #: Control requests: quick, answered on their client's thread with no new rule
 #: call starting meanwhile.
 CONTROL_METHODS = frozenset({"status", "swap", "rollback", "purge", "journal", "source"})
+#: What a control client's thread answers with new rule calls paused.
+QUICK_METHODS = CONTROL_METHODS | {"hello", "subscribe"}
 #: Read-only methods that run the loaded module's code: under a deadline.
 INTROSPECTION_METHODS = frozenset({"symbols", "diff"})
 #: A subscriber whose unread events pile up past this many bytes is dropped.
@@ -176,6 +178,9 @@ class Server:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[ServedClient] = set()
+        #: Clients that asked for events (changed from their reader threads
+        #: and the loop; read by whichever thread a change happens on).
+        self._subscribers: set[ServedClient] = set()
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._error: BaseException | None = None
@@ -365,6 +370,7 @@ class Server:
             pass
         finally:
             self._clients.discard(client)
+            self._subscribers.discard(client)
             client.close()
 
     async def _client_loop(self, client: ServedClient, reader: asyncio.StreamReader) -> None:
@@ -498,11 +504,11 @@ class Server:
                 if isinstance(event, Notification):
                     continue
                 assert isinstance(event, Request)
+                if paused and event.method not in QUICK_METHODS:
+                    calls.resume()  # a load or a call can take long: not paused
+                    paused = False
                 if event.method == "call":
                     client.calls_rules = True
-                    if paused:  # its own call must not wait for its own pause
-                        calls.resume()
-                        paused = False
                     mine = self._call_here(client, event, loop)
                 else:
                     mine = self._send_here(client, self._answer_here(client, event), loop)
@@ -534,6 +540,7 @@ class Server:
             return self._hello(client, request)
         if method == "subscribe":
             client.subscribed = True
+            self._subscribers.add(client)
             return conn.send_result(request.id, {"subscribed": True})
         job = self._job(client, request)
         try:
@@ -676,8 +683,10 @@ class Server:
     # -- events -----------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
+        # With no subscriber, waking the loop would only make it take the
+        # interpreter lock from the request that made the change.
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if self._subscribers and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._broadcast, event)
 
