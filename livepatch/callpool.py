@@ -53,9 +53,10 @@ DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 3600.0
 #: How often the watchdog looks for calls past their deadline.
 _SCAN_S = 0.02
-#: The longest a worker waits at a pause (see CallPool.pause) before it starts
-#: its next call anyway.
-_PAUSE_MAX_S = 0.05
+#: The longest a pause holds calls back (see CallPool.pause): a control
+#: request slower than that (a hand-off hook, a slow disk) shares the
+#: interpreter lock with calls again rather than holding them all up.
+_PAUSE_MAX_S = 0.02
 
 _current = threading.local()
 
@@ -146,6 +147,7 @@ class CallPool:
         self._open = threading.Event()
         self._open.set()
         self._pauses = 0
+        self._paused_until = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(workers)
@@ -239,12 +241,13 @@ class CallPool:
         }
 
     def pause(self) -> None:
-        """Start no new call until :meth:`resume` (or for at most
-        ``_PAUSE_MAX_S`` per call): a control request that is waited for gets
-        the interpreter lock without eight workers starting calls around it.
-        Calls already running go on; pauses nest."""
+        """Start no new call until :meth:`resume`, or for at most
+        ``_PAUSE_MAX_S`` from now: a control request gets the interpreter
+        lock without eight callers starting calls around it. Calls already
+        running go on; pauses nest (the latest one's limit counts)."""
         with self._lock:
             self._pauses += 1
+            self._paused_until = time.monotonic() + _PAUSE_MAX_S
             self._open.clear()
 
     def resume(self) -> None:
@@ -275,7 +278,9 @@ class CallPool:
         """Run a call on this thread once a place is free; ``False`` when the
         watchdog answered it after it started (see :meth:`run`)."""
         if not self._open.is_set():
-            self._open.wait(_PAUSE_MAX_S)
+            left = self._paused_until - time.monotonic()
+            if left > 0:
+                self._open.wait(left)
         if not self._take_place(call):
             return True  # timed out while queued: answered, never started
         # An interrupt delivered after the call's own code had returned (the

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from .callpool import CallPool
+from .dataloop import DataLoop
 from .engine import Engine, Event
 from .errors import Busy, LivepatchError, Timeout, Unauthenticated
 from .interrupt import Interrupted, run_with_deadline
@@ -102,6 +103,8 @@ INTROSPECTION_TIMEOUT_S = float(os.environ.get("LIVEPATCH_INTROSPECTION_TIMEOUT"
 #: Control requests: quick, answered on their client's thread with no new rule
 #: call starting meanwhile.
 CONTROL_METHODS = frozenset({"status", "swap", "rollback", "purge", "journal", "source"})
+#: What a control client's thread answers with new rule calls paused.
+QUICK_METHODS = CONTROL_METHODS | {"hello", "subscribe"}
 #: Read-only methods that run the loaded module's code: under a deadline.
 INTROSPECTION_METHODS = frozenset({"symbols", "diff"})
 #: A subscriber whose unread events pile up past this many bytes is dropped.
@@ -176,6 +179,14 @@ class Server:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[ServedClient] = set()
+        #: Clients that asked for events (changed from their reader threads
+        #: and the loop; read by whichever thread a change happens on).
+        self._subscribers: set[ServedClient] = set()
+        #: Serves the clients that call rules (started by the first one).
+        self._data: DataLoop | None = None
+        self._data_lock = threading.Lock()
+        #: Requests a data loop answers in place (see livepatch/dataloop.py).
+        self.quick_methods = QUICK_METHODS
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._error: BaseException | None = None
@@ -214,6 +225,8 @@ class Server:
         if self._claim is not None:
             self._claim.release()
         self.calls.close()
+        if self._data is not None:
+            self._data.stop()
         # Idle threads go; a stuck call's or a hung load's thread is a daemon.
         self._lifecycle.shutdown(wait=False, cancel_futures=True)
 
@@ -365,6 +378,7 @@ class Server:
             pass
         finally:
             self._clients.discard(client)
+            self._subscribers.discard(client)
             client.close()
 
     async def _client_loop(self, client: ServedClient, reader: asyncio.StreamReader) -> None:
@@ -427,15 +441,37 @@ class Server:
         self._start_reader(client)
         await client.reader_done
 
-    def _start_reader(self, client: ServedClient) -> None:
+    def _start_reader(self, client: ServedClient, first: Request | None = None) -> None:
         threading.Thread(
             target=self._read_here,
-            args=(client,),
+            args=(client, first),
             name=f"livepatch-conn-{client.peer.pid or 'tcp'}",
             daemon=True,
         ).start()
 
-    def _read_here(self, client: ServedClient) -> None:
+    def _on_stuck(self, client: ServedClient) -> None:
+        """A call of ``client``'s outlived its deadline on the thread that
+        read it: another thread reads the client from now on."""
+        if self._data is not None:
+            self._data.release(client)
+        self._start_reader(client)
+
+    def _end_client(self, client: ServedClient) -> None:
+        """The last reader of ``client`` is done: close its descriptor and
+        let the loop close the rest."""
+        client.release_fd()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(end_reader, client.reader_done)
+
+    def _data_loop(self) -> DataLoop:
+        with self._data_lock:
+            if self._data is None:
+                self._data = DataLoop(self)
+            return self._data
+
+    def _read_here(self, client: ServedClient, first: Request | None = None) -> None:
         """A client's reader, past its hello: frames in, requests answered
         right here, replies out.
 
@@ -466,11 +502,18 @@ class Server:
         paused = False
         try:
             while mine:
-                event = conn.next_event()
+                event: object = conn.next_event() if first is None else first
+                first = None
                 if event is NEED_DATA:
                     if paused:
                         calls.resume()
                         paused = False
+                    if client.calls_rules and not client.subscribed:
+                        # A client that calls rules is served by the data
+                        # loop from now on (livepatch/dataloop.py).
+                        mine = False
+                        self._data_loop().adopt(client)
+                        return
                     deadline = conn.read_deadline()
                     timeout_ms = None
                     if deadline is not None:
@@ -498,12 +541,16 @@ class Server:
                 if isinstance(event, Notification):
                     continue
                 assert isinstance(event, Request)
+                if paused and event.method not in QUICK_METHODS:
+                    calls.resume()  # a load or a call can take long: not paused
+                    paused = False
                 if event.method == "call":
                     client.calls_rules = True
-                    if paused:  # its own call must not wait for its own pause
-                        calls.resume()
-                        paused = False
-                    mine = self._call_here(client, event, loop)
+                    mine, sent = self._call_here(client, event, loop)
+                    if mine and not sent:
+                        # The peer reads slower than it asks: read nothing
+                        # more of it until what it was sent has gone out.
+                        mine = self._wait_loop(self._flush(client), loop)
                 else:
                     mine = self._send_here(client, self._answer_here(client, event), loop)
         except LocalProtocolError:
@@ -512,9 +559,7 @@ class Server:
             if paused:
                 calls.resume()
             if mine:
-                client.release_fd()
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(end_reader, client.reader_done)
+                self._end_client(client)
 
     def _send_here(
         self, client: ServedClient, data: bytes, loop: asyncio.AbstractEventLoop
@@ -534,6 +579,7 @@ class Server:
             return self._hello(client, request)
         if method == "subscribe":
             client.subscribed = True
+            self._subscribers.add(client)
             return conn.send_result(request.id, {"subscribed": True})
         job = self._job(client, request)
         try:
@@ -566,10 +612,11 @@ class Server:
 
     def _call_here(
         self, client: ServedClient, request: Request, loop: asyncio.AbstractEventLoop
-    ) -> bool:
+    ) -> tuple[bool, bool]:
         """Run a rule call on this (the client's reader) thread and send its
-        reply; ``False`` when the call got stuck and another thread reads
-        the client now."""
+        reply: whether this thread still reads the client (``False`` when
+        the call got stuck and another does now), and whether the reply went
+        straight out (else the loop writes the rest)."""
         conn = client.conn
         params = dict(request.params)
         timeout_s = params.pop("timeout_s", None)
@@ -587,17 +634,13 @@ class Server:
                 target=target,
                 symbol=symbol,
                 answer=answer,
-                on_stuck=functools.partial(self._start_reader, client),
+                on_stuck=functools.partial(self._on_stuck, client),
                 timeout_s=timeout_s,
             )
         except Exception as exc:  # noqa: BLE001 - busy, or never a traceback
             answer(None, exc)
             mine = True
-        if mine and not flushed[0]:
-            # The peer reads slower than it asks: read nothing more of it
-            # until what it was sent has gone out (backpressure).
-            mine = self._wait_loop(self._flush(client), loop)
-        return mine
+        return mine, flushed[0]
 
     @staticmethod
     def _wait_loop(work: Coroutine[Any, Any, bool | None], loop: asyncio.AbstractEventLoop) -> bool:
@@ -676,8 +719,10 @@ class Server:
     # -- events -----------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
+        # With no subscriber, waking the loop would only make it take the
+        # interpreter lock from the request that made the change.
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if self._subscribers and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._broadcast, event)
 

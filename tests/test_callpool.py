@@ -134,7 +134,7 @@ def test_run_on_the_asking_thread_shares_places_pause_and_deadlines() -> None:
         pool.pause()
         held = threading.Thread(target=run, args=("held", lambda: "ran"))
         held.start()
-        # Waiting (a pause holds a call for at most 50 ms), or run already.
+        # Waiting (a pause holds calls for at most 20 ms), or run already.
         wait_until(lambda: pool.snapshot()["queued"] == 1 or len(answers) == 3)
         pool.resume()
         held.join(10)

@@ -262,3 +262,56 @@ def test_a_swap_is_answered_while_every_worker_runs_a_rule(runtime_dir: Path) ->
     finally:
         stop.set()
         proc.stop()
+
+
+def test_a_slow_or_stuck_call_in_the_data_loop_holds_up_no_other_caller(
+    runtime_dir: Path,
+) -> None:
+    # Clients that call rules share one thread (livepatch/dataloop.py): a
+    # rule that is slow, or that never returns, must not hold up the
+    # others. Each client here makes a first call, so the data loop
+    # serves it from then on.
+    proc = start_engine("--no-quarantine", "--call-workers", "4")
+    try:
+        with Client.connect() as admin:
+            setup(admin)
+            slow, slow_reader = raw_hello()
+            fast, fast_reader = raw_hello()
+            for sock, reader in ((slow, slow_reader), (fast, fast_reader)):
+                sock.sendall(call(1, "nap", 0.001))
+                assert json.loads(reader.readline())["result"]["result"] == 0.001
+            # A nap of 2 s on one client; the other's calls are answered
+            # meanwhile, in order, long before the nap ends.
+            slow.sendall(call(2, "nap", 2.0))
+            poll(lambda: admin.status()["calls"]["running"] == 1)
+            for rid in range(2, 12):
+                fast.sendall(call(rid, "classify", MSG))
+                reply = json.loads(fast_reader.readline())
+                assert reply["id"] == rid and reply["result"]["result"]["spam"] is True
+            assert admin.status()["calls"]["running"] == 1  # the nap, still going
+            assert json.loads(slow_reader.readline())["result"]["result"] == 2.0
+            # Now one that never returns: answered `timeout` at its deadline;
+            # the other client is served throughout, and so is this one after.
+            slow.sendall(call(3, "hang", timeout_s=1.0) + call(4, "nap", 0.001))
+            poll(lambda: admin.status()["calls"]["running"] == 1)
+            for rid in range(12, 22):
+                fast.sendall(call(rid, "nap", 0.001))
+                assert json.loads(fast_reader.readline())["id"] == rid
+            hung, after = json.loads(slow_reader.readline()), json.loads(slow_reader.readline())
+            assert hung["id"] == 3 and hung["error"]["data"]["kind"] == "timeout"
+            assert after["id"] == 4 and after["result"]["result"] == 0.001
+            # Control requests from a calling client are answered in order too.
+            fast.sendall(frame(30, "status") + call(31, "nap", 0.001) + frame(32, "journal"))
+            replies = [json.loads(fast_reader.readline()) for _ in range(3)]
+            assert [r["id"] for r in replies] == [30, 31, 32]
+            assert len(replies[0]["result"]["calls"]["stuck"]) == 1
+            for sock, reader in ((slow, slow_reader), (fast, fast_reader)):
+                reader.close()
+                sock.close()
+            # The callers' sockets are closed by the engine's side too once
+            # they hang up: nothing of theirs is left running.
+            poll(lambda: admin.status()["calls"]["running"] == 1)  # only the hung one
+        assert proc.proc.poll() is None
+        assert "Traceback" not in proc.log_text()
+    finally:
+        proc.stop()
