@@ -14,15 +14,17 @@ kind of request waits behind another client's:
 * lifecycle and introspection (``load``, ``check``, ``unload``, ``symbols``,
   ``diff``) run on a small thread pool, bounded by the quarantine's time
   limit or by an introspection deadline;
-* rule calls (``call``) run on the client's thread too, each holding one of
-  the :class:`~livepatch.callpool.CallPool`'s places: a fixed number at
-  once, a capped queue (``busy`` beyond it), a deadline per call
-  (``timeout``; the call is interrupted, or shown as stuck in ``status``
-  while another thread takes over the client).
+* rule calls (``call``) run in place too, each holding one of the
+  :class:`~livepatch.callpool.CallPool`'s places: a fixed number at once, a
+  capped queue (``busy`` beyond it), a deadline per call (``timeout``; the
+  call is interrupted, or shown as stuck in ``status`` while another thread
+  takes over the client). A client that has called a rule is served from
+  then on by the data loop (:mod:`livepatch.dataloop`), one thread for all
+  such clients, which hands a slow one a thread of its own.
 
-One thread per client, rather than the loop handing each call to a worker,
-makes a call one wake-up instead of two, with no hand-off of the interpreter
-lock between threads. The loop still writes subscribers' events and
+Calls run where their frames are read, rather than the loop handing each to
+a worker: a call costs no wake-up of another thread and no hand-off of the
+interpreter lock. The loop still writes subscribers' events and
 whatever a socket did not take at once (:mod:`livepatch.serverclient`).
 
 Before ``hello`` a connection may send only a small frame, must have sent its
