@@ -371,7 +371,8 @@ class Client:
         try:
             result = self.request("call", params)
         finally:
-            sock.settimeout(self.timeout)
+            if self._sock is sock:  # a lost connection closed it: its error stands
+                sock.settimeout(self.timeout)
         return result
 
     def journal(self, limit: int | None = None) -> list[dict[str, Any]]:

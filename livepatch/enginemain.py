@@ -257,7 +257,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         else Quarantine(timeout_s=args.load_timeout, memory_mb=args.load_memory)
     )
     # Rule calls that run long hold the GIL for a switch interval at a time,
-    # and the event loop and the control threads wait that long per hand-off:
+    # and the clients' threads and the event loop wait that long per hand-off:
     # a shorter interval keeps swap and status quick while calls run.
     sys.setswitchinterval(args.switch_interval or SWITCH_INTERVAL_S)
     engine = build_engine(args, state, quarantine)

@@ -98,7 +98,9 @@ def test_a_stuck_call_keeps_neither_its_connection_nor_a_swap_waiting(runtime_di
             # timeout is answered, and the replies keep their order.
             sock, reader = raw_hello()
             sock.sendall(
-                call(1, "hang", timeout_s=1.0)
+                # The deadline leaves the swap below time to land first,
+                # however busy the machine: what comes after must run on it.
+                call(1, "hang", timeout_s=5.0)
                 + frame(2, "status")
                 + call(3, "classify", MSG)
                 + call(4, "nap", 0.01)
@@ -110,7 +112,7 @@ def test_a_stuck_call_keeps_neither_its_connection_nor_a_swap_waiting(runtime_di
             replies = [json.loads(reader.readline()) for _ in range(4)]
             assert [r["id"] for r in replies] == [1, 2, 3, 4]
             assert replies[0]["error"]["data"]["kind"] == "timeout"
-            assert "hang() did not return within 1 s" in replies[0]["error"]["message"]
+            assert "hang() did not return within 5 s" in replies[0]["error"]["message"]
             stuck = replies[1]["result"]["calls"]["stuck"]
             assert [(s["version"], s["symbol"]) for s in stuck] == [(rules, "hang")]
             # Swapped meanwhile: the calls after it ran on the new version,
@@ -174,10 +176,13 @@ def test_stop_with_calls_in_flight_ends_promptly_and_tells_the_callers(
     proc = start_engine("--no-quarantine", "--call-timeout", "60", name="busy")
     outcomes: list[str] = []
 
-    def caller(symbol: str, args: list[Any]) -> None:
+    def caller(symbol: str, args: list[Any], timeout_s: float | None = None) -> None:
         with Client.connect("busy") as client:
             try:
-                client.call("spam", symbol, args)
+                # With a deadline past the client's own timeout, the client
+                # waits longer for that call alone (and must still say
+                # "lost", not trip over its closed socket, when it goes).
+                client.call("spam", symbol, args, timeout_s=timeout_s)
                 outcomes.append("answered")
             except ConnectionLost:
                 outcomes.append("lost")
@@ -191,7 +196,7 @@ def test_stop_with_calls_in_flight_ends_promptly_and_tells_the_callers(
             # takes, all in flight when the engine is told to stop.
             threads = [
                 threading.Thread(target=caller, args=args)
-                for args in (("hang", []), ("hang", []), ("nap", [30]), ("nap", [30]))
+                for args in (("hang", []), ("hang", []), ("nap", [30], 58.0), ("nap", [30]))
             ]
             for thread in threads:
                 thread.start()
