@@ -665,7 +665,10 @@ class Engine(Introspection):
         ``engine.call(slot, ...)`` made inside the block (at any depth, in
         this thread or asyncio task, across ``await``) uses the same version.
         A pin of a slot already pinned in this context keeps the outer
-        version. With the accelerator, ``livepatch._speedups`` serves it.
+        version. ``rules.NAME`` is the version's own function, counted as a
+        call when looked up; an error counts when it leaves the block (see
+        :mod:`livepatch.pinning`). With the accelerator,
+        ``livepatch._speedups`` serves it.
         """
         return Pin(self, slot)
 

@@ -141,6 +141,15 @@ def evaluate_goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 10,
                 "x",
             )
+        grind = load.get("instructions")
+        if grind and grind.get("available"):
+            goals["load_check_growth_instructions"] = _goal(
+                "load + check of 10,000 functions / of 1,000 functions, in instructions "
+                f"(CPython's compile alone: {grind['compile_growth']:.3f}x)",
+                grind["growth"],
+                10,
+                "x",
+            )
     memory = results.get("memory")
     if memory:
         goals["memory_not_freed"] = _goal(

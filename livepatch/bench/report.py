@@ -69,7 +69,13 @@ def run(
         ),
         "swap_under_load": lambda p: measure_swap_under_load(settings, p),
         "control_plane": lambda p: measure_control_plane(settings, p),
-        "load_check": lambda p: measure_load_check(settings.load_sizes, settings.load_repeat, p),
+        # In instructions too (valgrind, minutes) in a full run or when asked for.
+        "load_check": lambda p: measure_load_check(
+            settings.load_sizes,
+            settings.load_repeat,
+            p,
+            instructions=bool(settings.callgrind_calls) or tuple(sections) != SECTIONS,
+        ),
         "memory": lambda p: measure_memory(settings.memory_cycles, settings.memory_warmup, p),
         "fleet": lambda p: measure_fleet(settings, p),
         "peers": lambda p: measure_peers(settings, p),
@@ -220,6 +226,23 @@ def render_table(results: dict[str, Any]) -> str:
             f"{_fmt(load.get('python_compile_exec_growth'), '.2f', 'x')}, "
             f"the source's bytes {_fmt(load.get('source_growth'), '.2f', 'x')} (the floor)"
         )
+        grind = load.get("instructions")
+        if grind and grind.get("available"):
+            first, last = grind["sizes"][0], grind["sizes"][-1]
+            out += [
+                "  in instructions (callgrind, PYTHONHASHSEED=0): "
+                f"{first['load_check']:,} / {last['load_check']:,}, "
+                f"growth {grind['growth']:.3f}x; CPython's compile alone "
+                f"{grind['compile_growth']:.3f}x, our own passes and the module body "
+                f"{grind['ours_growth']:.3f}x",
+                f"  the parser's token array: {first['tokens']:,} tokens in "
+                f"{first['parser_token_slots']:,} records / {last['tokens']:,} in "
+                f"{last['parser_token_slots']:,} (it doubles): "
+                f"{grind['token_slot_growth']:.1f}x the records for "
+                f"{grind['token_growth']:.1f}x the tokens",
+            ]
+        elif grind:
+            out.append(f"  in instructions: {grind.get('reason')}")
     memory = results.get("memory")
     if memory:
         out += [
