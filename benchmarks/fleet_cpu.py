@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 from livepatch.fleet.bench import _rule
 from livepatch.fleet.zk import ZkRegistry, parse_zk_url
 from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
+from livepatch.fleet.zksim import member_hosts
 
 
 def cpu_s(pid: int) -> float:
@@ -57,19 +56,7 @@ def main() -> None:
         raise SystemExit(f"fleet_cpu: {missing}")
     with tempfile.TemporaryDirectory() as tmp, ZooKeeperServer(Path(tmp)) as zk:
         url = f"zookeeper://{zk.hosts}/cpu?timeout=30"
-        hosts = []
-        for i in range(args.hosts):
-            cmd = [sys.executable, "-m", "livepatch.fleet.zksim", "--members"]
-            cmd += [str(args.members // args.hosts), "--registry", url, "--fleet", "cpu"]
-            cmd += ["--prefix", f"p{i}-"]
-            hosts.append(
-                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            )
-        try:
-            for host in hosts:
-                assert host.stdout is not None
-                if not host.stdout.readline():
-                    raise SystemExit("fleet_cpu: a member host failed to start")
+        with member_hosts(url, "cpu", args.members, args.hosts) as hosts:
             assert zk.proc is not None
             pids = {"zookeeper": zk.proc.pid, "pusher": os.getpid()}
             pids.update({f"members{i}": h.pid for i, h in enumerate(hosts)})
@@ -85,12 +72,6 @@ def main() -> None:
                 wall = (time.perf_counter() - t0) / args.pushes
                 after = {k: cpu_s(p) for k, p in pids.items()}
                 received, sent = (b - a for a, b in zip(packets, served(zk.port), strict=True))
-        finally:
-            for host in hosts:
-                assert host.stdin is not None
-                host.stdin.close()
-            for host in hosts:
-                host.wait(60)
     per = {k: round((after[k] - before[k]) / args.pushes, 3) for k in pids}
     print(f"{args.members} members: {wall:.3f} s per push; CPU s per push: {per}")
     n = args.pushes * args.members

@@ -6,14 +6,19 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from livepatch.launcher import EngineProcess
 
-__all__ = ["EngineProcess", "needs", "require", "run_cli", "start_engine"]
+if TYPE_CHECKING:
+    from livepatch.fleet.zkserver import ZooKeeperServer
+
+__all__ = ["EngineProcess", "needs", "require", "run_cli", "start_engine", "zk_registry_url"]
 
 
 def require(missing: str | None) -> None:
@@ -60,6 +65,21 @@ def engines(fleet_env: Path) -> Iterator[list[EngineProcess]]:
     yield started
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def zk_server() -> Iterator[ZooKeeperServer]:
+    """A private ZooKeeper server on a free loopback port, shared by a module's tests."""
+    from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
+
+    require(zookeeper_missing())
+    with tempfile.TemporaryDirectory(prefix="lp-zk-") as tmp, ZooKeeperServer(Path(tmp)) as server:
+        yield server
+
+
+def zk_registry_url(server: ZooKeeperServer, session_s: float) -> str:
+    """A fresh registry path on ``server`` (each test its own fleet nodes)."""
+    return f"zookeeper://{server.hosts}/t{uuid.uuid4().hex[:8]}?timeout={session_s:g}"
 
 
 def start_engine(

@@ -13,13 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess, require, run_cli, start_engine
+from conftest import EngineProcess, run_cli, start_engine, zk_registry_url
 from fleet_helpers import SLOT_ARGS, active_sha, wait_for
 from test_native_bytes import build
 
@@ -28,7 +25,7 @@ from livepatch.examples.spam import rule_path
 from livepatch.examples.spam_native import NATIVE_SLOT
 from livepatch.fleet.model import FleetError
 from livepatch.fleet.zk import ZkRegistry, parse_zk_url
-from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
+from livepatch.fleet.zkserver import ZooKeeperServer
 from livepatch.fleet.zksource import MAX_SOURCE
 from livepatch.native import find_compiler
 from livepatch.runtime import find_engine
@@ -133,21 +130,23 @@ def test_native_object_pushed_as_bytes_to_local_members(
     assert [classify(name, OFFER) for name in names] == [(1, sha)] * 3
 
 
-@pytest.fixture(scope="module")
-def zk_server() -> Iterator[ZooKeeperServer]:
-    require(zookeeper_missing())
-    with tempfile.TemporaryDirectory(prefix="lp-zk-") as tmp, ZooKeeperServer(Path(tmp)) as server:
-        yield server
+def zk_native_members(
+    server: ZooKeeperServer, engines: list[EngineProcess], fleet: str, names: str = "ab"
+) -> str:
+    """Engines ``names`` with the native slot, members of ``fleet`` on a fresh
+    registry path of ``server``; returns its URL."""
+    url = zk_registry_url(server, 2)
+    for name in names:
+        engines.append(
+            start_engine(*ARGS, "--fleet", fleet, "--registry", url, name=name, timeout=60)
+        )
+    return url
 
 
 def test_native_object_pushed_through_zookeeper(
     zk_server: ZooKeeperServer, engines: list[EngineProcess], tmp_path: Path
 ) -> None:
-    url = f"zookeeper://{zk_server.hosts}/t{uuid.uuid4().hex[:8]}?timeout=2"
-    for name in "ab":
-        engines.append(
-            start_engine(*ARGS, "--fleet", FLEET, "--registry", url, name=name, timeout=60)
-        )
+    url = zk_native_members(zk_server, engines, FLEET)
     obj = build(tmp_path / "rule_v2.so")
     sha = hashlib.sha256(obj.read_bytes()).hexdigest()
     result = run_cli("push", str(obj), "--slot", NATIVE_SLOT, "--fleet", FLEET, "--registry", url)

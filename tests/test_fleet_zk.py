@@ -12,12 +12,11 @@ import os
 import signal
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess, require, run_cli, start_engine
+from conftest import EngineProcess, run_cli, start_engine, zk_registry_url
 from fleet_helpers import (
     SLOT_ARGS,
     active_sha,
@@ -31,24 +30,17 @@ from test_fleet_cli import engine_rows
 
 from livepatch.fleet.model import PushRecord, sha_of
 from livepatch.fleet.zk import ZkRegistry, current_of, parse_zk_url
-from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
+from livepatch.fleet.zkserver import ZooKeeperServer
 
 FLEET = "z"
 #: Short sessions: a killed member's node goes within a few seconds.
 SESSION_S = 2
 
 
-@pytest.fixture(scope="module")
-def zk_server() -> Iterator[ZooKeeperServer]:
-    require(zookeeper_missing())
-    with tempfile.TemporaryDirectory(prefix="lp-zk-") as tmp, ZooKeeperServer(Path(tmp)) as server:
-        yield server
-
-
 @pytest.fixture
 def registry_url(zk_server: ZooKeeperServer, runtime_dir: Path) -> str:
     """A fresh registry path per test on the shared server."""
-    return f"zookeeper://{zk_server.hosts}/t{uuid.uuid4().hex[:8]}?timeout={SESSION_S}"
+    return zk_registry_url(zk_server, SESSION_S)
 
 
 @pytest.fixture

@@ -14,21 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EngineProcess, require, run_cli, start_engine
+from conftest import EngineProcess, run_cli
 from fleet_helpers import active_sha
-from test_fleet_native import ARGS, OFFER, classify
+from test_fleet_native import OFFER, classify, zk_native_members
 from test_native_bytes import build
 
 from livepatch.examples.spam_native import NATIVE_SLOT
 from livepatch.fleet.model import FleetError
 from livepatch.fleet.zk import ZkRegistry, parse_zk_url
-from livepatch.fleet.zkserver import ZooKeeperServer, zookeeper_missing
+from livepatch.fleet.zkserver import ZooKeeperServer
 from livepatch.fleet.zksource import CHUNK, MAX_NODE, MAX_SOURCE
 from livepatch.native import find_compiler
 
@@ -49,13 +46,6 @@ lp_pad:
 """
 
 
-@pytest.fixture(scope="module")
-def zk_server() -> Iterator[ZooKeeperServer]:
-    require(zookeeper_missing())
-    with tempfile.TemporaryDirectory(prefix="lp-zk-") as tmp, ZooKeeperServer(Path(tmp)) as server:
-        yield server
-
-
 def big_object(directory: Path, size: int) -> Path:
     """``spam_native_v2.c`` built with ``size`` random bytes of read-only data."""
     pad = directory / "pad.bin"
@@ -68,11 +58,7 @@ def big_object(directory: Path, size: int) -> Path:
 def test_an_object_of_a_few_mib_is_pushed_in_chunks_and_restored_from_them(
     zk_server: ZooKeeperServer, engines: list[EngineProcess], tmp_path: Path
 ) -> None:
-    url = f"zookeeper://{zk_server.hosts}/t{uuid.uuid4().hex[:8]}?timeout=2"
-    for name in "ab":
-        engines.append(
-            start_engine(*ARGS, "--fleet", FLEET, "--registry", url, name=name, timeout=60)
-        )
+    url = zk_native_members(zk_server, engines, FLEET)
     obj = big_object(tmp_path, 3 * 2**20)
     data = obj.read_bytes()
     assert len(data) > 3 * MAX_NODE  # several nodes' worth

@@ -7,7 +7,9 @@ import contextlib
 import math
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -291,6 +293,31 @@ class Progress:
 
 def _no_progress(fraction: float) -> None:
     """The progress callback that reports nothing."""
+
+
+def callgrind_instructions(valgrind: str, code: str, args: Sequence[str], timeout: float) -> int:
+    """Instructions that ``python -c code args...`` executes under callgrind
+    (``PYTHONHASHSEED=0``, so that runs of the same inputs count the same)."""
+    with tempfile.TemporaryDirectory(prefix="lpbench-cg-") as tmp:
+        proc = subprocess.run(
+            [
+                valgrind,
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/out",
+                sys.executable,
+                "-c",
+                code,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            timeout=timeout,
+        )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return int(found.group(1).replace(",", ""))
 
 
 # ---------------------------------------------------------------------------

@@ -18,16 +18,11 @@ again after pins were used, ``rules.f`` on an open pin, a whole
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 from typing import Any
 
-from .common import ProgressFn, _no_progress
+from .common import ProgressFn, _no_progress, callgrind_instructions
 
 __all__ = ["STATEMENTS", "measure_callgrind"]
 
@@ -93,30 +88,11 @@ def _per_call(valgrind: str, rule: str, statement: str, calls: int) -> float:
 
 
 def _instructions(valgrind: str, rule: str, statement: str, calls: str) -> int:
-    with tempfile.TemporaryDirectory(prefix="lpbench-cg-") as tmp:
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        proc = subprocess.run(
-            [
-                valgrind,
-                "--tool=callgrind",
-                f"--callgrind-out-file={tmp}/out",
-                sys.executable,
-                "-c",
-                "import sys; from livepatch.bench.hot_path_callgrind import _child; "
-                "_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))",
-                rule,
-                statement,
-                calls,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=900,
-        )
-    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"callgrind run failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return int(found.group(1).replace(",", ""))
+    code = (
+        "import sys; from livepatch.bench.hot_path_callgrind import _child; "
+        "_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
+    )
+    return callgrind_instructions(valgrind, code, [rule, statement, calls], timeout=900)
 
 
 def measure_callgrind(calls: int, progress: ProgressFn = _no_progress) -> dict[str, Any]:

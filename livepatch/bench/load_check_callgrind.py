@@ -26,16 +26,13 @@ from __future__ import annotations
 import gc
 import io
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import tokenize
 from collections.abc import Sequence
 from typing import Any
 
-from .common import ProgressFn, _no_progress
+from .common import ProgressFn, _no_progress, callgrind_instructions
 from .load_check import generated_module
 
 __all__ = ["MODES", "measure_load_instructions", "parser_token_slots"]
@@ -66,28 +63,12 @@ def _child(functions: int, mode: str) -> None:
 
 
 def _instructions(valgrind: str, functions: str, mode: str) -> int:
-    with tempfile.TemporaryDirectory(prefix="lpbench-lg-") as tmp:
-        proc = subprocess.run(
-            [
-                valgrind,
-                "--tool=callgrind",
-                f"--callgrind-out-file={tmp}/out",
-                sys.executable,
-                "-c",
-                "import sys; from livepatch.bench.load_check_callgrind import _child; "
-                "_child(int(sys.argv[1]), sys.argv[2].strip())",
-                functions,
-                mode.ljust(max(map(len, MODES))),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            timeout=1800,
-        )
-    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"callgrind run failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return int(found.group(1).replace(",", ""))
+    code = (
+        "import sys; from livepatch.bench.load_check_callgrind import _child; "
+        "_child(int(sys.argv[1]), sys.argv[2].strip())"
+    )
+    args = [functions, mode.ljust(max(map(len, MODES)))]
+    return callgrind_instructions(valgrind, code, args, timeout=1800)
 
 
 def parser_token_slots(source: str) -> tuple[int, int]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -221,7 +219,7 @@ def measure_zookeeper(
     """Push time to ``sizes`` simulated ZooKeeper members (see the module doc)."""
     from .zk import ZkRegistry, parse_zk_url
     from .zkserver import ZooKeeperServer, zookeeper_missing
-    from .zksim import gevent_missing
+    from .zksim import gevent_missing, member_hosts
 
     missing = zookeeper_missing() or gevent_missing()
     if missing:
@@ -230,32 +228,7 @@ def measure_zookeeper(
     with tempfile.TemporaryDirectory(prefix="lp-fbzk-") as tmp, ZooKeeperServer(Path(tmp)) as zk:
         for size in sizes:
             url = f"zookeeper://{zk.hosts}/bench{size}?timeout=30"
-            per = [size // processes + (i < size % processes) for i in range(processes)]
-            hosts = []
-            for i, count in enumerate(per):
-                if count == 0:
-                    continue
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "livepatch.fleet.zksim",
-                    "--members",
-                    str(count),
-                    "--registry",
-                    url,
-                    "--fleet",
-                    "bench",
-                    "--prefix",
-                    f"p{i}-",
-                ]
-                hosts.append(
-                    subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                )
-            try:
-                for host in hosts:
-                    assert host.stdout is not None
-                    if not host.stdout.readline():
-                        raise RuntimeError("a member host failed to start")
+            with member_hosts(url, "bench", size, processes):
                 times: list[float] = []
                 acked: list[int] = []
                 with ZkRegistry(parse_zk_url(url), "bench") as reg:
@@ -273,16 +246,6 @@ def measure_zookeeper(
                     "push_s_max": round(max(times), 3),
                     "acks_min": min(acked),
                 }
-            finally:
-                for host in hosts:
-                    with contextlib.suppress(OSError):
-                        assert host.stdin is not None
-                        host.stdin.close()
-                for host in hosts:
-                    try:
-                        host.wait(60)
-                    except subprocess.TimeoutExpired:
-                        host.kill()
     small, large = results.get(str(min(sizes))), results.get(str(max(sizes)))
     if small and large:
         results["ratio_largest_to_smallest"] = round(

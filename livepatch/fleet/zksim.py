@@ -31,14 +31,17 @@ extra).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["SharedLoopClient", "gevent_missing", "main"]
+__all__ = ["SharedLoopClient", "gevent_missing", "main", "member_hosts"]
 
 
 def gevent_missing() -> str | None:
@@ -227,6 +230,42 @@ def _client_class() -> Any:
 
     gevent.spawn(pinger)
     return SharedLoopClient
+
+
+@contextlib.contextmanager
+def member_hosts(
+    registry: str, fleet: str, members: int, processes: int
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """``members`` simulated members of ``fleet``, spread over ``processes``
+    processes of this module, each ready (joined and converged) when the
+    block starts; they exit when it ends (their standard input closes)."""
+    per = [members // processes + (i < members % processes) for i in range(processes)]
+    hosts: list[subprocess.Popen[str]] = []
+    try:
+        for i, count in enumerate(per):
+            if count == 0:
+                continue
+            cmd = [sys.executable, "-m", "livepatch.fleet.zksim", "--members", str(count)]
+            cmd += ["--registry", registry, "--fleet", fleet, "--prefix", f"p{i}-"]
+            hosts.append(
+                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
+        for host in hosts:
+            assert host.stdout is not None
+            if not host.stdout.readline():
+                raise RuntimeError("a simulated member process failed to start")
+        yield hosts
+    finally:
+        for host in hosts:
+            with contextlib.suppress(OSError):
+                assert host.stdin is not None
+                host.stdin.close()
+        for host in hosts:
+            try:
+                host.wait(60)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait()
 
 
 #: Set by :func:`main` once the process is patched.
