@@ -79,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as exc:  # a member process that did not start
+        raise SystemExit(f"fleet_cpu: {exc}") from None
