@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,16 @@ from livepatch.launcher import EngineProcess
 if TYPE_CHECKING:
     from livepatch.fleet.zkserver import ZooKeeperServer
 
-__all__ = ["EngineProcess", "needs", "require", "run_cli", "start_engine", "zk_registry_url"]
+__all__ = [
+    "EngineProcess",
+    "engine_pids",
+    "needs",
+    "require",
+    "run_cli",
+    "start_engine",
+    "wait_gone",
+    "zk_registry_url",
+]
 
 
 def require(missing: str | None) -> None:
@@ -48,6 +58,28 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         path = Path(tmp) / "run"
         monkeypatch.setenv("LIVEPATCH_RUNTIME_DIR", str(path))
         yield path
+        wait_gone(engine_pids(path))
+
+
+def engine_pids(directory: Path) -> list[int]:
+    """The pids of the engines whose connection files are in ``directory``."""
+    from livepatch.runtime import list_engines
+
+    return [info.pid for info in list_engines(directory, clean=False)] if directory.is_dir() else []
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait until every process in ``pids`` has ended (deadline ``timeout``).
+
+    Engines tied to a parent that a test has just killed (a kernel shut down
+    with ``now=True``) end on their own, removing their files as they go:
+    removing their directory meanwhile fails with "Directory not empty".
+    """
+    from livepatch.runtime import pid_alive
+
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EngineProcess, start_engine
+from conftest import EngineProcess, engine_pids, start_engine, wait_gone
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from terminal import open_terminal
@@ -147,9 +147,11 @@ def kernel(tmp_path: Path, runtime_dir: Path) -> Iterator[Any]:
     try:
         yield km, kc
     finally:
+        started = engine_pids(runtime_dir)  # read before the kernel goes, as they end
         kc.stop_channels()
         if km.is_alive():
             km.shutdown_kernel(now=True)
+        wait_gone(started)
 
 
 def run_in(kc: Any, code: str) -> str:
