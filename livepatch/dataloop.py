@@ -18,7 +18,10 @@ loop over, and the old one keeps that client as its own reader from then on
 client that asks for something that may wait (a load, a reply the socket
 did not take). Then the client comes back to the loop. Subscribers and
 control clients (those that never called a rule) are never here: a control
-request never waits behind a call.
+request never waits behind a call. The loop only listens for them: between
+calls it asks the control bell (:mod:`livepatch.controlbell`) whether a
+control request has arrived, and if one has, it stops at its next call so
+that the control client's thread gets the interpreter lock at once.
 """
 
 from __future__ import annotations
@@ -262,6 +265,7 @@ class DataLoop:
         fd = client.fd
         assert loop is not None and fd is not None
         conn = client.conn
+        bell = server.bell
         try:
             data = os.read(fd, 1 << 16)
         except BlockingIOError:
@@ -299,6 +303,8 @@ class DataLoop:
                     continue
                 assert isinstance(event, Request)
                 if event.method == "call":
+                    if bell.watched:
+                        bell.check()  # a control request waiting: step aside first
                     mine, sent = server._call_here(client, event, loop)
                     if not mine:
                         return False  # stuck: released, another thread reads it

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from .callpool import CallPool
+from .controlbell import ControlBell
 from .dataloop import DataLoop
 from .engine import Engine, Event
 from .errors import Busy, LivepatchError, Timeout, Unauthenticated
@@ -90,6 +91,7 @@ from .runtime import (
 from .serverclient import ServedClient, end_reader
 from .service import Service, bad_result
 from .statedir import SourceStore
+from .threadsched import request_short_slice
 
 __all__ = ["Listen", "Server", "parse_listen"]
 
@@ -175,6 +177,8 @@ class Server:
         self.directory = directory
         self.service = Service(engine, journal, store)
         self.calls = calls or CallPool()
+        #: Control clients' sockets, which the data loop watches between calls.
+        self.bell = ControlBell(self.calls)
         self._lifecycle = ThreadPoolExecutor(4, thread_name_prefix="livepatch-lifecycle")
         self.info: ConnectionInfo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -502,6 +506,12 @@ class Server:
         # lock's hand-offs could otherwise cost it a switch interval.
         calls = self.calls
         paused = False
+        # ... and the data loop stops at its next call when this client's
+        # bytes arrive, so that the lock comes here at once (the control
+        # bell, livepatch/controlbell.py); the kernel wakes this thread
+        # ahead of busy ones (a short slice, livepatch/threadsched.py).
+        bell = self.bell
+        request_short_slice()
         try:
             while mine:
                 event: object = conn.next_event() if first is None else first
@@ -513,6 +523,7 @@ class Server:
                     if client.calls_rules and not client.subscribed:
                         # A client that calls rules is served by the data
                         # loop from now on (livepatch/dataloop.py).
+                        bell.forget(fd)
                         mine = False
                         self._data_loop().adopt(client)
                         return
@@ -520,10 +531,14 @@ class Server:
                     timeout_ms = None
                     if deadline is not None:
                         timeout_ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                    if not client.calls_rules:
+                        bell.watch(fd)
+                        bell.arm(fd)
                     if not poller.poll(timeout_ms):
                         return  # silent or trickling mid-frame: drop this client only
                     if not client.calls_rules:
-                        calls.pause()
+                        if not bell.take(fd):
+                            calls.pause()
                         paused = True
                     try:
                         data = os.read(fd, 1 << 16)
@@ -558,6 +573,7 @@ class Server:
         except LocalProtocolError:
             return  # our own bookkeeping went wrong: drop this client, not the engine
         finally:
+            bell.forget(fd)
             if paused:
                 calls.resume()
             if mine:
