@@ -225,6 +225,8 @@ class DataLoop:
             self._epoll.modify(fd, _ARMED)
 
     def _timeout(self) -> float | None:
+        if not self._deadlines:  # the usual case; one added later writes the wake pipe
+            return None
         with self._lock:
             if not self._deadlines:
                 return None
@@ -232,6 +234,8 @@ class DataLoop:
         return max(0.0, soonest - time.monotonic())
 
     def _drop_late(self) -> None:
+        if not self._deadlines:  # nobody is mid-frame (read without the lock: a
+            return  # deadline added meanwhile is looked at on the next round)
         now = time.monotonic()
         with self._lock:
             late = [fd for fd, when in self._deadlines.items() if when <= now]

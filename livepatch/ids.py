@@ -7,6 +7,7 @@ for defining them.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import UnknownVersion
@@ -17,11 +18,15 @@ __all__ = ["SLOT_NAME", "is_slot_name", "parse_version_id"]
 SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 
 
+# Both are asked on every rule call over the socket, for the same few names:
+# remembered (the answers never change; a malformed id raises, and is not).
+@functools.lru_cache(maxsize=4096)
 def is_slot_name(name: str) -> bool:
     """Whether ``name`` is a slot name (see :data:`SLOT_NAME`)."""
     return SLOT_NAME.match(name) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_version_id(version: str) -> tuple[str, int]:
     """Split ``"spam@2"`` into ``("spam", 2)``; :class:`UnknownVersion` if malformed.
 

@@ -166,6 +166,10 @@ def test_sections_hold_numbers(bench_run: tuple[dict[str, Any], str, str]) -> No
         assert row["swaps"] == row["swap_ms"]["count"] > 0
         _assert_distribution(row["swap_ms"])
     _assert_numbers(control, "throughput_ratio")
+    # The two servers took turns, a round each at a time, with every swap sent.
+    assert control["rounds"] == len(control["round_ratios"]) == 3
+    assert all(r is not None and r > 0 for r in control["round_ratios"])
+    assert control["engine"]["swaps"] == control["reference"]["swaps"] == 50
 
     load = results["load_check"]
     assert [row["functions"] for row in load["sizes"]] == [100, 1_000, 10_000]

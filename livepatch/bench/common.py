@@ -96,6 +96,8 @@ class Settings:
     #: Shadow section: timed calls per block (each way) and rounds of blocks.
     shadow_calls: int = 20_000
     shadow_rounds: int = 5
+    #: Control plane: rounds in which the engine and the reference take turns.
+    control_rounds: int = 3
 
 
 QUICK = Settings(

@@ -5,10 +5,16 @@ one asyncio loop in a process of their own, send ``call`` frames (the
 bundled ``classify``) back to back for ``duration_s``, each waiting for its
 reply; meanwhile one more connection, from the benchmark's own otherwise
 idle process, swaps between two resolved versions ``swaps`` times, timing
-each request to its reply. Then the same clients, frames and swap requests go, in the same
-run, to a minimal asyncio JSON-lines server in its own process (written
-here: it parses each frame and answers it with a canned reply, no rule work),
-the reference for what a Python socket server can answer on this machine.
+each request to its reply. The same clients, frames and swap requests go,
+in the same run, to a minimal asyncio JSON-lines server in its own process
+(written here: it parses each frame and answers it with a canned reply, no
+rule work), the reference for what a Python socket server can answer on
+this machine. The two take turns in ``Settings.control_rounds`` short
+rounds, so that the machine's own ups and downs fall on both.
+
+The thread that times the swaps asks for a short scheduler slice
+(:mod:`livepatch.threadsched`), as the engine's control threads do, so
+that the figure is the server's and not this process's wait for a CPU.
 
 :func:`serve_reference` is that server.
 """
@@ -23,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ..examples.spam import rule_source
@@ -138,7 +144,8 @@ def _load(
     progress: ProgressFn,
     server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """``clients`` callers flat out, and the swap frames timed meanwhile.
+    """``clients`` callers flat out, and the swap frames timed meanwhile:
+    the raw figures of one round (see :func:`_row`).
 
     The callers run in a process of their own (one asyncio loop, see
     :func:`_drive`), so that the swaps are timed from a process that does
@@ -188,21 +195,42 @@ def _load(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    calls = int(counts["calls"])
+    cpu_s = None
+    if cpu_before is not None and cpu_after is not None:
+        cpu_s = cpu_after - cpu_before
+    return {
+        "elapsed_s": elapsed,
+        "cpu_s": cpu_s,
+        "calls": int(counts["calls"]),
+        "failed_calls": int(counts["failed_calls"]),
+        "swap_s": swap_s,
+        "swap_errors": swap_errors,
+    }
+
+
+def _row(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's figures over all its rounds."""
+    elapsed = sum(p["elapsed_s"] for p in parts)
+    calls = sum(p["calls"] for p in parts)
+    swap_s = [t for p in parts for t in p["swap_s"]]
     cpu_us = None
-    if cpu_before is not None and cpu_after is not None and calls:
+    if calls and all(p["cpu_s"] is not None for p in parts):
         # What the server spent per call answered (the swaps' share is small).
-        cpu_us = round((cpu_after - cpu_before) / calls * 1e6, 1)
+        cpu_us = round(sum(p["cpu_s"] for p in parts) / calls * 1e6, 1)
     return {
         "server_cpu_us_per_call": cpu_us,
         "duration_s": round(elapsed, 3),
         "calls": calls,
         "calls_per_s": round(calls / elapsed) if elapsed > 0 else None,
-        "failed_calls": int(counts["failed_calls"]),
+        "failed_calls": sum(p["failed_calls"] for p in parts),
         "swaps": len(swap_s),
-        "swap_errors": swap_errors,
+        "swap_errors": sum(p["swap_errors"] for p in parts),
         "swap_ms": _distribution(swap_s, 1e3, 4),
     }
+
+
+def _rate(part: dict[str, Any]) -> float:
+    return float(part["calls"]) / part["elapsed_s"] if part["elapsed_s"] > 0 else 0.0
 
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -267,22 +295,46 @@ def measure_control_plane(
             _frame(100 + i, "swap", {"version": versions[(i + 1) % 2]})
             for i in range(settings.control_swaps)
         ]
-        step: Callable[[float], None] = lambda f: progress(0.5 * f)  # noqa: E731
-        engine = _load(info.address, info.token, clients, duration, swaps, step, ready.get("pid"))
+        rounds = max(1, settings.control_rounds)
         reference_path = os.path.join(tmp, "ref.sock")
         with _reference_server(reference_path) as reference_pid:
-            reference = _load(
-                reference_path,
-                None,
-                clients,
-                duration,
-                swaps,
-                lambda f: progress(0.5 + 0.5 * f),
-                reference_pid,
-            )
+            servers = {
+                "engine": (info.address, info.token, ready.get("pid")),
+                "reference": (reference_path, None, reference_pid),
+            }
+            parts: dict[str, list[dict[str, Any]]] = {"engine": [], "reference": []}
+            # Short rounds, the two servers taking turns (and turns about who
+            # goes first), so that a change in the machine's load during the
+            # run falls on both alike rather than on whichever ran then.
+            done = 0
+            for r in range(rounds):
+                order = ("engine", "reference") if r % 2 == 0 else ("reference", "engine")
+                for key in order:
+                    address, token, pid = servers[key]
+
+                    def step(f: float, done: int = done) -> None:
+                        progress((done + f) / (2 * rounds))
+
+                    parts[key].append(
+                        _load(
+                            address,
+                            token,
+                            clients,
+                            duration / rounds,
+                            swaps[r::rounds],
+                            step,
+                            pid,
+                        )
+                    )
+                    done += 1
+    engine, reference = _row(parts["engine"]), _row(parts["reference"])
     ratio = None
     if engine["calls_per_s"] and reference["calls_per_s"]:
         ratio = round(engine["calls_per_s"] / reference["calls_per_s"], 3)
+    round_ratios = [
+        round(_rate(e) / _rate(f), 3) if _rate(f) else None
+        for e, f in zip(parts["engine"], parts["reference"], strict=True)
+    ]
     return {
         "clients": clients,
         "engine_pid": ready.get("pid"),
@@ -292,4 +344,6 @@ def measure_control_plane(
             **reference,
         },
         "throughput_ratio": ratio,
+        "rounds": rounds,
+        "round_ratios": round_ratios,
     }

@@ -203,6 +203,10 @@ def render_table(results: dict[str, Any]) -> str:
                 f"{_fmt(d['max'], '.1f', ' ms'):>10}"
                 f"{_fmt(row.get('server_cpu_us_per_call'), '.0f', ' us'):>11}"
             )
+        rounds = control.get("round_ratios") or []
+        if rounds:
+            shown = ", ".join(_fmt(r, ".2f") for r in rounds)
+            out.append(f"  ratio in each of the {len(rounds)} rounds (taking turns): {shown}")
         out.append(
             f"  throughput ratio engine / reference: {_fmt(control['throughput_ratio'], '.3f')}"
             "  (CPU/call: the server process's user + system time per call answered, which"
