@@ -382,6 +382,11 @@ class Server:
             await self._client_loop(client, reader)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The engine is stopping. Ending normally, not cancelled: asyncio
+            # 3.11's stream callback asks a cancelled task for its exception,
+            # and so printed a traceback at every stop with a client attached.
+            pass
         finally:
             self._clients.discard(client)
             self._subscribers.discard(client)

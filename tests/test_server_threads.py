@@ -320,3 +320,27 @@ def test_a_slow_or_stuck_call_in_the_data_loop_holds_up_no_other_caller(
         assert "Traceback" not in proc.log_text()
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stop_with_clients_attached_ends_with_no_traceback(runtime_dir: Path, how: str) -> None:
+    import signal
+
+    proc = start_engine("--no-quarantine", name="attached")
+    try:
+        # One control client and one that calls rules (served by the data
+        # loop), both connected and idle when the engine stops.
+        control = Client.connect("attached")
+        control.status()
+        caller, reader = raw_hello()
+        caller.sendall(call(1, "classify", MSG))
+        assert "result" in json.loads(reader.readline())
+        sig = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
+        proc.proc.send_signal(sig)
+        assert proc.proc.wait(30) == 0
+        log = proc.log_text()
+        assert "Traceback" not in log and "Exception in callback" not in log, log
+        control.close()
+        caller.close()
+    finally:
+        proc.stop()
