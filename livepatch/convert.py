@@ -49,7 +49,11 @@ def to_json(value: Any) -> Any:
         fields = {}
         for name in names:
             field = getattr(value, name)
-            fields[name] = field if type(field) in _PLAIN else to_json(field)
+            kind = type(field)
+            if kind in _PLAIN or (kind is float and math.isfinite(field)):
+                fields[name] = field
+            else:
+                fields[name] = to_json(field)
         return fields
     if value is None or isinstance(value, bool | int | str):
         return value

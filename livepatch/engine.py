@@ -656,7 +656,7 @@ class Engine(Introspection):
         fn = namespace.get(symbol) if namespace is not None else None
         if not callable(fn):
             raise self._not_callable(v, symbol)
-        return typing.cast(Callable[..., Any], fn)
+        return typing.cast("Callable[..., Any]", fn)
 
     def pin(self, slot: str) -> contextlib.AbstractContextManager[PinnedRules]:
         """``with engine.pin(slot) as rules:`` runs a whole request on one version.

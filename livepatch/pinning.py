@@ -56,7 +56,7 @@ class PinnedRules:
         if name.startswith("__") or not callable(fn):
             raise AttributeError(f"{self._v.id} has no callable {name!r}")
         next(self._v.calls)
-        return typing.cast(Callable[..., Any], fn)
+        return typing.cast("Callable[..., Any]", fn)
 
     def __repr__(self) -> str:
         return f"<PinnedRules {self._v.id}>"

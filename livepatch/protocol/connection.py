@@ -276,8 +276,8 @@ class ServerConnection:
         reply_id: RequestId | None = None if is_notification else rid
         if message.get("jsonrpc") != JSONRPC_VERSION:
             return self._reject(reply_id, InvalidRequest("'jsonrpc' must be \"2.0\""))
-        extra = sorted(set(message) - _REQUEST_MEMBERS)
-        if extra:
+        if not _REQUEST_MEMBERS.issuperset(message):
+            extra = sorted(set(message) - _REQUEST_MEMBERS)
             names = ", ".join(short(k, 30) for k in extra[:5])
             return self._reject(
                 reply_id, InvalidRequest(f"unexpected member(s) in request: {names}")
@@ -287,7 +287,7 @@ class ServerConnection:
             what = "missing" if method is None else f"a {json_type_of(method)}"
             return self._reject(reply_id, InvalidRequest(f"'method' must be a string, got {what}"))
         params = message.get("params", {})
-        if not isinstance(params, dict | list):
+        if type(params) is not dict and not isinstance(params, dict | list):
             return self._reject(
                 reply_id,
                 InvalidRequest(
