@@ -40,8 +40,13 @@ def to_json(value: Any) -> Any:
     # Exact types first: a rule's result is converted on every socket call.
     if kind in _PLAIN:
         return value
-    if kind is list:
+    if kind is list or kind is tuple:
         return [v if type(v) in _PLAIN else to_json(v) for v in value]
+    if kind is dict:
+        return {
+            k if type(k) is str else str(k): v if type(v) in _PLAIN else to_json(v)
+            for k, v in value.items()
+        }
     if kind is float:
         return value if math.isfinite(value) else {"$repr": repr(value)}
     names = _field_names.get(kind)
