@@ -22,10 +22,23 @@ request never waits behind a call. The loop only listens for them: between
 calls it asks the control bell (:mod:`livepatch.controlbell`) whether a
 control request has arrived, and if one has, it stops at its next call so
 that the control client's thread gets the interpreter lock at once.
+
+Replies to calls go out when the batch is done, as Redis writes its
+replies before its event loop sleeps: while more ready clients wait in the
+batch, the loop holds each reply back (for at most :data:`HOLD_S`), then
+writes them all. A caller's process asleep for its reply is so woken once
+per batch, not once per reply: on this two-core VM each wake-up was paid
+in the engine's own write, and the callers' process slept for nearly every
+reply. Whatever else is written to a client (a quick request's reply, a
+refusal, the watchdog's ``timeout``, a subscriber's events) goes out after
+what is held: a client's replies keep their order. A client whose held
+reply its socket did not take is not read again until the rest is written
+(backpressure, as before).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -46,13 +59,16 @@ if TYPE_CHECKING:
     from .server import Server
     from .serverclient import ServedClient
 
-__all__ = ["BELL_EVERY_S", "HAND_OFF_S", "DataLoop"]
+__all__ = ["BELL_EVERY_S", "HAND_OFF_S", "HOLD_S", "DataLoop"]
 
 #: How long the loop serves one client before another thread takes the loop.
 HAND_OFF_S = 0.01
 #: How often, at most, the loop asks the control bell between calls: what a
 #: control request may wait for beyond the call running when it came.
 BELL_EVERY_S = 0.0001
+#: The longest a call's reply is held back for the rest of its batch (a reply
+#: behind a slow call waits for it, at most until the hand-off).
+HOLD_S = 0.0002
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT
 
 
@@ -81,6 +97,14 @@ class DataLoop:
         self._watch_wakeup = threading.Event()
         #: When the loop next asks the control bell (see BELL_EVERY_S).
         self._bell_due = 0.0
+        #: Replies held back for the end of the batch (see the module), since
+        #: when, and the thread that may hold them (the loop's owner).
+        self._held: list[tuple[ServedClient, bytes]] = []
+        self._held_since = 0.0
+        self._holder: int | None = None
+        #: Taken for a whole flush, so that flushes from two threads (the
+        #: owner's, a hand-off's) write their replies one after the other.
+        self._flushing = threading.Lock()
         self._start(0)
         threading.Thread(target=self._watch, name="livepatch-data-watch", daemon=True).start()
 
@@ -116,6 +140,7 @@ class DataLoop:
 
     def stop(self) -> None:
         """End the loop's threads (the clients are closed by the server)."""
+        self.flush_held()
         self._stopped = True
         self._watch_wakeup.set()
         with contextlib.suppress(OSError):
@@ -136,8 +161,10 @@ class DataLoop:
                 return
             self._generation += 1
             self._busy = None
+            self._holder = None  # the old owner holds nothing more back
             generation = self._generation
             pending, self._pending = self._pending, []
+        self.flush_held()  # what the old owner held must not wait for its slow call
         for fd in pending:
             self._rearm(fd)
         self._start(generation)
@@ -159,6 +186,9 @@ class DataLoop:
                 time.sleep(late)
 
     def _run(self, generation: int) -> None:
+        with self._lock:
+            if self._generation == generation:
+                self._holder = threading.get_ident()
         try:
             self._loop(generation)
         finally:
@@ -202,13 +232,16 @@ class DataLoop:
                     pending = []
             for taken in pending:
                 self._rearm(taken)
-            while (next_fd := self._next(generation)) is not None:
-                with self._lock:
-                    client = self._clients.get(next_fd)
-                if client is None:
-                    continue
-                if not self._serve(client, generation):
-                    return  # this thread keeps that client, or lost it to a stuck call
+            try:
+                while (next_fd := self._next(generation)) is not None:
+                    with self._lock:
+                        client = self._clients.get(next_fd)
+                    if client is None:
+                        continue
+                    if not self._serve(client, generation):
+                        return  # this thread keeps that client, or lost it to a stuck call
+            finally:
+                self.flush_held()  # the batch is done (or this thread leaves it)
             with self._lock:
                 if self._busy is not None and self._busy[0] == generation:
                     self._busy = None
@@ -300,7 +333,7 @@ class DataLoop:
                     self._close(fd, client)
                     return True
                 if isinstance(event, Rejected):
-                    sent = client.write_from_thread(event.reply, loop)
+                    sent = self.send_now(client, event.reply)
                     if event.close:
                         self._forget(fd)
                         self._close(fd, client)
@@ -320,14 +353,14 @@ class DataLoop:
                         if now >= self._bell_due:
                             self._bell_due = now + BELL_EVERY_S
                             bell.check()
-                    mine, sent = server._call_here(client, event, loop)
+                    mine, sent = server._call_here(client, event, loop, send=self.send_reply)
                     if not mine:
                         return False  # stuck: released, another thread reads it
                     if not sent or self._generation != generation:
                         return self._keep(fd, client, None, generation, flush=not sent)
                 elif event.method in server.quick_methods and not client.subscribed:
                     reply = server._answer_here(client, event)
-                    if not client.write_from_thread(reply, loop) or client.subscribed:
+                    if not self.send_now(client, reply) or client.subscribed:
                         return self._keep(fd, client, None, generation, flush=True)
                 else:
                     return self._keep(fd, client, event, generation, flush=False)
@@ -335,6 +368,65 @@ class DataLoop:
             self._forget(fd)
             self._close(fd, client)
             return True
+
+    # -- replies ---------------------------------------------------------------
+
+    def send_reply(self, client: ServedClient, frame: bytes) -> bool:
+        """Send a call's reply: held back while the loop's owner has more
+        ready clients to serve in this batch (see the module), else written
+        now, after anything held. Whether it went out or is held (``False``:
+        the socket did not take it all, the loop writes the rest)."""
+        if self._pending and threading.get_ident() == self._holder:
+            now = time.monotonic()
+            with self._lock:
+                if not self._held:
+                    self._held_since = now
+                if now - self._held_since < HOLD_S:
+                    self._held.append((client, frame))
+                    return True
+        return self.send_now(client, frame)
+
+    def send_now(self, client: ServedClient, frame: bytes) -> bool:
+        """Write ``frame`` to ``client`` now, after the replies held back."""
+        if self._held:
+            self.flush_held()
+        loop = self.server._loop
+        assert loop is not None
+        return client.write_from_thread(frame, loop)
+
+    def flush_held(self) -> None:
+        """Write every reply held back, in the order held (from any thread).
+        A client whose socket did not take its reply is read no more until
+        the loop has written the rest."""
+        if not self._held:
+            return
+        loop = self.server._loop
+        with self._flushing:
+            with self._lock:
+                held, self._held = self._held, []
+            if loop is None:
+                return
+            slow = [client for client, frame in held if not client.write_from_thread(frame, loop)]
+        for client in dict.fromkeys(slow):
+            self._wait_for_flush(client, loop)
+
+    def _wait_for_flush(self, client: ServedClient, loop: asyncio.AbstractEventLoop) -> None:
+        fd = client.fd
+        with self._lock:
+            if fd is None or self._clients.get(fd) is not client:
+                return
+        self._leave(fd, client)
+
+        async def readopt() -> None:
+            try:
+                await client.flush()
+            except Exception:  # noqa: BLE001 - the peer went away: the loop closes it
+                return
+            if not self._stopped and not client.closed and client.fd is not None:
+                self.adopt(client)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            asyncio.run_coroutine_threadsafe(readopt(), loop)
 
     def _forget(self, fd: int) -> None:
         with self._lock:
@@ -353,6 +445,7 @@ class DataLoop:
         """This thread leaves the loop (to a new owner, unless one took over
         already) and reads ``client`` itself from now on, starting with
         ``first``."""
+        self.flush_held()
         self._leave(fd, client)
         self._hand_off(generation)
         server = self.server

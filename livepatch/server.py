@@ -634,12 +634,19 @@ class Server:
         return job
 
     def _call_here(
-        self, client: ServedClient, request: Request, loop: asyncio.AbstractEventLoop
+        self,
+        client: ServedClient,
+        request: Request,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        send: Callable[[ServedClient, bytes], bool] | None = None,
     ) -> tuple[bool, bool]:
         """Run a rule call on this (the client's reader) thread and send its
         reply: whether this thread still reads the client (``False`` when
         the call got stuck and another does now), and whether the reply went
-        straight out (else the loop writes the rest)."""
+        straight out (else the loop writes the rest). ``send``: how the
+        reply is sent (the data loop's, which may hold it for the batch's
+        end), from whichever thread answers."""
         conn = client.conn
         params = dict(request.params)
         timeout_s = params.pop("timeout_s", None)
@@ -649,7 +656,10 @@ class Server:
 
         def answer(value: Any, error: BaseException | None) -> None:
             frame = self._call_reply(conn, request, target, symbol, value, error)
-            flushed[0] = client.write_from_thread(frame, loop)
+            if send is not None:
+                flushed[0] = send(client, frame)
+            else:
+                flushed[0] = client.write_from_thread(frame, loop)
 
         try:
             mine = self.calls.run(
