@@ -126,6 +126,7 @@ class MemoryHandle:
         self._active: dict[str, str | None] = dict.fromkeys(slots)
         self._count: dict[str, int] = dict.fromkeys(slots, 0)
         self._sources: dict[str, Rule] = {}
+        self._shas: dict[Rule, str] = {}
 
     def status(self) -> dict[str, Any]:
         """See :class:`EngineHandle`."""
@@ -140,8 +141,9 @@ class MemoryHandle:
 
     def load(self, slot: str, source: Rule, filename: str) -> dict[str, Any]:
         """See :class:`EngineHandle`."""
-        sha = sha_of(source)
+        sha = self._shas.get(source) or sha_of(source)
         with self._lock:
+            self._shas[source] = sha  # a simulated fleet loads the same few sources
             for vid, v in self._versions.items():
                 if v["slot"] == slot and v["sha256"] == sha:
                     return {"version": vid, "new": False, "sha256": sha}
