@@ -56,7 +56,7 @@ class ZooKeeperServer:
             "clientPortAddress=127.0.0.1\n"
             "maxClientCnxns=0\n"
             "admin.enableServer=false\n"
-            "4lw.commands.whitelist=ruok,srvr\n"
+            "4lw.commands.whitelist=ruok,srvr,cons\n"
             f"minSessionTimeout={2 * tick_ms}\n"
             "maxSessionTimeout=60000\n",
             encoding="utf-8",
