@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,8 @@ def _client_class() -> Any:
         def _open(self, timeout: float) -> None:
             host, port = self.hosts[0]
             self._sock = gevent.socket.create_connection((host, port), timeout)
+            # As kazoo's own connection does: no request waits behind another's ACK.
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock.settimeout(None)
             self._stopped.clear()
             connect = Connect(
