@@ -353,3 +353,61 @@ def test_symbols_and_diff_by_sha_come_from_zookeeper_with_no_member_anywhere(
     assert f"{one[:12]} (rule_v1.py) vs {two[:12]} (rule_v2.py)" in shell.stdout
     missing = run_cli("symbols", "0" * 12, "--fleet", FLEET, "--registry", registry_url)
     assert missing.returncode == 1 and "registry has no version" in missing.stderr
+
+
+def _session_counts(server: ZooKeeperServer) -> dict[int, tuple[int, int]]:
+    """session id -> (packets received from it, packets sent to it), from the
+    server's own ``cons`` command."""
+    import re
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"cons")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    counts = {}
+    for line in reply.decode().splitlines():
+        found = re.search(r"recved=(\d+),sent=(\d+),sid=0x([0-9a-f]+)", line)
+        if found:
+            counts[int(found[3], 16)] = (int(found[1]), int(found[2]))
+    return counts
+
+
+def test_a_push_costs_each_member_four_requests_and_two_watch_events(
+    zk_server: ZooKeeperServer,
+) -> None:
+    """The member protocol's cost per push, counted by the server for each
+    member's session: it reads ``current`` and votes, reads it again, swaps
+    and acks (with its state) in one transaction: 4 requests; the server
+    sends their 4 replies and 2 watch events (the push opened, it committed)."""
+    from livepatch.fleet.handle import MemoryHandle
+    from livepatch.fleet.zkmember import ZkMember
+
+    # Long sessions and no periodic pass: nothing but the pushes is counted
+    # (a ping at most).
+    url = zk_registry_url(zk_server, 30)
+    address = parse_zk_url(url)
+    agents = [ZkMember(address, FLEET, MemoryHandle(f"s{i}"), refresh_s=3600.0) for i in range(4)]
+    pushes = 4
+    try:
+        for agent in agents:
+            agent.start()
+        with ZkRegistry(address, FLEET) as reg:
+            # Both versions once first: every member has their sources.
+            assert all(reg.push("spam", rule(n), f"rule_v{n}.py").ok for n in (1, 2))
+            before = _session_counts(zk_server)
+            for i in range(pushes):
+                record = reg.push("spam", rule(1 + i % 2), f"rule_v{1 + i % 2}.py")
+                assert record.ok and len(record.acks) == len(agents)
+            after = _session_counts(zk_server)
+        for agent in agents:
+            sid = agent.client.client_id[0]
+            received = after[sid][0] - before[sid][0]
+            sent = after[sid][1] - before[sid][1]
+            assert 4 * pushes <= received <= 4 * pushes + 1, (agent.name, received)
+            assert 6 * pushes <= sent <= 6 * pushes + 1, (agent.name, sent)
+            assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
+    finally:
+        for agent in agents:
+            agent.stop()

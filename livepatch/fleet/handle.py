@@ -126,6 +126,7 @@ class MemoryHandle:
         self._active: dict[str, str | None] = dict.fromkeys(slots)
         self._count: dict[str, int] = dict.fromkeys(slots, 0)
         self._sources: dict[str, Rule] = {}
+        self._shas: dict[Rule, str] = {}
 
     def status(self) -> dict[str, Any]:
         """See :class:`EngineHandle`."""
@@ -140,8 +141,9 @@ class MemoryHandle:
 
     def load(self, slot: str, source: Rule, filename: str) -> dict[str, Any]:
         """See :class:`EngineHandle`."""
-        sha = sha_of(source)
+        sha = self._shas.get(source) or sha_of(source)
         with self._lock:
+            self._shas[source] = sha  # a simulated fleet loads the same few sources
             for vid, v in self._versions.items():
                 if v["slot"] == slot and v["sha256"] == sha:
                     return {"version": vid, "new": False, "sha256": sha}
@@ -372,8 +374,30 @@ def _converge_once(
         except LivepatchError as exc:
             diverged[slot] = exc.message
     if swapped:
-        status = handle.status()
+        status = _after_swaps(status, swapped, desired)
     return Convergence(member_state(handle.name, status, diverged, pid), swapped)
+
+
+def _after_swaps(
+    status: dict[str, Any], swapped: dict[str, str], desired: dict[str, tuple[str, str]]
+) -> dict[str, Any]:
+    """``status`` as it is after ``swapped`` (slot -> version now active).
+
+    Each swap named the version it replaced and succeeded, so the engine
+    runs exactly these: no need to ask it again (one control request less
+    per swap on every member)."""
+    slots = []
+    for s in status["slots"]:
+        version = swapped.get(s["name"])
+        if version is not None:
+            versions = list(s["versions"])
+            if not any(v["id"] == version for v in versions):
+                # Loaded by this very pass: it has served no call yet.
+                sha = desired[s["name"]][0]
+                versions.append({"id": version, "sha256": sha, "state": "active", "calls": 0})
+            s = {**s, "active": version, "versions": versions}
+        slots.append(s)
+    return {**status, "slots": slots}
 
 
 def member_state(

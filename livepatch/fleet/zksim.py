@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -79,7 +80,8 @@ def _client_class() -> Any:
             gevent.sleep(0.1)
             now = time.monotonic()
             for client in list(clients):
-                if client.connected and now >= client._next_ping:
+                # The cheap test first: a thousand sessions, ten times a second.
+                if now >= client._next_ping and client.connected:
                     client._send(PingInstance, PING_XID)
 
     class SharedLoopClient(KazooClient):  # type: ignore[misc]
@@ -102,7 +104,13 @@ def _client_class() -> Any:
             if request.type:
                 body += int_struct.pack(request.type)
             body += request.serialize()
-            self._sock.sendall(int_struct.pack(len(body)) + body)
+            frame = memoryview(int_struct.pack(len(body)) + body)
+            # ``send`` until all is out, not gevent's ``sendall``: that asks
+            # the kernel for the send buffer's size (a getsockopt call) on
+            # every request, a tenth of a simulated member's CPU, for frames
+            # that always fit.
+            while frame:
+                frame = frame[self._sock.send(frame) :]
             # Any request is an implicit ping.
             jitter = random.randint(1, 40) / 100
             self._next_ping = time.monotonic() + self._read_timeout / 2 - jitter
@@ -135,6 +143,8 @@ def _client_class() -> Any:
         def _open(self, timeout: float) -> None:
             host, port = self.hosts[0]
             self._sock = gevent.socket.create_connection((host, port), timeout)
+            # As kazoo's own connection does: no request waits behind another's ACK.
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock.settimeout(None)
             self._stopped.clear()
             connect = Connect(
