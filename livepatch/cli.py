@@ -541,7 +541,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {unknown}", file=sys.stderr)
         return 2
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # Past the verb's own arguments: its help is the one that says
+            # what it takes (argparse's top-level parser would point at its own).
+            verb = getattr(args, "verb", None)
+            where = f"{PROG} {verb}" if verb else PROG
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extra)}; `{where} --help` shows the usage"
+            )
     except UsageError as exc:  # argparse's own: a missing argument, a bad value
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         if "--json" in argv:

@@ -335,6 +335,14 @@ def test_cli_verbs_exit_codes_and_output(engine_proc: EngineProcess) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_a_verb_given_too_many_arguments_points_at_its_own_help(runtime_dir: Path) -> None:
+    for argv, verb in ((("swap", "spam@1", "spam@2"), "swap"), (("bench", "--bogus"), "bench")):
+        result = run_cli(*argv)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"unrecognized arguments: {argv[-1]}; `livepatch {verb} --help`" in result.stderr
+
+
 def test_cli_without_engine_says_what_to_do(runtime_dir: Path) -> None:
     result = run_cli("status")
     assert result.returncode == 1
