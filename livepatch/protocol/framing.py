@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 import json
+import json.scanner
 import math
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from livepatch.errors import LivepatchError, TooLarge
 
@@ -19,8 +20,20 @@ from .schema import short
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+#: The C encoder ``_ENCODER.encode`` builds on every call (with its Python
+#: layers around it); ``None`` where the C accelerator is missing.
+_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+
+
 def _dumps(message: Mapping[str, Any]) -> str:
-    return _ENCODER.encode(message)
+    if _C_ENCODER is None:  # pragma: no cover - CPython always has _json
+        return _ENCODER.encode(message)
+    # What JSONEncoder.iterencode does for these options, minus its layers:
+    # a fresh dict of the containers being encoded (circular data is refused).
+    encode = _C_ENCODER(
+        {}, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return "".join(encode(message, 0))
 
 
 def encode_message(message: Mapping[str, Any], *, max_frame: int = MAX_FRAME) -> bytes:
@@ -87,11 +100,25 @@ _DECODER = json.JSONDecoder(
 )
 
 
+#: The strict decoder's own parser (what its decode() calls), with its hooks.
+_SCAN = json.scanner.make_scanner(cast(Any, _DECODER))  # typeshed wants a scanner
+
+
 def loads_frame(frame: bytes) -> Any:
     try:
         text = frame.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadFrame(f"frame is not valid UTF-8 (bad byte at offset {exc.start})") from None
+    # The parser itself, without decode()'s Python layers; anything but a
+    # whole value (leading space, trailing data, an error) takes the full
+    # decode below, which words what is wrong.
+    try:
+        value, end = _SCAN(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        pass
+    else:
+        if end == len(text) or text[end:].isspace():
+            return value
     try:
         return _DECODER.decode(text)
     except RecursionError:
