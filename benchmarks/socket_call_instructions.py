@@ -21,31 +21,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 
-MSG = {"sender": "promo@deals.biz", "text": "WIN a FREE cruise!!! Click now", "links": []}
-
-
-class Line:
-    """One connection: a frame out, a reply line in."""
-
-    def __init__(self, address: str, token: str | None) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(300)
-        self.sock.connect(address)
-        self.reader = self.sock.makefile("rb")
-        hello = {"client": "socket-call-instructions", "token": token}
-        self.ask({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": hello})
-
-    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-        reply: dict[str, Any] = json.loads(self.reader.readline())
-        return reply
+from livepatch.bench.control_plane import MESSAGE, _frame, _Line
 
 
 def main() -> int:
@@ -80,10 +61,11 @@ def main() -> int:
                 time.sleep(0.2)  # polling a file: there is no event to wait on
             with open(glob.glob(os.path.join(runtime, "*.json"))[0]) as f:
                 info = json.load(f)
-            control = Line(info["address"], info.get("token"))
-            caller = Line(info["address"], info.get("token"))
-            params = {"slot": "spam", "symbol": "classify", "args": [MSG]}
-            call = {"jsonrpc": "2.0", "id": 1, "method": "call", "params": params}
+            # The benchmark's own connection (hello on connect, a frame out
+            # and a reply line in).
+            control = _Line(info["address"], info.get("token"))
+            caller = _Line(info["address"], info.get("token"))
+            call = _frame(1, "call", {"slot": "spam", "symbol": "classify", "args": [MESSAGE]})
             for _ in range(200):
                 reply = caller.ask(call)
             if "result" not in reply:
@@ -94,8 +76,8 @@ def main() -> int:
             for _ in range(args.calls):
                 caller.ask(call)
             subprocess.run(["callgrind_control", "-d", pid], capture_output=True, check=True)
-            control.sock.close()
-            caller.sock.close()
+            control.close()
+            caller.close()
         finally:
             engine.send_signal(signal.SIGTERM)
             engine.wait(300)
