@@ -177,6 +177,10 @@ class NativeBackend:
         self.interface = interface
         self.compiler = list(compiler) if compiler else None
         self.flags = tuple(flags)
+        #: The object :meth:`identity` built last, for the load that follows
+        #: it (the engine asks for a source's identity, then loads it): one
+        #: cache lookup, and the version is the object its identity names.
+        self._identified: tuple[tuple[str, str, Path | None, Path | None], Path] | None = None
 
     def describe(self) -> str:
         """The interface as C declarations."""
@@ -233,7 +237,9 @@ class NativeBackend:
         bytes are all of it."""
         if not isinstance(content, str):
             return None
-        return build_identity(self._build(content, filename, origin, build_dir))
+        built = self._build(content, filename, origin, build_dir)
+        self._identified = ((content, filename, origin, build_dir), built)
+        return build_identity(built)
 
     def discard(self, version: Version) -> None:
         """Leave nothing of a version that was never published (its commit
@@ -255,7 +261,11 @@ class NativeBackend:
         fd: int | None = None
         try:
             if isinstance(data, str):
-                built = self._build(data, filename, origin, build_dir)
+                identified, self._identified = self._identified, None
+                if identified is not None and identified[0] == (data, filename, origin, build_dir):
+                    built = identified[1]
+                else:
+                    built = self._build(data, filename, origin, build_dir)
                 private = version_file(version)
                 shutil.copyfile(built, private)
                 info = read_elf(private, shown=filename)

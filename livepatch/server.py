@@ -233,6 +233,7 @@ class Server:
         self.calls.close()
         if self._data is not None:
             self._data.stop()
+        self.bell.close()  # readers still ending find it closed, and carry on
         # Idle threads go; a stuck call's or a hung load's thread is a daemon.
         self._lifecycle.shutdown(wait=False, cancel_futures=True)
 

@@ -17,6 +17,7 @@ policy and nice value are kept as they are.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import struct
@@ -36,7 +37,9 @@ _RUNTIME = 5  # index of sched_runtime in _ATTR
 _RESET_ON_FORK = 0x01
 
 
+@functools.cache
 def _syscalls() -> tuple[ctypes.CDLL, int, int] | None:
+    # Once per process: every control connection's thread asks.
     numbers = _SYSCALLS.get(platform.machine())
     if not sys.platform.startswith("linux") or numbers is None:
         return None
