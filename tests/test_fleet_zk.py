@@ -12,6 +12,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -374,13 +375,14 @@ def _session_counts(server: ZooKeeperServer) -> dict[int, tuple[int, int]]:
     return counts
 
 
-def test_a_push_costs_each_member_four_requests_and_two_watch_events(
+def test_a_push_costs_each_member_two_requests_and_two_watch_events(
     zk_server: ZooKeeperServer,
 ) -> None:
     """The member protocol's cost per push, counted by the server for each
-    member's session: it reads ``current`` and votes, reads it again, swaps
-    and acks (with its state) in one transaction: 4 requests; the server
-    sends their 4 replies and 2 watch events (the push opened, it committed)."""
+    member's session: the push's signal (its opening) arrives as a watch
+    event, and the member votes; the commit's signal arrives, and it swaps
+    and acks (with its state) in one transaction: 2 requests; the server
+    sends their 2 replies and the 2 events. No read of ``current``."""
     from livepatch.fleet.handle import MemoryHandle
     from livepatch.fleet.zkmember import ZkMember
 
@@ -405,9 +407,71 @@ def test_a_push_costs_each_member_four_requests_and_two_watch_events(
             sid = agent.client.client_id[0]
             received = after[sid][0] - before[sid][0]
             sent = after[sid][1] - before[sid][1]
-            assert 4 * pushes <= received <= 4 * pushes + 1, (agent.name, received)
-            assert 6 * pushes <= sent <= 6 * pushes + 1, (agent.name, sent)
+            assert 2 * pushes <= received <= 2 * pushes + 1, (agent.name, received)
+            assert 4 * pushes <= sent <= 4 * pushes + 1, (agent.name, sent)
             assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
     finally:
         for agent in agents:
             agent.stop()
+
+
+def test_members_follow_the_signals_across_epochs_and_old_epochs_go(
+    zk_server: ZooKeeperServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no periodic pass, signals are all a member hears: over many
+    epoch changes (a small epoch here) every push is still acked by every
+    member, and only the last two epochs are left in the registry."""
+    from livepatch.fleet import zksignal
+    from livepatch.fleet.handle import MemoryHandle
+    from livepatch.fleet.zkmember import ZkMember
+
+    monkeypatch.setattr(zksignal, "EPOCH_SIGNALS", 3)
+    address = parse_zk_url(zk_registry_url(zk_server, 30))
+    agents = [ZkMember(address, FLEET, MemoryHandle(f"e{i}"), refresh_s=3600.0) for i in range(3)]
+    try:
+        for agent in agents:
+            agent.start()
+        with ZkRegistry(address, FLEET) as reg:
+            for i in range(12):
+                record = reg.push("spam", rule(1 + i % 2), f"rule_v{1 + i % 2}.py", deadline_s=20)
+                assert record.ok and len(record.acks) == len(agents), (i, record.reason)
+            epochs = sorted(reg.client.get_children(reg.paths.signals))
+        # Two pushes (four signals) per epoch of three: the twelfth push's is the sixth.
+        assert epochs == ["e0000000004", "e0000000005"], epochs
+        for agent in agents:
+            assert agent._epoch == f"{reg.paths.signals}/{epochs[-1]}"
+            assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def test_a_member_sets_its_signal_watch_again_after_a_lost_connection(
+    zk_server: ZooKeeperServer,
+) -> None:
+    """The server forgets a persistent watch with its connection, and kazoo
+    restores only its own: after a ZooKeeper restart a member (with no
+    periodic pass to fall back on) still hears the next push at once."""
+    from livepatch.fleet.handle import MemoryHandle
+    from livepatch.fleet.zkmember import ZkMember
+
+    address = parse_zk_url(zk_registry_url(zk_server, 30))
+    agent = ZkMember(address, FLEET, MemoryHandle("w0"), refresh_s=3600.0)
+    try:
+        agent.start()
+        with ZkRegistry(address, FLEET) as reg:
+            assert reg.push("spam", rule(1), "rule_v1.py").ok
+            watched = agent.watch_sets
+            zk_server.restart(kill=False)
+            reg._wait_connected()
+            # Until the member's full pass after reconnecting has set its
+            # watch again (it reads ``current`` only after that).
+            deadline = time.monotonic() + 30
+            while agent.watch_sets == watched and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert agent.watch_sets > watched
+            record = reg.push("spam", rule(2), "rule_v2.py", deadline_s=20)
+            assert record.ok and set(record.acks) == {"w0"}, record.reason
+        assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
+    finally:
+        agent.stop()

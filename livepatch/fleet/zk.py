@@ -12,6 +12,7 @@ Layout under the registry path (``zookeeper://HOST:PORT/PATH``)::
     PATH/fleets/<fleet>/pushes/<id>/votes/<name>=<version>=<new>   an ok vote (no data)
     PATH/fleets/<fleet>/pushes/<id>/votes/<name>   a refusal: the Vote
     PATH/fleets/<fleet>/pushes/<id>/acks/<name>=<version>   it swapped (no data)
+    PATH/fleets/<fleet>/signals/<epoch>/<kind>.<body>.<seq>   news of a change to current
 
 The pusher never talks to an engine: it writes the push node, waits for a
 vote from every member that is still alive, then commits with one
@@ -19,15 +20,16 @@ ZooKeeper transaction (``desired/<slot>`` set with the version it read,
 and the push node marked ``committed``: both or neither, so a commit never
 exists without its record), or marks the push ``aborted``.
 
-``current`` is the one node members watch. Every transaction that opens,
-commits, aborts or gives up a push also rewrites it (compare-and-set on its
-znode version): the pushes still preparing, and a copy of every slot's
-desired version, written in the same transaction as the desired nodes, so
-it can never disagree with them. One watch event and one read per change
-tell a member everything (and a member's periodic pass re-reads it); the
-desired nodes stay the truth that a member reads when it joins. Members
-(:class:`ZkMember`, in each engine process) re-read after every watch, make
-the engine match, then vote or ack.
+``current`` is the one node that says which pushes are open. Every
+transaction that opens, commits, aborts or gives up a push also rewrites it
+(compare-and-set on its znode version): the pushes still preparing, and a
+copy of every slot's desired version, written in the same transaction as
+the desired nodes, so it can never disagree with them. The same transaction
+creates a *signal* (:mod:`.zksignal`): a node whose name is the news, which
+members learn from the event of their one persistent watch, with no read.
+Members (:class:`ZkMember`, in each engine process) make the engine match,
+then vote or ack; they re-read ``current`` on a periodic pass, and the
+desired nodes, the truth, whenever they join or lost their connection.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 
 from .model import Desired, FleetError, MemberState, PushRecord, Rule, Vote, new_push_id
+from .zksignal import add_signal, epoch_name, pusher_epoch
 from .zksource import MAX_NODE, read_source, source_from_node, source_node, write_source
 
 __all__ = [
@@ -138,10 +141,12 @@ class _Paths:
         self.pushes = f"{self.base}/pushes"
         self.current = f"{self.base}/current"
         self.chunks = f"{self.base}/chunks"
+        self.signals = f"{self.base}/signals"
 
     def ensure(self, client: Any) -> None:
         for path in (self.members, self.sources, self.desired, self.pushes, self.current):
             client.ensure_path(path)
+        client.ensure_path(f"{self.signals}/{epoch_name(0)}")
 
 
 def current_of(data: bytes) -> dict[str, Any]:
@@ -193,6 +198,8 @@ class ZkRegistry:
         self.client = client if client is not None else _connect(address)
         self._retry = self.client.retry
         self._retry(self.paths.ensure, self.client)
+        #: The epoch node this push's signals go under (see :mod:`.zksignal`).
+        self._epoch = f"{self.paths.signals}/{epoch_name(0)}"
 
     def close(self) -> None:
         """Close the session (if this registry opened it)."""
@@ -310,6 +317,7 @@ class ZkRegistry:
     ) -> PushRecord:
         """Two-phase push through the registry; returns the push record."""
         self._prune()
+        self._epoch = self._retry(pusher_epoch, self.client, self.paths.signals)
         sha = self.put_source(source, filename)
         current, zversion = self.desired().get(slot, (None, -1))
         names = sorted(self._retry(self.client.get_children, self.paths.members))
@@ -424,9 +432,14 @@ class ZkRegistry:
             tx.create(f"{base}/roster", _dumps(names))
             tx.create(f"{base}/pusher", ephemeral=True)
 
+        def announced(tx: Any) -> None:
+            ops(tx)
+            news = {"id": record.id, "slot": record.slot, "sha256": record.sha256}
+            add_signal(tx, self._epoch, "prepare", {**news, "deadline": meta["deadline"]})
+
         def create() -> None:
             if record.outcome == "preparing":
-                results = update_current(self.client, self.paths, opened, ops)
+                results = update_current(self.client, self.paths, opened, announced)
             else:  # refused before it opened (--expect): no member need know
                 tx = self.client.transaction()
                 ops(tx)
@@ -468,6 +481,7 @@ class ZkRegistry:
             # version=0: the push node as we created it. A member that
             # gave the push up as abandoned changed it: then no commit.
             tx.set_data(base, body, version=0)
+            add_signal(tx, self._epoch, "commit", desired.to_json())
 
         for _attempt in range(10):
             try:
@@ -513,6 +527,7 @@ class ZkRegistry:
             def ops(tx: Any) -> None:
                 if outcome != "committed":
                     tx.set_data(base, _header(record, meta))
+                    add_signal(tx, self._epoch, "end", {"id": record.id, "outcome": outcome})
                 tx.create(f"{base}/record", _dumps(record.to_json()))
 
             if outcome == "committed":  # the commit took it out of ``current``

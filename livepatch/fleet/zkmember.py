@@ -1,15 +1,16 @@
-"""The ZooKeeper member agent: an ephemeral node, watches, a reconcile loop.
+"""The ZooKeeper member agent: an ephemeral node, signals, a reconcile loop.
 
 Each engine process that joins a fleet through ZooKeeper runs one
 :class:`ZkMember` (the benchmark runs hundreds per process). It holds an
-ephemeral node under ``members/``; it watches one node, ``current`` (the
-open pushes and a copy of the desired versions, see :mod:`.zk`); it votes
-on every push it sees (prepare: load and check through its engine), swaps
-when a slot's desired version names a new sha, acks, and reports its state
-in its node. Watches never carry orders: each one only marks what changed,
-and a pass re-reads and makes the engine match (``current`` every couple of
+ephemeral node under ``members/``; it holds one persistent recursive watch
+on the fleet's signal epoch (:mod:`.zksignal`), whose events are the
+pushes' news in node names: a push opened (vote: load and check through its
+engine), committed (swap, ack), or ended without a commit (release what it
+prepared). It reports its state in its node. Signals are hints: a pass
+makes the engine match the registry, re-reading ``current`` every couple of
 seconds anyway, and the desired nodes themselves whenever it joins or lost
-its connection). After a session expires it joins again and converges.
+its connection (which also loses the watch: it is set again). After a
+session expires it joins again and converges.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooState
@@ -47,6 +49,14 @@ from .zk import (
     vote_member,
     vote_node,
 )
+from .zksignal import (
+    add_recursive_watch,
+    add_signal,
+    epoch_name,
+    hook_events,
+    parse_signal,
+    remove_watches,
+)
 from .zksource import read_source, write_source
 
 __all__ = ["ZkMember"]
@@ -56,6 +66,22 @@ PERIODIC = "~"
 
 #: A member re-reports its state (calls/s) on a periodic pass this often.
 REPORT_S = 10.0
+
+
+@dataclass(slots=True)
+class _News:
+    """What a pass's signals said: pushes to vote on, desired versions by
+    slot (commits), and pushes that ended without a commit (id: outcome)."""
+
+    prepares: list[dict[str, Any]] = field(default_factory=list)
+    desired: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
+
+
+def _signal_order(path: str) -> tuple[str, str]:
+    """A signal's place: its epoch, then its sequence number (the name's end)."""
+    epoch, _, name = path.rpartition("/")
+    return epoch, name.rpartition(".")[2]
 
 
 class ZkMember:
@@ -99,12 +125,18 @@ class ZkMember:
         self._reported = 0.0
         self._thread: threading.Thread | None = None
         self._connect = connect
+        #: The signal epoch we watch, and the signals of it already handled.
+        self._epoch: str | None = None
+        self._signalled: set[str] = set()
         self.passes = 0
+        #: How many times the signal watch was set (joins, reconnections).
+        self.watch_sets = 0
 
     def start(self, wait: bool = True) -> MemberState:
         """Join the fleet; with ``wait``, converge once before returning."""
         self.client = self._connect(self.address)
         self.client.add_listener(self._on_state)
+        hook_events(self.client, f"{self.paths.signals}/", self._on_watch)
         self.client.retry(self.paths.ensure, self.client)
         if wait:
             self._pass()
@@ -156,21 +188,28 @@ class ZkMember:
                 self._mark("*")
 
     def _pass(self, dirty: set[str] | None = None) -> None:
-        """One reconcile pass: re-read what a watch said changed (everything
-        for ``*``), make the engine match, vote or ack, report."""
+        """One reconcile pass: take the signals a watch delivered (re-read
+        everything for ``*``), make the engine match, vote or ack, report."""
         self.passes += 1
         dirty = {"*"} if dirty is None else dirty
         full = "*" in dirty
         if self._rejoin:
             self._join()
             full = True
+        if full:
+            # The watch first, the reads after: no change falls between them.
+            self._watch_signals()
         periodic = PERIODIC in dirty and not full
         current: dict[str, Any] | None = None
         fresh: set[str] = set()
-        if full or periodic or self.paths.current in dirty:
-            data, _ = self.client.get(self.paths.current, watch=self._on_watch)
+        if full or periodic:
+            data, _ = self.client.get(self.paths.current)
             current = current_of(data)
             fresh = self._prepare_new(current["pushes"], check_votes=full)
+        # What a read of ``current`` told is at least as new as any signal
+        # that arrived before it.
+        news = _News() if full else self._take_signals(dirty, read=current is not None)
+        fresh |= self._prepare_new(news.prepares, check_votes=False)
         # A watch on a push's lease (``pushes/<id>/pusher``) names the push.
         pushes = self.paths.pushes
         touched = {
@@ -183,9 +222,77 @@ class ZkMember:
             # refreshes the calls/s in our node now and then.
             stale = time.monotonic() - self._reported >= REPORT_S
             self._converge(current["desired"], report=periodic and stale)
+        elif news.desired:
+            self._converge({**self._desired_json, **news.desired})
+        for push_id, outcome in news.ended.items():
+            vote = self._prepared.pop(push_id, None)
+            if vote is not None and outcome in ("aborted", "abandoned"):
+                release(self.handle, vote)
         open_ids = None if current is None else {str(p.get("id")) for p in current["pushes"]}
         # A push prepared in this very pass was just read: no need to look again.
         self._release_ended(full or periodic, touched, open_ids, skip=fresh)
+
+    def _watch_signals(self) -> None:
+        """Watch the latest signal epoch (again: a new connection has no
+        watches of ours; kazoo restores only its own)."""
+        epochs = sorted(self.client.get_children(self.paths.signals))
+        latest = f"{self.paths.signals}/{epochs[-1] if epochs else epoch_name(0)}"
+        add_recursive_watch(self.client, latest)
+        self.watch_sets += 1
+        if self._epoch is not None and self._epoch != latest:
+            remove_watches(self.client, self._epoch)
+        self._epoch = latest
+        self._signalled.clear()
+
+    def _take_signals(self, dirty: set[str], read: bool) -> _News:
+        """The news in the signals among ``dirty`` not handled yet, in the
+        order they were made (``read``: ``current`` was just read, so only an
+        epoch's end matters)."""
+        signals = self.paths.signals
+        queue = sorted((p for p in dirty if p.startswith(signals + "/")), key=_signal_order)
+        news = _News()
+        while queue:
+            path = queue.pop(0)
+            if path in self._signalled:
+                continue
+            self._signalled.add(path)
+            signal = parse_signal(path.rpartition("/")[2])
+            if signal is None:
+                continue
+            body = signal.body
+            if signal.kind == "epoch":
+                queue += self._move_to(f"{signals}/{body.get('epoch')}")
+            elif read:
+                continue
+            elif signal.kind == "prepare":
+                news.prepares.append({**body, "outcome": "preparing"})
+            elif signal.kind == "commit":
+                news.desired[str(body.get("slot"))] = body
+            elif signal.kind == "end":
+                news.ended[str(body.get("id"))] = str(body.get("outcome"))
+        # No vote on a push that already ended (committed or not) in the same news.
+        done = set(news.ended) | {str(d.get("push")) for d in news.desired.values()}
+        for push in news.prepares:
+            if str(push.get("id")) in done:
+                self._seen.add(str(push.get("id")))
+        return news
+
+    def _move_to(self, epoch: str) -> list[str]:
+        """Follow the pusher to the next epoch: watch it, and take what it
+        signalled before our watch began; the old epoch's watch goes."""
+        if epoch == self._epoch:
+            return []
+        add_recursive_watch(self.client, epoch)
+        try:
+            names = self.client.get_children(epoch)
+        except NoNodeError:
+            names = []
+            self._mark("*")  # gone already: we are far behind, re-read everything
+        if self._epoch is not None:
+            remove_watches(self.client, self._epoch)
+        self._epoch = epoch
+        self._signalled = {p for p in self._signalled if p.startswith(epoch + "/")}
+        return sorted((f"{epoch}/{n}" for n in names), key=_signal_order)
 
     def _converge(self, desired: dict[str, Any] | None, report: bool = False) -> None:
         """Make the engine run the desired versions (``desired``: from
@@ -341,6 +448,8 @@ class ZkMember:
 
         def ops(tx: Any) -> None:
             tx.set_data(base, _dumps(body), version=version)
+            epoch = self._epoch or f"{self.paths.signals}/{epoch_name(0)}"
+            add_signal(tx, epoch, "end", {"id": push_id, "outcome": "abandoned"})
 
         results = update_current(self.client, self.paths, _without(push_id), ops)
         if isinstance(results[0], BadVersionError):
