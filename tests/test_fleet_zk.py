@@ -436,10 +436,46 @@ def test_members_follow_the_signals_across_epochs_and_old_epochs_go(
                 record = reg.push("spam", rule(1 + i % 2), f"rule_v{1 + i % 2}.py", deadline_s=20)
                 assert record.ok and len(record.acks) == len(agents), (i, record.reason)
             epochs = sorted(reg.client.get_children(reg.paths.signals))
-        # Two pushes (four signals) per epoch of three: the twelfth push's is the sixth.
-        assert epochs == ["e0000000004", "e0000000005"], epochs
+        # Two pushes (four signals) per epoch of three: the twelfth push's is the
+        # sixth; members watch the last two, the pusher keeps three.
+        assert epochs == ["e0000000003", "e0000000004", "e0000000005"], epochs
         for agent in agents:
             assert agent._epoch == f"{reg.paths.signals}/{epochs[-1]}"
+            assert agent._previous == f"{reg.paths.signals}/{epochs[-2]}"
+            assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def test_a_pusher_that_read_the_epoch_before_the_next_began_is_still_heard(
+    zk_server: ZooKeeperServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race at an epoch's end: a pusher read the epoch, another started
+    the next one, and the first signals into the old one. Members (with no
+    periodic pass to fall back on) still hear every signal of that push."""
+    from livepatch.fleet import zk, zksignal
+    from livepatch.fleet.handle import MemoryHandle
+    from livepatch.fleet.zkmember import ZkMember
+
+    monkeypatch.setattr(zksignal, "EPOCH_SIGNALS", 3)
+    address = parse_zk_url(zk_registry_url(zk_server, 30))
+    agents = [ZkMember(address, FLEET, MemoryHandle(f"r{i}"), refresh_s=3600.0) for i in range(2)]
+    try:
+        for agent in agents:
+            agent.start()
+        with ZkRegistry(address, FLEET) as reg:
+            for i in range(3):  # the third push starts epoch 1
+                assert reg.push("spam", rule(1 + i % 2), f"rule_v{1 + i % 2}.py").ok
+            late = f"{reg.paths.signals}/{zksignal.epoch_name(0)}"
+            # Members move to epoch 1 with the third push's own signals.
+            assert all(a._epoch and a._epoch.endswith(zksignal.epoch_name(1)) for a in agents)
+            monkeypatch.setattr(zk, "pusher_epoch", lambda client, signals: late)
+            record = reg.push("spam", rule(2), "rule_v2.py", deadline_s=20)
+            assert record.ok and len(record.acks) == len(agents), record.reason
+            names = [n for n in reg.client.get_children(late) if n.startswith("commit.")]
+        assert len(names) == 3  # the lagging push's commit went to the old epoch
+        for agent in agents:
             assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
     finally:
         for agent in agents:

@@ -125,8 +125,11 @@ class ZkMember:
         self._reported = 0.0
         self._thread: threading.Thread | None = None
         self._connect = connect
-        #: The signal epoch we watch, and the signals of it already handled.
+        #: The signal epochs we watch (the latest, and the one before it:
+        #: a pusher that read the epoch just before another started the
+        #: next still signals there), and the signals already handled.
         self._epoch: str | None = None
+        self._previous: str | None = None
         self._signalled: set[str] = set()
         self.passes = 0
         #: How many times the signal watch was set (joins, reconnections).
@@ -233,15 +236,19 @@ class ZkMember:
         self._release_ended(full or periodic, touched, open_ids, skip=fresh)
 
     def _watch_signals(self) -> None:
-        """Watch the latest signal epoch (again: a new connection has no
-        watches of ours; kazoo restores only its own)."""
-        epochs = sorted(self.client.get_children(self.paths.signals))
-        latest = f"{self.paths.signals}/{epochs[-1] if epochs else epoch_name(0)}"
-        add_recursive_watch(self.client, latest)
+        """Watch the latest two signal epochs (again: a new connection has
+        no watches of ours; kazoo restores only its own)."""
+        signals = self.paths.signals
+        epochs = [f"{signals}/{e}" for e in sorted(self.client.get_children(signals))]
+        watched = epochs[-2:] or [f"{signals}/{epoch_name(0)}"]
+        for epoch in watched:
+            add_recursive_watch(self.client, epoch)
+        for old in (self._epoch, self._previous):
+            if old is not None and old not in watched:
+                remove_watches(self.client, old)
         self.watch_sets += 1
-        if self._epoch is not None and self._epoch != latest:
-            remove_watches(self.client, self._epoch)
-        self._epoch = latest
+        self._previous = watched[-2] if len(watched) == 2 else None
+        self._epoch = watched[-1]
         self._signalled.clear()
 
     def _take_signals(self, dirty: set[str], read: bool) -> _News:
@@ -279,8 +286,9 @@ class ZkMember:
 
     def _move_to(self, epoch: str) -> list[str]:
         """Follow the pusher to the next epoch: watch it, and take what it
-        signalled before our watch began; the old epoch's watch goes."""
-        if epoch == self._epoch:
+        signalled before our watch began; the watch of the epoch before the
+        one we leave goes (the pusher deletes that one next)."""
+        if epoch in (self._epoch, self._previous):
             return []
         add_recursive_watch(self.client, epoch)
         try:
@@ -288,10 +296,11 @@ class ZkMember:
         except NoNodeError:
             names = []
             self._mark("*")  # gone already: we are far behind, re-read everything
-        if self._epoch is not None:
-            remove_watches(self.client, self._epoch)
-        self._epoch = epoch
-        self._signalled = {p for p in self._signalled if p.startswith(epoch + "/")}
+        if self._previous is not None:
+            remove_watches(self.client, self._previous)
+        self._previous, self._epoch = self._epoch, epoch
+        kept = tuple(f"{e}/" for e in (self._previous, epoch) if e is not None)
+        self._signalled = {p for p in self._signalled if p.startswith(kept)}
         return sorted((f"{epoch}/{n}" for n in names), key=_signal_order)
 
     def _converge(self, desired: dict[str, Any] | None, report: bool = False) -> None:

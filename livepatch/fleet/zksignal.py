@@ -19,10 +19,11 @@ every member re-reads ``current`` on its periodic pass anyway.
 
 Epochs keep the tree small without waking anyone: the pusher starts the
 next epoch once one holds :data:`EPOCH_SIGNALS` signals (announced by an
-``epoch`` signal in the old one); members move their watch over, read the
-new epoch's names once (what was signalled before their watch), and remove
-the old watch; the pusher deletes epochs two behind, which by then nobody
-watches, so their deletion sends no events.
+``epoch`` signal in the old one). Members watch the new epoch too, read its
+names once (what was signalled before their watch), and keep watching the
+one they leave (a pusher that read it just before the change still signals
+there), but no older one; the pusher deletes epochs three behind, which by
+then nobody watches, so their deletion sends no events.
 
 kazoo 2.11 has neither ``addWatch`` nor ``removeWatches``: the requests are
 sent through its request layer (:meth:`KazooClient._call`), and the events
@@ -175,8 +176,9 @@ def add_signal(tx: Any, epoch: str, kind: str, body: dict[str, Any]) -> None:
 
 def pusher_epoch(client: Any, signals: str) -> str:
     """The epoch node a pusher signals into: the latest, once the next was
-    started if the latest is full. Epochs before the last two go (nobody
-    watches them any more: every member moved on a whole epoch ago)."""
+    started if the latest is full. Members watch the last two; epochs before
+    the last three go (nobody watches them any more: every member stopped a
+    whole epoch ago, so their deletion wakes nobody)."""
     epochs = sorted(n for n in client.get_children(signals) if n.startswith("e"))
     if not epochs:
         client.ensure_path(f"{signals}/{epoch_name(0)}")
@@ -191,7 +193,7 @@ def pusher_epoch(client: Any, signals: str) -> str:
         tx.commit()  # its create failing: another pusher started it first
         epochs.append(following)
         latest = following
-    for old in epochs[:-2]:
+    for old in epochs[:-3]:
         _delete_epoch(client, f"{signals}/{old}")
     return f"{signals}/{latest}"
 
