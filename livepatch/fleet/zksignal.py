@@ -40,9 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import kazoo.version
 from kazoo.exceptions import NoNodeError, NoWatcherError
 from kazoo.protocol.serialization import Watch, int_struct, write_string
 from kazoo.protocol.states import Callback, EventType, WatchedEvent
+
+from .model import FleetError
 
 __all__ = [
     "EPOCH_SIGNALS",
@@ -116,8 +119,13 @@ def remove_watches(client: Any, path: str, timeout_s: float = 30.0) -> None:
 def hook_events(client: Any, prefix: str, callback: Callable[[WatchedEvent], None]) -> None:
     """Hand the events of paths below ``prefix`` to ``callback`` (on kazoo's
     callback thread, as its own watchers run); all others to kazoo."""
-    connection = client._connection
-    dispatch = connection._read_watch_event
+    connection: Any = getattr(client, "_connection", None)
+    dispatch = getattr(connection, "_read_watch_event", None)
+    if dispatch is None:
+        raise FleetError(
+            f"kazoo {kazoo.version.__version__} reads watch events in a way livepatch "
+            "does not know: install kazoo 2.9 to 2.11 (pip install 'kazoo>=2.9,<2.12')"
+        )
 
     def read_watch_event(buffer: bytes, offset: int) -> Any:
         watch, _ = Watch.deserialize(buffer, offset)

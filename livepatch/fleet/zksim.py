@@ -10,7 +10,9 @@ What differs from a real member is only how the process runs it, so that a
 thousand fit on one small machine:
 
 - the process is patched by gevent, so every member's threads (its
-  reconcile loop, kazoo's callback worker) are greenlets on one event loop;
+  reconcile loop, kazoo's callback worker) are greenlets on one event loop,
+  and watch callbacks run in the greenlet that read the event (a member's
+  only mark what changed and wake its loop);
 - each member's session is a :class:`SharedLoopClient`: kazoo's own client,
   whose request layer builds, frames and decodes every request exactly as
   for a real member (so the server gets the same requests, creates the same
