@@ -312,6 +312,13 @@ def test_zookeeper_restart_mid_push_completes_or_aborts_with_a_record(
     # The fleet works on after the restart.
     assert push(registry_url, 3).ok
     assert active_sha("a") == active_sha("b") == sha_of(rule(3))
+    # Each engine said, in one line each, that ZooKeeper went and came back,
+    # and kazoo's warnings (one per reconnect attempt) stayed out of its log.
+    for engine in engines:
+        log = engine.log_text()
+        assert f"fleet {FLEET}: lost ZooKeeper at {zk_server.hosts}: reconnecting" in log, log
+        assert f"fleet {FLEET}: ZooKeeper at {zk_server.hosts} is back: converging" in log, log
+        assert "Connection dropped" not in log and "Traceback" not in log, log
 
 
 @pytest.mark.slow
@@ -510,4 +517,43 @@ def test_a_member_sets_its_signal_watch_again_after_a_lost_connection(
             assert record.ok and set(record.acks) == {"w0"}, record.reason
         assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
     finally:
+        agent.stop()
+
+
+def test_a_member_woken_all_the_time_still_makes_its_periodic_pass(
+    zk_server: ZooKeeperServer,
+) -> None:
+    """Signals are hints: a member whose loop is woken faster than its
+    refresh interval (pushes back to back) still re-reads the registry now
+    and then, and so repairs an engine that runs what the fleet did not ask
+    (swapped by hand here)."""
+    from livepatch.fleet.handle import MemoryHandle
+    from livepatch.fleet.zkmember import BUSY_REFRESHES, ZkMember
+
+    address = parse_zk_url(zk_registry_url(zk_server, 30))
+    agent = ZkMember(address, FLEET, MemoryHandle("b0"), refresh_s=0.2)
+    stop = threading.Event()
+
+    def wake() -> None:  # an event for the member every 20 ms, about nothing
+        while not stop.wait(0.02):
+            agent._mark(f"{agent.paths.base}/nothing")
+
+    waker = threading.Thread(target=wake, daemon=True)
+    try:
+        agent.start()
+        with ZkRegistry(address, FLEET) as reg:
+            assert reg.push("spam", rule(1), "rule_v1.py").ok
+        waker.start()
+        by_hand = agent.handle.load("spam", rule(2), "by_hand.py")["version"]
+        agent.handle.swap(by_hand)
+        deadline = time.monotonic() + BUSY_REFRESHES * 0.2 * 10
+        while time.monotonic() < deadline:
+            status = agent.handle.status()["slots"][0]
+            active = next(v for v in status["versions"] if v["id"] == status["active"])
+            if active["sha256"] == sha_of(rule(1)):
+                break
+            time.sleep(0.05)
+        assert active["sha256"] == sha_of(rule(1)), "the engine was never repaired"
+    finally:
+        stop.set()
         agent.stop()

@@ -47,8 +47,8 @@ def _is_zk(registry: str | None) -> bool:
 
 
 def _quiet_kazoo() -> None:
-    """A one-shot command says itself what went wrong with ZooKeeper; kazoo's
-    reconnect warnings would only bury that line."""
+    """A one-shot command (or an engine's member) says itself what went
+    wrong with ZooKeeper; kazoo's reconnect warnings would only bury that line."""
     import logging
 
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)
@@ -84,7 +84,14 @@ def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | Non
 
         address = parse_zk_url(args.registry)
         client = Client(info, client_name="livepatch-fleet", timeout=120.0)
-        member = ZkMember(address, fleet, ClientHandle(client), pid=info.pid)
+        # The member says itself, once, that ZooKeeper went and came back:
+        # kazoo would warn on every reconnect attempt meanwhile.
+        _quiet_kazoo()
+
+        def say(message: str) -> None:
+            print(f"fleet {fleet}: {message}", file=sys.stderr, flush=True)
+
+        member = ZkMember(address, fleet, ClientHandle(client), pid=info.pid, say=say)
         state = member.start()
         # Local tools (status, the demo) find ZooKeeper members here too.
         write_connection_file(info._replace(fleet=fleet))

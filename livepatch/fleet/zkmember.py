@@ -67,6 +67,11 @@ PERIODIC = "~"
 #: A member re-reports its state (calls/s) on a periodic pass this often.
 REPORT_S = 10.0
 
+#: A member woken all the time (pushes back to back) still makes a periodic
+#: pass after this many refresh intervals: signals are hints, and one that
+#: never came must not leave it different for as long as the pushes go on.
+BUSY_REFRESHES = 5
+
 
 @dataclass(slots=True)
 class _News:
@@ -100,6 +105,7 @@ class ZkMember:
         pid: int = 0,
         refresh_s: float = 2.0,
         connect: Callable[[ZkAddress], Any] = _connect,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.address = address
         self.fleet = fleet
@@ -123,8 +129,12 @@ class ZkMember:
         self._desired_json: dict[str, Any] = {}
         self._last_calls: tuple[int, float] | None = None
         self._reported = 0.0
+        self._periodic_at = time.monotonic()
         self._thread: threading.Thread | None = None
         self._connect = connect
+        #: Where the member tells its operator that ZooKeeper went or came back.
+        self._say = say
+        self._disconnected = False
         #: The signal epochs we watch (the latest, and the one before it:
         #: a pusher that read the epoch just before another started the
         #: next still signals there), and the signals already handled.
@@ -159,10 +169,21 @@ class ZkMember:
                 self.client.close()
 
     def _on_state(self, state: str) -> None:
+        hosts = self.address.hosts
         if state == KazooState.LOST:
             # Session expired: our ephemeral node is gone; join again when back.
             self._rejoin = True
+            self._tell(f"its ZooKeeper session expired: it joins again once {hosts} answers")
+        elif state == KazooState.SUSPENDED:
+            self._tell(f"lost ZooKeeper at {hosts}: reconnecting; the engine serves on as it was")
+        elif state == KazooState.CONNECTED and self._disconnected:
+            self._tell(f"ZooKeeper at {hosts} is back: converging")
+        self._disconnected = state != KazooState.CONNECTED
         self._mark("*")
+
+    def _tell(self, message: str) -> None:
+        if self._say is not None:
+            self._say(message)
 
     def _on_watch(self, event: Any) -> None:
         self._mark(str(getattr(event, "path", "*") or "*"))
@@ -178,6 +199,8 @@ class ZkMember:
             # all re-read at the same moment.
             if not self._wake.wait(self.refresh_s * random.uniform(0.8, 1.2)):
                 self._mark(PERIODIC)  # never trust only events
+            elif time.monotonic() - self._periodic_at >= BUSY_REFRESHES * self.refresh_s:
+                self._mark(PERIODIC)  # nor when they keep coming
             if self._stop.is_set():
                 return
             self._wake.clear()
@@ -203,6 +226,8 @@ class ZkMember:
             # The watch first, the reads after: no change falls between them.
             self._watch_signals()
         periodic = PERIODIC in dirty and not full
+        if full or periodic:
+            self._periodic_at = time.monotonic()
         current: dict[str, Any] | None = None
         fresh: set[str] = set()
         if full or periodic:
