@@ -7,6 +7,7 @@ these tests (``.ci/run`` installs it); elsewhere they skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,8 @@ from fleet_helpers import (
 from test_fleet_cli import engine_rows
 
 from livepatch.fleet.model import PushRecord, sha_of
-from livepatch.fleet.zk import ZkRegistry, current_of, parse_zk_url
+from livepatch.fleet.zk import ZkAddress, ZkRegistry, current_of, parse_zk_url
+from livepatch.fleet.zkmember import ZkMember
 from livepatch.fleet.zkserver import ZooKeeperServer
 
 FLEET = "z"
@@ -382,6 +384,27 @@ def _session_counts(server: ZooKeeperServer) -> dict[int, tuple[int, int]]:
     return counts
 
 
+@contextlib.contextmanager
+def memory_members(
+    server: ZooKeeperServer, names: list[str], refresh_s: float = 3600.0
+) -> Iterator[tuple[ZkAddress, list[ZkMember]]]:
+    """Real member agents on in-memory engines, joined (and converged) to a
+    fresh registry path on ``server``; they leave when the block ends. The
+    default refresh of an hour means no periodic pass: signals are all they hear."""
+    from livepatch.fleet.handle import MemoryHandle
+    from livepatch.fleet.zkmember import ZkMember
+
+    address = parse_zk_url(zk_registry_url(server, 30))
+    agents = [ZkMember(address, FLEET, MemoryHandle(n), refresh_s=refresh_s) for n in names]
+    try:
+        for agent in agents:
+            agent.start()
+        yield address, agents
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
 def test_a_push_costs_each_member_two_requests_and_two_watch_events(
     zk_server: ZooKeeperServer,
 ) -> None:
@@ -390,18 +413,8 @@ def test_a_push_costs_each_member_two_requests_and_two_watch_events(
     event, and the member votes; the commit's signal arrives, and it swaps
     and acks (with its state) in one transaction: 2 requests; the server
     sends their 2 replies and the 2 events. No read of ``current``."""
-    from livepatch.fleet.handle import MemoryHandle
-    from livepatch.fleet.zkmember import ZkMember
-
-    # Long sessions and no periodic pass: nothing but the pushes is counted
-    # (a ping at most).
-    url = zk_registry_url(zk_server, 30)
-    address = parse_zk_url(url)
-    agents = [ZkMember(address, FLEET, MemoryHandle(f"s{i}"), refresh_s=3600.0) for i in range(4)]
     pushes = 4
-    try:
-        for agent in agents:
-            agent.start()
+    with memory_members(zk_server, [f"s{i}" for i in range(4)]) as (address, agents):
         with ZkRegistry(address, FLEET) as reg:
             # Both versions once first: every member has their sources.
             assert all(reg.push("spam", rule(n), f"rule_v{n}.py").ok for n in (1, 2))
@@ -417,9 +430,6 @@ def test_a_push_costs_each_member_two_requests_and_two_watch_events(
             assert 2 * pushes <= received <= 2 * pushes + 1, (agent.name, received)
             assert 4 * pushes <= sent <= 4 * pushes + 1, (agent.name, sent)
             assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
-    finally:
-        for agent in agents:
-            agent.stop()
 
 
 def test_members_follow_the_signals_across_epochs_and_old_epochs_go(
@@ -427,17 +437,11 @@ def test_members_follow_the_signals_across_epochs_and_old_epochs_go(
 ) -> None:
     """With no periodic pass, signals are all a member hears: over many
     epoch changes (a small epoch here) every push is still acked by every
-    member, and only the last two epochs are left in the registry."""
+    member, and only the last three epochs are left in the registry."""
     from livepatch.fleet import zksignal
-    from livepatch.fleet.handle import MemoryHandle
-    from livepatch.fleet.zkmember import ZkMember
 
     monkeypatch.setattr(zksignal, "EPOCH_SIGNALS", 3)
-    address = parse_zk_url(zk_registry_url(zk_server, 30))
-    agents = [ZkMember(address, FLEET, MemoryHandle(f"e{i}"), refresh_s=3600.0) for i in range(3)]
-    try:
-        for agent in agents:
-            agent.start()
+    with memory_members(zk_server, ["e0", "e1", "e2"]) as (address, agents):
         with ZkRegistry(address, FLEET) as reg:
             for i in range(12):
                 record = reg.push("spam", rule(1 + i % 2), f"rule_v{1 + i % 2}.py", deadline_s=20)
@@ -450,9 +454,6 @@ def test_members_follow_the_signals_across_epochs_and_old_epochs_go(
             assert agent._epoch == f"{reg.paths.signals}/{epochs[-1]}"
             assert agent._previous == f"{reg.paths.signals}/{epochs[-2]}"
             assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
-    finally:
-        for agent in agents:
-            agent.stop()
 
 
 def test_a_pusher_that_read_the_epoch_before_the_next_began_is_still_heard(
@@ -462,15 +463,9 @@ def test_a_pusher_that_read_the_epoch_before_the_next_began_is_still_heard(
     the next one, and the first signals into the old one. Members (with no
     periodic pass to fall back on) still hear every signal of that push."""
     from livepatch.fleet import zk, zksignal
-    from livepatch.fleet.handle import MemoryHandle
-    from livepatch.fleet.zkmember import ZkMember
 
     monkeypatch.setattr(zksignal, "EPOCH_SIGNALS", 3)
-    address = parse_zk_url(zk_registry_url(zk_server, 30))
-    agents = [ZkMember(address, FLEET, MemoryHandle(f"r{i}"), refresh_s=3600.0) for i in range(2)]
-    try:
-        for agent in agents:
-            agent.start()
+    with memory_members(zk_server, ["r0", "r1"]) as (address, agents):
         with ZkRegistry(address, FLEET) as reg:
             for i in range(3):  # the third push starts epoch 1
                 assert reg.push("spam", rule(1 + i % 2), f"rule_v{1 + i % 2}.py").ok
@@ -484,9 +479,6 @@ def test_a_pusher_that_read_the_epoch_before_the_next_began_is_still_heard(
         assert len(names) == 3  # the lagging push's commit went to the old epoch
         for agent in agents:
             assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
-    finally:
-        for agent in agents:
-            agent.stop()
 
 
 def test_a_member_sets_its_signal_watch_again_after_a_lost_connection(
@@ -495,13 +487,7 @@ def test_a_member_sets_its_signal_watch_again_after_a_lost_connection(
     """The server forgets a persistent watch with its connection, and kazoo
     restores only its own: after a ZooKeeper restart a member (with no
     periodic pass to fall back on) still hears the next push at once."""
-    from livepatch.fleet.handle import MemoryHandle
-    from livepatch.fleet.zkmember import ZkMember
-
-    address = parse_zk_url(zk_registry_url(zk_server, 30))
-    agent = ZkMember(address, FLEET, MemoryHandle("w0"), refresh_s=3600.0)
-    try:
-        agent.start()
+    with memory_members(zk_server, ["w0"]) as (address, (agent,)):
         with ZkRegistry(address, FLEET) as reg:
             assert reg.push("spam", rule(1), "rule_v1.py").ok
             watched = agent.watch_sets
@@ -516,8 +502,6 @@ def test_a_member_sets_its_signal_watch_again_after_a_lost_connection(
             record = reg.push("spam", rule(2), "rule_v2.py", deadline_s=20)
             assert record.ok and set(record.acks) == {"w0"}, record.reason
         assert agent.state.active["spam"]["sha256"] == sha_of(rule(2))
-    finally:
-        agent.stop()
 
 
 def test_a_member_woken_all_the_time_still_makes_its_periodic_pass(
@@ -527,33 +511,29 @@ def test_a_member_woken_all_the_time_still_makes_its_periodic_pass(
     refresh interval (pushes back to back) still re-reads the registry now
     and then, and so repairs an engine that runs what the fleet did not ask
     (swapped by hand here)."""
-    from livepatch.fleet.handle import MemoryHandle
-    from livepatch.fleet.zkmember import BUSY_REFRESHES, ZkMember
+    from livepatch.fleet.zkmember import BUSY_REFRESHES
 
-    address = parse_zk_url(zk_registry_url(zk_server, 30))
-    agent = ZkMember(address, FLEET, MemoryHandle("b0"), refresh_s=0.2)
     stop = threading.Event()
+    with memory_members(zk_server, ["b0"], refresh_s=0.2) as (address, (agent,)):
 
-    def wake() -> None:  # an event for the member every 20 ms, about nothing
-        while not stop.wait(0.02):
-            agent._mark(f"{agent.paths.base}/nothing")
+        def wake() -> None:  # an event for the member every 20 ms, about nothing
+            while not stop.wait(0.02):
+                agent._mark(f"{agent.paths.base}/nothing")
 
-    waker = threading.Thread(target=wake, daemon=True)
-    try:
-        agent.start()
-        with ZkRegistry(address, FLEET) as reg:
-            assert reg.push("spam", rule(1), "rule_v1.py").ok
-        waker.start()
-        by_hand = agent.handle.load("spam", rule(2), "by_hand.py")["version"]
-        agent.handle.swap(by_hand)
-        deadline = time.monotonic() + BUSY_REFRESHES * 0.2 * 10
-        while time.monotonic() < deadline:
-            status = agent.handle.status()["slots"][0]
-            active = next(v for v in status["versions"] if v["id"] == status["active"])
-            if active["sha256"] == sha_of(rule(1)):
-                break
-            time.sleep(0.05)
-        assert active["sha256"] == sha_of(rule(1)), "the engine was never repaired"
-    finally:
-        stop.set()
-        agent.stop()
+        waker = threading.Thread(target=wake, daemon=True)
+        try:
+            with ZkRegistry(address, FLEET) as reg:
+                assert reg.push("spam", rule(1), "rule_v1.py").ok
+            waker.start()
+            by_hand = agent.handle.load("spam", rule(2), "by_hand.py")["version"]
+            agent.handle.swap(by_hand)
+            deadline = time.monotonic() + BUSY_REFRESHES * 0.2 * 10
+            while time.monotonic() < deadline:
+                status = agent.handle.status()["slots"][0]
+                active = next(v for v in status["versions"] if v["id"] == status["active"])
+                if active["sha256"] == sha_of(rule(1)):
+                    break
+                time.sleep(0.05)
+            assert active["sha256"] == sha_of(rule(1)), "the engine was never repaired"
+        finally:
+            stop.set()
