@@ -226,11 +226,10 @@ class ZkMember:
             # The watch first, the reads after: no change falls between them.
             self._watch_signals()
         periodic = PERIODIC in dirty and not full
-        if full or periodic:
-            self._periodic_at = time.monotonic()
         current: dict[str, Any] | None = None
         fresh: set[str] = set()
         if full or periodic:
+            self._periodic_at = time.monotonic()
             data, _ = self.client.get(self.paths.current)
             current = current_of(data)
             fresh = self._prepare_new(current["pushes"], check_votes=full)

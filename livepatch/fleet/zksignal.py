@@ -117,8 +117,9 @@ def remove_watches(client: Any, path: str, timeout_s: float = 30.0) -> None:
 
 
 def hook_events(client: Any, prefix: str, callback: Callable[[WatchedEvent], None]) -> None:
-    """Hand the events of paths below ``prefix`` to ``callback`` (on kazoo's
-    callback thread, as its own watchers run); all others to kazoo."""
+    """Hand the creation events of paths below ``prefix`` to ``callback`` (on
+    kazoo's callback thread, as its own watchers run; other events there,
+    such as a pruned epoch's deletions, are dropped); all others to kazoo."""
     connection: Any = getattr(client, "_connection", None)
     dispatch = getattr(connection, "_read_watch_event", None)
     if dispatch is None:

@@ -192,7 +192,8 @@ def _client_class() -> Any:
                         if header.xid == PING_XID:
                             continue
                         if header.xid == WATCH_XID:
-                            conn._read_watch_event(frame, offset)  # kazoo's own dispatch
+                            # kazoo's dispatch (behind the member's signal hook)
+                            conn._read_watch_event(frame, offset)
                         elif conn._read_response(header, frame, offset) is not None:
                             return  # the reply to our Close
                     hub.wait(readable)
