@@ -46,8 +46,9 @@ Three choices worth knowing, each for safety:
 
 Linux only (ELF, glibc's ``dlopen``, ``/proc/self/maps``). A crash inside a
 rule's C code takes the process down; an engine with a quarantine policy
-maps every object in a throwaway process first, so a crashing constructor
-fails the check instead.
+maps every object in a throwaway process first, and before that opens there
+the object's ``DT_NEEDED`` libraries this process has not loaded yet, so a
+crashing constructor (the object's or a library's) fails the check instead.
 """
 
 from __future__ import annotations
@@ -338,7 +339,18 @@ class NativeBackend:
             # A version the engine let go of is never mapped again.
             problem = Problem("load-error", obj.path.name, None, "the object was closed")
             return ResolveReport(version, (problem,)), {}
-        with Scope(obj.info, obj.origin) as scope:
+        scope = Scope(obj.info, obj.origin)
+        if quarantine is not None and obj.handle is None:
+            # Opening the scope runs the constructors of every library not
+            # loaded yet, in this process: they run in a child first.
+            fresh = scope.unopened()
+            if fresh:
+                try:
+                    quarantine.run_libraries(fresh, obj.filename)
+                except LoadFailed as exc:
+                    problem = Problem("crash", obj.filename, None, exc.message)
+                    return ResolveReport(version, (problem,)), {}
+        with scope:
             for library, error in scope.missing:
                 problems.append(
                     Problem(

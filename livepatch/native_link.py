@@ -34,6 +34,7 @@ dl: Any = _ctypes
 RTLD_LAZY: Final = getattr(os, "RTLD_LAZY", 1)
 RTLD_NOW: Final = getattr(os, "RTLD_NOW", 2)
 RTLD_LOCAL: Final = getattr(os, "RTLD_LOCAL", 0)
+RTLD_NOLOAD: Final = getattr(os, "RTLD_NOLOAD", 4)
 
 # ---------------------------------------------------------------------------
 # The dynamic linker, through ctypes
@@ -218,6 +219,22 @@ class Scope:
             with contextlib.suppress(OSError):
                 dl.dlclose(self._host)
             self._host = 0
+
+    def unopened(self) -> list[str]:
+        """Where the ``DT_NEEDED`` libraries this process has not loaded yet
+        are (what entering the scope would run constructors of); asks the
+        dynamic linker with ``RTLD_NOLOAD``, which maps nothing."""
+        fresh = []
+        for library in self.info.needed:
+            where = self._locate(library)
+            try:
+                handle = dl.dlopen(where, RTLD_LAZY | RTLD_NOLOAD)
+            except OSError:
+                fresh.append(where)
+                continue
+            with contextlib.suppress(OSError):
+                dl.dlclose(handle)
+        return fresh
 
     def _locate(self, library: str) -> str:
         if "/" in library:

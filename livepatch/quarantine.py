@@ -128,6 +128,28 @@ class Quarantine:
             pass_fds=() if fd is None else (fd,),
         )
 
+    def run_libraries(self, paths: list[str], filename: str) -> None:
+        """``dlopen`` an object's ``DT_NEEDED`` libraries (``RTLD_LAZY |
+        RTLD_LOCAL``, as the check's scope opens them) in a child first: their
+        constructors run there. :class:`LoadFailed` if that crashes or hangs.
+
+        A library the child cannot open is no failure here: the check reports
+        it as ``missing-library`` with the dynamic linker's reason.
+        """
+        request = {
+            "libraries": paths,
+            "filename": filename,
+            "memory_mb": self.memory_mb,
+            "timeout_s": self.timeout_s,
+        }
+        self._child(
+            request,
+            filename,
+            timeout_hint="opening its DT_NEEDED libraries did not finish within {limit} in "
+            "quarantine (a constructor that never returns?); nothing was opened here",
+            what=f"opening its DT_NEEDED libraries ({', '.join(paths)})",
+        )
+
     def _child(
         self,
         request: dict[str, Any],
@@ -348,7 +370,8 @@ def main() -> None:
         watchdog = threading.Timer(timeout_s * 0.9, answer.out_of_time, args=(request, timeout_s))
         watchdog.daemon = True
         watchdog.start()
-    result = _map_native(request) if "native" in request else _load_python(request)
+    native = "native" in request or "libraries" in request
+    result = _map_native(request) if native else _load_python(request)
     answer.send(result)
 
 
@@ -377,6 +400,10 @@ class _Answer:
                     f"mapping the object did not finish within {timeout_s:g} s in quarantine "
                     "(a constructor that never returns?); it was not mapped here"
                     if "native" in request
+                    else "opening its DT_NEEDED libraries did not finish within "
+                    f"{timeout_s:g} s in quarantine (a constructor that never returns?); "
+                    "nothing was opened here"
+                    if "libraries" in request
                     else f"the module body did not finish within {timeout_s:g} s in "
                     "quarantine (an endless loop at import?); nothing was loaded"
                 ),
@@ -386,9 +413,15 @@ class _Answer:
 
 
 def _map_native(request: dict[str, Any]) -> dict[str, Any]:
-    """dlopen the object as the engine would; a crash shows as a signal."""
+    """dlopen the libraries or the object as the engine would; a crash shows
+    as a signal."""
     import _ctypes
 
+    for library in request.get("libraries", ()):
+        with contextlib.suppress(OSError):  # missing: the check says so, with the reason
+            _ctypes.dlopen(library, os.RTLD_LAZY | os.RTLD_LOCAL)
+    if "native" not in request:
+        return {"ok": True}
     try:
         _ctypes.dlopen(request["native"], os.RTLD_NOW | os.RTLD_LOCAL)
     except OSError as exc:

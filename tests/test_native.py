@@ -503,6 +503,55 @@ def test_unresolved_symbol_is_caught_and_the_active_version_keeps_serving(
         assert client.unload(bad)["freed"] is True
 
 
+def test_a_needed_librarys_constructor_runs_in_quarantine_before_the_engine(
+    demo: EngineProcess, tmp_path: Path
+) -> None:
+    # A library the rule needs, whose constructor notes the pid it runs in,
+    # and one whose constructor crashes. Sent as bytes (a memory file): the
+    # absolute RUNPATH finds them.
+    ctor = (
+        "#include <stdio.h>\n#include <unistd.h>\n"
+        "__attribute__((constructor)) static void note(void) {\n"
+        f'  FILE *f = fopen("{tmp_path}/ran", "a"); fprintf(f, "%d\\n", getpid()); fclose(f);\n'
+        "}\nint dep_score(const char *t) { return t[0] == 'W'; }\n"
+    )
+    crash = (
+        "#include <signal.h>\n"
+        "__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n"
+        "int dep_score(const char *t) { return t[0] == 'W'; }\n"
+    )
+    user = "int dep_score(const char *t);\nint classify(const char *t) { return dep_score(t); }\n"
+    rules = {}
+    for name, source in (("noted", ctor), ("boom", crash)):
+        lib = tmp_path / name
+        lib.mkdir()
+        build(lib, f"lib{name}.so", source, f"-Wl,-soname,lib{name}.so")
+        link = ("-L", str(lib), f"-l{name}", f"-Wl,-rpath,{lib}")
+        rules[name] = build(lib, "rules.so", user, *link)
+
+    def check(name: str) -> subprocess.CompletedProcess[str]:
+        loaded = run_cli(
+            "load", str(rules[name]), "--slot", NATIVE_SLOT, "--json", "--existing", "native"
+        )
+        assert loaded.returncode == 0, loaded.stderr
+        return run_cli("check", json.loads(loaded.stdout)["version"], "--existing", "native")
+
+    crashed = check("boom")
+    assert crashed.returncode == 1
+    assert "DT_NEEDED libraries" in crashed.stdout + crashed.stderr
+    assert "SIGSEGV" in crashed.stdout + crashed.stderr
+    assert demo.proc.poll() is None  # the engine never opened libboom.so
+    assert "libboom.so" not in Path(f"/proc/{demo.ready['pid']}/maps").read_text()
+    # The good one: its constructor ran in a child first, then in the engine
+    # (then once more in the child that maps the object itself).
+    assert check("noted").returncode == 0
+    pids = [int(line) for line in (tmp_path / "ran").read_text().split()]
+    engine = demo.ready["pid"]
+    assert len(pids) == 3 and pids[0] != engine and pids[1] == engine != pids[2]
+    with Client.connect("native") as client:
+        assert client.status()["name"] == "native"
+
+
 def test_compiler_error_over_the_wire(demo: EngineProcess) -> None:
     with Client.connect("native") as client:
         with pytest.raises(LoadFailed) as caught:

@@ -532,10 +532,17 @@ def test_lost_connection_then_reconnect(runtime_dir: Path) -> None:
             link = EngineLink(c)
             monitor = EngineMonitor(link)
             shell_runner = CommandRunner(link, monitor=monitor)
-            assert run(shell_runner, "status").ok
-            first.stop()
-            lost = fail(shell_runner, "status")
-            assert "connection lost: engine 'lp'" in (lost.error or "")
+            with Client.connect("lp") as c2:
+                # A one-shot verb's runner: nothing will reconnect it.
+                cli_runner = CommandRunner(EngineLink(c2), prefix="livepatch ")
+                assert run(shell_runner, "status").ok and run(cli_runner, "status").ok
+                first.stop()
+                lost = fail(shell_runner, "status")
+                assert "connection lost: engine 'lp'" in (lost.error or "")
+                assert "the shell reconnects" in (lost.error or "")
+                once = fail(cli_runner, "status").error or ""
+                assert once.startswith("connection lost: engine 'lp' stopped answering")
+                assert "`livepatch log`" in once and "shell" not in once
             still = fail(shell_runner, "swap spam@1")
             assert "still gone" in (still.error or "")
             assert monitor.refresh().connected is False

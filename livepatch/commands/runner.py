@@ -351,9 +351,15 @@ class CommandRunner(LineRunner):
 
         if isinstance(exc, EngineGone):
             return exc.message
+        name = self.link.name
+        if not self.prefix:  # the shell: it keeps trying
+            return (
+                f"connection lost: engine {name!r} stopped answering; "
+                "the shell reconnects when it is back"
+            )
         return (
-            f"connection lost: engine {self.link.name!r} stopped answering; "
-            "the shell reconnects when it is back"
+            f"connection lost: engine {name!r} stopped answering; its output says why "
+            f"({self.hint('log')} shows it for an engine the demo or `%hotswap start` started)"
         )
 
     def _failure(
