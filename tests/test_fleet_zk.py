@@ -537,3 +537,33 @@ def test_a_member_woken_all_the_time_still_makes_its_periodic_pass(
             assert active["sha256"] == sha_of(rule(1)), "the engine was never repaired"
         finally:
             stop.set()
+
+
+def test_a_pushs_lease_goes_with_its_outcome(zk_server: ZooKeeperServer) -> None:
+    """The pusher's ephemeral lease under a push only tells members that a
+    preparing push still has its pusher: it goes in the transaction that
+    records the outcome (committed, aborted, refused by ``--expect``), not
+    when the pusher's session ends; and a lease already gone (our session
+    was lost and a new one began) does not stop the record being written."""
+    with (
+        memory_members(zk_server, ["l0", "l1"]) as (address, _agents),
+        ZkRegistry(address, FLEET) as reg,
+    ):
+        committed = reg.push("spam", rule(1), "rule_v1.py")
+        aborted = reg.push("spam", "def classify(:\n", "broken.py")
+        refused = reg.push("spam", rule(2), "rule_v2.py", expect="none")
+        assert committed.ok and aborted.outcome == refused.outcome == "aborted"
+
+        def lose_lease(phase: str, record: PushRecord) -> None:
+            if phase == "committed":
+                reg.client.delete(f"{reg.paths.pushes}/{record.id}/pusher")
+
+        lost = reg.push("spam", rule(2), "rule_v2.py", phase=lose_lease)
+        assert lost.ok and len(lost.acks) == 2
+        for record in (committed, aborted, refused, lost):
+            children = reg.client.get_children(f"{reg.paths.pushes}/{record.id}")
+            # A push --expect refused never opened: its header is its record.
+            full = ["record"] if record is not refused else []
+            assert sorted(children) == sorted(["acks", "roster", "votes", *full]), record
+        outcomes = [r.outcome for r in reg.history(4)]
+        assert outcomes == ["committed", "aborted", "aborted", "committed"]

@@ -50,6 +50,7 @@ from kazoo.exceptions import (
     NodeExistsError,
     NoNodeError,
     RolledBackError,
+    RuntimeInconsistency,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
@@ -177,6 +178,18 @@ def update_current(
         ):
             continue
         return results
+
+
+def first_error(results: list[Any]) -> Exception | None:
+    """What made a transaction fail, or ``None``: the one operation's own
+    error (ZooKeeper reports the operations before it as rolled back, those
+    after it as a runtime inconsistency)."""
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(
+            result, RolledBackError | RuntimeInconsistency
+        ):
+            return result
+    return None
 
 
 def _without(push_id: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -336,9 +349,10 @@ class ZkRegistry:
             rollback=rollback,
         )
         base = f"{self.paths.pushes}/{record.id}"
-        # ``lease``: an ephemeral child of the push node that lives as long as
-        # this session. Members that find it gone while the push is still
-        # preparing know nobody will commit it, and release what they prepared.
+        # ``lease``: an ephemeral child of the push node, until the push has
+        # its outcome or this session ends. Members that find it gone while
+        # the push is still preparing know nobody will commit it, and release
+        # what they prepared.
         meta = {"deadline": time.time() + deadline_s, "lease": "pusher"}
         if expect is not None and not _matches(current, expect):
             record.outcome, record.reason = (
@@ -430,10 +444,10 @@ class ZkRegistry:
             tx.create(f"{base}/votes")
             tx.create(f"{base}/acks")
             tx.create(f"{base}/roster", _dumps(names))
-            tx.create(f"{base}/pusher", ephemeral=True)
 
         def announced(tx: Any) -> None:
             ops(tx)
+            tx.create(f"{base}/{meta['lease']}", ephemeral=True)
             news = {"id": record.id, "slot": record.slot, "sha256": record.sha256}
             add_signal(tx, self._epoch, "prepare", {**news, "deadline": meta["deadline"]})
 
@@ -444,10 +458,10 @@ class ZkRegistry:
                 tx = self.client.transaction()
                 ops(tx)
                 results = tx.commit()
-            failed = [r for r in results if isinstance(r, Exception)]
+            failed = first_error(results)
             # NodeExists: a retry after a lost connection, and the first try won.
-            if failed and not isinstance(failed[0], NodeExistsError):
-                raise failed[0]
+            if failed is not None and not isinstance(failed, NodeExistsError):
+                raise failed
 
         self._retry(create)
 
@@ -492,8 +506,8 @@ class ZkRegistry:
                 if _loads(data).get("outcome") == "committed":
                     return
                 continue
-            failed = [r for r in results if isinstance(r, Exception)]
-            if not failed:
+            failed = first_error(results)
+            if failed is None:
                 return
             if isinstance(results[1], BadVersionError):
                 record.outcome = "preparing"
@@ -501,10 +515,10 @@ class ZkRegistry:
                     "the members gave this push up as abandoned before it could commit "
                     "(its deadline passed): nobody swapped; push again"
                 )
-            if isinstance(failed[0], BadVersionError | NodeExistsError):
+            if isinstance(failed, BadVersionError | NodeExistsError):
                 record.outcome = "preparing"
                 raise BadVersionError()
-            raise failed[0]
+            raise failed
         raise FleetError("could not reach ZooKeeper to commit: the push was not committed")
 
     def _wait_connected(self, wait_s: float = 60.0) -> None:
@@ -518,6 +532,10 @@ class ZkRegistry:
         self, base: str, record: PushRecord, meta: dict[str, Any], outcome: str, reason: str
     ) -> PushRecord:
         record.outcome, record.reason, record.finished = outcome, reason, time.time()
+        # The lease goes with the outcome, in its transaction: it only told
+        # members that a preparing push still has its pusher. (It is gone
+        # already when our session was lost and a new one began.)
+        lease = [f"{base}/{meta['lease']}"]
 
         def write() -> None:
             # The full record (every vote and ack) in a child nobody watches;
@@ -529,6 +547,8 @@ class ZkRegistry:
                     tx.set_data(base, _header(record, meta))
                     add_signal(tx, self._epoch, "end", {"id": record.id, "outcome": outcome})
                 tx.create(f"{base}/record", _dumps(record.to_json()))
+                for path in lease:
+                    tx.delete(path)
 
             if outcome == "committed":  # the commit took it out of ``current``
                 tx = self.client.transaction()
@@ -536,9 +556,12 @@ class ZkRegistry:
                 results = tx.commit()
             else:
                 results = update_current(self.client, self.paths, _without(record.id), ops)
-            failed = [r for r in results if isinstance(r, Exception)]
-            if failed and not isinstance(failed[0], NodeExistsError):
-                raise failed[0]
+            failed = first_error(results)
+            if lease and isinstance(failed, NoNodeError):
+                lease.clear()  # our lease went with a lost session: write without it
+                write()
+            elif failed is not None and not isinstance(failed, NodeExistsError):
+                raise failed
 
         self._retry(write)
         return record
