@@ -567,3 +567,28 @@ def test_a_pushs_lease_goes_with_its_outcome(zk_server: ZooKeeperServer) -> None
             assert sorted(children) == sorted(["acks", "roster", "votes", *full]), record
         outcomes = [r.outcome for r in reg.history(4)]
         assert outcomes == ["committed", "aborted", "aborted", "committed"]
+
+
+def test_a_failed_transaction_is_named_by_its_failing_operation(
+    zk_server: ZooKeeperServer,
+) -> None:
+    """ZooKeeper reports the operations before the failing one as rolled
+    back and those after it as inconsistent: the pusher's retries (an
+    aborted push written again after a lost connection) must look at the
+    failing one, or a record already written reads as a failure."""
+    from kazoo.exceptions import NodeExistsError
+
+    from livepatch.fleet.zk import first_error
+
+    with ZkRegistry(parse_zk_url(zk_registry_url(zk_server, 30)), FLEET) as reg:
+        reg.client.ensure_path("/t/there")
+        tx = reg.client.transaction()
+        tx.set_data("/t", b"x")
+        tx.create("/t/there")
+        tx.create("/t/new")
+        results = tx.commit()
+        assert isinstance(first_error(results), NodeExistsError), results
+        assert reg.client.get("/t")[0] == b"" and not reg.client.exists("/t/new")
+        tx = reg.client.transaction()
+        tx.set_data("/t", b"y")
+        assert first_error(tx.commit()) is None
