@@ -63,7 +63,7 @@ from .native import MAX_OBJECT, NativeBackend, NativeInterface
 from .pinning import Pin, PinnedRules, note_counted_error
 from .pyload import MAX_SOURCE, MODULE_PREFIX, PythonBackend
 from .quarantine import Quarantine
-from .reclaim import all_dead
+from .reclaim import all_dead, thawed
 from .reclaim import holders as holders_of
 from .resolve import ResolveReport
 from .states import Op, VersionState, transition
@@ -569,10 +569,12 @@ class Engine(Introspection):
         while v.in_flight() and time.monotonic() < deadline:
             time.sleep(0.001)  # a poll with a deadline: callers are not ours to signal
         freed = all_dead(v.weak)
+        holders = {}
         if not freed:
-            gc.collect()
-            freed = all_dead(v.weak)
-        holders = {} if freed else holders_of(v.weak, v.weak_namespace())
+            with thawed():  # a version loaded before the engine froze is frozen too
+                gc.collect()
+                freed = all_dead(v.weak)
+                holders = {} if freed else holders_of(v.weak, v.weak_namespace())
         # Native: with the pointers gone the object is dlclose'd; whether it
         # left memory is then for /proc/self/maps to say.
         freed, reasons = s.backend.release(v, pointers_freed=freed)

@@ -285,6 +285,11 @@ def cmd_engine(args: argparse.Namespace) -> int:
     traffic = Traffic(engine, args.traffic) if args.traffic else None
     if traffic:
         traffic.start()
+    from .reclaim import freeze
+
+    # Start-up's objects (modules, the versions loaded so far) live as long
+    # as the process: later full collections need not stop it to walk them.
+    freeze()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

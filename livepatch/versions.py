@@ -20,7 +20,7 @@ from typing import Any
 
 from .model import SlotInfo, VersionInfo
 from .pinning import PinnedRules
-from .reclaim import all_dead, threads_running, weak_namespace
+from .reclaim import all_dead, thawed, threads_running, weak_namespace
 from .resolve import Problem, ResolveReport
 from .states import VersionState
 from .symbols import SymbolTable
@@ -50,7 +50,8 @@ def _collect_at_most_every_second() -> None:
     now = time.monotonic()
     if now - _last_collect >= 1.0:
         _last_collect = now
-        gc.collect()
+        with thawed():
+            gc.collect()
 
 
 __all__ = ["Slot", "Version", "counter_value", "defined_in", "native_rules", "new_counter"]

@@ -260,3 +260,24 @@ def test_unload_reports_calls_in_flight_and_they_finish(
         again = admin.unload(v, wait_s=5)
         assert again["freed"] is True and again["in_flight"] == 0
         assert active(admin) == "spam@1"
+
+
+def test_the_engine_freezes_start_up_yet_a_frozen_version_is_still_freed(
+    engine_proc: EngineProcess,
+) -> None:
+    """Once serving, the engine freezes what start-up made (``gc.freeze``:
+    later full collections skip it), spam@1 among it. Unloading spam@1 must
+    still free it: its functions and its namespace are a cycle only the
+    collector can break, and the collector sees frozen objects only thawed."""
+    probe = "import gc\n\ndef frozen():\n    return gc.get_freeze_count()\n"
+    with Client.connect() as admin:
+        v = admin.load("spam", probe, "probe.py")
+        assert admin.call(v, "frozen", [])["result"] > 10_000
+        v2 = admin.load("spam", rule_source("spam_v2.py"), "spam_v2.py")
+        admin.check(v2)
+        admin.swap(v2, expect="spam@1")
+        unloaded = admin.unload("spam@1")
+        assert unloaded["freed"] is True, unloaded
+        # Frozen again after: the next full collection still skips start-up.
+        assert admin.call(v, "frozen", [])["result"] > 10_000
+        assert admin.status()["slots"][0]["active"] == v2
