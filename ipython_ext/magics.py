@@ -38,6 +38,7 @@ from livepatch.commands.spec import (
     ShellUsageError,
     command_names,
     localize,
+    on_register,
     parse,
 )
 from livepatch.errors import LivepatchError
@@ -308,8 +309,8 @@ class HotswapMagics(Magics):
     @line_cell_magic
     @_refresh_help
     def hotswap(self, line: str, cell: str | None = None) -> View | None:
-        # The docstring is help_text(), built from the verb table.
-        type(self).hotswap.__doc__ = help_text()  # verbs registered since are listed
+        # The docstring is help_text(), built from the verb table (again
+        # for every verb registered later: see the end of this module).
         fleet = fleet_line(self, line, cell)  # a fleet verb, or None: an engine's
         if fleet is not None:
             return fleet
@@ -668,6 +669,14 @@ _FORMATTERS: Final[tuple[tuple[type, Callable[[Any], str], Callable[[Any], View]
     (SymbolDiff, html_diff, DiffView),
     (ResolveReport, html_report, ReportView),
 )
+
+
+def _relist_verbs(_spec: CommandSpec) -> None:
+    HotswapMagics.hotswap.__doc__ = help_text()
+
+
+# ``%hotswap?`` lists a verb registered after this module loaded at once.
+on_register(_relist_verbs)
 
 
 def _themed_with(render: Callable[[Any], str]) -> Callable[[Any], str]:

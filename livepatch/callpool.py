@@ -219,6 +219,11 @@ class CallPool:
         now = time.monotonic()
         with self._lock:
             calls = list(self._calls)
+        # A call answered with its own result is done for its caller, though
+        # its worker has some bookkeeping left: a client that got its reply
+        # and asks at once must not see it running. One the watchdog answered
+        # (expired) still runs, stuck, until it returns.
+        calls = [c for c in calls if not (c.settled and not c.expired)]
         running = [c for c in calls if c.started is not None]
         stuck: list[dict[str, Any]] = [
             {

@@ -173,3 +173,44 @@ def test_run_on_the_asking_thread_shares_places_pause_and_deadlines() -> None:
     finally:
         release.set()
         pool.close()
+
+
+def test_a_call_answered_is_no_longer_counted_running() -> None:
+    """The moment a call's answer goes out (here: inside the answer itself,
+    before the worker's bookkeeping), a snapshot no longer counts it; one the
+    watchdog answered while it still runs is counted, as stuck."""
+    pool = CallPool(workers=2, queue_size=1, timeout_s=5)
+    seen: list[dict[str, Any]] = []
+    release = threading.Event()
+    try:
+        pool.run(
+            lambda: 1,
+            target="s",
+            symbol="f",
+            answer=lambda value, error: seen.append(pool.snapshot()),
+            on_stuck=lambda: None,
+        )
+        assert seen[0]["running"] == 0 and seen[0]["queued"] == 0
+
+        def blocked() -> None:
+            release.wait(30)  # in C: the interrupt waits until it returns
+
+        stuck = threading.Thread(
+            target=pool.run,
+            args=(blocked,),
+            kwargs={
+                "target": "s",
+                "symbol": "blocked",
+                "answer": lambda value, error: seen.append(pool.snapshot()),
+                "on_stuck": lambda: None,
+                "timeout_s": 0.2,
+            },
+        )
+        stuck.start()
+        wait_until(lambda: len(seen) == 2)  # the watchdog's answer
+        assert seen[1]["running"] == 1 and [r["symbol"] for r in seen[1]["stuck"]] == ["blocked"]
+        assert pool.snapshot()["running"] == 1
+    finally:
+        release.set()
+        pool.close()
+    stuck.join(10)

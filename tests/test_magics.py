@@ -558,12 +558,13 @@ def test_a_verb_registered_in_the_command_layer_reaches_hotswap(
     )
     register_handler("slotnames", slotnames)
     try:
-        # No edit to the magics: parsed, run, shown, in the help, its hints localized.
+        # No edit to the magics: in the help at once (before any %hotswap
+        # line ran), parsed, run, shown, its hints localized.
+        doc = ip.magics_manager.magics["line"]["hotswap"].__doc__ or ""
+        assert "slotnames [--upper] [--strict]" in doc and "--upper" in doc
         result = hs(ip, "slotnames --upper")
         assert isinstance(result, Outcome) and result.data == ["spam", "spam_native"]
         assert repr(result) == "slots:\nSPAM\nSPAM_NATIVE"
-        doc = ip.magics_manager.magics["line"]["hotswap"].__doc__ or ""
-        assert "slotnames [--upper] [--strict]" in doc and "--upper" in doc
         with pytest.raises(UsageError, match=r"several slots: see `%hotswap status`"):
             hs(ip, "slotnames --strict")
         with pytest.raises(UsageError, match=r"%hotswap slotnames: unknown option '--lower'"):

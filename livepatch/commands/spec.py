@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -68,6 +68,7 @@ __all__ = [
     "fleet_route",
     "localize",
     "lookup",
+    "on_register",
     "parse",
     "register",
     "split_commands",
@@ -385,6 +386,16 @@ for _spec in _SPECS:
     _add_fleet_form(_spec)
 
 
+#: Called with each command :func:`register` adds (see :func:`on_register`).
+_LISTENERS: list[Callable[[CommandSpec], None]] = []
+
+
+def on_register(listener: Callable[[CommandSpec], None]) -> None:
+    """Call ``listener(spec)`` for every command registered from now on: a
+    front end whose help is built once (``%hotswap?``) rebuilds it."""
+    _LISTENERS.append(listener)
+
+
 def register(spec: CommandSpec) -> CommandSpec:
     """Add a command from another module (its handler: ``runner.register_handler``).
 
@@ -398,6 +409,8 @@ def register(spec: CommandSpec) -> CommandSpec:
         _REGISTRY[name] = spec
     _ORDER.append(spec)
     _add_fleet_form(spec)
+    for listener in list(_LISTENERS):
+        listener(spec)
     return spec
 
 
