@@ -6,7 +6,9 @@ against a real ``livepatch engine`` process on its real socket."""
 from __future__ import annotations
 
 import json
+import os
 import select
+import signal
 import threading
 from pathlib import Path
 
@@ -57,27 +59,34 @@ def test_replies_keep_each_clients_order_across_busy_batches(runtime_dir: Path) 
 
 def test_a_reply_is_not_held_behind_a_slow_call_of_its_batch(runtime_dir: Path) -> None:
     proc = start_engine("--no-quarantine", "--call-workers", "10")
+    pid = proc.ready["pid"]
     try:
         with Client.connect() as admin:
             setup(admin)
-            busy, busy_reader = raw_hello()
-            slow, slow_reader = raw_hello()
+            # A slow client per round, each in the data loop since its first
+            # call: one whose call was cut short comes back to the loop only
+            # after its timeout reply, and a client re-armed after the
+            # others' bytes came would be listed last.
+            slows = [raw_hello() for _ in range(6)]
             fast, fast_reader = raw_hello()
-            for sock, reader in ((busy, busy_reader), (slow, slow_reader), (fast, fast_reader)):
+            for sock, reader in (*slows, (fast, fast_reader)):
                 sock.sendall(call(1, "nap", 0.0001))
                 assert "result" in json.loads(reader.readline())
-            for rid in range(2, 8):
-                # While the loop naps 5 ms for one client, a call that hangs
-                # (until its 1 s deadline) and a fast one arrive, in that
-                # order: when they make one batch, the fast one is served
-                # first (epoll lists them as they came; the loop takes the
-                # last), and its reply, held while the other waits in the
-                # batch, must go out at the hand-off (10 ms), long before
-                # the deadline. (Whether the three frames make that batch
-                # is up to the machine: six rounds make it near certain.)
-                busy.sendall(call(rid, "nap", 0.005))
-                slow.sendall(call(rid, "hang", timeout_s=1.0))
-                fast.sendall(call(rid, "classify", MSG))
+            for rid, (slow, slow_reader) in enumerate(slows, start=2):
+                # A call that hangs (until its 1 s deadline) and a fast one
+                # arrive while the engine is stopped, in that order: when it
+                # goes on, one epoll wait returns both, one batch. The fast
+                # one is served first (epoll lists them as they came; the
+                # loop takes the last), and its reply, held while the other
+                # waits in the batch, must go out at the hand-off (10 ms),
+                # long before the deadline. (Another write may flush it as
+                # early; six rounds make sure the hand-off is what is tested.)
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    slow.sendall(call(rid, "hang", timeout_s=1.0))
+                    fast.sendall(call(rid, "classify", MSG))
+                finally:
+                    os.kill(pid, signal.SIGCONT)
                 reply = json.loads(fast_reader.readline())
                 assert reply["id"] == rid and reply["result"]["result"]["spam"] is True
                 # This round's hung call is not past its deadline yet (only
@@ -85,9 +94,9 @@ def test_a_reply_is_not_held_behind_a_slow_call_of_its_batch(runtime_dir: Path) 
                 # for the watchdog's answer to the slow one.
                 assert len(admin.status()["calls"]["stuck"]) == rid - 2
                 assert select.select([slow], [], [], 0)[0] == []
-                assert json.loads(busy_reader.readline())["id"] == rid
                 assert json.loads(slow_reader.readline())["error"]["data"]["kind"] == "timeout"
-            for sock in (busy, slow, fast):
+            for sock, reader in (*slows, (fast, fast_reader)):
+                reader.close()
                 sock.close()
         assert proc.proc.poll() is None
     finally:
