@@ -9,16 +9,19 @@ JSON-able, shared by the local and the ZooKeeper registry.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from ..errors import LivepatchError
 from ..runtime import state_home
 
 __all__ = [
+    "LAYOUT",
     "Desired",
     "FleetConflict",
     "FleetError",
@@ -26,7 +29,10 @@ __all__ = [
     "PushRecord",
     "Rule",
     "Vote",
+    "check_layout",
     "new_push_id",
+    "parse_node",
+    "parse_value",
     "sha_of",
     "short",
     "state_home",
@@ -37,7 +43,17 @@ __all__ = [
 #: that compiles it), or a ready ELF shared object's bytes (native slots).
 Rule: TypeAlias = str | bytes
 
+T = TypeVar("T")
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+#: The registry's layout: the nodes and files a fleet keeps, and what their
+#: fields mean. Raised on a change an older livepatch would misread (a field
+#: added with a default is no such change: every reader ignores what it does
+#: not know). A store or registry of a newer layout is refused, in one line,
+#: before anything is read or written, as PostgreSQL refuses a data directory
+#: of another catalog version.
+LAYOUT = 1
 
 
 class FleetError(LivepatchError, RuntimeError):
@@ -50,6 +66,51 @@ class FleetConflict(FleetError):
     """Another push changed the fleet's desired version first."""
 
     kind = "conflict"
+
+
+def check_layout(found: Any, where: str) -> None:
+    """Refuse a registry whose recorded layout this livepatch cannot read.
+
+    ``found`` is the ``layout`` field as stored; ``where`` names the store
+    or node for the message.
+    """
+    if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+        raise FleetError(
+            f"{where} records layout {found!r}, which no livepatch writes: "
+            "was it written by another tool? restore it"
+        )
+    if found > LAYOUT:
+        raise FleetError(
+            f"{where} has layout {found}, newer than this livepatch reads ({LAYOUT}): "
+            "upgrade livepatch on this host to use this fleet"
+        )
+
+
+def parse_node(parse: Callable[[dict[str, Any]], T], data: bytes | str, where: str, what: str) -> T:
+    """``parse(json)`` of a node's or file's ``data``; a :class:`FleetError`
+    naming ``where`` if it is not the ``what`` livepatch wrote there."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise _not_what(where, what, str(exc)) from None
+    return parse_value(parse, value, where, what)
+
+
+def parse_value(parse: Callable[[dict[str, Any]], T], value: Any, where: str, what: str) -> T:
+    """:func:`parse_node` of a value already decoded from JSON."""
+    try:
+        if not isinstance(value, dict):
+            raise TypeError(f"a JSON {type(value).__name__}, not an object")
+        return parse(value)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise _not_what(where, what, reason) from None
+
+
+def _not_what(where: str, what: str, reason: str) -> FleetError:
+    return FleetError(
+        f"{where} holds no {what} ({reason}): was it written by another tool? restore or delete it"
+    )
 
 
 def validate_fleet_name(name: str) -> str:

@@ -3,7 +3,8 @@
 Layout, under ``$XDG_STATE_HOME/livepatch/fleets/<fleet>/`` (mode 0700)::
 
     lock                     flock'd for every read-modify-write
-    state.json               desired version per slot, its generation, push history
+    state.json               the layout (see :data:`.model.LAYOUT`), desired version
+                             per slot, its generation, push history
     sources/<sha256>.py      every source pushed, content-addressed
     sources/<sha256>.so      every ready shared object pushed (its bytes)
     sources/<sha256>.json    {"filename": ...}
@@ -27,13 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..journal import write_all
 from .model import (
+    LAYOUT,
     Desired,
     FleetConflict,
     FleetError,
     MemberState,
     PushRecord,
     Rule,
+    check_layout,
+    parse_node,
     sha_of,
     state_home,
 )
@@ -60,6 +65,7 @@ class FleetState:
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of the fields."""
         return {
+            "layout": LAYOUT,
             "desired": {k: v.to_json() for k, v in self.desired.items()},
             "generation": dict(self.generation),
             "pushes": [p.to_json() for p in self.pushes[-HISTORY:]],
@@ -67,7 +73,7 @@ class FleetState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FleetState:
-        """Parse :meth:`to_json`'s output."""
+        """Parse :meth:`to_json`'s output (its layout checked by the caller)."""
         return cls(
             desired={k: Desired.from_json(v) for k, v in (data.get("desired") or {}).items()},
             generation={k: int(v) for k, v in (data.get("generation") or {}).items()},
@@ -89,7 +95,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        write_all(fd, data)  # a short write (a nearly full disk) is continued
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -176,12 +182,17 @@ class LocalStore:
     def read(self) -> FleetState:
         """The current state (an atomic snapshot; no lock needed to read)."""
         try:
-            data = json.loads(self._state.read_text(encoding="utf-8"))
+            text = self._state.read_bytes()
         except FileNotFoundError:
             return FleetState()
-        except ValueError as exc:
-            raise FleetError(f"fleet store {self._state} is damaged ({exc}): restore it") from None
-        return FleetState.from_json(data)
+        where = f"fleet store {self._state}"
+
+        def parse(data: dict[str, Any]) -> FleetState:
+            # A store written before layouts were recorded is layout 1.
+            check_layout(data.get("layout", 1), where)
+            return FleetState.from_json(data)
+
+        return parse_node(parse, text, where, "fleet state")
 
     def signature(self) -> tuple[int, int, int]:
         """Changes whenever state.json is replaced: what members poll."""

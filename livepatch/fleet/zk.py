@@ -2,6 +2,7 @@
 
 Layout under the registry path (``zookeeper://HOST:PORT/PATH``)::
 
+    PATH/fleets/<fleet>                      {"layout": 1}: see :data:`.model.LAYOUT`
     PATH/fleets/<fleet>/members/<name>       ephemeral: the member's MemberState
     PATH/fleets/<fleet>/sources/<sha256>     {"filename", "source" or "object" (base64)}
                                              or a manifest of chunks (see :mod:`.zksource`)
@@ -55,7 +56,19 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 
-from .model import Desired, FleetError, MemberState, PushRecord, Rule, Vote, new_push_id
+from .model import (
+    LAYOUT,
+    Desired,
+    FleetError,
+    MemberState,
+    PushRecord,
+    Rule,
+    Vote,
+    check_layout,
+    new_push_id,
+    parse_node,
+    parse_value,
+)
 from .zksignal import add_signal, epoch_name, pusher_epoch
 from .zksource import MAX_NODE, read_source, source_from_node, source_node, write_source
 
@@ -144,17 +157,37 @@ class _Paths:
         self.chunks = f"{self.base}/chunks"
         self.signals = f"{self.base}/signals"
 
-    def ensure(self, client: Any) -> None:
+    def ensure(self, client: Any, where: str) -> None:
+        """Create the fleet's nodes if need be, and refuse a fleet of a
+        layout this livepatch cannot read (:class:`FleetError`; ``where``
+        names the registry for the message)."""
         for path in (self.members, self.sources, self.desired, self.pushes, self.current):
             client.ensure_path(path)
         client.ensure_path(f"{self.signals}/{epoch_name(0)}")
+        while True:
+            data, stat = client.get(self.base)
+            if data:
+                break
+            # A new fleet (or one made before layouts were recorded: layout 1).
+            with contextlib.suppress(BadVersionError):
+                client.set(self.base, _dumps({"layout": LAYOUT}), version=stat.version)
+                return
+        where = f"fleet node {self.base} in {where}"
+        layout = parse_node(lambda value: value.get("layout"), data, where, "fleet layout")
+        check_layout(layout, where)
 
 
-def current_of(data: bytes) -> dict[str, Any]:
+def current_of(data: bytes, where: str = "the fleet's current node") -> dict[str, Any]:
     """The ``current`` node's content: ``{"pushes": [...], "desired": {...}}``
-    (empty before the fleet's first push)."""
-    value = _loads(data) if data else {}
-    return {"pushes": list(value.get("pushes", [])), "desired": dict(value.get("desired", {}))}
+    (empty before the fleet's first push); :class:`FleetError` if it is not."""
+
+    def parse(value: dict[str, Any]) -> dict[str, Any]:
+        pushes, desired = value.get("pushes", []), value.get("desired", {})
+        if not isinstance(pushes, list) or not isinstance(desired, dict):
+            raise TypeError("its pushes are not a list or its desired versions not an object")
+        return {"pushes": pushes, "desired": desired}
+
+    return parse_node(parse, data, where, "open pushes") if data else {"pushes": [], "desired": {}}
 
 
 def update_current(
@@ -210,7 +243,7 @@ class ZkRegistry:
         self._own = client is None
         self.client = client if client is not None else _connect(address)
         self._retry = self.client.retry
-        self._retry(self.paths.ensure, self.client)
+        self._retry(self.paths.ensure, self.client, f"ZooKeeper at {address.hosts}")
         #: The epoch node this push's signals go under (see :mod:`.zksignal`).
         self._epoch = f"{self.paths.signals}/{epoch_name(0)}"
 
@@ -249,7 +282,9 @@ class ZkRegistry:
         for slot in self._retry(self.client.get_children, self.paths.desired):
             with contextlib.suppress(NoNodeError):
                 data, stat = self._retry(self.client.get, f"{self.paths.desired}/{slot}")
-                found[slot] = (Desired.from_json(_loads(data)), stat.version)
+                where = f"{self.paths.desired}/{slot}"
+                desired = parse_node(Desired.from_json, data, where, "desired version")
+                found[slot] = (desired, stat.version)
         return found
 
     def members(self) -> dict[str, MemberState]:
@@ -260,7 +295,8 @@ class ZkRegistry:
         for name, result in results.items():
             with contextlib.suppress(NoNodeError):
                 data, _ = result.get(30)
-                found[name] = MemberState.from_json(_loads(data))
+                where = f"{self.paths.members}/{name}"
+                found[name] = parse_node(MemberState.from_json, data, where, "member state")
         return found
 
     def history(self, limit: int = 10) -> list[PushRecord]:
@@ -276,9 +312,9 @@ class ZkRegistry:
         base = f"{self.paths.pushes}/{push_id}"
         with contextlib.suppress(NoNodeError):
             data, _ = self._retry(self.client.get, f"{base}/record")
-            return PushRecord.from_json(_loads(data))
+            return parse_node(PushRecord.from_json, data, f"{base}/record", "push record")
         data, _ = self._retry(self.client.get, base)
-        record = PushRecord.from_json(_loads(data))
+        record = parse_node(PushRecord.from_json, data, base, "push record")
         if record.outcome == "preparing" or not record.votes:
             for name, vote in self._votes(push_id, set()).items():
                 record.votes.setdefault(name, vote)
@@ -297,7 +333,7 @@ class ZkRegistry:
         results = {n: self.client.get_async(f"{base}/{n}") for n in names}
         for name, result in results.items():
             data, _ = result.get(30)
-            votes[name] = Vote.from_json(_loads(data))
+            votes[name] = parse_node(Vote.from_json, data, f"{base}/{name}", "vote")
         return votes
 
     def view(self, history: int = 10) -> dict[str, Any]:
@@ -602,8 +638,12 @@ class ZkRegistry:
             }
             for name, result in results.items():
                 data, _ = result.get(30)
-                value = _loads(data)
-                got[name] = Vote.from_json(value) if "ok" in value else value
+                value = parse_node(dict, data, f"{path}/{name}", "vote or ack")
+                got[name] = (
+                    parse_value(Vote.from_json, value, f"{path}/{name}", "vote")
+                    if "ok" in value
+                    else value
+                )
             if membership.is_set():  # re-read the membership only when it changed
                 membership.clear()
                 live = set(

@@ -35,7 +35,16 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from ..errors import LivepatchError
 from .handle import EngineHandle, converge, prepare, release
-from .model import Desired, FleetError, MemberState, Rule, Vote, sha_of
+from .model import (
+    Desired,
+    FleetError,
+    MemberState,
+    Rule,
+    Vote,
+    parse_node,
+    parse_value,
+    sha_of,
+)
 from .zk import (
     STALE_PUSH_S,
     ZkAddress,
@@ -135,6 +144,8 @@ class ZkMember:
         #: Where the member tells its operator that ZooKeeper went or came back.
         self._say = say
         self._disconnected = False
+        #: The last fleet problem told (said once, until a pass succeeds).
+        self._trouble: str | None = None
         #: The signal epochs we watch (the latest, and the one before it:
         #: a pusher that read the epoch just before another started the
         #: next still signals there), and the signals already handled.
@@ -150,7 +161,7 @@ class ZkMember:
         self.client = self._connect(self.address)
         self.client.add_listener(self._on_state)
         hook_events(self.client, f"{self.paths.signals}/", self._on_watch)
-        self.client.retry(self.paths.ensure, self.client)
+        self.client.retry(self.paths.ensure, self.client, f"ZooKeeper at {self.address.hosts}")
         if wait:
             self._pass()
         self._thread = threading.Thread(target=self._loop, name="livepatch-fleet-zk", daemon=True)
@@ -208,10 +219,20 @@ class ZkMember:
                 dirty, self._dirty = self._dirty, set()
             try:
                 self._pass(dirty)
+            except FleetError as exc:
+                # A node livepatch did not write (or a newer layout): no
+                # retry soon mends that. Say it once; keep looking now and then.
+                if exc.message != self._trouble:
+                    self._trouble = exc.message
+                    self._tell(f"cannot follow the fleet: {exc.message}")
+                self._stop.wait(self.refresh_s)
+                self._mark("*")
             except (KazooException, KazooTimeoutError, LivepatchError, OSError):
                 # Disconnected, or the engine is busy: retry everything soon.
                 self._stop.wait(0.1)
                 self._mark("*")
+            else:
+                self._trouble = None
 
     def _pass(self, dirty: set[str] | None = None) -> None:
         """One reconcile pass: take the signals a watch delivered (re-read
@@ -340,7 +361,11 @@ class ZkMember:
             if given is None:
                 self._desired = self._read_desired()
             else:
-                self._desired = {s: Desired.from_json(d) for s, d in given.items()}
+                where = f"{self.paths.current}'s desired versions"
+                self._desired = {
+                    s: parse_value(Desired.from_json, d, where, "desired version")
+                    for s, d in given.items()
+                }
             self._desired_json = {s: d.to_json() for s, d in self._desired.items()}
             return {slot: (d.sha256, d.filename) for slot, d in self._desired.items()}
 
@@ -507,7 +532,8 @@ class ZkMember:
         for slot, result in results.items():
             with contextlib.suppress(NoNodeError):
                 data, _ = result.get(30)
-                found[slot] = Desired.from_json(_loads(data))
+                where = f"{self.paths.desired}/{slot}"
+                found[slot] = parse_node(Desired.from_json, data, where, "desired version")
         return found
 
     def _acks(self, desired: dict[str, Desired]) -> list[str]:
