@@ -16,6 +16,7 @@ would import, were a third of the verb's start-up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import LivepatchError
+from .stopping import SignalExit, Stopped
 
 if TYPE_CHECKING:
     # argparse is imported where a parser is built: a one-shot verb needs none.
@@ -534,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_shot = _one_shot(argv)
     if one_shot is not None:
         words, existing, as_json = one_shot
+        _exit_on_sigterm()
         return _guarded(lambda: _run_words(words, existing, as_json=as_json), as_json)
     parser = build_parser()
     unknown = _unknown_verb(parser, argv)
@@ -556,7 +559,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             _emit_error(str(exc), "usage", 2)
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
+    if args.verb != "engine":
+        # An engine stops on SIGTERM its own way, once it serves; until then
+        # it dies at once, as it always has: unwinding a half-started engine
+        # would wait on the threads it has started.
+        _exit_on_sigterm()
     return _guarded(lambda: func(args), getattr(args, "json", None) is True)
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``, a service manager) end a front end
+    the way Ctrl-C does, through its ``finally`` blocks and context managers,
+    so the engines, ZooKeeper servers and helpers it started stop with it;
+    by default Python dies at once and leaves them running. ``SystemExit``
+    rather than ``KeyboardInterrupt``: the shell takes Ctrl-C as "cancel
+    this line" and must not take a SIGTERM so; at a prompt, the prompt is
+    asked to exit instead (:mod:`livepatch.stopping`). Not for ``livepatch
+    engine`` (see :func:`main`)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # main() called from a thread (tests): signals are not ours
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # an embedding program has its own
+
+    from .stopping import stop_by_signal
+
+    def terminated(signum: int, frame: object) -> None:
+        stop_by_signal(signum)  # SystemExit, or a prompt asked to exit
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def _guarded(run: Callable[[], int], as_json: bool) -> int:
@@ -575,6 +608,10 @@ def _guarded(run: Callable[[], int], as_json: bool) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except (Stopped, SignalExit) as exc:  # SIGTERM, SIGHUP: it has unwound
+        with contextlib.suppress(OSError):  # a closed terminal takes no line
+            print(f"{PROG}: {exc.message}", file=sys.stderr, flush=True)
+        return exc.status
     except BrokenPipeError:
         # The reader went away (`livepatch journal | head`): stop quietly, as
         # a tool killed by SIGPIPE does, and keep the exit-time flush quiet too.

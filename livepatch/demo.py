@@ -26,6 +26,7 @@ from .client import Client
 from .examples.spam import rule_path
 from .launcher import EngineProcess
 from .render import color_allowed
+from .stopping import stop_by_signal
 
 __all__ = ["demo_hint", "run_demo", "start_engine", "startup_notes", "tour"]
 
@@ -170,7 +171,7 @@ def _wait_for_traffic(client: Client, deadline_s: float = 2.0) -> None:
 
 def _hangup(signum: int, frame: object) -> None:
     # A closed terminal: unwind, so the engine is stopped and its files go.
-    raise SystemExit(128 + signum)
+    stop_by_signal(signum)
 
 
 def run_demo(args: argparse.Namespace) -> int:

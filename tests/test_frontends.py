@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -352,6 +353,26 @@ def test_closing_the_terminal_cleans_up_the_demo(
     assert not Path(info.address).exists()
     assert list(runtime_dir.glob("*.json")) == []
     assert not any(c.exists() for c in copies)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP"])
+def test_a_signal_at_the_demo_prompt_unwinds_it_and_stops_its_engine(
+    demo_terminal: Terminal, runtime_dir: Path, how: str
+) -> None:
+    """At the prompt the signal asks prompt_toolkit to exit in its own loop
+    (raised in the middle of it, a ``SystemExit`` could leave asyncio waiting
+    on a cut-off task for good); the demo then stops its engine and exits
+    with 128 + the signal's number."""
+    demo_terminal.wait_for("quit (or Ctrl-D) leaves the demo", "demo-")
+    pid = _demo_engine(runtime_dir)
+    demo = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "livepatch" in Path(f"/proc/{demo}/cmdline").read_text()  # the engine's parent
+    signum = getattr(signal, how)
+    os.kill(demo, signum)
+    assert demo_terminal.exit_status(timeout=30) == 128 + signum
+    # It unwound (it was not just killed): it says so, and its engine is gone.
+    assert f"livepatch: stopped by {how}" in demo_terminal.screen()
+    assert not pid_alive(pid) and list_engines(runtime_dir) == []
 
 
 def test_the_demo_shows_why_the_native_slot_is_empty(runtime_dir: Path) -> None:

@@ -293,8 +293,12 @@ def serve_reference(path: str) -> None:
     async def main() -> None:
         server = await asyncio.start_unix_server(_answer, path=path)
         print("ready", flush=True)
+        # The benchmark never writes to our stdin: it is readable once it is
+        # closed, when the benchmark is done with us or died (even by -9).
+        done = asyncio.Event()
+        asyncio.get_running_loop().add_reader(0, done.set)
         async with server:
-            await server.serve_forever()
+            await done.wait()
 
     asyncio.run(main())
 
@@ -303,15 +307,20 @@ def serve_reference(path: str) -> None:
 def _reference_server(path: str) -> Iterator[int]:
     code = "import sys; from livepatch.bench.control_plane import serve_reference; "
     cmd = [sys.executable, "-c", code + "serve_reference(sys.argv[1])", path]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the reference server did not start")
         yield proc.pid
     finally:
-        proc.terminate()
-        proc.wait(30)
+        assert proc.stdin is not None
+        proc.stdin.close()  # its cue to stop
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def measure_control_plane(

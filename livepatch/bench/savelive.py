@@ -379,6 +379,7 @@ def _tool_livepatch(saves: int, progress: ProgressFn, quarantine: bool = True) -
             name,
             ["--slot", "spam=livepatch.examples.spam:SpamRules"]
             + ([] if quarantine else ["--no-quarantine"]),
+            tie_to_parent=True,
         ) as engine,
     ):
         engine.start()

@@ -83,7 +83,8 @@ def _private_env() -> Iterator[Path]:
 def _start_engines(names: list[str], extra: list[str]) -> list[EngineProcess]:
     """The members, started side by side by the launcher (output to their logs)."""
     args = ["--slot", "spam=livepatch.examples.spam:SpamRules", "--load-timeout", "60", *extra]
-    engines = [EngineProcess(name, args) for name in names]
+    # Tied to this process: a benchmark killed with -9 leaves no member behind.
+    engines = [EngineProcess(name, args, tie_to_parent=True) for name in names]
     for engine in engines:
         engine.spawn()
     for engine in engines:

@@ -63,6 +63,7 @@ def _members(fleet: str, count: int, rate: float) -> Iterator[list[dict[str, Any
                 str(rate),
             ],
             env={REFUSE_ENV: "1"} if i == count else None,
+            tie_to_parent=True,  # a demo killed with -9 leaves no member behind
         )
         for i in range(1, count + 1)
     ]

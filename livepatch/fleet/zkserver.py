@@ -4,7 +4,11 @@ Runs ``org.apache.zookeeper.server.ZooKeeperServerMain`` from
 ``/usr/share/java/zookeeper.jar`` (``apt-get install zookeeper``; it needs a
 JRE) on a free loopback port with its own data directory, so it can be
 stopped, killed and started again on the same data, as a real server
-restart would.
+restart would. It never outlives what started it: stopped on the way out of
+its ``with`` block, and, started from the main thread where util-linux's
+``setpriv`` exists, killed by the kernel when its starter dies however it
+dies (``PR_SET_PDEATHSIG``; the signal follows the starting *thread*, so a
+server started from another thread is left untied rather than killed early).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +98,9 @@ class ZooKeeperServer:
             "org.apache.zookeeper.server.ZooKeeperServerMain",
             str(self.config),
         ]
+        setpriv = shutil.which("setpriv")
+        if setpriv and threading.current_thread() is threading.main_thread():
+            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]  # execs java: same pid
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + wait_s

@@ -33,6 +33,7 @@ from prompt_toolkit.styles import BaseStyle
 from ..commands.runner import CommandResult, LineRunner
 from ..render import color_allowed
 from ..runtime import state_home
+from ..stopping import raise_if_stopped
 
 __all__ = ["PromptShell", "history_path", "state_home"]
 
@@ -151,6 +152,7 @@ class PromptShell:
                     continue  # Ctrl-C abandons the line, as in any shell
                 except EOFError:
                     return 0
+                raise_if_stopped()  # a signal came as the line was entered
                 self._before_line()
                 try:
                     for result in self.runner.iter_line(line):
