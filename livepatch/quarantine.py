@@ -91,15 +91,8 @@ class Quarantine:
 
     def run(self, source: str, filename: str, interface: type | None) -> None:
         """Run the source in a child process; :class:`LoadFailed` if it misbehaves."""
-        request = {
-            "source": source,
-            "filename": filename,
-            "interface": interface_spec(interface),
-            "memory_mb": self.memory_mb,
-            "timeout_s": self.timeout_s,
-        }
         self._child(
-            request,
+            {"source": source, "interface": interface_spec(interface)},
             filename,
             timeout_hint="the module body did not finish within {limit} in quarantine "
             "(an endless loop at import?); nothing was loaded",
@@ -113,14 +106,8 @@ class Quarantine:
         ``fd``: the object is a memory file, ``path`` its ``/proc/self/fd/N``;
         the child inherits the fd under the same number, so the path holds there.
         """
-        request = {
-            "native": path,
-            "filename": filename,
-            "memory_mb": self.memory_mb,
-            "timeout_s": self.timeout_s,
-        }
         self._child(
-            request,
+            {"native": path},
             filename,
             timeout_hint="mapping the object did not finish within {limit} in quarantine "
             "(a constructor that never returns?); it was not mapped here",
@@ -136,14 +123,8 @@ class Quarantine:
         A library the child cannot open is no failure here: the check reports
         it as ``missing-library`` with the dynamic linker's reason.
         """
-        request = {
-            "libraries": paths,
-            "filename": filename,
-            "memory_mb": self.memory_mb,
-            "timeout_s": self.timeout_s,
-        }
         self._child(
-            request,
+            {"libraries": paths},
             filename,
             timeout_hint="opening its DT_NEEDED libraries did not finish within {limit} in "
             "quarantine (a constructor that never returns?); nothing was opened here",
@@ -152,12 +133,20 @@ class Quarantine:
 
     def _child(
         self,
-        request: dict[str, Any],
+        job: dict[str, Any],
         filename: str,
         timeout_hint: str,
         what: str,
         pass_fds: tuple[int, ...] = (),
     ) -> None:
+        """Run ``job`` (what the child does: ``source``, ``native`` or
+        ``libraries``) in a quarantine child, under this quarantine's limits."""
+        request = {
+            **job,
+            "filename": filename,
+            "memory_mb": self.memory_mb,
+            "timeout_s": self.timeout_s,
+        }
         # A spare cannot inherit an fd made after it started: such a request
         # (a memory-file object) starts a child of its own.
         proc = _SPARES.take() if self.warm and not pass_fds else None
