@@ -154,7 +154,7 @@ def html_push(record: PushRecord) -> str:
         if name in record.acks:
             what = _span(f"swapped to {record.acks[name]}", _GOOD)
         elif vote is not None and not vote.ok:
-            what = _span(f"refused: {vote.reason}", _BAD)
+            what = _span(vote.says(), _BAD)
         elif name in record.down:
             what = _e("down, converges when it is back")
         elif vote is not None and record.outcome == "aborted":

@@ -20,6 +20,7 @@ from fleet_helpers import SLOT_ARGS, rule
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+from ipython_ext.fleetview import html_push
 from livepatch.commands.spec import (
     COMMANDS,
     DEADLINE_OPTION,
@@ -34,9 +35,9 @@ from livepatch.engine import Engine
 from livepatch.examples.spam import SpamRules
 from livepatch.fleet.console import FleetRunner, FleetSession
 from livepatch.fleet.local import push_local
-from livepatch.fleet.model import MemberState, sha_of
+from livepatch.fleet.model import MemberState, PushRecord, Vote, sha_of
 from livepatch.fleet.store import LocalStore
-from livepatch.fleet.view import MIN_WINDOW_S, member_rate
+from livepatch.fleet.view import MIN_WINDOW_S, member_rate, render_push
 from livepatch.runtime import list_engines
 from livepatch.symbols import SymbolTable
 
@@ -296,3 +297,18 @@ def _bare_has(module: str) -> bool:
         check=True,
     )
     return module in set(eval(bare.stdout))
+
+
+def test_a_member_that_gave_no_vote_is_not_said_to_have_refused() -> None:
+    record = PushRecord("p1", "spam", "ab" * 32, "v2.py", 0.0, outcome="aborted")
+    record.votes = {
+        "a": Vote("a", False, reason="check: 1 problem"),
+        "b": Vote.missing("b", "no vote within 2 s"),
+    }
+    # Kept through the record's JSON (a push history read back later).
+    record = PushRecord.from_json(record.to_json())
+    text = render_push(record)
+    assert "  a: refused: check: 1 problem" in text and "  b: no vote within 2 s" in text
+    html = html_push(record)
+    assert "refused: check: 1 problem" in html and ">no vote within 2 s<" in html
+    assert html.count("refused") == 1

@@ -274,3 +274,29 @@ def test_an_abandoned_push_can_no_longer_commit(fleet_env: Path) -> None:
     with pytest.raises(FleetConflict, match="gave it up"):
         store.commit(record, Desired("spam", sha, "rule_v1.py", None, "p1", 0.0), 0)
     assert "spam" not in store.read().desired  # nothing flipped
+
+
+@pytest.mark.slow
+def test_a_stuck_member_aborts_the_push_at_its_deadline_and_is_not_said_to_refuse(
+    engines: list[EngineProcess], tmp_path: Path
+) -> None:
+    for name in "ab":
+        member(engines, name)
+    assert push_local(FLEET, "spam", rule(1), "rule_v1.py").ok
+    stuck = engines[1]
+    path = tmp_path / "rule_v2.py"
+    path.write_text(rule(2), encoding="utf-8")
+    os.kill(stuck.proc.pid, signal.SIGSTOP)  # alive, its socket open, answering nothing
+    try:
+        result = run_cli("push", str(path), "--slot", "spam", "--fleet", FLEET, "--deadline", "2")
+    finally:
+        os.kill(stuck.proc.pid, signal.SIGCONT)
+    assert result.returncode == 1, result.stderr
+    assert "aborted (1 members did not vote in time)" not in result.stdout  # (plural)
+    assert "aborted (1 member did not vote in time)" in result.stdout, result.stdout
+    assert "  b: no vote within 2 s" in result.stdout and "refused" not in result.stdout
+    assert "  a: voted ok, released spam@2" in result.stdout
+    assert active_sha("a") == sha_of(rule(1))  # nobody swapped
+    wait_for(lambda: active_sha("b") == sha_of(rule(1)), 30, "b to answer again")
+    [record] = [p for p in view()["pushes"] if p["sha256"] == sha_of(rule(2))]  # type: ignore[attr-defined]
+    assert record["votes"]["b"]["answered"] is False and record["votes"]["a"]["ok"] is True

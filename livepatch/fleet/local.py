@@ -32,6 +32,7 @@ from .model import (
     PushRecord,
     Rule,
     Vote,
+    count,
     new_push_id,
     sha_of,
 )
@@ -313,13 +314,15 @@ def push_local(
             else:
                 record.votes[name] = Vote(name, False, reason=_reason(exc))
         for name in late:
-            record.votes[name] = Vote(name, False, reason=f"no vote within {deadline_s:g} s")
-        refused = {n: v for n, v in record.votes.items() if not v.ok}
-        if refused or not votes:
+            record.votes[name] = Vote.missing(name, f"no vote within {deadline_s:g} s")
+        refused = {n: v for n, v in record.votes.items() if not v.ok and v.answered}
+        if refused or late or not votes:
             why = (
-                "every member went away during prepare"
-                if not votes and not refused
-                else f"{len(refused)} of {len(members)} members refused"
+                f"{len(refused)} of {len(members)} members refused"
+                if refused
+                else f"{count(len(late), 'member')} did not vote in time"
+                if late
+                else "every member went away during prepare"
             )
             return _abort(store, record, why, clients, votes)
         if current is None:

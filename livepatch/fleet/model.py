@@ -30,6 +30,7 @@ __all__ = [
     "Rule",
     "Vote",
     "check_layout",
+    "count",
     "new_push_id",
     "parse_node",
     "parse_value",
@@ -113,6 +114,11 @@ def _not_what(where: str, what: str, reason: str) -> FleetError:
     )
 
 
+def count(n: int, word: str) -> str:
+    """``1 member``, ``3 members``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def validate_fleet_name(name: str) -> str:
     """A fleet name is safe as a file and node name: letters, digits, ``_.-``."""
     if not _NAME.match(name):
@@ -186,6 +192,9 @@ class Vote:
     reason: str = ""
     #: The check report's problems (JSON), when the check ran.
     problems: list[dict[str, Any]] = field(default_factory=list)
+    #: False for the vote a pusher records for a member that gave none (stuck,
+    #: too slow, or not asked before the push ended): it did not refuse.
+    answered: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of the fields."""
@@ -196,7 +205,17 @@ class Vote:
             "new": self.new,
             "reason": self.reason,
             "problems": self.problems,
+            "answered": self.answered,
         }
+
+    @classmethod
+    def missing(cls, member: str, reason: str) -> Vote:
+        """The vote of a member that gave none before the push ended."""
+        return cls(member, False, reason=reason, answered=False)
+
+    def says(self) -> str:
+        """What a vote that is not ok says, for a push's member-by-member lines."""
+        return f"refused: {self.reason}" if self.answered else self.reason
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Vote:
@@ -208,6 +227,7 @@ class Vote:
             new=bool(data.get("new")),
             reason=str(data.get("reason") or ""),
             problems=list(data.get("problems") or []),
+            answered=bool(data.get("answered", True)),
         )
 
 

@@ -193,7 +193,7 @@ def render_push(record: PushRecord) -> str:
         if name in record.acks:
             lines.append(f"  {name}: swapped to {record.acks[name]}")
         elif vote is not None and not vote.ok:
-            lines.append(f"  {name}: refused: {vote.reason}")
+            lines.append(f"  {name}: {vote.says()}")
         elif name in record.down:
             extra = f" ({vote.reason})" if vote is not None and vote.reason else ""
             lines.append(f"  {name}: down, converges when it is back{extra}")

@@ -65,6 +65,7 @@ from .model import (
     Rule,
     Vote,
     check_layout,
+    count,
     new_push_id,
     parse_node,
     parse_value,
@@ -413,12 +414,12 @@ class ZkRegistry:
                 if refused
                 else (f"no vote within {deadline_s:g} s")
             )
-            record.votes[name] = Vote(name, False, reason=reason)
+            record.votes[name] = Vote.missing(name, reason)
         if refused or missing or not votes:
             why = (
                 f"{len(refused)} of {len(names)} members refused"
                 if refused
-                else f"{len(missing)} members did not vote in time"
+                else f"{count(len(missing), 'member')} did not vote in time"
                 if missing
                 else "every member left during prepare"
             )
