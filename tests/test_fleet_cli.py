@@ -269,6 +269,7 @@ def test_symbols_and_diff_by_sha_come_from_the_local_store_with_no_member_runnin
 def test_a_one_shot_fleet_verb_imports_no_engine_core_and_builds_no_parser(
     fleet_env: Path,
 ) -> None:
+    LocalStore(FLEET)  # a fleet that exists, with nothing pushed yet
     code = (
         "import sys\n"
         "from livepatch.cli import main\n"

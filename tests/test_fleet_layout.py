@@ -165,3 +165,46 @@ def test_a_node_livepatch_did_not_write_is_named_and_a_member_says_so_once(
     assert second.returncode == 0, second.stderr
     assert active_sha("z1") == sha_of(rule(2))
     assert engines[0].log_text().count(said) == 1
+
+
+# -- a mistyped fleet name -----------------------------------------------------------
+
+
+def test_a_mistyped_local_fleet_is_an_error_and_leaves_nothing_behind(
+    fleet_env: Path, engines: list[EngineProcess]
+) -> None:
+    engines.append(start_engine(*SLOT_ARGS, "--fleet", FLEET, name="m1"))
+    typo = "lya"
+    for args in (
+        ("status", "--fleet", typo),
+        ("history", "--fleet", typo),
+        ("rollback", "spam", "--fleet", typo),
+        ("symbols", "abcdef", "--fleet", typo),
+    ):
+        one_line_error(run_cli(*args), f"no fleet '{typo}' on this host (fleets here: {FLEET})")
+    pushed = run_cli("push", rule_file(1), "--slot", "spam", "--fleet", typo)
+    one_line_error(pushed, f"fleet '{typo}' has no live members on this host")
+    assert sorted(p.name for p in LocalStore(FLEET).path.parent.iterdir()) == [FLEET]
+
+
+def test_a_mistyped_zookeeper_fleet_is_an_error_and_leaves_nothing_behind(
+    registry_url: str, zk: KazooClient, engines: list[EngineProcess]
+) -> None:
+    address = parse_zk_url(registry_url)
+    engines.append(
+        start_engine(*SLOT_ARGS, "--fleet", FLEET, "--registry", registry_url, name="z1")
+    )
+    typo = "lya"
+    for args in (
+        ("status", "--fleet", typo),
+        ("history", "--fleet", typo),
+        ("rollback", "spam", "--fleet", typo),
+        ("symbols", "abcdef", "--fleet", typo),
+        ("push", rule_file(1), "--slot", "spam", "--fleet", typo),
+    ):
+        one_line_error(
+            run_cli(*args, "--registry", registry_url),
+            f"no fleet '{typo}' in ZooKeeper at {address.hosts} under {address.path} "
+            f"(fleets there: {FLEET})",
+        )
+    assert zk.get_children(f"{address.path}/fleets") == [FLEET]

@@ -133,7 +133,7 @@ def push_source(
 
         assert registry is not None
         _quiet_kazoo()
-        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+        with ZkRegistry(parse_zk_url(registry), fleet, create=False) as reg:
             return reg.push(
                 slot, source, filename, expect=expect, deadline_s=deadline_s, rollback=rollback
             )
@@ -183,7 +183,7 @@ def rollback_fleet(
 
         assert registry is not None
         _quiet_kazoo()
-        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+        with ZkRegistry(parse_zk_url(registry), fleet, create=False) as reg:
             desired = reg.desired().get(slot)
             if desired is None or desired[0].previous is None:
                 raise FleetError(f"fleet {fleet} has no previous version of {slot} to roll back to")
@@ -211,7 +211,7 @@ def fleet_view(fleet: str, registry: str | None, history: int = 10) -> dict[str,
 
         assert registry is not None
         _quiet_kazoo()
-        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+        with ZkRegistry(parse_zk_url(registry), fleet, create=False) as reg:
             return annotate(reg.view(history))
     from .view import local_view
 
@@ -226,11 +226,11 @@ def fleet_history(fleet: str, registry: str | None, limit: int = 10) -> list[Pus
 
         assert registry is not None
         _quiet_kazoo()
-        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+        with ZkRegistry(parse_zk_url(registry), fleet, create=False) as reg:
             return reg.history(limit)
     from .store import LocalStore
 
-    return LocalStore(fleet).read().pushes[-limit:]
+    return LocalStore.existing(fleet).read().pushes[-limit:]
 
 
 def fleet_symbols(fleet: str, registry: str | None, shas: list[str]) -> tuple[Any, str]:

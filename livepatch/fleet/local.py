@@ -259,14 +259,14 @@ def push_local(
     swapped; each member's reason is in its vote). Raises
     :class:`FleetError` only when there is nothing to push to.
     """
-    store = LocalStore(fleet)
-    sha = store.put_source(source, filename)
-    members = local_members(fleet)
+    members = local_members(fleet)  # before the store: a mistyped name creates none
     if not members:
         raise FleetError(
             f"fleet {fleet!r} has no live members on this host: "
             f"start engines with `livepatch engine --name NAME --fleet {fleet}`"
         )
+    store = LocalStore(fleet)
+    sha = store.put_source(source, filename)
     state = store.read()
     generation = state.generation.get(slot, 0)
     current = state.desired.get(slot)
@@ -347,7 +347,7 @@ def push_local(
 
 def rollback_local(fleet: str, slot: str, deadline_s: float = 60.0) -> PushRecord:
     """Push the version the fleet ran before its current desired one."""
-    store = LocalStore(fleet)
+    store = LocalStore.existing(fleet)
     current = store.read().desired.get(slot)
     if current is None or current.previous is None:
         raise FleetError(f"fleet {fleet} has no previous version of {slot} to roll back to")

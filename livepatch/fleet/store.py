@@ -129,6 +129,22 @@ class LocalStore:
             _private_dir(sub)
         self._state = self.path / "state.json"
 
+    @classmethod
+    def existing(cls, fleet: str, root: Path | None = None) -> LocalStore:
+        """The store of a fleet that exists on this host (a member joined it,
+        or something was pushed to it): what a verb that only reads opens, so
+        a mistyped name is an error, not a new empty fleet left behind."""
+        base = root or fleet_root()
+        if not (base / fleet).is_dir():
+            known = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+            here = f"fleets here: {', '.join(known)}" if known else "no fleet is"
+            raise FleetError(
+                f"no fleet {fleet!r} on this host ({here}"
+                f"{'' if known else ' kept under ' + str(base)}): check the name, or start "
+                f"an engine with `livepatch engine --name NAME --fleet {fleet}`"
+            )
+        return cls(fleet, root)
+
     # -- sources ----------------------------------------------------------------
 
     def put_source(self, source: Rule, filename: str) -> str:

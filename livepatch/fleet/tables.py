@@ -66,7 +66,7 @@ def registry_source(
         from .zk import ZkRegistry, parse_zk_url
 
         assert registry is not None
-        with ZkRegistry(parse_zk_url(registry), fleet) as reg:
+        with ZkRegistry(parse_zk_url(registry), fleet, create=False) as reg:
             known = reg.source_shas()
             for prefix in prefixes:
                 sha = resolve_sha(prefix, known, f"fleet {fleet}'s registry")
@@ -74,7 +74,7 @@ def registry_source(
         return found
     from .store import LocalStore
 
-    store = LocalStore(fleet)
+    store = LocalStore.existing(fleet)
     known = store.source_shas()
     for prefix in prefixes:
         sha = resolve_sha(prefix, known, f"fleet {fleet}'s store")

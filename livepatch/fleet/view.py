@@ -56,7 +56,7 @@ def local_view(fleet: str, history: int = 10) -> dict[str, Any]:
     :func:`member_rate` (a sleep between two samples made every view take
     half a second).
     """
-    store = LocalStore(fleet)
+    store = LocalStore.existing(fleet)
     state = store.read()
     infos = {info.name: info for info in local_members(fleet)}
     said = store.read_members()

@@ -237,16 +237,40 @@ def _without(push_id: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 class ZkRegistry:
     """The pushing and reading side of a fleet in ZooKeeper."""
 
-    def __init__(self, address: ZkAddress, fleet: str, client: Any = None) -> None:
+    def __init__(
+        self, address: ZkAddress, fleet: str, client: Any = None, *, create: bool = True
+    ) -> None:
+        """Open fleet ``fleet`` (``create``: make its nodes if it has none; a
+        verb that only reads passes False, so a mistyped name is an error,
+        not a new empty fleet left in ZooKeeper)."""
         self.address = address
         self.fleet = fleet
         self.paths = _Paths(address.path, fleet)
         self._own = client is None
         self.client = client if client is not None else _connect(address)
         self._retry = self.client.retry
-        self._retry(self.paths.ensure, self.client, f"ZooKeeper at {address.hosts}")
+        try:
+            if not create and self._retry(self.client.exists, self.paths.base) is None:
+                self._no_such_fleet()
+            self._retry(self.paths.ensure, self.client, f"ZooKeeper at {address.hosts}")
+        except BaseException:
+            self.close()
+            raise
         #: The epoch node this push's signals go under (see :mod:`.zksignal`).
         self._epoch = f"{self.paths.signals}/{epoch_name(0)}"
+
+    def _no_such_fleet(self) -> None:
+        fleets = f"{self.address.path}/fleets"
+        try:
+            known = sorted(self._retry(self.client.get_children, fleets))
+        except NoNodeError:
+            known = []
+        there = f"fleets there: {', '.join(known)}" if known else "no fleet is there"
+        raise FleetError(
+            f"no fleet {self.fleet!r} in ZooKeeper at {self.address.hosts} under "
+            f"{self.address.path} ({there}): check the name and --registry, or start an "
+            f"engine with `livepatch engine --name NAME --fleet {self.fleet} --registry ...`"
+        )
 
     def close(self) -> None:
         """Close the session (if this registry opened it)."""
