@@ -119,6 +119,8 @@ def _watch_file(client: Any, watch: dict[str, Any], *, as_json: bool, color: boo
                     "swapped": step.swapped,
                     "active": step.active,
                     "seconds": round(step.seconds, 6),
+                    "gone": step.gone,
+                    "reconnected": step.reconnected or None,
                 }
             )
             print(line, flush=True)

@@ -4,7 +4,10 @@ On every save: load the file as a new version, check it, diff it against
 the slot's active version and, when asked and the check is clean, swap it
 in (compare-and-swap against the version that was active, so a save never
 overwrites another client's swap). A save that does not compile or fails
-its check leaves the active version serving and says why.
+its check leaves the active version serving and says why. An engine that
+goes away does not end the watch: the save is reported as not loaded, and
+the next one reconnects to the engine of the same name (restarted, say, by
+its supervisor) and loads there.
 
 This is the client side only: it speaks the control protocol through a
 :class:`~livepatch.client.Client`, so the same loop serves the CLI
@@ -18,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +61,11 @@ class WatchStep:
     swapped: bool
     active: str | None
     seconds: float
+    #: The engine could not be reached for this save (``error`` says so).
+    gone: bool = False
+    #: Said once the engine is back: ``reconnected to engine 'e1'`` (and
+    #: whether it was restarted), before this save's report.
+    reconnected: str = ""
 
     @property
     def ok(self) -> bool:
@@ -125,6 +133,56 @@ def load_once(client: Client, path: Path, slot: str, *, swap: bool = False) -> W
     )
 
 
+def _load_reaching(client: Client, path: Path, slot: str, *, swap: bool) -> WatchStep:
+    """:func:`load_once`, reconnecting first if the engine went away (a lost
+    reply is harmless: loading the same source again finds its version, and
+    the swap is a compare-and-swap); a step marked ``gone`` while it is away."""
+    from .client import ConnectionLost
+
+    said = ""
+    for attempt in range(2):
+        try:
+            if not client.connected:
+                said = _reconnect(client)
+            step = load_once(client, path, slot, swap=swap)
+        except ConnectionLost as exc:
+            client.close()  # the next attempt (or save) reconnects
+            if attempt == 1 or said:
+                return _gone(path, slot, exc.message)
+            continue
+        except LivepatchError as exc:  # the reconnect found no engine
+            return _gone(path, slot, exc.message)
+        return replace(step, reconnected=said) if said else step
+    raise AssertionError("the second attempt always returns")
+
+
+def _reconnect(client: Client) -> str:
+    """Reconnect to the engine of the same name; what to tell the user.
+    :class:`LivepatchError` while it is still away."""
+    pid = client.info.pid
+    client.reconnect()
+    name, now = client.info.name, client.info.pid
+    if now != pid:
+        return f"reconnected to engine {name!r}: it was restarted (pid {pid}, now {now})"
+    return f"reconnected to engine {name!r}"
+
+
+def _gone(path: Path, slot: str, why: str) -> WatchStep:
+    return WatchStep(
+        path=str(path),
+        slot=slot,
+        version=None,
+        new=False,
+        error=f"not loaded: {why}; the next save is loaded once the engine is back",
+        report=None,
+        diff=None,
+        swapped=False,
+        active=None,
+        seconds=0.0,
+        gone=True,
+    )
+
+
 def watch_file(
     client: Client,
     path: Path,
@@ -147,7 +205,7 @@ def watch_file(
     # Taken before the first load: a save made before the watcher below is
     # set up (right after the first report) has no event, but changes this.
     seen = _stamp(path)
-    yield load_once(client, path, slot, swap=swap)
+    yield _load_reaching(client, path, slot, swap=swap)
 
     def ours(change: watchfiles.Change, changed: str) -> bool:
         return change is not watchfiles.Change.deleted and Path(changed) == path
@@ -162,7 +220,9 @@ def watch_file(
         rust_timeout=500,
         # Every 0.5 s without an event too: the stamp check below.
         yield_on_timeout=True,
-        raise_interrupt=False,
+        # watchfiles turns whatever a signal handler raised into "signal":
+        # a KeyboardInterrupt here, never its own warning line on stderr.
+        raise_interrupt=True,
     ):
         if stop.is_set():
             return
@@ -171,7 +231,7 @@ def watch_file(
             continue
         seen = stamp
         if path.exists():
-            yield load_once(client, path, slot, swap=swap)
+            yield _load_reaching(client, path, slot, swap=swap)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -189,6 +249,10 @@ def describe_step(step: WatchStep, *, color: bool = False) -> str:
     from .render import render_diff, render_report
 
     name = Path(step.path).name
+    if step.gone:
+        return f"{name}: {step.error}"
+    if step.reconnected:
+        return step.reconnected + "\n" + describe_step(replace(step, reconnected=""), color=color)
     if step.version is None:
         return f"{name}: {step.error}; {step.active or 'nothing'} keeps serving"
     if step.version == step.active and not step.swapped and step.report is None:
@@ -208,8 +272,6 @@ def describe_step(step: WatchStep, *, color: bool = False) -> str:
     if step.diff is not None:
         changed = tuple(r for r in step.diff.rows if r.marker != "=")
         if changed:
-            from dataclasses import replace
-
             text += "\n" + render_diff(replace(step.diff, rows=changed), color=color)
     return text
 
@@ -223,10 +285,15 @@ def watch_until_interrupted(
     emit: Callable[[WatchStep], None],
 ) -> None:
     """Run :func:`watch_file` in the foreground until Ctrl-C (which ends it
-    quietly), handing each step to ``emit``."""
+    quietly), handing each step to ``emit``. A SIGTERM that arrived while
+    watchfiles waited (it reports any signal as a KeyboardInterrupt) still
+    ends the front end as SIGTERM (:mod:`livepatch.stopping`)."""
+    from .stopping import raise_if_stopped
+
     stop = threading.Event()
     try:
         for step in watch_file(client, path, slot, swap=swap, stop=stop):
             emit(step)
     except KeyboardInterrupt:
         stop.set()
+        raise_if_stopped()

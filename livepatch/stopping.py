@@ -67,10 +67,12 @@ def stop_by_signal(signum: int) -> None:
     """
     global _requested
     signal.signal(signum, signal.SIG_IGN)
+    # Kept, for code that swallows what a handler raises (watchfiles turns
+    # it into a KeyboardInterrupt): :func:`raise_if_stopped` raises it again.
+    _requested = signum
     app = _running_app()
     if app is None:
         _exit(signum)
-    _requested = signum
 
     def ask() -> None:
         future = app.future
@@ -83,8 +85,9 @@ def stop_by_signal(signum: int) -> None:
 
 
 def raise_if_stopped() -> None:
-    """``SystemExit`` if a signal asked to stop while a prompt was running
-    (a shell calls this after every prompt, before it runs the line)."""
+    """:class:`SignalExit` if a signal asked to stop (a shell calls this after
+    every prompt, before it runs the line; a loop whose library swallowed
+    the handler's exception calls it when that loop ends)."""
     if _requested is not None:
         _exit(_requested)
 

@@ -173,6 +173,7 @@ def test_the_cli_watches_until_ctrl_c(engine_proc: EngineProcess, rule_file: Pat
         cli.send_signal(signal.SIGINT)
         assert cli.wait(20) == 0, cli.stderr.read() if cli.stderr else ""
     assert active(engine_proc) == "spam@3"
+    assert cli.stderr is not None and cli.stderr.read() == ""  # quietly: not even watchfiles'
 
 
 def test_swap_without_watch_is_a_usage_error(engine_proc: EngineProcess, rule_file: Path) -> None:
@@ -200,3 +201,53 @@ def test_a_save_right_after_the_first_report_is_not_missed(
             stop.set()
             deadline.cancel()
         assert second.swapped and second.active == "spam@3"
+
+
+def test_the_watch_outlives_its_engine_and_follows_it_when_it_is_back(
+    engine_proc: EngineProcess, rule_file: Path
+) -> None:
+    # An engine restarted (by its supervisor, a deploy) under the same name:
+    # the save made while it is away is not loaded and says so; the next one
+    # reconnects, says the engine was restarted, and loads there.
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "livepatch", "load", str(rule_file), "--watch", "--swap", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in cli.stdout or ()], daemon=True
+    ).start()
+
+    def next_step() -> dict[str, object]:
+        step: dict[str, object] = json.loads(lines.get(timeout=30))
+        return step
+
+    try:
+        first = next_step()
+        assert first["swapped"] is True and first["gone"] is False
+        old_pid = engine_proc.pid
+        engine_proc.stop()
+        rule_file.write_text(RULE.format(spam=True, score=0.9))
+        away = next_step()
+        assert away["gone"] is True and away["version"] is None and away["swapped"] is False
+        assert "once the engine is back" in str(away["error"]), away
+        assert cli.poll() is None  # still watching
+        new_pid = engine_proc.restart()["pid"]
+        rule_file.write_text(RULE.format(spam=True, score=0.8))
+        back = next_step()
+        assert back["reconnected"] == (
+            f"reconnected to engine {engine_proc.name!r}: it was restarted "
+            f"(pid {old_pid}, now {new_pid})"
+        )
+        # The new process restored nothing (no state directory): the save is its spam@2.
+        assert back["swapped"] is True and back["version"] == back["active"] == "spam@2"
+        assert active(engine_proc) == "spam@2"
+    finally:
+        # SIGTERM while watchfiles waits (it reports any signal as Ctrl-C):
+        # still the front end's SIGTERM, one line and 143.
+        cli.send_signal(signal.SIGTERM)
+        code = cli.wait(20)
+    assert cli.stderr is not None and cli.stderr.read() == "livepatch: stopped by SIGTERM\n"
+    assert code == 128 + signal.SIGTERM
