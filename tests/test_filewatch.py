@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -141,11 +141,11 @@ def test_each_save_is_compared_with_what_is_active_when_it_is_seen(
     assert swap["version"] == "spam@3" and "spam@1 -> spam@3" in swap["result"]
 
 
-def test_the_cli_watches_until_ctrl_c(engine_proc: EngineProcess, rule_file: Path) -> None:
-    # `livepatch load FILE --watch --swap --json`: one JSON line per save,
-    # Ctrl-C (SIGINT) ends it with status 0
+def cli_watch(path: Path) -> tuple[subprocess.Popen[str], Callable[[], dict[str, object]]]:
+    """``livepatch load PATH --watch --swap --json`` and a reader of its next
+    JSON line (one per save)."""
     cli = subprocess.Popen(
-        [sys.executable, "-m", "livepatch", "load", str(rule_file), "--watch", "--swap", "--json"],
+        [sys.executable, "-m", "livepatch", "load", str(path), "--watch", "--swap", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -159,6 +159,13 @@ def test_the_cli_watches_until_ctrl_c(engine_proc: EngineProcess, rule_file: Pat
         step: dict[str, object] = json.loads(lines.get(timeout=30))
         return step
 
+    return cli, next_step
+
+
+def test_the_cli_watches_until_ctrl_c(engine_proc: EngineProcess, rule_file: Path) -> None:
+    # `livepatch load FILE --watch --swap --json`: one JSON line per save,
+    # Ctrl-C (SIGINT) ends it with status 0
+    cli, next_step = cli_watch(rule_file)
     try:
         first = next_step()
         assert first["swapped"] is True and first["version"] == "spam@2"
@@ -209,21 +216,7 @@ def test_the_watch_outlives_its_engine_and_follows_it_when_it_is_back(
     # An engine restarted (by its supervisor, a deploy) under the same name:
     # the save made while it is away is not loaded and says so; the next one
     # reconnects, says the engine was restarted, and loads there.
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "livepatch", "load", str(rule_file), "--watch", "--swap", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in cli.stdout or ()], daemon=True
-    ).start()
-
-    def next_step() -> dict[str, object]:
-        step: dict[str, object] = json.loads(lines.get(timeout=30))
-        return step
-
+    cli, next_step = cli_watch(rule_file)
     try:
         first = next_step()
         assert first["swapped"] is True and first["gone"] is False

@@ -169,21 +169,24 @@ def test_a_node_livepatch_did_not_write_is_named_and_a_member_says_so_once(
 
 # -- a mistyped fleet name -----------------------------------------------------------
 
+TYPO = "lya"
+#: Every fleet verb that reads, on the mistyped fleet.
+READING = (
+    ("status", "--fleet", TYPO),
+    ("history", "--fleet", TYPO),
+    ("rollback", "spam", "--fleet", TYPO),
+    ("symbols", "abcdef", "--fleet", TYPO),
+)
+
 
 def test_a_mistyped_local_fleet_is_an_error_and_leaves_nothing_behind(
     fleet_env: Path, engines: list[EngineProcess]
 ) -> None:
     engines.append(start_engine(*SLOT_ARGS, "--fleet", FLEET, name="m1"))
-    typo = "lya"
-    for args in (
-        ("status", "--fleet", typo),
-        ("history", "--fleet", typo),
-        ("rollback", "spam", "--fleet", typo),
-        ("symbols", "abcdef", "--fleet", typo),
-    ):
-        one_line_error(run_cli(*args), f"no fleet '{typo}' on this host (fleets here: {FLEET})")
-    pushed = run_cli("push", rule_file(1), "--slot", "spam", "--fleet", typo)
-    one_line_error(pushed, f"fleet '{typo}' has no live members on this host")
+    for args in READING:
+        one_line_error(run_cli(*args), f"no fleet '{TYPO}' on this host (fleets here: {FLEET})")
+    pushed = run_cli("push", rule_file(1), "--slot", "spam", "--fleet", TYPO)
+    one_line_error(pushed, f"fleet '{TYPO}' has no live members on this host")
     assert sorted(p.name for p in LocalStore(FLEET).path.parent.iterdir()) == [FLEET]
 
 
@@ -194,17 +197,10 @@ def test_a_mistyped_zookeeper_fleet_is_an_error_and_leaves_nothing_behind(
     engines.append(
         start_engine(*SLOT_ARGS, "--fleet", FLEET, "--registry", registry_url, name="z1")
     )
-    typo = "lya"
-    for args in (
-        ("status", "--fleet", typo),
-        ("history", "--fleet", typo),
-        ("rollback", "spam", "--fleet", typo),
-        ("symbols", "abcdef", "--fleet", typo),
-        ("push", rule_file(1), "--slot", "spam", "--fleet", typo),
-    ):
+    for args in (*READING, ("push", rule_file(1), "--slot", "spam", "--fleet", TYPO)):
         one_line_error(
             run_cli(*args, "--registry", registry_url),
-            f"no fleet '{typo}' in ZooKeeper at {address.hosts} under {address.path} "
+            f"no fleet '{TYPO}' in ZooKeeper at {address.hosts} under {address.path} "
             f"(fleets there: {FLEET})",
         )
     assert zk.get_children(f"{address.path}/fleets") == [FLEET]
