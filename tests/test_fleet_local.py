@@ -300,3 +300,28 @@ def test_a_stuck_member_aborts_the_push_at_its_deadline_and_is_not_said_to_refus
     wait_for(lambda: active_sha("b") == sha_of(rule(1)), 30, "b to answer again")
     [record] = [p for p in view()["pushes"] if p["sha256"] == sha_of(rule(2))]  # type: ignore[attr-defined]
     assert record["votes"]["b"]["answered"] is False and record["votes"]["a"]["ok"] is True
+
+
+@pytest.mark.slow
+def test_a_member_stuck_right_after_a_push_is_shown_on_what_it_acked(
+    engines: list[EngineProcess],
+) -> None:
+    for name in "ab":
+        member(engines, name)
+    assert push_local(FLEET, "spam", rule(1), "rule_v1.py").ok
+    wait_for(
+        lambda: LocalStore(FLEET).read_members()["b"].active["spam"]["sha256"] == sha_of(rule(1))
+    )
+    record = push_local(FLEET, "spam", rule(2), "rule_v2.py")
+    # At once: its agent holds off for half a second after a change, so its
+    # own file still names rule 1 while it runs rule 2.
+    os.kill(engines[1].proc.pid, signal.SIGSTOP)
+    try:
+        assert record.ok and sorted(record.acks) == ["a", "b"]
+        said = LocalStore(FLEET).read_members()["b"].active["spam"]["sha256"]
+        rows = {m["name"]: m for m in view()["members"]}  # type: ignore[attr-defined]
+    finally:
+        os.kill(engines[1].proc.pid, signal.SIGCONT)
+    assert rows["b"]["state"] == "unreachable"
+    assert rows["b"]["active"]["spam"] == {"version": record.acks["b"], "sha256": sha_of(rule(2))}
+    assert said == sha_of(rule(1))  # (what the view had to see past)

@@ -94,10 +94,15 @@ def local_view(fleet: str, history: int = 10) -> dict[str, Any]:
             }
             if rate is not None:
                 row["calls_per_s"] = round(rate, 1)
-        elif name in infos:
-            err = errors.get(name)
-            row["state"] = "unreachable"
-            row["error"] = err.message if isinstance(err, LivepatchError) else str(err)
+        else:
+            if member is not None:
+                # Its own last word, and what it acked since: the pusher swaps
+                # a member before its agent next writes its file.
+                row["active"] = {**member.active, **_acked_since(state.pushes, name, member.time)}
+            if name in infos:
+                err = errors.get(name)
+                row["state"] = "unreachable"
+                row["error"] = err.message if isinstance(err, LivepatchError) else str(err)
         members.append(row)
     return {
         "fleet": fleet,
@@ -106,6 +111,16 @@ def local_view(fleet: str, history: int = 10) -> dict[str, Any]:
         "members": members,
         "pushes": [p.to_json() for p in state.pushes[-history:]],
     }
+
+
+def _acked_since(pushes: list[PushRecord], name: str, since: float) -> dict[str, Any]:
+    """slot -> the version ``name`` acked in the last committed push of the
+    slot that ended after ``since`` (its last report)."""
+    acked: dict[str, Any] = {}
+    for push in pushes:  # oldest first: a later push replaces an earlier one
+        if push.outcome == "committed" and name in push.acks and (push.finished or 0) > since:
+            acked[push.slot] = {"version": push.acks[name], "sha256": push.sha256}
+    return acked
 
 
 def annotate(view: dict[str, Any]) -> dict[str, Any]:
