@@ -20,7 +20,8 @@ from typing import Any, NoReturn
 
 __all__ = ["SignalExit", "Stopped", "raise_if_stopped", "stop_by_signal"]
 
-#: The signal that asked us to stop while a prompt was finishing, if any.
+#: The signal that asked this front end to stop, if any (see
+#: :func:`raise_if_stopped`).
 _requested: int | None = None
 
 
