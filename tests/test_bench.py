@@ -324,6 +324,25 @@ def test_plot_needs_the_swap_section_and_an_svg_name(tmp_path: Path) -> None:
         assert not list(tmp_path.iterdir())
 
 
+def test_an_output_file_that_cannot_be_written_is_said_before_measuring(tmp_path: Path) -> None:
+    # Before: the whole run, then "internal error: FileNotFoundError".
+    missing = tmp_path / "no-such-dir"
+    for args, message in (
+        (["--json", str(missing / "r.json")], f"{missing} does not exist"),
+        (["--json", str(tmp_path)], "is a directory"),
+        (["--plot", str(missing / "p.svg")], f"{missing} does not exist"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "livepatch", "bench", "--section", "swap_under_load", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+        assert done.stdout == ""  # nothing was measured
+
+
 def test_saved_module_versions() -> None:
     good: dict[str, Any] = {}
     exec(compile(saved_module(4), "saved.py", "exec"), good)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from .common import (
@@ -387,6 +389,19 @@ def render_savelive(section: dict[str, Any]) -> list[str]:
     return out
 
 
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written (the results would be lost), or None."""
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        return "is a directory: name a file"
+    if not parent.is_dir():
+        return f"{parent} does not exist: create it or name a file elsewhere"
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return "cannot be written here: name a file you can write"
+    return None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``livepatch bench`` command: measure, print the table, write the JSON.
 
@@ -406,20 +421,30 @@ def run_bench(args: argparse.Namespace) -> int:
     if plot and not str(plot).lower().endswith(".svg"):
         print(f"livepatch: error: --plot {plot}: it writes SVG; name a .svg file", file=sys.stderr)
         return 2
+    path = getattr(args, "json", None)
+    for flag, target in (("--json", path), ("--plot", plot)):
+        # Said now, not after minutes of measuring.
+        problem = _unwritable(str(target)) if target else None
+        if problem:
+            print(f"livepatch: error: {flag} {target}: {problem}", file=sys.stderr)
+            return 2
     settings = QUICK if quick else FULL
     progress = Progress(sections)
     results = run(settings, sections, progress, quick=quick)
     print(render_table(results))
-    path = getattr(args, "json", None)
-    if path:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        print(f"wrote {path}")
-    if plot:
-        from .plot import write_plot
+    try:
+        if path:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2)
+                f.write("\n")
+            print(f"wrote {path}")
+        if plot:
+            from .plot import write_plot
 
-        write_plot(results, plot)
-        print(f"wrote {plot}")
+            write_plot(results, plot)
+            print(f"wrote {plot}")
+    except OSError as exc:  # it became unwritable during the run
+        print(f"livepatch: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     missed = [k for k, g in results["goals"].items() if k in CORRECTNESS_GOALS and not g["met"]]
     return 1 if missed else 0
