@@ -575,3 +575,31 @@ def test_retired_versions_are_restored_in_quarantine(runtime_dir: Path, tmp_path
     finally:
         err = stop(restarted)
     assert "could not restore spam@1" in err and "quarantine" in err
+
+
+def test_a_fleet_push_on_a_full_disk_is_refused_in_one_line_and_changes_nothing(
+    small_disk: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(small_disk))  # the local fleet's store
+    member = start_engine(
+        "--slot", "spam=livepatch.examples.spam:SpamRules", "--fleet", "df", name="dm"
+    )
+    try:
+        rule = small_disk.parent / "spam_v2.py"
+        rule.write_text(rule_source("spam_v2.py"))
+        state = small_disk / "livepatch" / "fleets" / "df" / "state.json"
+        filler = fill(small_disk)
+        refused = run_cli("push", str(rule), "--slot", "spam", "--fleet", "df")
+        assert refused.returncode == 1, refused.stderr
+        [line] = refused.stderr.splitlines()  # one line, no traceback, not "internal"
+        assert "No space left on device" in line and "free some space" in line, line
+        assert "internal" not in line
+        assert not state.exists()  # nothing was pushed
+        with Client.connect("dm") as client:  # the member is up, and unchanged
+            assert [s["versions"] for s in client.status()["slots"]] == [[]]
+        filler.unlink()
+        pushed = run_cli("push", str(rule), "--slot", "spam", "--fleet", "df")
+        assert pushed.returncode == 0, pushed.stderr
+        assert json.loads(state.read_text())["desired"]["spam"]["filename"] == "spam_v2.py"
+    finally:
+        member.stop()
