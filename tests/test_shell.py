@@ -4,6 +4,7 @@ scripts, the prompt loop (pipe input, dummy output) and reconnecting."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from prompt_toolkit.completion import CompleteEvent, ThreadedCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output.plain_text import PlainTextOutput
 
 from livepatch.client import Client
 from livepatch.examples.spam import rule_path
@@ -492,6 +494,34 @@ def test_prompt_loop_runs_commands_and_keeps_history(
     assert results[3].text == "spam: spam@1 -> spam@2"
     history = (tmp_path / "history").read_text()
     assert "+status" in history and "+load spam_v2.py; check spam@2; swap spam@2" in history
+
+
+def test_a_history_file_that_cannot_be_written_is_said_once_and_the_shell_goes_on(
+    client: Client, tmp_path: Path
+) -> None:
+    # A directory where the file should be: it can be neither read nor
+    # appended to (as a full disk cannot), and prompt_toolkit's own file
+    # history showed a traceback on every line.
+    (tmp_path / "history").mkdir()
+    screen = io.StringIO()
+    with create_pipe_input() as pipe:
+        shell = Shell(
+            client,
+            input=pipe,
+            output=PlainTextOutput(screen),
+            history_file=tmp_path / "history",
+            base_dir=RULES,
+            color=False,
+        )
+        drv = Driver(shell, pipe)
+        drv.type("status\r", results=1)
+        drv.type("status\r", results=2)
+        drv.type("quit\r")
+        assert drv.finish() == 0
+    said = f"note: history is no longer saved ({tmp_path / 'history'}: Is a directory)"
+    assert screen.getvalue().count(said) == 1, screen.getvalue()
+    assert "Traceback" not in screen.getvalue() and "Exception" not in screen.getvalue()
+    assert [r.ok for r in shell.transcript[:2]] == [True, True]
 
 
 def test_f1_help_keeps_the_line(

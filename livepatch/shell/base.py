@@ -41,6 +41,39 @@ _RED = "\x1b[31m"
 _RESET = "\x1b[0m"
 
 
+class _SavedHistory(FileHistory):
+    """prompt_toolkit's file history, which stops saving when its file cannot
+    be read or written (a full disk, a directory in its place) instead of
+    showing a traceback on every line; :attr:`problem` says why, once."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(filename)
+        self._path = filename
+        self.problem: str | None = None
+        self._broken = False
+
+    def _fail(self, exc: OSError) -> None:
+        if not self._broken:
+            self._broken = True
+            why = exc.strerror or str(exc)
+            self.problem = f"note: history is no longer saved ({self._path}: {why})"
+
+    def load_history_strings(self) -> Iterable[str]:
+        try:
+            return list(super().load_history_strings())
+        except OSError as exc:
+            self._fail(exc)
+            return []
+
+    def store_string(self, string: str) -> None:
+        if self._broken:
+            return
+        try:
+            super().store_string(string)
+        except OSError as exc:
+            self._fail(exc)
+
+
 def history_path() -> Path:
     """The shell's history file."""
     return state_home() / "history"
@@ -82,6 +115,7 @@ class PromptShell:
         self.transcript: list[CommandResult] = []
         self._session: PromptSession[str] | None = None
         self._history_note: str | None = None
+        self._saved: _SavedHistory | None = None
 
     # -- the prompt -------------------------------------------------------------
 
@@ -105,7 +139,8 @@ class PromptShell:
                 f"note: history is not saved ({path.parent}: {exc.strerror or exc})"
             )
             return InMemoryHistory()
-        return FileHistory(str(path))
+        self._saved = _SavedHistory(str(path))
+        return self._saved
 
     def _invalidate(self) -> None:
         # From a sampling thread: invalidate() is thread-safe and a no-op
@@ -153,6 +188,7 @@ class PromptShell:
                 except EOFError:
                     return 0
                 raise_if_stopped()  # a signal came as the line was entered
+                self._tell_history_problem()
                 self._before_line()
                 try:
                     for result in self.runner.iter_line(line):
@@ -165,6 +201,12 @@ class PromptShell:
                 self._after_line()
         finally:
             self._stop()
+
+    def _tell_history_problem(self) -> None:
+        saved = self._saved
+        if saved is not None and saved.problem:
+            problem, saved.problem = saved.problem, None
+            self._print(problem)
 
     def _start(self) -> None:
         """Before the first prompt (start a background sampler)."""
