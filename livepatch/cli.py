@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import LivepatchError
-from .stopping import SignalExit, Stopped
+from .stopping import SignalExit, Stopped, stop_by_signal
 
 if TYPE_CHECKING:
     # argparse is imported where a parser is built: a one-shot verb needs none.
@@ -585,8 +585,6 @@ def _exit_on_sigterm() -> None:
         return  # main() called from a thread (tests): signals are not ours
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return  # an embedding program has its own
-
-    from .stopping import stop_by_signal
 
     def terminated(signum: int, frame: object) -> None:
         stop_by_signal(signum)  # SystemExit, or a prompt asked to exit

@@ -133,27 +133,28 @@ def load_once(client: Client, path: Path, slot: str, *, swap: bool = False) -> W
     )
 
 
-def _load_reaching(client: Client, path: Path, slot: str, *, swap: bool) -> WatchStep:
+def _load_reaching(
+    client: Client, path: Path, slot: str, *, swap: bool, retry: bool = True
+) -> WatchStep:
     """:func:`load_once`, reconnecting first if the engine went away (a lost
     reply is harmless: loading the same source again finds its version, and
     the swap is a compare-and-swap); a step marked ``gone`` while it is away."""
     from .client import ConnectionLost
 
     said = ""
-    for attempt in range(2):
+    if not client.connected:
         try:
-            if not client.connected:
-                said = _reconnect(client)
-            step = load_once(client, path, slot, swap=swap)
-        except ConnectionLost as exc:
-            client.close()  # the next attempt (or save) reconnects
-            if attempt == 1 or said:
-                return _gone(path, slot, exc.message)
-            continue
-        except LivepatchError as exc:  # the reconnect found no engine
+            said = _reconnect(client)
+        except LivepatchError as exc:  # still away
             return _gone(path, slot, exc.message)
-        return replace(step, reconnected=said) if said else step
-    raise AssertionError("the second attempt always returns")
+    try:
+        step = load_once(client, path, slot, swap=swap)
+    except ConnectionLost as exc:
+        client.close()  # the next attempt (or save) reconnects
+        if retry and not said:  # it went since the last save: once more, reconnected
+            return _load_reaching(client, path, slot, swap=swap, retry=False)
+        return _gone(path, slot, exc.message)
+    return replace(step, reconnected=said) if said else step
 
 
 def _reconnect(client: Client) -> str:

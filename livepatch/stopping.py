@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 __all__ = ["SignalExit", "Stopped", "raise_if_stopped", "stop_by_signal"]
 
@@ -25,26 +25,33 @@ __all__ = ["SignalExit", "Stopped", "raise_if_stopped", "stop_by_signal"]
 _requested: int | None = None
 
 
-class Stopped(Exception):
-    """A front end was asked to stop by a signal at a prompt; ``status`` is its
-    exit status. An ``Exception``, not a ``BaseException``: asyncio lets an
-    ordinary exception travel through the application's future, where a
-    ``SystemExit`` would break out of the event loop again."""
+class _BySignal:
+    """What a stop by signal ``signum`` says (``message``) and exits with
+    (``status``, ``128 + signum``)."""
 
     def __init__(self, signum: int) -> None:
         self.message = f"stopped by {signal.Signals(signum).name}"
-        super().__init__(self.message)
         self.status = 128 + signum
 
 
-class SignalExit(SystemExit):
+class Stopped(_BySignal, Exception):
+    """A front end was asked to stop by a signal at a prompt. An
+    ``Exception``, not a ``BaseException``: asyncio lets an ordinary
+    exception travel through the application's future, where a
+    ``SystemExit`` would break out of the event loop again."""
+
+    def __init__(self, signum: int) -> None:
+        _BySignal.__init__(self, signum)
+        Exception.__init__(self, self.message)
+
+
+class SignalExit(_BySignal, SystemExit):
     """A front end stopped by a signal where no prompt ran: ``SystemExit``
     with ``128 + signum``, unwinding through every ``finally`` on the way."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.status = 128 + signum
-        self.message = f"stopped by {signal.Signals(signum).name}"
+        _BySignal.__init__(self, signum)
+        SystemExit.__init__(self, self.status)
 
 
 def _running_app() -> Any:
@@ -73,7 +80,7 @@ def stop_by_signal(signum: int) -> None:
     _requested = signum
     app = _running_app()
     if app is None:
-        _exit(signum)
+        raise SignalExit(signum)
 
     def ask() -> None:
         future = app.future
@@ -90,8 +97,4 @@ def raise_if_stopped() -> None:
     every prompt, before it runs the line; a loop whose library swallowed
     the handler's exception calls it when that loop ends)."""
     if _requested is not None:
-        _exit(_requested)
-
-
-def _exit(signum: int) -> NoReturn:
-    raise SignalExit(signum)
+        raise SignalExit(_requested)

@@ -91,8 +91,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``, durably, or not at all:
-    :class:`StorageError` (nothing changed) when the disk refuses."""
+    """Replace ``path`` with ``data``, durably; :class:`StorageError` (the
+    temporary file removed) when the disk refuses."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -148,10 +148,9 @@ class LocalStore:
         base = root or fleet_root()
         if not (base / fleet).is_dir():
             known = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-            here = f"fleets here: {', '.join(known)}" if known else "no fleet is"
+            here = f"fleets here: {', '.join(known)}" if known else f"no fleet is kept under {base}"
             raise FleetError(
-                f"no fleet {fleet!r} on this host ({here}"
-                f"{'' if known else ' kept under ' + str(base)}): check the name, or start "
+                f"no fleet {fleet!r} on this host ({here}): check the name, or start "
                 f"an engine with `livepatch engine --name NAME --fleet {fleet}`"
             )
         return cls(fleet, root)

@@ -178,7 +178,7 @@ class _Paths:
         check_layout(layout, where)
 
 
-def current_of(data: bytes, where: str = "the fleet's current node") -> dict[str, Any]:
+def current_of(data: bytes) -> dict[str, Any]:
     """The ``current`` node's content: ``{"pushes": [...], "desired": {...}}``
     (empty before the fleet's first push); :class:`FleetError` if it is not."""
 
@@ -188,7 +188,9 @@ def current_of(data: bytes, where: str = "the fleet's current node") -> dict[str
             raise TypeError("its pushes are not a list or its desired versions not an object")
         return {"pushes": pushes, "desired": desired}
 
-    return parse_node(parse, data, where, "open pushes") if data else {"pushes": [], "desired": {}}
+    if not data:
+        return {"pushes": [], "desired": {}}
+    return parse_node(parse, data, "the fleet's current node", "open pushes")
 
 
 def update_current(
