@@ -137,9 +137,11 @@ class HotswapSession:
         engine again (a restart under its name is said in :attr:`note`); if it
         is gone, an error, never another engine that happens to run.
         """
-        if self._client is not None and self._client.connected:
+        if self._client is not None and not self._client.dropped():
             return self._client
-        self._client = None
+        # Gone since the last command (stopped, or restarted under its name):
+        # nothing was sent on it yet, so finding the engine again is safe.
+        self.disconnect()
         if self.bound is None:
             return self.connect()
         name, pid = self.bound

@@ -18,6 +18,7 @@ import base64
 import collections
 import json
 import os
+import select
 import socket
 import threading
 import time
@@ -161,6 +162,26 @@ class Client:
     def connected(self) -> bool:
         """Whether the socket is open (it may still turn out dead on use)."""
         return self._sock is not None
+
+    def dropped(self) -> bool:
+        """Whether the engine has closed this connection, seen without sending
+        anything or waiting: an idle connection to an engine that stopped (or
+        was restarted) meanwhile. True also when not connected. A request sent
+        on a dropped connection could not tell whether the engine ran it;
+        checked before sending, reconnecting is safe (urllib3 and redis-py
+        check their pooled connections the same way). Takes no lock, so a
+        prompt can ask while another thread waits for a reply."""
+        sock = self._sock
+        if sock is None:
+            return True
+        try:
+            # Readable with nothing to read is the peer's close; pending bytes
+            # (a reply on its way, events after subscribe) are a live one. The
+            # socket has a timeout, so recv would wait for data: poll first.
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True  # reset by the peer, or closed meanwhile
 
     def reconnect(self, wait_s: float = 0.0) -> None:
         """Open a new connection, re-reading the connection file; retries for ``wait_s``."""

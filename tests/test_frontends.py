@@ -555,6 +555,34 @@ def test_the_shell_watches_a_file_until_ctrl_c(terminal: Terminal, tmp_path: Pat
     terminal.wait_for("* spam@3")
 
 
+def test_the_shells_watch_follows_its_engine_through_a_restart(
+    terminal: Terminal, engine_proc: EngineProcess, tmp_path: Path
+) -> None:
+    # The engine restarted (by its supervisor, a deploy) while the shell
+    # watches a file: the save made while it is away says so and the watch
+    # goes on; the next one reconnects, says so, and loads there; after
+    # Ctrl-C the shell itself talks to the new process.
+    rule = tmp_path / "watched.py"
+    rule.write_text(PRINTLESS_RULE.format(spam=False))
+    terminal.wait_for("rules>")
+    terminal.type(f"load {rule} --watch --swap", "Enter")
+    terminal.wait_for("watched.py: loaded spam@2; swapped in")
+    old = engine_proc.pid
+    engine_proc.stop()
+    rule.write_text(PRINTLESS_RULE.format(spam=True))
+    terminal.wait_for("the next save is loaded once the engine is back")
+    new = engine_proc.restart()["pid"]
+    rule.write_text(PRINTLESS_RULE.format(spam=True) + "# saved again\n")
+    terminal.wait_for(f"'rules': it was restarted (pid {old}, now {new})")
+    # The new process restored nothing (no state directory): the save is its spam@2.
+    wait_for(lambda: "swapped in" in terminal.screen().split(f"now {new})", 1)[-1])
+    terminal.type("", "C-c")
+    terminal.wait_for("stopped watching")
+    terminal.type("status", "Enter")
+    screen = terminal.wait_for(f"pid {new}", "* spam@2")
+    assert "Traceback" not in screen
+
+
 PRINTLESS_RULE = """
 from livepatch.examples.spam import Message, Verdict
 

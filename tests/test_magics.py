@@ -457,14 +457,63 @@ def test_in_a_cell_the_error_is_one_line_without_traceback(
     assert "Traceback" not in shown and "livepatch/" not in shown
 
 
+SLEEPY_RULE = """
+import time
+from livepatch.examples.spam import Message, Verdict
+
+def classify(msg: Message) -> Verdict:
+    time.sleep(60)
+    return Verdict(spam=False, score=0.0)
+"""
+
+
 def test_lost_connection_says_what_to_do(ip: InteractiveShell, engine_proc: EngineProcess) -> None:
     hs(ip, "status")
     engine_proc.stop()
-    with pytest.raises(UsageError, match=r"`%hotswap connect \[NAME\]`.*`%hotswap start`"):
-        hs(ip, "status")
-    # Bound to that engine: never another one, and the message says so.
-    with pytest.raises(UsageError, match=r"engine 'rules' \(pid \d+\) is gone; this session"):
-        hs(ip, "status")
+    # Seen before anything is sent (the engine closed the idle connection):
+    # bound to that engine, never another one, and the message says so.
+    for _ in range(2):
+        with pytest.raises(UsageError, match=r"engine 'rules' \(pid \d+\) is gone; this session"):
+            hs(ip, "status")
+
+
+def test_a_connection_lost_during_a_command_says_what_to_do(
+    ip: InteractiveShell, engine_proc: EngineProcess
+) -> None:
+    import threading
+
+    from livepatch.client import Client
+
+    ip.run_cell_magic("hotswap", "load spam", SLEEPY_RULE)
+    hs(ip, "check spam@2")
+    hs(ip, "swap spam@2")
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            hs(ip, 'call spam.classify \'{"sender": "a", "text": "hi"}\'')
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            failed.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    with Client.connect("rules") as watcher:  # kill it once the call is in flight
+
+        def in_flight() -> int:
+            slots = watcher.status()["slots"]
+            return sum(v["in_flight"] for s in slots for v in s["versions"])
+
+        deadline = time.monotonic() + 30
+        while in_flight() == 0:
+            assert time.monotonic() < deadline, "the call never started"
+            time.sleep(0.02)
+    assert engine_proc.proc is not None
+    engine_proc.proc.kill()
+    caller.join(30)
+    (error,) = failed
+    assert isinstance(error, UsageError)
+    assert "lost the connection to engine 'rules'" in str(error)
+    assert re.search(r"`%hotswap connect \[NAME\]`.*`%hotswap start`", str(error))
 
 
 def test_view_wraps_data_models(engine_proc: EngineProcess) -> None:

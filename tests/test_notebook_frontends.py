@@ -386,3 +386,31 @@ def test_load_watch_swaps_each_clean_save_until_unwatch(
         hs(ip, f"load {rule} --swap")
     with pytest.raises(UsageError, match=r"status: unknown option '--watch'"):
         hs(ip, "status --watch")
+
+
+def test_a_watch_follows_its_engine_through_a_restart(
+    ip: InteractiveShell, engine_proc: EngineProcess, tmp_path: Path
+) -> None:
+    # `%hotswap load FILE --watch` against an engine run elsewhere, which is
+    # restarted meanwhile: the save made while it is away is reported and the
+    # watch goes on; the next one reconnects, says so, and swaps there.
+    hs(ip, f"connect {engine_proc.name}")
+    rule = tmp_path / "rules.py"
+    rule.write_text(WATCHED_RULE.format(spam=False))
+    assert hs(ip, f"load {rule} --watch --swap") is None
+    (watch,) = ip.magics_manager.registry["HotswapMagics"].session.watches
+    assert watch.wait_for(1, 30) and watch.steps[0].swapped
+    old = engine_proc.pid
+    engine_proc.stop()
+    rule.write_text(WATCHED_RULE.format(spam=True))
+    assert watch.wait_for(2, 30) and watch.steps[1].gone and watch.running
+    assert "once the engine is back" in watch.text()
+    new = engine_proc.restart()["pid"]
+    rule.write_text(WATCHED_RULE.format(spam=True) + "# saved again\n")
+    assert watch.wait_for(3, 30), watch.text()
+    back = watch.steps[2]
+    assert back.reconnected.endswith(f"it was restarted (pid {old}, now {new})")
+    assert back.swapped and back.active == back.version, watch.text()
+    assert f"now {new})" in watch.text() and watch.error is None
+    assert hs(ip, "status")["pid"] == new  # the session follows too
+    assert hs(ip, "unwatch")["stopped"] == ["rules.py"]

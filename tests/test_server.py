@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import stat
 import threading
@@ -143,6 +144,27 @@ def test_second_client_receives_events(engine_proc: EngineProcess) -> None:
             (v2, "active"),
             ("spam@1", "retired"),
         ]
+
+
+def test_a_client_sees_its_idle_connection_dropped_without_sending(
+    engine_proc: EngineProcess,
+) -> None:
+    # What the shell and %hotswap ask before a command: an engine that stopped
+    # since the last one is found gone, and nothing is sent on the dead socket.
+    with Client.connect() as idle, Client.connect() as watcher, Client.connect() as actor:
+        assert not idle.dropped()
+        watcher.subscribe()
+        actor.load("spam", rule_source("spam_v2.py"), "spam_v2.py")
+        assert watcher._sock is not None
+        readable, _, _ = select.select([watcher._sock], [], [], 10)
+        assert readable, "no event arrived"  # it waits, unread, in the socket
+        assert not watcher.dropped()  # pending bytes are a live connection
+        assert next(watcher.events(timeout=1.0))["state"] == "loaded"
+        engine_proc.stop()
+        assert idle.dropped() and idle.connected  # seen, and still to be closed by its owner
+        with pytest.raises(ConnectionLost):
+            idle.status()
+        assert idle.dropped() and not idle.connected
 
 
 def test_thirty_two_concurrent_clients(engine_proc: EngineProcess) -> None:

@@ -43,7 +43,7 @@ class EngineLink:
     @property
     def lost(self) -> bool:
         """Whether the connection is known to be gone."""
-        return self._lost or not self.client.connected
+        return self._lost or self.client.dropped()
 
     def mark_lost(self) -> None:
         """Record that a request found the engine gone."""

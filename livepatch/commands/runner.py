@@ -349,10 +349,10 @@ class CommandRunner(LineRunner):
     def _lost_message(self, exc: ConnectionLost) -> str:
         from .link import EngineGone
 
-        if isinstance(exc, EngineGone):
-            return exc.message
         name = self.link.name
         if not self.prefix:  # the shell: it keeps trying
+            if isinstance(exc, EngineGone):
+                return exc.message
             return (
                 f"connection lost: engine {name!r} stopped answering; "
                 "the shell reconnects when it is back"
