@@ -201,7 +201,11 @@ class HotswapSession:
         # Tied to this kernel: a kernel killed with -9 takes its engine along.
         try:
             process = EngineProcess(
-                name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True
+                name,
+                ["--traffic", f"{rate:g}"] if rate else [],
+                tie_to_parent=True,
+                # ipython-PID is this kernel's own name: no log left behind.
+                ephemeral=name == self.default_name(),
             )
         except ValueError as exc:  # a bad LIVEPATCH_LOG_MAX_BYTES
             raise EngineStartFailed(f"could not start engine {name!r}: {exc}") from None

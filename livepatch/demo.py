@@ -44,7 +44,8 @@ def start_engine(name: str, rate: float, timeout: float = 60.0) -> Iterator[dict
 
 
 def _demo_engine(name: str, rate: float) -> EngineProcess:
-    return EngineProcess(name, ["--traffic", f"{rate:g}"] if rate else [], tie_to_parent=True)
+    args = ["--traffic", f"{rate:g}"] if rate else []
+    return EngineProcess(name, args, tie_to_parent=True, ephemeral=True)
 
 
 def startup_notes(engine: EngineProcess) -> list[str]:

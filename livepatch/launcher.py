@@ -25,6 +25,11 @@ Why each choice:
 - The engine runs in its **own session** (process group), so Ctrl-C or a
   closed terminal reaches only the front end, which then stops the engine
   properly (connection file, socket and native copies removed).
+- An engine whose name is the front end's own (``demo-PID``,
+  ``ipython-PID``: ``ephemeral``) leaves **no log behind** once the front
+  end has stopped it: nothing will ever ask for that name's log again, and a
+  runtime directory under ``$HOME`` would otherwise gain a file per run. An
+  engine that died by itself keeps its log, which the front end pointed to.
 - With ``tie_to_parent`` the engine watches its parent's pid
   (``LIVEPATCH_PARENT_PID``) and stops itself when the parent is gone, so a
   ``kill -9``ed kernel leaves no engine behind under PID 1.
@@ -32,6 +37,7 @@ Why each choice:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -150,11 +156,14 @@ class EngineProcess:
         env: Mapping[str, str] | None = None,
         tie_to_parent: bool = False,
         log: Path | None = None,
+        ephemeral: bool = False,
     ) -> None:
         self.name = name
         self.args = list(args)
         self.env = dict(env or {})
         self.tie_to_parent = tie_to_parent
+        #: The name is this front end's own: :meth:`stop` removes the log.
+        self.ephemeral = ephemeral
         self.log_path = log or log_path(name)
         #: Past this size the log is rotated (see the module's docstring).
         self.log_max_bytes = log_limit()
@@ -318,7 +327,8 @@ class EngineProcess:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
+        healthy = proc.poll() is None
+        if healthy:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout)
@@ -327,6 +337,10 @@ class EngineProcess:
                 proc.wait()
         self._stop_trimmer()
         self._close_log()
+        if self.ephemeral and healthy:
+            for path in (self.log_path, _older(self.log_path)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         return proc.returncode
 
     def restart(self, timeout: float = 60.0) -> dict[str, Any]:

@@ -184,13 +184,23 @@ class NameClaim:
     ``<name>.lock``, whatever the transport, until :meth:`release` or the
     process's death (the kernel drops it however the process dies)."""
 
-    def __init__(self, name: str, fd: int) -> None:
+    def __init__(self, name: str, fd: int, path: Path) -> None:
         self.name = name
         self._fd = fd
+        self._path = path
 
     def release(self) -> None:
-        """Give the name back (idempotent)."""
+        """Give the name back and remove the lock file (idempotent).
+
+        Removed while still locked, so a claim racing this one either locks
+        this file and then finds it unlinked (and tries again on the new
+        one: :func:`claim_name`), or creates the next; a name is never held
+        twice, and the runtime directory keeps no file per engine that ran.
+        """
         if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                if os.stat(self._path).st_ino == os.fstat(self._fd).st_ino:
+                    os.unlink(self._path)
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
@@ -201,28 +211,45 @@ def claim_name(name: str, directory: Path | None = None) -> NameClaim:
     :class:`RuntimeDirError` naming the engine that has it."""
     directory = directory or runtime_dir()
     path = directory / f"{validate_name(name)}.lock"
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            info = _read(_connection_path(name, directory))
+            where = (
+                f"pid {info.pid}, on {info.transport}:{info.address}" if info else f"pid {holder}"
+            )
+            raise RuntimeDirError(
+                f"an engine named {name!r} is already running ({where}): "
+                "pick another --name or stop it"
+            ) from None
+        # Locked, but is it still the file at that path? Its holder may have
+        # released (unlinked) it between our open and our lock.
+        try:
+            current = os.stat(path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return NameClaim(name, fd, path)
+
+
+def _open_lock(path: Path) -> int:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise RuntimeDirError(
                 f"{path} is a symlink: refusing to follow it; remove it"
             ) from None
         raise RuntimeDirError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        info = _read(_connection_path(name, directory))
-        where = f"pid {info.pid}, on {info.transport}:{info.address}" if info else f"pid {holder}"
-        raise RuntimeDirError(
-            f"an engine named {name!r} is already running ({where}): pick another --name or stop it"
-        ) from None
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return NameClaim(name, fd)
 
 
 def _connection_path(name: str, directory: Path) -> Path:

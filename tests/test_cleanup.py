@@ -82,6 +82,8 @@ def test_the_fleet_demo_takes_its_engines_along(
         if how == signal.SIGTERM:
             assert code == 128 + signal.SIGTERM  # it stopped, it did not die
             assert gone(pids)  # its clean-up stopped them before it exited
+            # Nor a file: demo-PID-i names are never used again (logs, locks).
+            assert sorted(p.name for p in runtime_dir.iterdir()) == []
         wait_for(lambda: gone(pids), 30, "the members to stop")
         wait_for(lambda: list_engines(runtime_dir) == [], 30, "their connection files to go")
     finally:
@@ -146,3 +148,71 @@ def test_a_killed_control_plane_benchmark_leaves_no_reference_server(
     finally:
         bench.kill()
         bench.wait()
+
+
+def test_the_demo_leaves_nothing_in_the_runtime_directory(runtime_dir: Path) -> None:
+    # Its engine is demo-PID, a name no one uses again: before, every run left
+    # demo-PID.lock and demo-PID.log behind (under ~/.livepatch/runtime, for
+    # good, where no XDG_RUNTIME_DIR is cleared at logout).
+    done = subprocess.run(
+        [sys.executable, "-m", "livepatch", "demo", "--rate", "0"],
+        input="quit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stopped" in done.stdout
+    assert sorted(p.name for p in runtime_dir.iterdir()) == []
+
+
+def test_an_engine_that_died_by_itself_keeps_its_log(runtime_dir: Path) -> None:
+    # The front end pointed at that log to say why; only an engine it stopped
+    # itself, healthy, leaves nothing.
+    from livepatch.launcher import EngineProcess
+
+    engine = EngineProcess("short-lived", ["--no-quarantine"], ephemeral=True)
+    engine.start()
+    assert engine.proc is not None
+    engine.proc.kill()
+    engine.proc.wait()
+    engine.stop()
+    assert '{"ready"' in (runtime_dir / "short-lived.log").read_text()
+    engine = EngineProcess("short-lived", ["--no-quarantine"], ephemeral=True)
+    engine.start()
+    engine.stop()
+    assert sorted(p.name for p in runtime_dir.iterdir()) == []
+
+
+def test_a_released_name_leaves_no_lock_file_and_is_never_held_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from livepatch import runtime
+    from livepatch.runtime import RuntimeDirError, claim_name
+
+    first = claim_name("e", tmp_path)
+    with pytest.raises(RuntimeDirError, match="already running"):
+        claim_name("e", tmp_path)
+    first.release()
+    assert not (tmp_path / "e.lock").exists()
+    # The race release's unlink opens: a claim opens the old file, its holder
+    # releases (unlinks, unlocks) before the claim locks it. The claim must
+    # not keep the unlinked file, or a third claim would take the name too.
+    held = claim_name("e", tmp_path)
+    opened = runtime._open_lock
+    calls = []
+
+    def open_then_release(path: Path) -> int:
+        fd = opened(path)
+        if not calls:
+            held.release()
+        calls.append(path)
+        return fd
+
+    monkeypatch.setattr(runtime, "_open_lock", open_then_release)
+    second = claim_name("e", tmp_path)
+    assert len(calls) == 2  # the orphan was seen, and the claim tried again
+    with pytest.raises(RuntimeDirError, match="already running"):
+        claim_name("e", tmp_path)
+    second.release()
+    assert list(tmp_path.iterdir()) == []

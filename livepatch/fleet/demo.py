@@ -64,6 +64,7 @@ def _members(fleet: str, count: int, rate: float) -> Iterator[list[dict[str, Any
             ],
             env={REFUSE_ENV: "1"} if i == count else None,
             tie_to_parent=True,  # a demo killed with -9 leaves no member behind
+            ephemeral=True,  # demo-PID-i: no log left behind
         )
         for i in range(1, count + 1)
     ]
