@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -325,3 +326,27 @@ def test_a_member_stuck_right_after_a_push_is_shown_on_what_it_acked(
     assert rows["b"]["state"] == "unreachable"
     assert rows["b"]["active"]["spam"] == {"version": record.acks["b"], "sha256": sha_of(rule(2))}
     assert said == sha_of(rule(1))  # (what the view had to see past)
+
+
+def test_a_member_that_is_gone_is_shown_down_and_named_by_the_next_push(
+    engines: list[EngineProcess], tmp_path: Path
+) -> None:
+    # Killed (or stopped) after it reported itself ready: before, `status
+    # --fleet` went on showing its last report, "ready" and "converged yes".
+    for name in "ab":
+        member(engines, name)
+    assert push_local(FLEET, "spam", rule(1), "rule_v1.py").ok
+    gone = engines[1]
+    assert gone.proc is not None
+    gone.proc.kill()
+    gone.proc.wait()
+    rows = {m["name"]: m for m in view()["members"]}  # type: ignore[attr-defined]
+    assert rows["b"]["state"] == "down" and rows["b"]["converged"] is None
+    assert rows["a"]["state"] == "ready" and rows["a"]["converged"] is True
+    table = run_cli("status", "--fleet", FLEET).stdout
+    assert re.search(r"^b +down +- ", table, re.M), table
+    path = tmp_path / "rule_v2.py"
+    path.write_text(rule(2), encoding="utf-8")
+    pushed = run_cli("push", str(path), "--slot", "spam", "--fleet", FLEET)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "b: down" in pushed.stdout, pushed.stdout  # not silently left out

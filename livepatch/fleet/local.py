@@ -281,6 +281,10 @@ def push_local(
         pusher=os.getpid(),
         deadline=time.time() + deadline_s,
     )
+    # Members that reported before and have no live engine now: named in the
+    # record (and by the push's output), never silently left out.
+    live = {info.name for info in members}
+    record.down = sorted(set(store.read_members()) - live)
     if expect is not None and not _matches(current, expect):
         return _abort(
             store,

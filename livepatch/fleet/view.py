@@ -103,6 +103,10 @@ def local_view(fleet: str, history: int = 10) -> dict[str, Any]:
                 err = errors.get(name)
                 row["state"] = "unreachable"
                 row["error"] = err.message if isinstance(err, LivepatchError) else str(err)
+            else:
+                # No live engine of that name: its last report is history,
+                # however "ready" it read (kill -9, a stop, a crash).
+                row["state"] = "down"
         members.append(row)
     return {
         "fleet": fleet,
