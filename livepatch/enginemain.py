@@ -190,11 +190,13 @@ class Traffic:
         while not self.stop_event.is_set():
             for slot in slots:
                 # A failing rule is counted in its version's errors; the
-                # traffic must go on whatever the rules do.
-                with contextlib.suppress(Exception):
+                # traffic must go on whatever the rules do, sys.exit() and
+                # KeyboardInterrupt included (this is not the main thread:
+                # they can only come from a rule, and ended the thread).
+                with contextlib.suppress(BaseException):
                     self.engine.call(slot, "classify", messages[i % len(messages)])
             for slot in native:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(BaseException):
                     self.engine.call(slot, "classify", messages[i % len(messages)].text)
             i += 1
             next_at += interval

@@ -161,7 +161,10 @@ class CallFailed(LivepatchError, RuntimeError):
             if code.co_filename.endswith(f"[{version}]"):
                 where = {"filename": code.co_filename.rsplit(" [", 1)[0], "line": tb.tb_lineno}
             tb = tb.tb_next
-        text = str(exc).strip().splitlines()
+        try:
+            text = str(exc).strip().splitlines()
+        except Exception:  # noqa: BLE001 - a rule's __str__ that raises, as traceback shows it
+            text = ["<exception str() failed>"]
         message = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
         at = f" at {where['filename']}:{where['line']}" if where else ""
         return cls(

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import CallFailed
+from .interrupt import Interrupted
 from .resolve import Problem
 
 __all__ = ["HANDOFF", "check_handoff", "hand_over"]
@@ -72,7 +73,12 @@ def hand_over(version: str, namespace: Mapping[str, Any], previous: dict[str, An
         return False
     try:
         hook(types.MappingProxyType(previous))
-    except Exception as exc:  # noqa: BLE001 - the rule's hook failed: refuse the swap
+    except Interrupted:
+        raise  # the engine's own deadline, not the hook's failure
+    except BaseException as exc:  # noqa: BLE001 - the rule's hook failed: refuse the swap
+        # sys.exit() and KeyboardInterrupt too: raised by rule code on a
+        # worker thread, they are its failure, and before they ended the
+        # connection's thread (the client was told the engine stopped).
         failed = CallFailed.from_exception(version, HANDOFF, exc)
         raise CallFailed(
             f"{failed.message}: the swap was refused and nothing changed", **failed.data

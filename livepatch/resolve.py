@@ -349,6 +349,17 @@ def _check_member(
         actual = inspect.signature(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return  # a callable without introspectable parameters: nothing to compare
+    except Exception as exc:  # noqa: BLE001 - the rule's own __signature__ raised
+        out.append(
+            Problem(
+                "signature-mismatch",
+                name,
+                line,
+                f"{name}'s signature cannot be read ({type(exc).__name__}: {exc}), so it "
+                f"cannot be compared with {iface.name}.{name}{format_signature(expected)}",
+            )
+        )
+        return
     reason = _signature_problem(expected, actual)
     if reason is not None:
         out.append(

@@ -27,6 +27,7 @@ from .callpool import note_version
 from .convert import CallPlan, ConversionError, to_json
 from .engine import Commit, Engine, Event
 from .errors import BadResult, CallFailed, LivepatchError, StorageError
+from .interrupt import Interrupted
 from .journal import Journal, Peer
 from .model import Change
 from .native import MAX_OBJECT
@@ -292,9 +293,11 @@ class Service:
             raise InvalidParams(f"{version} {symbol}: {exc}", param="args") from None
         try:
             result = runner(version, symbol, *py_args, **py_kwargs)
-        except LivepatchError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the rule failed: the caller is told
+        except (LivepatchError, Interrupted):
+            raise  # the engine's own errors, and its deadline (a timeout)
+        except BaseException as exc:  # noqa: BLE001 - the rule failed: the caller is told
+            # SystemExit, KeyboardInterrupt and the like too: a rule raised
+            # them on a call thread, so they are its failure, not "internal".
             raise CallFailed.from_exception(version, symbol, exc) from None
         try:
             shown = to_json(result)

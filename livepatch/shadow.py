@@ -54,7 +54,7 @@ from typing import Any
 
 from .convert import to_json
 from .errors import BadState, CallFailed, LivepatchError
-from .interrupt import Interrupted, ThreadDeadline, absorb_interrupt
+from .interrupt import ThreadDeadline, absorb_interrupt
 from .journal import Journal, Peer
 from .model import Event, parse_version_id
 from .states import VersionState
@@ -376,9 +376,9 @@ class ShadowRun:
         self._current = (time.monotonic() + self.timeout_s, watch)
         try:
             result = fn(*args, **(kwargs or {}))
-        except Interrupted as exc:
-            result, error = None, exc
-        except Exception as exc:  # noqa: BLE001 - the candidate's failure is a finding
+        except BaseException as exc:  # noqa: BLE001 - the candidate's failure is a finding
+            # Its deadline (Interrupted), and sys.exit() or KeyboardInterrupt
+            # as well: before, those ended the worker and the report read clean.
             result, error = None, exc
         finally:
             elapsed = time.monotonic_ns() - started
