@@ -467,12 +467,24 @@ def json_arguments(texts: list[str]) -> list[Any]:
     """
     values = []
     for i, text in enumerate(texts, 1):
+
+        def no_constant(name: str, i: int = i) -> Any:
+            raise ValueError(
+                f"argument {i} holds {name}, which JSON (and so the engine) cannot carry: "
+                "use a number or null"
+            )
+
         try:
-            values.append(json.loads(text))
+            values.append(json.loads(text, parse_constant=no_constant))
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f"argument {i} is not JSON ({exc.msg} at column {exc.colno}): quote it, "
                 """e.g. '"text"' or '{"sender": "a@b.c", "text": "hi"}'"""
+            ) from None
+        except RecursionError:
+            raise ValueError(
+                f"argument {i} nests too deeply to decode: flatten it (the engine takes "
+                "a few hundred levels at most)"
             ) from None
     return values
 

@@ -143,9 +143,15 @@ def runtime_dir(create: bool = True) -> Path:
     else:
         path = Path.home() / ".livepatch" / "runtime"
     if create:
+        _check_private_dir(path)  # a symlink or a file: say so, make nothing
         old = os.umask(0o077)
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way, no such place, read-only
+            raise RuntimeDirError(
+                f"cannot create runtime directory {path}: {exc.strerror or exc}; "
+                "set LIVEPATCH_RUNTIME_DIR to a directory of your own"
+            ) from None
         finally:
             os.umask(old)
     _check_private_dir(path)
@@ -155,15 +161,17 @@ def runtime_dir(create: bool = True) -> Path:
 def _check_private_dir(path: Path) -> None:
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # not there (yet): making it says what is in the way
     if stat.S_ISLNK(st.st_mode):
         raise RuntimeDirError(
             f"runtime directory {path} is a symlink: refusing to follow it; "
             "remove it or set LIVEPATCH_RUNTIME_DIR"
         )
     if not stat.S_ISDIR(st.st_mode):
-        raise RuntimeDirError(f"runtime directory {path} is not a directory")
+        raise RuntimeDirError(
+            f"runtime directory {path} is not a directory: remove it or set LIVEPATCH_RUNTIME_DIR"
+        )
     if st.st_uid != os.getuid():
         raise RuntimeDirError(
             f"runtime directory {path} belongs to uid {st.st_uid}, not you: "
@@ -174,9 +182,22 @@ def _check_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
+#: The longest path a Unix socket can be bound at (``sun_path`` less its NUL).
+MAX_SOCKET_PATH = 107
+
+
 def socket_path(name: str, directory: Path | None = None) -> Path:
-    """Where the engine ``name`` puts its Unix socket."""
-    return (directory or runtime_dir()) / f"{validate_name(name)}.sock"
+    """Where the engine ``name`` puts its Unix socket; :class:`RuntimeDirError`
+    when that path is longer than a Unix socket's address can hold."""
+    path = (directory or runtime_dir()) / f"{validate_name(name)}.sock"
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        raise RuntimeDirError(
+            f"the engine's socket would be {path} ({size} bytes), longer than the "
+            f"{MAX_SOCKET_PATH} bytes a Unix socket's address holds: use a shorter --name "
+            "or LIVEPATCH_RUNTIME_DIR"
+        )
+    return path
 
 
 class NameClaim:

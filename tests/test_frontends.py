@@ -589,3 +589,52 @@ from livepatch.examples.spam import Message, Verdict
 def classify(msg: Message) -> Verdict:
     return Verdict(spam={spam}, score=0.5)
 """
+
+
+def test_odd_input_and_odd_places_are_one_line_errors(
+    engine_proc: EngineProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each was "internal error" (exit 70, or 1 from the command layer) before.
+    cases = [
+        (["call", "spam.classify", "[" * 100_000], 2, "argument 1 nests too deeply"),
+        (["call", "spam.classify", "NaN"], 2, "argument 1 holds NaN, which JSON"),
+        (["watch", "--for", "1e12"], 2, "watch --for 1e+12: use a number of seconds above 0"),
+        (["watch", "--for", "0"], 2, "watch --for 0: use a number of seconds above 0"),
+    ]
+    for args, code, said in cases:
+        done = run_cli(*args, input="")
+        assert (done.returncode, done.stderr.count("\n")) == (code, 1), (args, done.stderr)
+        assert said in done.stderr, (args, done.stderr)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    places = [
+        (a_file, "is not a directory: remove it or set LIVEPATCH_RUNTIME_DIR"),
+        (a_file / "sub", "cannot create runtime directory"),
+        (Path("/proc/self/nope"), "cannot create runtime directory"),
+    ]
+    for place, said in places:
+        monkeypatch.setenv("LIVEPATCH_RUNTIME_DIR", str(place))
+        for args in (["status"], ["engine", "--name", "x1"]):
+            done = run_cli(*args)
+            assert (done.returncode, done.stderr.count("\n")) == (1, 1), (place, done.stderr)
+            assert said in done.stderr, (place, args, done.stderr)
+    # A valid name in a deep runtime directory: too long for a Unix socket's
+    # address. Said before anything is made, and nothing is left there.
+    deep = Path("/tmp") / f"lp-{os.getpid()}-{'r' * 36}"
+    monkeypatch.setenv("LIVEPATCH_RUNTIME_DIR", str(deep))
+    try:
+        done = run_cli("engine", "--name", "n" * 64)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert "use a shorter --name or LIVEPATCH_RUNTIME_DIR" in done.stderr
+        assert list(deep.iterdir()) == []
+    finally:
+        shutil.rmtree(deep, ignore_errors=True)
+
+
+def test_a_bug_in_the_command_layer_exits_70_as_the_help_says() -> None:
+    from livepatch.commands.runner import CommandResult
+
+    internal = CommandResult(ok=False, command="x", error="internal error: E", kind="internal")
+    assert internal.exit_code == 70
+    assert CommandResult(ok=False, command="x", error="no", kind="conflict").exit_code == 1
+    assert CommandResult(ok=False, command="x", error="no", usage=True).exit_code == 2

@@ -58,6 +58,9 @@ __all__ = [
 #: What the caller must do after a result: leave, or show the live view.
 Action = Literal["quit", "watch", "watch-file"]
 
+#: The longest window ``watch --for`` measures (a day).
+MAX_WATCH_S = 86_400
+
 _RED = "\x1b[31m"
 _BOLD = "\x1b[1m"
 _DIM = "\x1b[2m"
@@ -121,9 +124,12 @@ class CommandResult(Record):
 
     @property
     def exit_code(self) -> int:
-        """0 for success, 2 for a usage error, 1 for any other failure."""
+        """0 for success, 2 for a usage error, 70 for a bug in livepatch (as
+        ``livepatch --help`` says), 1 for any other failure."""
         if self.ok:
             return 0
+        if self.kind == "internal":
+            return 70
         return 2 if self.usage else 1
 
 
@@ -605,6 +611,11 @@ class CommandRunner(LineRunner):
                     f"watch needs a terminal; in a script use {self.hint('watch --for SECONDS')}"
                 )
             return self._ok(parsed, "", action="watch")
+        if not 0 < seconds <= MAX_WATCH_S:
+            raise ShellUsageError(
+                f"watch --for {seconds:g}: use a number of seconds above 0, "
+                f"at most {MAX_WATCH_S} (a day)"
+            )
         # Measured here rather than by the monitor: a script wants exactly the
         # window it asked for, from two samples of its own.
         before = self.client.status()
