@@ -35,7 +35,7 @@ from livepatch.symbols import SymbolDiff, SymbolTable
 
 from .display import _BAD, _GOOD, _HEAD, _TABLE, DiffView, Outcome, TableView, View, _e, _td, _th
 
-__all__ = ["FleetView", "PushView", "fleet_line", "html_fleet", "html_push"]
+__all__ = ["FleetView", "PushView", "detach_fleet", "fleet_line", "html_fleet", "html_push"]
 
 PREFIX: Final = "%hotswap "
 
@@ -224,6 +224,11 @@ def _take(words: list[str], flag: str) -> str | None:
     return None
 
 
+def detach_fleet(magics: Any) -> None:
+    """Back to one engine: what a ``connect NAME`` or ``start`` that worked does."""
+    setattr(magics, _ATTR, None)
+
+
 def _runner(magics: Any) -> FleetRunner | None:
     runner: FleetRunner | None = getattr(magics, _ATTR, None)
     return runner
@@ -300,7 +305,8 @@ def fleet_line(magics: Any, line: str, cell: str | None) -> View | None:
         if fleet is None:
             if registry is not None:
                 raise UsageError("--registry goes with --fleet F")
-            setattr(magics, _ATTR, None)  # back to one engine
+            # The engine verb runs, and detaches the fleet once it worked
+            # (detach_fleet): a mistyped name keeps the fleet attached.
             return None
         if verb == "start" or len(words) > 1:
             raise UsageError("usage: %hotswap connect --fleet F [--registry zookeeper://H:P/PATH]")
@@ -308,10 +314,14 @@ def fleet_line(magics: Any, line: str, cell: str | None) -> View | None:
             session = FleetSession(fleet, registry)
         except LivepatchError as exc:
             raise UsageError(exc.message) from None
-        attached = FleetRunner(session, prefix=PREFIX)
-        setattr(magics, _ATTR, attached)
-        words = ["status"]
-        verb = "status"
+        # Attached once its status answers: a fleet that cannot be shown
+        # (no such fleet, its registry unreachable) changes nothing.
+        first = FleetRunner(session, prefix=PREFIX)
+        result = first.execute(["status"])
+        if not result.ok:
+            raise UsageError(localize(result.error or "failed", PREFIX))
+        setattr(magics, _ATTR, first)
+        return _view_of(result, "status", ["status"])
     elif verb not in _ENGINE_ONLY and (attached is None or any(_is_fleet(w) for w in words)):
         routed = _routed(words)
         if routed is not None:

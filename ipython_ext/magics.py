@@ -62,7 +62,7 @@ from .display import (
     html_table,
     themed,
 )
-from .fleetview import fleet_line
+from .fleetview import detach_fleet, fleet_line
 from .session import DEFAULT_RATE, HotswapSession
 from .shadowview import ShadowView, shadow_verb
 
@@ -442,6 +442,7 @@ class HotswapMagics(Magics):
 
     def _connect(self, parsed: ParsedCommand, cell: str | None) -> Outcome:
         client = self.session.connect(parsed.optional("name"))
+        detach_fleet(self)  # connected: this kernel drives one engine now
         hello = client.hello
         slots = ", ".join(hello.get("slots", [])) or "none"
         return Outcome(
@@ -454,6 +455,7 @@ class HotswapMagics(Magics):
         name = parsed.optional("name") or self.session.default_name()
         before = self.session.engines.get(name)
         started = self.session.start(name, rate)
+        detach_fleet(self)
         again = started is before
         traffic = f"{started.rate:g} calls/s of demo traffic" if started.rate else "no traffic"
         verb = "already running" if again else "started"

@@ -222,7 +222,24 @@ def test_hotswap_connect_fleet_in_a_real_kernel(
     # IPython shows a UsageError as one line on stderr, without a traceback.
     err = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
     assert "UsageError" in err and "nobody swapped" in err and "Traceback" not in err
+    # A connect that fails changes nothing: still attached to the fleet.
+    tried = run_in(
+        kc,
+        "for line in ('connect nosuch', 'connect --fleet nosuch'):\n"
+        "    try:\n        get_ipython().run_line_magic('hotswap', line)\n"
+        "    except UsageError as e:\n        print('refused:', e)\n"
+        "s = %hotswap status\nprint('status of', s.data['fleet'])",
+    )
+    assert tried.count("refused:") == 2 and f"status of {FLEET}" in tried, tried
     # Back to one engine.
     one_engine = run_in(kc, "r = %hotswap connect a\nprint(r.data['engine'])")
     assert one_engine.strip().endswith("a")
     assert run_in(kc, "s = %hotswap status\nprint(s['name'])").split()[-1] == "a"
+    # ...and a fleet that cannot be shown leaves it on that engine.
+    kept = run_in(
+        kc,
+        "try:\n    get_ipython().run_line_magic('hotswap', 'connect --fleet nosuch')\n"
+        "except UsageError as e:\n    print('refused:', e)\n"
+        "s = %hotswap status\nprint('engine', s['name'])",
+    )
+    assert "refused:" in kept and kept.split()[-1] == "a", kept
