@@ -69,9 +69,12 @@ def build_engine(
     that cannot be journaled is not applied, and stderr says so).
     """
     from .engine import Engine
+    from .errors import LoadFailed
     from .examples.spam import SpamRules, rule_path
     from .examples.spam_native import NATIVE_SLOT, SpamNativeRules
     from .filekind import is_elf
+    from .files import read_regular_file, text_or_object
+    from .native import MAX_OBJECT
 
     engine = Engine(name=args.name)
     if state is not None:
@@ -103,9 +106,18 @@ def build_engine(
         try:
             with open(path, "rb") as f:
                 is_object = is_elf(f.read(4))
-            source = "" if is_object else Path(path).read_text(encoding="utf-8")
+            # As `livepatch load` reads it (a BOM, a coding cookie).
+            name = Path(path).name
+            content = (
+                ""
+                if is_object
+                else text_or_object(read_regular_file(path, MAX_OBJECT, name=name), name)
+            )
         except OSError as exc:
             raise UsageError(f"--load {slot}={path}: {exc.strerror}") from None
+        except LoadFailed as exc:
+            raise UsageError(f"--load {slot}={path}: {exc.message}") from None
+        source = content if isinstance(content, str) else ""
         try:
             _startup_load(engine, slot, path, None if is_object else source, state)
         except StorageError as exc:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-__all__ = ["ELF_MAGIC", "NATIVE_SUFFIXES", "check_slot_kind", "file_kind", "is_elf"]
+__all__ = [
+    "ELF_MAGIC",
+    "NATIVE_SUFFIXES",
+    "check_slot_kind",
+    "file_kind",
+    "is_elf",
+    "named_for_another_kind",
+]
 
 #: File name endings that mean native code (a C source or a shared object).
 NATIVE_SUFFIXES: Final = (".c", ".so")
@@ -31,6 +38,26 @@ def file_kind(filename: str) -> str:
 
 
 _TAKES: Final = {"native": "C sources (.c) or shared objects (.so)", "python": "Python sources"}
+
+
+def named_for_another_kind(slot: str, takes: str, filename: str) -> str | None:
+    """Why a slot that takes ``takes`` code refuses a file named ``filename``
+    (``None`` when the name fits): what the engine says whichever front end
+    sent it (a fleet push included), instead of a compiler's error about the
+    first line. Only names that say their kind count: a ``.py`` for a native
+    slot, a ``.c``/``.so`` for a Python one (cells and other names pass)."""
+    kind = file_kind(filename)
+    if takes == "native" and filename.lower().endswith(".py"):
+        kind = "python"
+    elif takes == "python" and kind == "native":
+        pass
+    else:
+        return None
+    what = "native code" if kind == "native" else "Python"
+    return (
+        f"{filename} is {what}, but slot {slot!r} is a {takes} slot and takes "
+        f"{_TAKES[takes]}: use a {kind} slot"
+    )
 
 
 def check_slot_kind(slots: Sequence[Mapping[str, Any]], slot: str, filename: str) -> None:

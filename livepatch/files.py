@@ -9,16 +9,19 @@ and the read has a deadline.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import io
 import os
 import stat
 import time
+import tokenize
 from typing import Final
 
 from .errors import LoadFailed
-from .filekind import is_elf
+from .filekind import file_kind, is_elf
 
-__all__ = ["READ_TIMEOUT_S", "read_regular_file", "text_or_object"]
+__all__ = ["READ_TIMEOUT_S", "python_source_text", "read_regular_file", "text_or_object"]
 
 #: A whole file must be read within this many seconds.
 READ_TIMEOUT_S: Final = 10.0
@@ -109,15 +112,108 @@ def _kind(mode: int) -> str:
 
 
 def text_or_object(data: bytes, name: str) -> str | bytes:
-    """A file's content as the engine loads it: an ELF object stays bytes,
-    anything else must be UTF-8 text (:class:`LoadFailed` if it is neither)."""
+    """A file's content as the engine loads it: an ELF object stays bytes; a
+    Python source is decoded as Python decodes it (:func:`python_source_text`);
+    C (``.c``, a ``.so`` that is no ELF) must be UTF-8. :class:`LoadFailed`
+    with a one-line reason otherwise."""
     if is_elf(data):
         return data
+    if file_kind(name) == "python":
+        return python_source_text(data, name)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        raise _not_utf8(name, exc.start) from None
+
+
+def python_source_text(data: bytes, name: str) -> str:
+    """The text of the Python source ``data`` as ``python3 FILE`` reads it
+    (PEP 263, :func:`tokenize.detect_encoding`): UTF-8 unless a coding cookie
+    in its first two lines says otherwise, a UTF-8 byte order mark honoured
+    and dropped. :class:`LoadFailed` names the file and what is wrong: an
+    unknown or unusable encoding in the cookie, a BOM contradicting the
+    cookie, or bytes that are not valid in the encoding.
+    """
+    bom = data.startswith(codecs.BOM_UTF8)
+    body = data[len(codecs.BOM_UTF8) :] if bom else data
+    cookie = _cookie(body)
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+    except SyntaxError:
+        if cookie is not None and not _known(cookie):
+            raise LoadFailed(
+                f"{name}: unknown encoding {cookie!r} in its coding cookie", filename=name
+            ) from None
+        if bom and cookie is not None:
+            raise LoadFailed(
+                f"{name} starts with a UTF-8 byte order mark but its coding cookie declares "
+                f"{cookie!r}: drop one of them",
+                filename=name,
+            ) from None
+        # tokenize also refuses a cookie line that is not UTF-8 itself, which
+        # python3 reads; without a cookie, the UTF-8 decoding says where it fails.
+        encoding = cookie or "utf-8"
+    if bom or encoding in ("utf-8", "utf-8-sig"):
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            offset = exc.start + len(data) - len(body)
+            if cookie is None:
+                hint = ": save it as UTF-8, or name its encoding in a coding cookie (PEP 263)"
+                raise _not_utf8(name, offset, hint) from None
+            raise _not_declared(name, cookie, offset) from None
+    declared = cookie or encoding
+    # Python reads the cookie line itself in the declared encoding: one that
+    # does not keep ASCII as ASCII (utf-16, EBCDIC) or is no text encoding
+    # (rot13, hex) is refused by python3 too ("encoding problem").
+    try:
+        ascii_safe = b"# coding=\n".decode(encoding) == "# coding=\n"
+    except (LookupError, UnicodeError):
+        ascii_safe = False
+    if not ascii_safe:
         raise LoadFailed(
-            f"{name} is neither UTF-8 text (bad byte at offset {exc.start}) "
-            "nor an ELF shared object",
+            f"{name}: {declared!r} in its coding cookie is not an encoding Python reads "
+            "source in (it must be a text encoding that keeps ASCII as ASCII)",
             filename=name,
-        ) from None
+        )
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise _not_declared(name, declared, exc.start) from None
+
+
+def _known(encoding: str) -> bool:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return False
+    return True
+
+
+def _cookie(data: bytes) -> str | None:
+    """The encoding a PEP 263 coding cookie names, as written (the rules of
+    :func:`tokenize.detect_encoding`: line 1, or line 2 after a blank or
+    comment line 1); ``None`` without one."""
+    for line in data.split(b"\n", 2)[:2]:
+        found = tokenize.cookie_re.match(line.decode("latin-1"))
+        if found:
+            return found.group(1)
+        if not tokenize.blank_re.match(line):
+            break
+    return None
+
+
+def _not_utf8(name: str, offset: int, hint: str = "") -> LoadFailed:
+    return LoadFailed(
+        f"{name} is neither UTF-8 text (bad byte at offset {offset}) "
+        f"nor an ELF shared object{hint}",
+        filename=name,
+    )
+
+
+def _not_declared(name: str, cookie: str, offset: int) -> LoadFailed:
+    return LoadFailed(
+        f"{name} is not valid {cookie} text (bad byte at offset {offset}), "
+        "the encoding its coding cookie declares",
+        filename=name,
+    )

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import BadState, LoadFailed
+from .filekind import named_for_another_kind
 from .ids import parse_version_id
 from .native_build import BASE_FLAGS, build_identity, cached_build, compile_c, find_compiler
 from .native_elf import ElfInfo, ElfSymbol, NotSharedObject, is_elf, read_elf
@@ -213,8 +214,11 @@ class NativeBackend:
         object has run (the quarantine maps it at check). :class:`LoadFailed`
         for a compiler error or an object the dynamic linker would refuse.
         """
-        obj = self._object(version, content, filename, origin, build_dir, in_memory)
         slot, number = parse_version_id(version)
+        wrong = named_for_another_kind(slot, "native", filename)
+        if wrong is not None:
+            raise LoadFailed(wrong, filename=filename)
+        obj = self._object(version, content, filename, origin, build_dir, in_memory)
         if sha256 is None:
             data = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
             sha256 = hashlib.sha256(data).hexdigest()

@@ -350,6 +350,10 @@ def _plt_only(elf: Any, dynamic: Any) -> set[int]:
     except Exception:  # noqa: BLE001 - unusual dynamic sections: no lazy symbols
         return plt
     for kind, table in tables.items():
+        if kind == "RELR":
+            # Packed relative relocations (-z pack-relative-relocs, glibc's own
+            # libraries): addresses only, no symbol, so no r_info_sym.
+            continue
         target = plt if kind == "JMPREL" else other
         for reloc in table.iter_relocations():
             target.add(int(reloc["r_info_sym"]))

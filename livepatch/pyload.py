@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .errors import BadState, LoadFailed
+from .filekind import named_for_another_kind
 from .handoff import check_handoff
 from .ids import parse_version_id
 from .resolve import Problem, ResolveReport, check_module, interface_members
@@ -226,6 +227,9 @@ class PythonBackend:
             raise LoadFailed(
                 f"{filename} is {what}, but slot {slot} takes Python source", filename=filename
             )
+        wrong = named_for_another_kind(slot, "python", filename)
+        if wrong is not None:
+            raise LoadFailed(wrong, filename=filename)
         if sha256 is None:
             sha256 = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
         if quarantine is not None:

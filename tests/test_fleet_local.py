@@ -350,3 +350,29 @@ def test_a_member_that_is_gone_is_shown_down_and_named_by_the_next_push(
     pushed = run_cli("push", str(path), "--slot", "spam", "--fleet", FLEET)
     assert pushed.returncode == 0, pushed.stderr
     assert "b: down" in pushed.stdout, pushed.stdout  # not silently left out
+
+
+def test_a_push_reads_its_file_as_load_does_and_a_file_of_the_wrong_kind_is_named(
+    engines: list[EngineProcess], tmp_path: Path
+) -> None:
+    member(engines, "a")
+    # A C file for a Python slot: each member says so (it was the C text's
+    # SyntaxError at 1:1), and nobody swaps.
+    c_file = tmp_path / "rules.c"
+    c_file.write_text("int classify(const char *text) { return 0; }\n", encoding="utf-8")
+    wrong = run_cli("push", str(c_file), "--slot", "spam", "--fleet", FLEET)
+    assert wrong.returncode == 1, wrong.stderr
+    assert "rules.c is native code, but slot 'spam' is a python slot" in wrong.stdout
+    assert "SyntaxError" not in wrong.stdout
+    # A module saved with a byte order mark and a coding cookie, which python3
+    # runs: pushed as its text (it went with the BOM, which every member refused).
+    text = rule(7).replace('"""Fleet test rule, version 7."""', '"""Version 7: caf\u00e9."""', 1)
+    latin = tmp_path / "latin.py"
+    latin.write_bytes(b"# -*- coding: latin-1 -*-\n" + text.encode("latin-1"))
+    pushed = run_cli("push", str(latin), "--slot", "spam", "--fleet", FLEET)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    bom = tmp_path / "bom.py"
+    bom.write_bytes(b"\xef\xbb\xbf" + rule(8).encode("utf-8"))
+    pushed = run_cli("push", str(bom), "--slot", "spam", "--fleet", FLEET)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert active_sha("a") == sha_of(rule(8))  # the text, without the mark

@@ -164,12 +164,16 @@ def read_rule(path: Path) -> Rule:
                 f"at most {MAX_SENT_OBJECT / 2**20:.1f} MiB; strip it (`strip --strip-debug`)"
             )
         return data
+    from ..errors import LoadFailed
+    from ..files import text_or_object
+
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
+        # As `livepatch load` reads it: a Python module as python3 decodes it
+        # (a BOM, a coding cookie), C as UTF-8.
+        return text_or_object(data, path.name)
+    except LoadFailed as exc:
         raise FleetError(
-            f"{path} is neither UTF-8 text nor an ELF shared object: push a Python rule module, "
-            "a C source or a shared object"
+            f"{exc.message}: push a Python rule module, a C source or a shared object"
         ) from None
 
 
