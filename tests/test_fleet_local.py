@@ -376,3 +376,26 @@ def test_a_push_reads_its_file_as_load_does_and_a_file_of_the_wrong_kind_is_name
     pushed = run_cli("push", str(bom), "--slot", "spam", "--fleet", FLEET)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     assert active_sha("a") == sha_of(rule(8))  # the text, without the mark
+
+
+def test_a_push_interrupted_before_it_commits_is_abandoned_at_once(
+    engines: list[EngineProcess],
+) -> None:
+    # Ctrl-C at `push` in `livepatch shell --fleet F` (the shell lives on, so
+    # its pid says nothing): the record said "preparing" for its deadline
+    # plus 10 s, and the prepared versions stayed loaded that long.
+    member(engines, "a")
+    assert push_local(FLEET, "spam", rule(1), "rule_v1.py").ok
+
+    def interrupt(phase: str, record: PushRecord) -> None:
+        if phase == "prepared":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        push_local(FLEET, "spam", rule(2), "rule_v2.py", deadline_s=600, phase=interrupt)
+    [record] = [p for p in LocalStore(FLEET).read().pushes if p.sha256 == sha_of(rule(2))]
+    assert (record.outcome, record.reason) == (
+        "abandoned",
+        "its pusher was interrupted before committing",
+    )
+    wait_abandoned("a", sha_of(rule(2)), still_active=sha_of(rule(1)))

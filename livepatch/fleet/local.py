@@ -344,6 +344,13 @@ def push_local(
         record.finished = time.time()
         store.record(record)
         return record
+    except BaseException:
+        # Interrupted (Ctrl-C in the shell, SIGTERM) before it committed:
+        # nobody will commit it now, so say so at once. Each member's agent
+        # then unloads what it prepared, as for a pusher that died; before,
+        # the push stayed "preparing" until its deadline had long passed.
+        store.abandon(record.id, "its pusher was interrupted before committing")
+        raise
     finally:
         for client in list(clients.values()):
             client.close()
