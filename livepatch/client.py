@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .resolve import ResolveReport
     from .symbols import SymbolDiff, SymbolTable
 
-from .errors import Conflict, LivepatchError, LoadFailed, UnknownVersion
+from .errors import LivepatchError, LoadFailed
 from .filekind import NATIVE_SUFFIXES, file_kind
 from .files import read_regular_file, text_or_object
 from .protocol import (
@@ -316,19 +316,9 @@ class Client:
         params: dict[str, Any] = {"version": version}
         if expect is not None:
             params["expect"] = expect
-        try:
-            result: dict[str, Any] = self.request("swap", params)
-        except Conflict:
-            # "Another client swapped first" is wrong when --expect names a
-            # version that never existed (a typo): say that instead.
-            known = {v["id"] for s in self.status()["slots"] for v in s["versions"]}
-            if expect is not None and expect not in known:
-                slot = expect.partition("@")[0]
-                same = ", ".join(sorted(v for v in known if v.startswith(f"{slot}@")))
-                raise UnknownVersion(
-                    f"--expect {expect}: no version {expect}; {slot} has {same or 'none'}"
-                ) from None
-            raise
+        # An --expect that names no version (a typo) is the engine's
+        # UnknownVersion, not a Conflict ("another client swapped first").
+        result: dict[str, Any] = self.request("swap", params)
         return result
 
     def rollback(self, slot: str) -> dict[str, Any]:

@@ -440,6 +440,12 @@ class Engine(Introspection):
 
     # -- swap ---------------------------------------------------------------
 
+    def _known(self, slot: str, version: str) -> bool:
+        """Whether ``version`` names a version of ``slot`` (any state)."""
+        name, _, number = version.partition("@")
+        s = self._slots.get(slot)
+        return name == slot and number.isdigit() and s is not None and int(number) in s.versions
+
     def swap(
         self, version: str, expect: str | None = None, *, commit: Commit | None = None
     ) -> SwapResult:
@@ -454,6 +460,14 @@ class Engine(Introspection):
             current = s.active
             if expect is not None:
                 current_id = current.id if current else None
+                if expect != current_id and not self._known(v.slot, expect):
+                    # A typo is not "another client swapped first"; and the
+                    # journal records what the client is told.
+                    known = ", ".join(x.id for x in s.versions.values())
+                    raise UnknownVersion(
+                        f"--expect {expect}: no version {expect}; {v.slot} has {known or 'none'}",
+                        version=expect,
+                    )
                 if expect != current_id:
                     raise Conflict(
                         f"{v.slot} is running {current_id or 'nothing'}, not {expect}: "
@@ -550,6 +564,12 @@ class Engine(Introspection):
             if v.state is not VersionState.UNLOADED:
                 # Refused (the active version) before the commit, not after.
                 purged: VersionState = v.state
+                if purged is VersionState.ACTIVE:
+                    raise BadState(
+                        f"{v.id} is active: swap another version in (or roll back) "
+                        "before unloading it",
+                        state=purged.value,
+                    )
                 if purged is not VersionState.PURGED:
                     purged = transition(v.id, v.state, Op.PURGE)
                 transition(v.id, purged, Op.UNLOAD)

@@ -217,7 +217,10 @@ def test_noop_swap_changes_nothing(engine: Engine) -> None:
 def test_compare_and_swap(engine: Engine) -> None:
     v1, v2 = ready(engine, V1), ready(engine, V2)
     engine.swap(v1, expect=None)
-    with pytest.raises(Conflict, match="running spam@1, not spam@7"):
+    with pytest.raises(Conflict, match="running spam@1, not spam@2: another client"):
+        engine.swap(v2, expect=v2)
+    # A typo is not another client: it names no version (the journal says the same).
+    with pytest.raises(UnknownVersion, match=r"^--expect spam@7: no version spam@7; spam has "):
         engine.swap(v2, expect="spam@7")
     assert engine.active("spam") == v1
     assert engine.swap(v2, expect=v1).active == v2
@@ -260,7 +263,7 @@ def test_swap_back_to_retired(engine: Engine) -> None:
 def test_purge_active_is_refused(engine: Engine) -> None:
     v = ready(engine, V1)
     engine.swap(v)
-    with pytest.raises(BadState, match="is active"):
+    with pytest.raises(BadState, match=r"is active: .* before purging it$"):
         engine.purge(v)
     assert state(engine, v) == "active"
     assert engine.call("spam", "classify", SPAM).spam is True
@@ -297,8 +300,8 @@ def test_failed_check_then_unload_frees(engine: Engine) -> None:
 def test_unload_active_is_refused(engine: Engine) -> None:
     v = ready(engine, V1)
     engine.swap(v)
-    with pytest.raises(BadState, match="is active"):
-        engine.unload(v)
+    with pytest.raises(BadState, match=r"is active: .* before unloading it$"):
+        engine.unload(v)  # its own verb (it said "before purging it")
     assert engine.call("spam", "classify", SPAM).spam is True
 
 

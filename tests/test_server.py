@@ -116,6 +116,9 @@ def test_errors_carry_their_kind_and_change_nothing(engine_proc: EngineProcess) 
             client.swap("spam@1", expect="spam@2")  # spam@2 exists but is not active
         with pytest.raises(UnknownVersion, match="--expect spam@9: no version spam@9"):
             client.swap("spam@1", expect="spam@9")  # a typo is not "another client"
+        refused = client.journal()[-1]  # and the audit log says what the client was told
+        assert (refused["op"], refused["ok"]) == ("swap", False)
+        assert refused["result"].startswith("--expect spam@9: no version spam@9")
         with pytest.raises(BadState, match="is active"):
             client.purge("spam@1")
         with pytest.raises(CallFailed, match="AttributeError"):
