@@ -638,3 +638,21 @@ def test_a_bug_in_the_command_layer_exits_70_as_the_help_says() -> None:
     assert internal.exit_code == 70
     assert CommandResult(ok=False, command="x", error="no", kind="conflict").exit_code == 1
     assert CommandResult(ok=False, command="x", error="no", usage=True).exit_code == 2
+
+
+def test_what_the_engine_refuses_as_written_exits_2(engine_proc: EngineProcess) -> None:
+    # A malformed version id and the shadow's bounds: usage errors, naming the
+    # flag the user typed (it said "param 'for_s' of 'shadow'", exit 1).
+    assert run_cli("load", str(rule_path("spam_v2.py"))).returncode == 0
+    assert run_cli("check", "spam@2").returncode == 0
+    cases = [
+        (["check", "spam@"], "'spam@' is not a version id: use SLOT@N"),
+        (["shadow", "spam@2", "--for", "inf"], "--for inf: use seconds from 0.001 to 86,400"),
+        (["shadow", "spam@2", "--for", "1e-9"], "--for 1e-09: use seconds from 0.001 to"),
+        (["shadow", "spam@2", "--sample", "1e-300"], "--sample 1e-300: use a fraction from"),
+        (["shadow", "spam@2", "--queue", "99999999999"], "use calls from 1 to 1,000,000"),
+    ]
+    for args, said in cases:
+        done = run_cli(*args)
+        assert (done.returncode, done.stderr.count("\n")) == (2, 1), (args, done.stderr)
+        assert said in done.stderr, (args, done.stderr)

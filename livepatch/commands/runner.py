@@ -327,7 +327,14 @@ class CommandRunner(LineRunner):
                 self.monitor.request_refresh()
             return self._failure(text, self._lost_message(exc), kind=exc.kind)
         except LivepatchError as exc:
-            return self._failure(text, localize(exc.message, self.prefix), kind=exc.kind)
+            # The engine's bad-params is what the user typed (`check spam@`):
+            # a command that cannot be run as written, exit 2.
+            return self._failure(
+                text,
+                localize(exc.message, self.prefix),
+                kind=exc.kind,
+                usage=exc.kind == "bad-params",
+            )
         except Exception as exc:  # a traceback shown to a user is a bug
             if os.environ.get("LIVEPATCH_DEBUG"):
                 raise

@@ -16,6 +16,7 @@ Nothing here imports the engine core.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -121,7 +122,39 @@ def shadow_params(what: str, slot: str | None, options: dict[str, Any]) -> dict[
         )
     if params.get("for_s") == 0:
         raise ShellUsageError("--for 0: give a number of seconds above 0, or leave it out")
+    _within_the_protocols_bounds(params)
     return params
+
+
+#: What each bound param is called on the command line, and what it counts.
+_FLAGS = {
+    "sample": ("--sample", "a fraction"),
+    "for_s": ("--for", "seconds"),
+    "queue": ("--queue", "calls"),
+}
+
+
+def _within_the_protocols_bounds(params: dict[str, Any]) -> None:
+    """The engine's own bounds (the protocol's schema), said as the flag the
+    user typed and exit 2, instead of the engine's ``param 'for_s'`` (exit 1)."""
+    from ..protocol.schema import METHODS
+
+    for param, (flag, unit) in _FLAGS.items():
+        value = params.get(param)
+        if value is None:
+            continue
+        spec = METHODS["shadow"][param]
+        low = spec.minimum if spec.minimum is not None else -math.inf
+        high = spec.maximum if spec.maximum is not None else math.inf
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ShellUsageError(
+                f"{flag} {_shown(value)}: use {unit} from {_shown(low)} to {_shown(high)}"
+            )
+
+
+def _shown(x: float) -> str:
+    """``1,000,000`` for a whole number, ``0.001`` otherwise."""
+    return f"{int(x):,}" if math.isfinite(x) and x == int(x) and abs(x) >= 1 else f"{x:g}"
 
 
 def default_slot(status: dict[str, Any], what: str) -> str:
