@@ -466,7 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--swap, jurigged, autoreload) with what each does with a broken save, side by side "
         "in one run. Exit 1 only when a correctness goal is missed.",
     )
-    p.add_argument("--quick", action="store_true", help="small counts (about 15 s), as CI runs it")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            "small counts, as CI runs it; a section named with --section also counts "
+            "its instructions under valgrind where it has them (load_check, callgrind, "
+            "shadow: minutes)"
+        ),
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     p.add_argument(
         "--plot",

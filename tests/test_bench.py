@@ -331,6 +331,9 @@ def test_an_output_file_that_cannot_be_written_is_said_before_measuring(tmp_path
         (["--json", str(missing / "r.json")], f"{missing} does not exist"),
         (["--json", str(tmp_path)], "is a directory"),
         (["--plot", str(missing / "p.svg")], f"{missing} does not exist"),
+        # Its directory exists and access() says yes (root), yet nothing can
+        # be created there: it was found out after the whole run.
+        (["--json", "/proc/livepatch-bench.json"], "cannot be written (No such file"),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "livepatch", "bench", "--section", "swap_under_load", *args],
@@ -341,6 +344,13 @@ def test_an_output_file_that_cannot_be_written_is_said_before_measuring(tmp_path
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
         assert done.stdout == ""  # nothing was measured
+    kept = tmp_path / "kept.json"
+    kept.write_text("earlier results\n")
+    from livepatch.bench.report import _unwritable
+
+    assert _unwritable(str(kept)) is None and kept.read_text() == "earlier results\n"
+    assert _unwritable(str(tmp_path / "new.json")) is None
+    assert not (tmp_path / "new.json").exists()  # the check leaves nothing behind
 
 
 def test_saved_module_versions() -> None:

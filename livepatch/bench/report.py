@@ -399,6 +399,16 @@ def _unwritable(path: str) -> str | None:
         return f"{parent} does not exist: create it or name a file elsewhere"
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         return "cannot be written here: name a file you can write"
+    # What access() cannot tell (/proc, /sys, a read-only mount, root's
+    # bypass): open it as the end of the run will, keeping what it holds.
+    existed = target.exists()
+    try:
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        return f"cannot be written ({exc.strerror or exc}): name a file you can write"
+    if not existed:
+        target.unlink(missing_ok=True)
     return None
 
 
