@@ -145,6 +145,13 @@ def test_every_command_against_a_real_engine(runner: CommandRunner) -> None:
     listing = run(runner, "help").text
     for name in ("status", "load FILE [--slot SLOT]", "watch", "quit"):
         assert name in listing
+    # Fits a 120-column terminal: a long usage gets a line of its own (the
+    # usage column was as wide as the longest one, and every line wrapped).
+    assert max(map(len, listing.splitlines())) <= 120, listing
+    assert "  check VERSION   " in listing  # short ones still share their line
+    # What the user typed is quoted back shortened (a paste of 5,000 characters).
+    echoed = fail(runner, "status " + "x" * 5000).error or ""
+    assert len(echoed) < 200 and "(5,000 characters)" in echoed, echoed
     assert run(runner, "help swap").text.startswith("usage: swap VERSION [--expect VERSION]")
     assert run(runner, "swap --help").text == run(runner, "? swap").text
     assert run(runner, "quit").action == "quit"

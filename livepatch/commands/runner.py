@@ -58,6 +58,9 @@ __all__ = [
 #: What the caller must do after a result: leave, or show the live view.
 Action = Literal["quit", "watch", "watch-file"]
 
+#: The widest usage column of ``help``; longer usages get a line of their own.
+HELP_USAGE_COLUMN = 36
+
 #: The longest window ``watch --for`` measures (a day).
 MAX_WATCH_S = 86_400
 
@@ -641,8 +644,16 @@ class CommandRunner(LineRunner):
         if name is not None:
             return self._ok(parsed, lookup(name).help_text(self.prefix))
         specs = [lookup(n) for n in command_names(aliases=False)]
-        width = max(len(s.usage()) for s in specs)
-        lines = [f"  {s.usage():<{width}}  {s.summary}" for s in specs]
+        # As argparse lays out its help: a usage past the column goes on a
+        # line of its own, its summary below it (a column as wide as the
+        # longest usage, ~95 characters, wrapped every line at 120).
+        width = min(max(len(s.usage()) for s in specs), HELP_USAGE_COLUMN)
+        lines = []
+        for s in specs:
+            if len(s.usage()) <= width:
+                lines.append(f"  {s.usage():<{width}}  {s.summary}")
+            else:
+                lines += [f"  {s.usage()}", f"  {'':<{width}}  {s.summary}"]
         lines += [
             "",
             "Separate commands with ';'. Tab completes commands, files, slots and versions;",

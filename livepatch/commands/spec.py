@@ -491,6 +491,18 @@ def localize(message: str, prefix: str) -> str:
     return _QUOTED_COMMAND.sub(sub, message)
 
 
+#: How much of a word the user typed an error quotes back.
+_SAID_MAX = 60
+
+
+def _said(word: str) -> str:
+    """``word`` quoted for an error line: whole when short, else its start and
+    its length (a 5,000-character paste is not echoed back whole)."""
+    if len(word) <= _SAID_MAX:
+        return repr(word)
+    return f"{word[:_SAID_MAX]!r}... ({len(word):,} characters)"
+
+
 def lookup(name: str, commands: Mapping[str, CommandSpec] | None = None) -> CommandSpec:
     """The command called ``name`` (in ``commands``, default :data:`COMMANDS`);
     the error suggests the closest one."""
@@ -502,7 +514,7 @@ def lookup(name: str, commands: Mapping[str, CommandSpec] | None = None) -> Comm
 
     close = difflib.get_close_matches(name, list(table), n=1)
     hint = f"did you mean `{close[0]}`? " if close else ""
-    raise ShellUsageError(f"unknown command {name!r}: {hint}`help` lists the commands")
+    raise ShellUsageError(f"unknown command {_said(name)}: {hint}`help` lists the commands")
 
 
 def _convert(option: Option, raw: str) -> object:
@@ -512,7 +524,9 @@ def _convert(option: Option, raw: str) -> object:
         except ValueError:
             number = -1.0
         if not number >= 0:
-            raise ShellUsageError(f"{option.flag}: expected a number of 0 or more, got {raw!r}")
+            raise ShellUsageError(
+                f"{option.flag}: expected a number of 0 or more, got {_said(raw)}"
+            )
         return number
     if option.kind is ArgKind.SECONDS:
         try:
@@ -520,7 +534,7 @@ def _convert(option: Option, raw: str) -> object:
         except ValueError:
             value = -1.0
         if not value >= 0:  # also refuses nan
-            raise ShellUsageError(f"{option.flag}: expected a number of seconds, got {raw!r}")
+            raise ShellUsageError(f"{option.flag}: expected a number of seconds, got {_said(raw)}")
         return value
     if option.kind is ArgKind.FRACTION:
         try:
@@ -530,12 +544,14 @@ def _convert(option: Option, raw: str) -> object:
         if not 0 < value <= 1:  # also refuses nan
             raise ShellUsageError(
                 f"{option.flag}: expected a fraction above 0 and at most 1 (0.1 is 10 %), "
-                f"got {raw!r}"
+                f"got {_said(raw)}"
             )
         return value
     if option.kind is ArgKind.COUNT:
         if not raw.isdigit() or int(raw) < 1:
-            raise ShellUsageError(f"{option.flag}: expected a positive whole number, got {raw!r}")
+            raise ShellUsageError(
+                f"{option.flag}: expected a positive whole number, got {_said(raw)}"
+            )
         return int(raw)
     return raw
 
@@ -562,7 +578,7 @@ def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = Non
             if option is None:
                 known = ", ".join(o.flag for o in spec.options) or "none"
                 raise ShellUsageError(
-                    f"{spec.name}: unknown option {word.partition('=')[0]!r} "
+                    f"{spec.name}: unknown option {_said(word.partition('=')[0])} "
                     f"(options: {known}); usage: {spec.usage()}"
                 )
             _, eq, raw = word.partition("=")
@@ -593,7 +609,7 @@ def parse(words: Iterable[str], commands: Mapping[str, CommandSpec] | None = Non
     extra = positionals[len([a for a in spec.args if not a.repeat]) :]
     if extra:
         raise ShellUsageError(
-            f"{spec.name}: unexpected argument {extra[0]!r}; usage: {spec.usage()}"
+            f"{spec.name}: unexpected argument {_said(extra[0])}; usage: {spec.usage()}"
         )
     return ParsedCommand(spec, words, values)
 
