@@ -615,6 +615,15 @@ def _guarded(run: Callable[[], int], as_json: bool) -> int:
             _emit_error(exc.message, exc.kind, 1)
         return 1
     except KeyboardInterrupt:
+        # The engine does not know the client gave up: a load or swap it had
+        # been sent runs to its end (it was exit 130 and not a word).
+        with contextlib.suppress(OSError):
+            print(
+                f"{PROG}: interrupted; a request already sent may still complete in the "
+                f"engine (`{PROG} journal` shows what it did)",
+                file=sys.stderr,
+                flush=True,
+            )
         return 130
     except (Stopped, SignalExit) as exc:  # SIGTERM, SIGHUP: it has unwound
         with contextlib.suppress(OSError):  # a closed terminal takes no line

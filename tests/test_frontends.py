@@ -656,3 +656,27 @@ def test_what_the_engine_refuses_as_written_exits_2(engine_proc: EngineProcess) 
         done = run_cli(*args)
         assert (done.returncode, done.stderr.count("\n")) == (2, 1), (args, done.stderr)
         assert said in done.stderr, (args, done.stderr)
+
+
+def test_ctrl_c_of_a_verb_says_the_engine_may_still_complete_it(
+    engine_proc: EngineProcess, tmp_path: Path
+) -> None:
+    # The engine does not know the client gave up: the load runs to its end.
+    slow, mark = tmp_path / "slow.py", tmp_path / "started"
+    body = f"import pathlib, time\npathlib.Path({str(mark)!r}).touch()\ntime.sleep(1.5)\n"
+    slow.write_text(body + Path(rule_path("spam_v2.py")).read_text(), encoding="utf-8")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "livepatch", "load", str(slow)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(mark.exists)  # its body runs (in the quarantine): the load is under way
+    cli.send_signal(signal.SIGINT)
+    _out, err = cli.communicate(timeout=30)
+    assert cli.returncode == 130, err
+    assert err == (
+        "livepatch: interrupted; a request already sent may still complete in the engine "
+        "(`livepatch journal` shows what it did)\n"
+    )
+    wait_for(lambda: "slow.py" in run_cli("status").stdout)  # it did: spam@2, from slow.py
