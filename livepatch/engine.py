@@ -342,11 +342,14 @@ class Engine(Introspection):
     ) -> str:
         """Load text (``str``) or, for a native slot, a ready object (``bytes``)."""
         s = self._slot(slot)
+        filename = filename or f"<{slot}>"
         if isinstance(source, str) and len(source) > MAX_SOURCE:
             raise LoadFailed(
-                f"source is {len(source)} characters, over the {MAX_SOURCE} limit", slot=slot
+                f"{filename} is {len(source):,} characters, over the {MAX_SOURCE:,} a rule "
+                "source may hold: split it into smaller modules",
+                slot=slot,
+                filename=filename,
             )
-        filename = filename or f"<{slot}>"
         data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
         sha = hashlib.sha256(data).hexdigest()
         with s.load_lock:
@@ -707,6 +710,14 @@ class Engine(Introspection):
                 f"functions callable, only once its check passes (`check {version.id}`)",
                 version=version.id,
                 symbol=symbol,
+            )
+        if version.state in (VersionState.PURGED, VersionState.UNLOADED):
+            return BadState(
+                f"{version.id} is {version.state.value}: its code is gone; call the active "
+                f"version (`call {version.slot}.{symbol}`)",
+                version=version.id,
+                symbol=symbol,
+                state=version.state.value,
             )
         return UnknownVersion(
             f"{version.id} has no callable {symbol!r}: see `symbols {version.id}`",

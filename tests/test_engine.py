@@ -563,3 +563,12 @@ def test_engine_core_imports_neither_ipython_nor_prompt_toolkit() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == ""
+
+
+def test_a_source_over_the_limit_names_its_file_and_what_to_do(engine: Engine) -> None:
+    from livepatch.pyload import MAX_SOURCE
+
+    with pytest.raises(
+        LoadFailed, match=r"^big\.py is [\d,]+ characters, over the [\d,]+ .* split"
+    ):
+        engine.load("spam", "x = 1\n" * (MAX_SOURCE // 6 + 1), "big.py")

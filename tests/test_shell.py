@@ -136,6 +136,10 @@ def test_every_command_against_a_real_engine(runner: CommandRunner) -> None:
     assert run(runner, "rollback spam").text == "spam: spam@2 -> spam@1"
     assert run(runner, "purge spam@2").text.startswith("purged spam@2")
     assert run(runner, "unload spam@2 --wait 1").text.startswith("unloaded spam@2: freed")
+    gone = fail(runner, f"call spam@2.classify '{MSG}'").error or ""
+    assert "spam@2 is unloaded: its code is gone" in gone, gone  # not "has no callable"
+    # Checking the version that serves: nothing to do next (it said "swap spam@1").
+    assert "next:" not in run(runner, "check spam@1").text
     status_lines = run(runner, "status").text.splitlines()
     assert any(line.split()[:2] == ["spam@2", "unloaded"] for line in status_lines)
     # One id column for every slot: spam_native@1 does not push its row out.

@@ -456,9 +456,11 @@ class CommandRunner(LineRunner):
         report = self.client.check(version)
         text = render_report(report, color=self.color)
         if report.ok:
-            return self._ok(
-                parsed, f"{text}\nnext: {self.hint(f'swap {version}')}", data=report.to_json()
-            )
+            active = any(
+                s.get("active") == version for s in self.client.status()["slots"]
+            )  # already serving: nothing to do next
+            following = "" if active else f"\nnext: {self.hint(f'swap {version}')}"
+            return self._ok(parsed, f"{text}{following}", data=report.to_json())
         count = len(report.errors)
         return CommandResult(
             parsed.text,
