@@ -79,8 +79,8 @@ def start_member(args: argparse.Namespace, info: ConnectionInfo) -> Member | Non
         from ..client import Client
         from ..runtime import write_connection_file
         from .handle import ClientHandle
-        from .zk import parse_zk_url
         from .zkmember import ZkMember
+        from .zkurl import parse_zk_url
 
         address = parse_zk_url(args.registry)
         client = Client(info, client_name="livepatch-fleet", timeout=120.0)
@@ -267,7 +267,7 @@ def fleet_symbols(fleet: str, registry: str | None, shas: list[str]) -> tuple[An
 def _registry_url(text: str) -> str:
     if text in ("", "local"):
         return text
-    from .zk import parse_zk_url
+    from .zkurl import parse_zk_url
 
     try:
         parse_zk_url(text)

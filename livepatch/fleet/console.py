@@ -54,7 +54,7 @@ class FleetSession:
     def __post_init__(self) -> None:
         validate_fleet_name(self.fleet)
         if self.registry not in (None, "", "local"):
-            from .zk import parse_zk_url
+            from .zkurl import parse_zk_url
 
             parse_zk_url(str(self.registry))
 

@@ -39,9 +39,7 @@ import contextlib
 import json
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
@@ -50,11 +48,14 @@ from kazoo.exceptions import (
     ConnectionLoss,
     NodeExistsError,
     NoNodeError,
+    OperationTimeoutError,
     RolledBackError,
     RuntimeInconsistency,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KeeperState
+from kazoo.retry import KazooRetry, RetryFailedError
 
 from .model import (
     LAYOUT,
@@ -72,6 +73,7 @@ from .model import (
 )
 from .zksignal import add_signal, epoch_name, pusher_epoch
 from .zksource import MAX_NODE, read_source, source_from_node, source_node, write_source
+from .zkurl import ZkAddress, parse_zk_url
 
 __all__ = [
     "MAX_NODE",
@@ -97,28 +99,8 @@ STALE_PUSH_S = 30.0
 
 _Phase = Callable[[str, PushRecord], None]
 
-
-@dataclass(frozen=True, slots=True)
-class ZkAddress:
-    """A parsed ``zookeeper://HOST:PORT[,HOST:PORT]/PATH[?timeout=S]``."""
-
-    hosts: str
-    path: str
-    timeout: float = 10.0
-
-
-def parse_zk_url(url: str) -> ZkAddress:
-    """Parse a ZooKeeper registry URL; :class:`FleetError` says what is wrong."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme != "zookeeper" or not parsed.netloc:
-        raise FleetError(f"--registry {url!r}: use zookeeper://HOST:PORT/PATH")
-    path = parsed.path.rstrip("/") or "/livepatch"
-    query = urllib.parse.parse_qs(parsed.query)
-    try:
-        timeout = float(query.get("timeout", ["10"])[0])
-    except ValueError:
-        raise FleetError(f"--registry {url!r}: timeout must be a number of seconds") from None
-    return ZkAddress(parsed.netloc, path, timeout)
+#: What a read cut short by a lost ZooKeeper left.
+_NOTHING = "nothing was changed; try again once ZooKeeper is back"
 
 
 def _dumps(value: Any) -> bytes:
@@ -129,8 +111,51 @@ def _loads(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def _connect(address: ZkAddress, wait_s: float = 15.0, handler: Any = None) -> Any:
-    client = KazooClient(hosts=address.hosts, timeout=address.timeout, handler=handler)
+#: The longest wait between two attempts to reach ZooKeeper again (kazoo's
+#: default doubles up to an hour: an engine's member came back minutes after
+#: its server). A member tries forever, so it is back within about this long
+#: (plus kazoo's jitter of up to 40 %) of its server.
+RECONNECT_MAX_S = 2.0
+
+#: A one-shot verb (push, status, history, rollback) gives ZooKeeper up once
+#: it has been unreachable for the registry's session timeout (by then our
+#: session, and a push's lease with it, is gone or going), and no sooner than
+#: this: time for a server to restart.
+GIVE_UP_MIN_S = 10.0
+
+
+def give_up_s(address: ZkAddress) -> float:
+    """How long a one-shot verb keeps trying to reach ZooKeeper again."""
+    return max(address.timeout, GIVE_UP_MIN_S)
+
+
+def _connect(
+    address: ZkAddress,
+    wait_s: float = 15.0,
+    handler: Any = None,
+    *,
+    give_up: float | None = None,
+) -> Any:
+    """A started kazoo client. ``give_up``: seconds after which a lost
+    connection is given up (the client closes, and every call waiting on it,
+    or made after, fails); ``None`` (a member): it reconnects forever. Either
+    way at most :data:`RECONNECT_MAX_S` between two attempts."""
+    sleep = handler.sleep_func if handler is not None else time.sleep
+
+    def retry(deadline: float | None) -> KazooRetry:
+        return KazooRetry(
+            max_tries=-1, max_delay=RECONNECT_MAX_S, deadline=deadline, sleep_func=sleep
+        )
+
+    client = KazooClient(
+        hosts=address.hosts,
+        timeout=address.timeout,
+        handler=handler,
+        connection_retry=retry(give_up),
+        command_retry=retry(None),
+    )
+    if give_up is not None:
+        wait_s = give_up  # the connection retry gives up then anyway
     try:
         client.start(timeout=wait_s)
     except KazooTimeoutError:
@@ -145,6 +170,23 @@ def _connect(address: ZkAddress, wait_s: float = 15.0, handler: Any = None) -> A
 
 class _Abandoned(FleetError):
     """The members gave a push up before its pusher could commit it."""
+
+
+class _Gone(FleetError):
+    """ZooKeeper was given up: unreachable for longer than :func:`give_up_s`."""
+
+
+#: What kazoo raises when ZooKeeper is lost (a client that gave it up fails
+#: every call: ConnectionLoss for those waiting, ConnectionClosedError, a
+#: SessionExpiredError, after).
+_LOST = (
+    ConnectionLoss,
+    SessionExpiredError,
+    OperationTimeoutError,
+    KazooTimeoutError,
+    RetryFailedError,
+    _Gone,
+)
 
 
 class _Paths:
@@ -249,12 +291,22 @@ class ZkRegistry:
         self.fleet = fleet
         self.paths = _Paths(address.path, fleet)
         self._own = client is None
-        self.client = client if client is not None else _connect(address)
+        #: A lost connection is given up after this long (see :func:`give_up_s`).
+        self.give_up_s = give_up_s(address)
+        self.client = client if client is not None else _connect(address, give_up=self.give_up_s)
         self._retry = self.client.retry
+        #: When the connection was lost (``None``: connected).
+        self._lost_at: float | None = None
+        self.client.add_listener(self._on_state)
+        self._guards = 0
+        #: The push under way, and how far it got (what a lost ZooKeeper left).
+        self._pushing: PushRecord | None = None
+        self._stage = "before"
         try:
-            if not create and self._retry(self.client.exists, self.paths.base) is None:
-                self._no_such_fleet()
-            self._retry(self.paths.ensure, self.client, f"ZooKeeper at {address.hosts}")
+            with self._guard(f"while opening fleet {fleet}", "nothing was changed"):
+                if not create and self._retry(self.client.exists, self.paths.base) is None:
+                    self._no_such_fleet()
+                self._retry(self.paths.ensure, self.client, f"ZooKeeper at {address.hosts}")
         except BaseException:
             self.close()
             raise
@@ -276,6 +328,8 @@ class ZkRegistry:
 
     def close(self) -> None:
         """Close the session (if this registry opened it)."""
+        with contextlib.suppress(Exception):
+            self.client.remove_listener(self._on_state)
         if self._own:
             with contextlib.suppress(Exception):
                 self.client.stop()
@@ -283,6 +337,48 @@ class ZkRegistry:
 
     def __enter__(self) -> ZkRegistry:
         return self
+
+    @property
+    def url(self) -> str:
+        """The registry's URL, as ``--registry`` takes it."""
+        query = "" if self.address.timeout == 10.0 else f"?timeout={self.address.timeout:g}"
+        return f"zookeeper://{self.address.hosts}{self.address.path}{query}"
+
+    @contextlib.contextmanager
+    def _guard(self, during: str, left: str | Callable[[], str]) -> Iterator[None]:
+        """Make ZooKeeper lost for good (or a session lost) during the block
+        one :class:`FleetError` line: what was lost, while doing what, and
+        what is left (``left``: said then; a callable is asked then). Only
+        the outermost block of nested ones says it."""
+        self._guards += 1
+        try:
+            yield
+        except _LOST as exc:
+            if self._guards > 1:
+                raise
+            what = left() if callable(left) else left
+            raise FleetError(
+                f"lost ZooKeeper at {self.address.hosts} {during} ({self._why(exc)}): {what}"
+            ) from None
+        finally:
+            self._guards -= 1
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            self._lost_at = None
+        elif self._lost_at is None:
+            self._lost_at = time.monotonic()
+
+    def _why(self, exc: BaseException) -> str:
+        if isinstance(exc, _Gone) or self.client.client_state == KeeperState.CLOSED:
+            lost = self._lost_at
+            seconds = self.give_up_s if lost is None else time.monotonic() - lost
+            return f"unreachable for {seconds:.0f} s"
+        if isinstance(exc, SessionExpiredError):
+            return "its session expired"
+        if isinstance(exc, ConnectionLoss):
+            return "the connection dropped"
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -292,47 +388,55 @@ class ZkRegistry:
     def put_source(self, source: Rule, filename: str) -> str:
         """Store a source or an object's bytes content-addressed (idempotent;
         split into chunk nodes when over one node); returns its sha256."""
-        return write_source(self.client, self.paths.sources, self.paths.chunks, source, filename)
+        with self._guard("while storing a source", "it may not be stored"):
+            return write_source(
+                self.client, self.paths.sources, self.paths.chunks, source, filename
+            )
 
     def get_source(self, sha: str) -> tuple[Rule, str]:
         """``(source, filename)`` (``bytes`` for an object); ``LookupError``
         if the registry has none, or it is damaged."""
-        return read_source(self.client, self.paths.sources, self.paths.chunks, sha)
+        with self._guard("while reading a source", _NOTHING):
+            return read_source(self.client, self.paths.sources, self.paths.chunks, sha)
 
     def source_shas(self) -> list[str]:
         """The sha256 of every source and object in the registry."""
-        return sorted(self._retry(self.client.get_children, self.paths.sources))
+        with self._guard("while listing the sources", _NOTHING):
+            return sorted(self._retry(self.client.get_children, self.paths.sources))
 
     def desired(self) -> dict[str, tuple[Desired, int]]:
         """slot -> (desired version, znode version for compare-and-set)."""
         found = {}
-        for slot in self._retry(self.client.get_children, self.paths.desired):
-            with contextlib.suppress(NoNodeError):
-                data, stat = self._retry(self.client.get, f"{self.paths.desired}/{slot}")
-                where = f"{self.paths.desired}/{slot}"
-                desired = parse_node(Desired.from_json, data, where, "desired version")
-                found[slot] = (desired, stat.version)
+        with self._guard("while reading the desired versions", _NOTHING):
+            for slot in self._retry(self.client.get_children, self.paths.desired):
+                with contextlib.suppress(NoNodeError):
+                    data, stat = self._retry(self.client.get, f"{self.paths.desired}/{slot}")
+                    where = f"{self.paths.desired}/{slot}"
+                    desired = parse_node(Desired.from_json, data, where, "desired version")
+                    found[slot] = (desired, stat.version)
         return found
 
     def members(self) -> dict[str, MemberState]:
         """The live members (their ephemeral nodes), by name."""
-        names = self._retry(self.client.get_children, self.paths.members)
-        results = {n: self.client.get_async(f"{self.paths.members}/{n}") for n in names}
         found = {}
-        for name, result in results.items():
-            with contextlib.suppress(NoNodeError):
-                data, _ = result.get(30)
-                where = f"{self.paths.members}/{name}"
-                found[name] = parse_node(MemberState.from_json, data, where, "member state")
+        with self._guard("while reading the members", _NOTHING):
+            names = self._retry(self.client.get_children, self.paths.members)
+            results = {n: self.client.get_async(f"{self.paths.members}/{n}") for n in names}
+            for name, result in results.items():
+                with contextlib.suppress(NoNodeError):
+                    data, _ = result.get(30)
+                    where = f"{self.paths.members}/{name}"
+                    found[name] = parse_node(MemberState.from_json, data, where, "member state")
         return found
 
     def history(self, limit: int = 10) -> list[PushRecord]:
         """The last pushes, oldest first."""
-        names = sorted(self._retry(self.client.get_children, self.paths.pushes))[-limit:]
         records = []
-        for name in names:
-            with contextlib.suppress(NoNodeError):
-                records.append(self._record(name))
+        with self._guard("while reading the push history", _NOTHING):
+            names = sorted(self._retry(self.client.get_children, self.paths.pushes))[-limit:]
+            for name in names:
+                with contextlib.suppress(NoNodeError):
+                    records.append(self._record(name))
         return records
 
     def _record(self, push_id: str) -> PushRecord:
@@ -366,17 +470,18 @@ class ZkRegistry:
     def view(self, history: int = 10) -> dict[str, Any]:
         """The fleet side by side (see :mod:`livepatch.fleet.view`)."""
         members = []
-        for _name, m in sorted(self.members().items()):
-            row = m.to_json()
-            row["calls_per_s"] = row.pop("rate", 0.0)
-            members.append(row)
-        return {
-            "fleet": self.fleet,
-            "registry": f"zookeeper://{self.address.hosts}{self.address.path}",
-            "desired": {s: d.to_json() for s, (d, _) in sorted(self.desired().items())},
-            "members": members,
-            "pushes": [r.to_json() for r in self.history(history)],
-        }
+        with self._guard("while reading the fleet", _NOTHING):
+            for _name, m in sorted(self.members().items()):
+                row = m.to_json()
+                row["calls_per_s"] = row.pop("rate", 0.0)
+                members.append(row)
+            return {
+                "fleet": self.fleet,
+                "registry": f"zookeeper://{self.address.hosts}{self.address.path}",
+                "desired": {s: d.to_json() for s, (d, _) in sorted(self.desired().items())},
+                "members": members,
+                "pushes": [r.to_json() for r in self.history(history)],
+            }
 
     # -- pushing -------------------------------------------------------------------
 
@@ -391,7 +496,56 @@ class ZkRegistry:
         rollback: bool = False,
         phase: _Phase | None = None,
     ) -> PushRecord:
-        """Two-phase push through the registry; returns the push record."""
+        """Two-phase push through the registry; returns the push record.
+
+        ZooKeeper lost for good meanwhile (unreachable for :func:`give_up_s`)
+        is a :class:`FleetError` whose one line says what the push left:
+        nothing, a push not committed (its members record it abandoned once
+        ZooKeeper is back: its lease goes with our session), one committed,
+        or, lost during the commit itself, one of those two, never half.
+        """
+        self._pushing, self._stage = None, "before"
+        try:
+            with self._guard("during the push", self._push_left):
+                return self._push(slot, source, filename, expect, deadline_s, rollback, phase)
+        finally:
+            self._pushing, self._stage = None, "before"
+
+    def _push_left(self) -> str:
+        """What a push cut short by a lost ZooKeeper left, for its error line."""
+        record, stage = self._pushing, self._stage
+        if record is None or stage == "before":
+            return "nothing was pushed; push again once ZooKeeper is back"
+        history = f"`livepatch history --fleet {self.fleet} --registry {self.url}`"
+        if stage == "committing":
+            return (
+                f"push {record.id} is either committed or not, never half (its desired "
+                "version and its record change in one transaction): once ZooKeeper is back "
+                f"its record says which (committed, or abandoned), see {history}"
+            )
+        if stage == "committed":
+            return (
+                f"push {record.id} is recorded as committed ({record.slot}={record.sha256[:12]} "
+                "is the fleet's desired version); members that had not swapped yet swap once "
+                "ZooKeeper is back"
+            )
+        opened = " (if it had opened)" if stage == "opening" else ""
+        return (
+            f"push {record.id} was not committed and nobody swapped to it; once ZooKeeper is "
+            f"back its members record it as abandoned{opened} and release what they prepared: "
+            "push again then"
+        )
+
+    def _push(
+        self,
+        slot: str,
+        source: Rule,
+        filename: str,
+        expect: str | None,
+        deadline_s: float,
+        rollback: bool,
+        phase: _Phase | None,
+    ) -> PushRecord:
         self._prune()
         self._epoch = self._retry(pusher_epoch, self.client, self.paths.signals)
         sha = self.put_source(source, filename)
@@ -412,6 +566,7 @@ class ZkRegistry:
             rollback=rollback,
         )
         base = f"{self.paths.pushes}/{record.id}"
+        self._pushing = record
         # ``lease``: an ephemeral child of the push node, until the push has
         # its outcome or this session ends. Members that find it gone while
         # the push is still preparing know nobody will commit it, and release
@@ -428,7 +583,9 @@ class ZkRegistry:
             record.finished = time.time()
             self._create_push(base, record, meta, names)
             return record
+        self._stage = "opening"
         self._create_push(base, record, meta, names)
+        self._stage = "preparing"
         deadline = time.monotonic() + deadline_s
         votes, down = self._await(f"{base}/votes", set(names), deadline, stop_on_no=True)
         record.votes, record.down = votes, sorted(down)
@@ -455,11 +612,14 @@ class ZkRegistry:
         if phase is not None:
             phase("prepared", record)
         desired = Desired(slot, sha, filename, record.previous, record.id, time.time())
+        self._stage = "committing"
         try:
             self._commit(base, record, meta, desired, zversion)
         except _Abandoned as exc:
+            self._stage = "preparing"
             return self._finish(base, record, meta, "aborted", exc.message)
         except BadVersionError:
+            self._stage = "preparing"
             return self._finish(
                 base,
                 record,
@@ -467,6 +627,7 @@ class ZkRegistry:
                 "aborted",
                 f"another push changed {slot}'s desired version first: push again",
             )
+        self._stage = "committed"
         if phase is not None:
             phase("committed", record)
         voters = {n for n, v in votes.items() if v.ok}
@@ -564,7 +725,7 @@ class ZkRegistry:
             try:
                 results = update_current(self.client, self.paths, committed, ops)
             except (ConnectionLoss, SessionExpiredError, KazooTimeoutError):
-                self._wait_connected()
+                self._wait_connected()  # _Gone: given up (and the outcome unknown)
                 data, _ = self._retry(self.client.get, base)
                 if _loads(data).get("outcome") == "committed":
                     return
@@ -584,11 +745,13 @@ class ZkRegistry:
             raise failed
         raise FleetError("could not reach ZooKeeper to commit: the push was not committed")
 
-    def _wait_connected(self, wait_s: float = 60.0) -> None:
-        deadline = time.monotonic() + wait_s
+    def _wait_connected(self, wait_s: float | None = None) -> None:
+        """Wait until kazoo has reconnected; :class:`_Gone` once it gave
+        ZooKeeper up (or after ``wait_s``, by default a little longer)."""
+        deadline = time.monotonic() + (self.give_up_s + 5 if wait_s is None else wait_s)
         while self.client.state != KazooState.CONNECTED:
-            if time.monotonic() > deadline:
-                raise FleetError(f"lost ZooKeeper at {self.address.hosts}: is it running?")
+            if self.client.client_state == KeeperState.CLOSED or time.monotonic() > deadline:
+                raise _Gone(f"lost ZooKeeper at {self.address.hosts}: is it running?")
             time.sleep(0.05)  # kazoo reconnects in its own thread: poll with a deadline
 
     def _finish(

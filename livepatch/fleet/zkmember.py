@@ -431,16 +431,23 @@ class ZkMember:
             if push.get("outcome") != "preparing" or time.time() > float(push.get("deadline", 0)):
                 self._seen.add(push_id)
                 continue
-            if check_votes and self._voted(base):
-                self._seen.add(push_id)
-                continue  # voted before a restart: the commit (or abort) will tell
-            source, filename = self._source(str(push["sha256"]))
-            vote = prepare(self.handle, str(push["slot"]), source, filename)
-            vote.member = self.name
+            # Prepared on a pass that could not write the vote (ZooKeeper went
+            # meanwhile): that vote again. Preparing again would find the version
+            # loaded (not new: never released), and an abort must unload it.
+            vote = self._prepared.get(push_id)
+            if vote is None:
+                if check_votes and self._voted(base):
+                    self._seen.add(push_id)
+                    continue  # voted before a restart: the commit (or abort) will tell
+                source, filename = self._source(str(push["sha256"]))
+                vote = prepare(self.handle, str(push["slot"]), source, filename)
+                vote.member = self.name
+                # Known before the vote is written: if that fails, the push's
+                # end (abort, abandoned) still releases what this loaded.
+                self._prepared[push_id] = vote
             self._vote(base, vote)
             # Seen only once voted: a pass that failed half-way votes next time.
             self._seen.add(push_id)
-            self._prepared[push_id] = vote
             fresh.add(push_id)
         return fresh
 

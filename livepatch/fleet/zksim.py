@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     from kazoo.handlers.gevent import SequentialGeventHandler
 
     from .handle import MemoryHandle
-    from .zk import parse_zk_url
     from .zkmember import ZkMember
+    from .zkurl import parse_zk_url
 
     global SharedLoopClient
     SharedLoopClient = _client_class()
