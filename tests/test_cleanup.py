@@ -82,8 +82,10 @@ def test_the_fleet_demo_takes_its_engines_along(
         if how == signal.SIGTERM:
             assert code == 128 + signal.SIGTERM  # it stopped, it did not die
             assert gone(pids)  # its clean-up stopped them before it exited
-            # Nor a file: demo-PID-i names are never used again (logs, locks).
-            assert sorted(p.name for p in runtime_dir.iterdir()) == []
+            # Nor their logs: demo-PID-i names are never used again. (A member
+            # SIGKILLed past its stop's 10 s on a loaded machine leaves its
+            # connection file for the next list to clean, below.)
+            assert sorted(p.name for p in runtime_dir.glob("*.log*")) == []
         wait_for(lambda: gone(pids), 30, "the members to stop")
         wait_for(lambda: list_engines(runtime_dir) == [], 30, "their connection files to go")
     finally:
