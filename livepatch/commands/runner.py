@@ -451,14 +451,16 @@ class CommandRunner(LineRunner):
 
     def _check(self, parsed: ParsedCommand) -> CommandResult:
         from ..render import render_report
+        from ..resolve import ResolveReport
 
         version = parsed.string("version")
-        report = self.client.check(version)
+        # The reply names the version's state too: no second request to learn
+        # whether it already serves (then there is nothing to do next).
+        reply = self.client.request("check", {"version": version})
+        report = ResolveReport.from_json(reply)
         text = render_report(report, color=self.color)
         if report.ok:
-            active = any(
-                s.get("active") == version for s in self.client.status()["slots"]
-            )  # already serving: nothing to do next
+            active = reply.get("state") == "active"
             following = "" if active else f"\nnext: {self.hint(f'swap {version}')}"
             return self._ok(parsed, f"{text}{following}", data=report.to_json())
         count = len(report.errors)
